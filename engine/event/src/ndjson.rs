@@ -1,0 +1,334 @@
+//! NDJSON request events.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::{snippet, ParseError};
+use crate::event::{normalise_method, split_query, RequestEvent};
+use crate::time::parse_rfc3339_ms;
+
+/// The wire form of one event; borrowed where the input allows it.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    ts: Ts<'a>,
+    #[serde(borrow)]
+    client_ip: Cow<'a, str>,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    path: Cow<'a, str>,
+    status: u16,
+    #[serde(default, borrow)]
+    host: Option<Cow<'a, str>>,
+    #[serde(default)]
+    req_bytes: Option<u64>,
+    #[serde(default)]
+    resp_bytes: Option<u64>,
+    #[serde(default)]
+    latency_ms: Option<f64>,
+    #[serde(default, borrow)]
+    user_agent: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    session_id: Option<StrOrInt<'a>>,
+    #[serde(default, borrow)]
+    asn: Option<StrOrInt<'a>>,
+    #[serde(default, borrow)]
+    country: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    ja4: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    label: Option<&'a RawValue>,
+}
+
+/// `ts`: RFC 3339 text or integer epoch milliseconds.
+enum Ts<'a> {
+    Ms(i64),
+    Text(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Ts<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Ts<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 string or integer epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Ts::Ms(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v).map(Ts::Ms).map_err(|_| E::custom("epoch milliseconds too large"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    Ok(Ts::Ms(v as i64))
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Float(v), &self))
+                }
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Ts::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Ts::Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A field that gateways write either as text or as an integer (`session_id`, `asn`).
+struct StrOrInt<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for StrOrInt<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrOrInt<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(StrOrInt(Cow::Owned(v.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(StrOrInt(Cow::Owned(v.to_string())))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(StrOrInt(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StrOrInt(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn boxed(c: Cow<'_, str>) -> Box<str> {
+    match c {
+        Cow::Borrowed(s) => s.into(),
+        Cow::Owned(s) => s.into_boxed_str(),
+    }
+}
+
+fn opt_nonempty(c: Option<Cow<'_, str>>) -> Option<Box<str>> {
+    c.filter(|s| !s.is_empty()).map(boxed)
+}
+
+/// Parses one NDJSON line into an event.
+///
+/// Unknown fields are ignored. A wrong line yields a [`ParseError`] naming the field and the
+/// value: `field `status`: invalid type: string "abc", expected u16`.
+pub fn parse_ndjson(line: &[u8]) -> Result<RequestEvent, ParseError> {
+    let wire: Wire<'_> = match serde_json::from_slice(line) {
+        Ok(w) => w,
+        Err(_) => return Err(explain(line)),
+    };
+    from_wire(wire)
+}
+
+/// Re-parses a failed line with path tracking to say which field was wrong.
+#[cold]
+fn explain(line: &[u8]) -> ParseError {
+    match line.iter().find(|c| !c.is_ascii_whitespace()) {
+        None => return ParseError::line("not JSON: empty line"),
+        Some(b'{') => {}
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok() => {
+            return ParseError::line("not a JSON object");
+        }
+        Some(_) => {}
+    }
+    let mut de = serde_json::Deserializer::from_slice(line);
+    match serde_path_to_error::deserialize::<_, Wire<'_>>(&mut de) {
+        Ok(_) => ParseError::line("not a JSON event"),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            let msg = match msg.rfind(" at line ") {
+                Some(i) => msg[..i].to_string(),
+                None => msg,
+            };
+            if inner.is_syntax() || inner.is_eof() {
+                ParseError::line(format!("not JSON: {msg} (column {})", inner.column()))
+            } else if path == "." || path.is_empty() {
+                if msg.starts_with("invalid type") {
+                    ParseError::line(format!("not a JSON object: {msg}"))
+                } else {
+                    ParseError::line(msg)
+                }
+            } else {
+                ParseError::field(path.trim_start_matches('.'), msg)
+            }
+        }
+    }
+}
+
+fn from_wire(w: Wire<'_>) -> Result<RequestEvent, ParseError> {
+    let ts_ms = match w.ts {
+        Ts::Ms(ms) => ms,
+        Ts::Text(t) => parse_rfc3339_ms(&t).map_err(|e| ParseError::field("ts", e))?,
+    };
+    let client_ip = parse_ip(&w.client_ip)?;
+    let method = normalise_method(&w.method).map_err(|e| ParseError::field("method", e))?;
+    if !(100..=599).contains(&w.status) {
+        return Err(ParseError::field("status", format!("not an HTTP status: {}", w.status)));
+    }
+    if w.path.is_empty() {
+        return Err(ParseError::field("path", "empty path"));
+    }
+    let (path, query) = split_query(&w.path);
+    let headers = w
+        .headers
+        .map(|h| {
+            h.into_iter()
+                .map(|(k, v)| {
+                    let k: Box<str> = if k.bytes().any(|c| c.is_ascii_uppercase()) {
+                        k.to_ascii_lowercase().into()
+                    } else {
+                        boxed(k)
+                    };
+                    (k, boxed(v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(l) = w.latency_ms {
+        if !l.is_finite() || l < 0.0 {
+            return Err(ParseError::field("latency_ms", format!("not a duration: {l}")));
+        }
+    }
+    Ok(RequestEvent {
+        ts_ms,
+        client_ip,
+        method,
+        host: w
+            .host
+            .filter(|h| !h.is_empty())
+            .map(|h| if h.bytes().any(|c| c.is_ascii_uppercase()) { h.to_ascii_lowercase().into() } else { boxed(h) }),
+        path: path.into(),
+        query: query.map(Into::into),
+        status: w.status,
+        req_bytes: w.req_bytes,
+        resp_bytes: w.resp_bytes,
+        latency_ms: w.latency_ms,
+        user_agent: opt_nonempty(w.user_agent),
+        headers,
+        session_id: opt_nonempty(w.session_id.map(|s| s.0)),
+        asn: opt_nonempty(w.asn.map(|s| s.0)),
+        country: opt_nonempty(w.country),
+        ja4: opt_nonempty(w.ja4),
+        id: w.id.map(|r| r.get().into()),
+        label: w.label.map(|r| r.get().into()),
+    })
+}
+
+pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, ParseError> {
+    // Accept a bracketed IPv6 form and an IPv4-mapped IPv6 address (reported as IPv4).
+    let t = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
+    match t.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => Ok(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+        Ok(ip) => Ok(ip),
+        Err(_) => Err(ParseError::field("client_ip", format!("not an IP address: {:?}", snippet(s)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"{"ts":"2026-11-27T08:00:00.250Z","client_ip":"203.0.113.7","method":"get","path":"/v1/users/42?x=1","status":200,"host":"API.example.com","headers":{"X-Api-Key":"k1"},"session_id":17,"id":{"n":1},"label":"normal","extra":[1,2]}"#;
+
+    #[test]
+    fn parses_a_full_event() {
+        let e = parse_ndjson(OK.as_bytes()).unwrap();
+        assert_eq!(e.ts_ms, crate::parse_rfc3339_ms("2026-11-27T08:00:00.250Z").unwrap());
+        assert_eq!(e.client_ip.to_string(), "203.0.113.7");
+        assert_eq!(&*e.method, "GET");
+        assert_eq!(&*e.path, "/v1/users/42");
+        assert_eq!(e.query.as_deref(), Some("x=1"));
+        assert_eq!(e.host.as_deref(), Some("api.example.com"));
+        assert_eq!(e.header("x-api-key"), Some("k1"));
+        assert_eq!(e.session_id.as_deref(), Some("17"));
+        assert_eq!(e.id.as_deref(), Some(r#"{"n":1}"#));
+        assert_eq!(e.label.as_deref(), Some(r#""normal""#));
+    }
+
+    #[test]
+    fn epoch_ms_and_escapes() {
+        let e = parse_ndjson(
+            br#"{"ts":1764230400000,"client_ip":"::ffff:10.0.0.1","method":"POST","path":"/a\u002fb","status":201}"#,
+        )
+        .unwrap();
+        assert_eq!(e.ts_ms, 1_764_230_400_000);
+        assert_eq!(e.client_ip.to_string(), "10.0.0.1");
+        assert_eq!(&*e.path, "/a/b");
+    }
+
+    fn err(line: &str) -> ParseError {
+        parse_ndjson(line.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn names_the_wrong_field() {
+        let e = err(r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":123,"status":200}"#);
+        assert_eq!(e.field.as_deref(), Some("path"));
+        assert!(e.reason.contains("integer `123`"), "{e}");
+
+        let e = err(r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":"abc"}"#);
+        assert_eq!(e.field.as_deref(), Some("status"));
+        assert!(e.reason.contains("abc"), "{e}");
+
+        let e = err(r#"{"ts":"yesterday","client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#);
+        assert_eq!(e.field.as_deref(), Some("ts"));
+        assert!(e.reason.contains("yesterday"), "{e}");
+
+        let e = err(r#"{"ts":1,"client_ip":"999.1.1.1","method":"GET","path":"/","status":200}"#);
+        assert_eq!(e.field.as_deref(), Some("client_ip"));
+        assert!(e.reason.contains("999.1.1.1"), "{e}");
+
+        let e = err(r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":999}"#);
+        assert_eq!(e.field.as_deref(), Some("status"));
+
+        let e = err(r#"{"ts":1,"client_ip":"1.2.3.4","method":"G ET","path":"/","status":200}"#);
+        assert_eq!(e.field.as_deref(), Some("method"));
+
+        let e = err(r#"{"ts":1.5,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#);
+        assert_eq!(e.field.as_deref(), Some("ts"));
+
+        let e = err(r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"headers":{"a":1}}"#);
+        assert_eq!(e.field.as_deref(), Some("headers.a"));
+    }
+
+    #[test]
+    fn missing_and_malformed() {
+        let e = err(r#"{"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#);
+        assert!(e.reason.contains("missing field `ts`"), "{e}");
+        assert_eq!(e.category(), "missing field `ts`");
+        let e = err(r#"{"ts":1,"client_ip":"#);
+        assert!(e.reason.starts_with("not JSON"), "{e}");
+        let e = err("[1,2,3]");
+        assert!(e.reason.contains("not a JSON object"), "{e}");
+        let e = err("");
+        assert!(e.reason.starts_with("not JSON"), "{e}");
+        let mut bad = br#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/"#.to_vec();
+        bad.extend_from_slice(&[0xff, 0xfe]);
+        bad.extend_from_slice(br#"","status":200}"#);
+        let e = parse_ndjson(&bad).unwrap_err();
+        assert!(e.to_string().contains("UTF-8") || e.to_string().contains("unicode"), "{e}");
+        let e = err(r#"{"ts":1,"client_ip":null,"method":"GET","path":"/","status":200}"#);
+        assert_eq!(e.field.as_deref(), Some("client_ip"));
+    }
+}
