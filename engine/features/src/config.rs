@@ -1,0 +1,194 @@
+//! The configuration file (`--config gatewatch.toml`): the sections the engine reads.
+
+use std::path::Path;
+
+use gatewatch_event::{ClientKeyConfig, CombinedConfig, EndpointConfig};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration file. Every section is optional; a missing section takes its
+/// defaults. Unknown keys are refused.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How client keys are chosen.
+    #[serde(default)]
+    pub client_key: ClientKeyConfig,
+    /// How endpoint templates are made.
+    #[serde(default)]
+    pub endpoints: EndpointConfig,
+    /// Input formats.
+    #[serde(default)]
+    pub input: InputConfig,
+    /// Windows, state bounds, lateness.
+    #[serde(default)]
+    pub features: FeatureConfig,
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Extra fields of combined access-log lines.
+    #[serde(default)]
+    pub combined: CombinedConfig,
+}
+
+/// `[features]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    /// Window horizons in seconds, ascending; each gives one set of per-client window
+    /// features (at most 8).
+    #[serde(default = "default_horizons")]
+    pub horizons_secs: Vec<u32>,
+    /// Buckets per horizon: a window covers the current bucket and the `buckets - 1` before it,
+    /// so it spans between `(buckets-1)/buckets` and all of the horizon. The horizon in
+    /// milliseconds must be divisible by this number.
+    #[serde(default = "default_buckets")]
+    pub buckets_per_horizon: u32,
+    /// Events may arrive this much (milliseconds of event time) behind the newest event seen
+    /// and are still placed in order; events later than that are counted and reported.
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness_ms: u64,
+    /// At most this many clients are tracked; the least recently seen is evicted first.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// A client not seen for this long (event time) is evicted. Defaults to the longest horizon.
+    #[serde(default)]
+    pub client_idle_ttl_secs: Option<u64>,
+    /// At most this many distinct endpoint templates get their own state; later ones share
+    /// one overflow slot (the template is still written in the output).
+    #[serde(default = "default_max_endpoints")]
+    pub max_endpoints: u32,
+    /// Per-client endpoint slots (for per-endpoint counts, id walks and entropy); when a client
+    /// uses more endpoints within a minute, the least recently used slot is reused.
+    #[serde(default = "default_endpoint_slots")]
+    pub endpoint_slots: usize,
+}
+
+fn default_horizons() -> Vec<u32> {
+    vec![10, 60, 600, 3600]
+}
+fn default_buckets() -> u32 {
+    5
+}
+fn default_lateness() -> u64 {
+    5_000
+}
+fn default_max_clients() -> usize {
+    1_000_000
+}
+fn default_max_endpoints() -> u32 {
+    10_000
+}
+fn default_endpoint_slots() -> usize {
+    8
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        Self {
+            horizons_secs: default_horizons(),
+            buckets_per_horizon: default_buckets(),
+            allowed_lateness_ms: default_lateness(),
+            max_clients: default_max_clients(),
+            client_idle_ttl_secs: None,
+            max_endpoints: default_max_endpoints(),
+            endpoint_slots: default_endpoint_slots(),
+        }
+    }
+}
+
+impl FeatureConfig {
+    /// Checks the values; the engine only accepts a validated configuration.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("features.{m}")));
+        if self.horizons_secs.is_empty() || self.horizons_secs.len() > 8 {
+            return bad("horizons_secs: give between 1 and 8 horizons".into());
+        }
+        if self.horizons_secs.windows(2).any(|w| w[0] >= w[1]) {
+            return bad(format!("horizons_secs: must be strictly ascending, got {:?}", self.horizons_secs));
+        }
+        if self.horizons_secs[0] == 0 || *self.horizons_secs.last().unwrap_or(&0) > 7 * 86_400 {
+            return bad("horizons_secs: each horizon must be between 1 s and 7 days".into());
+        }
+        if !(1..=60).contains(&self.buckets_per_horizon) {
+            return bad(format!("buckets_per_horizon: must be 1..=60, got {}", self.buckets_per_horizon));
+        }
+        for h in &self.horizons_secs {
+            if (u64::from(*h) * 1000) % u64::from(self.buckets_per_horizon) != 0 {
+                return bad(format!(
+                    "buckets_per_horizon: {} ms is not divisible by {}",
+                    u64::from(*h) * 1000,
+                    self.buckets_per_horizon
+                ));
+            }
+        }
+        if self.max_clients == 0 || self.max_clients >= u32::MAX as usize {
+            return bad(format!("max_clients: must be 1..{}, got {}", u32::MAX, self.max_clients));
+        }
+        if !(1..=1_000_000).contains(&self.max_endpoints) {
+            return bad(format!("max_endpoints: must be 1..=1000000, got {}", self.max_endpoints));
+        }
+        if !(1..=64).contains(&self.endpoint_slots) {
+            return bad(format!("endpoint_slots: must be 1..=64, got {}", self.endpoint_slots));
+        }
+        if self.client_idle_ttl_secs == Some(0) {
+            return bad("client_idle_ttl_secs: must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The idle TTL in milliseconds.
+    pub fn idle_ttl_ms(&self) -> i64 {
+        let secs = self.client_idle_ttl_secs.unwrap_or_else(|| u64::from(*self.horizons_secs.last().unwrap_or(&3600)));
+        i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim_end().to_string()))?;
+        cfg.features.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../gatewatch.example.toml")).unwrap();
+        let cfg = Config::parse(&text).unwrap();
+        assert_eq!(cfg.features, FeatureConfig::default());
+        assert_eq!(cfg.client_key, ClientKeyConfig::default());
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (text, needle) in [
+            ("[features]\nhorizon = [1]", "unknown field `horizon`"),
+            ("[features]\nhorizons_secs = [60, 10]", "strictly ascending"),
+            ("[features]\nhorizons_secs = [7]\nbuckets_per_horizon = 3", "not divisible"),
+            ("[features]\nmax_clients = 0", "max_clients"),
+            ("[client_key]\nsources = 5", "sources"),
+            ("[nope]", "unknown field `nope`"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}

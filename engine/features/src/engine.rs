@@ -1,0 +1,337 @@
+//! The feature engine: event → client key and endpoint → ordered, point-in-time features.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{Read, Write};
+
+use gatewatch_event::{ClientKeyExtractor, EndpointNormalizer, KeyKind, RequestEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::population::Population;
+use crate::registry::{PointFeature, Registry};
+use crate::sketch::fnv1a;
+use crate::state::{ClientState, Obs, Windows};
+use crate::store::{ClientStore, Evictions};
+
+/// One event with its features, handed to the caller's sink.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// The event.
+    pub event: &'a RequestEvent,
+    /// Input line (or sequence) number the caller gave with the event.
+    pub line: u64,
+    /// Client key with its kind (`ip:203.0.113.7`).
+    pub client: &'a str,
+    /// The kind of the key.
+    pub client_kind: KeyKind,
+    /// Endpoint template.
+    pub endpoint: &'a str,
+    /// Feature values in registry order.
+    pub features: &'a [f64],
+}
+
+/// An event that arrived later than the allowed lateness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateEvent {
+    /// Its line number.
+    pub line: u64,
+    /// Its timestamp.
+    pub ts_ms: i64,
+    /// How far behind the newest event seen it was (ms).
+    pub behind_ms: i64,
+}
+
+impl std::fmt::Display for LateEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "event {} ms behind the newest event, beyond the allowed lateness", self.behind_ms)
+    }
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events given to the engine.
+    pub events_in: u64,
+    /// Events with features emitted.
+    pub events_out: u64,
+    /// Events later than the allowed lateness (not processed).
+    pub late: u64,
+    /// Emitted events per client-key kind (jwt, header, cookie, session, ip).
+    pub keys_by_kind: [u64; 5],
+    /// Bearer tokens that were not readable JWTs.
+    pub malformed_jwt: u64,
+}
+
+struct Pending {
+    ts: i64,
+    seq: u64,
+    line: u64,
+    event: RequestEvent,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ts, self.seq) == (o.ts, o.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.ts, self.seq).cmp(&(o.ts, o.seq))
+    }
+}
+
+/// Computes point-in-time features for a stream of events.
+///
+/// Events go in with [`push`](Self::push) in arrival order; they come out, with features, in
+/// event-time order (ties in arrival order) once the watermark (newest timestamp seen minus
+/// the allowed lateness) has passed them, and all at [`finish`](Self::finish). The output
+/// depends only on the sequence of events, not on how it was split into calls.
+pub struct FeatureEngine {
+    registry: Registry,
+    windows: Windows,
+    lateness_ms: i64,
+    keys: ClientKeyExtractor,
+    endpoints: EndpointNormalizer,
+    store: ClientStore,
+    population: Population,
+    pending: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+    max_ts: i64,
+    stats: Stats,
+    buf: Vec<f64>,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
+/// Version of the snapshot format.
+pub const SNAPSHOT_VERSION: u16 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    registry_hash: String,
+    max_ts: i64,
+    stats: Stats,
+    evictions: Evictions,
+    created: u64,
+    population: Population,
+    clients: Vec<(Box<str>, ClientState)>,
+}
+
+impl FeatureEngine {
+    /// An engine for a configuration (validated here).
+    pub fn new(cfg: &Config) -> Result<Self> {
+        cfg.features.validate()?;
+        let registry = Registry::new(&cfg.features);
+        let n = registry.len();
+        Ok(Self {
+            windows: Windows::new(&cfg.features),
+            lateness_ms: i64::try_from(cfg.features.allowed_lateness_ms).unwrap_or(i64::MAX),
+            keys: ClientKeyExtractor::new(&cfg.client_key)?,
+            endpoints: EndpointNormalizer::new(&cfg.endpoints)?,
+            store: ClientStore::new(cfg.features.max_clients, cfg.features.idle_ttl_ms()),
+            population: Population::new(cfg.features.max_endpoints),
+            pending: BinaryHeap::new(),
+            seq: 0,
+            max_ts: i64::MIN,
+            stats: Stats::default(),
+            buf: vec![0.0; n],
+            registry,
+        })
+    }
+
+    /// The feature registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Run counters.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.malformed_jwt = self.keys.malformed_jwt;
+        s
+    }
+
+    /// The client store.
+    pub fn store(&self) -> &ClientStore {
+        &self.store
+    }
+
+    /// The population statistics.
+    pub fn population(&self) -> &Population {
+        &self.population
+    }
+
+    /// Events waiting in the reorder buffer.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Adds an event; emits every event the watermark has passed. An event later than the
+    /// allowed lateness is refused (and counted).
+    pub fn push(
+        &mut self,
+        event: RequestEvent,
+        line: u64,
+        sink: &mut impl FnMut(&Record<'_>),
+    ) -> std::result::Result<(), LateEvent> {
+        self.stats.events_in += 1;
+        let ts = event.ts_ms;
+        if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
+            self.stats.late += 1;
+            return Err(LateEvent { line, ts_ms: ts, behind_ms: self.max_ts - ts });
+        }
+        self.max_ts = self.max_ts.max(ts);
+        self.pending.push(Reverse(Pending { ts, seq: self.seq, line, event }));
+        self.seq += 1;
+        let watermark = self.max_ts.saturating_sub(self.lateness_ms);
+        while self.pending.peek().is_some_and(|p| p.0.ts <= watermark) {
+            let Reverse(p) = self.pending.pop().expect("peeked");
+            self.process(&p.event, p.line, sink);
+        }
+        Ok(())
+    }
+
+    /// Emits every buffered event (end of input).
+    pub fn finish(&mut self, sink: &mut impl FnMut(&Record<'_>)) {
+        while let Some(Reverse(p)) = self.pending.pop() {
+            self.process(&p.event, p.line, sink);
+        }
+    }
+
+    fn process(&mut self, ev: &RequestEvent, line: u64, sink: &mut impl FnMut(&Record<'_>)) {
+        let key = self.keys.key(ev);
+        let endpoint = self.endpoints.normalize(ev);
+        let ep = self.population.intern(&endpoint.template);
+        let ep_hash = self.population.endpoints[ep as usize].hash;
+        let (id_hash, num_id) = match endpoint.ids.last() {
+            Some(id) => (Some(fnv1a(id.value.as_bytes()) ^ ep_hash.rotate_left(17)), id.as_u64()),
+            None => (None, None),
+        };
+        self.store.expire(ev.ts_ms);
+        let state = self.store.get_or_insert(&key.text, ev.ts_ms);
+        let prev_ep = state.prev_ep;
+        let surprise = self.population.surprise(prev_ep, ep);
+        let obs = Obs {
+            ts: ev.ts_ms,
+            ep,
+            ep_hash,
+            status: ev.status,
+            bytes: ev.bytes() as f64,
+            id_hash,
+            num_id,
+            surprise,
+        };
+        let upd = state.update(&obs, &self.windows, &self.registry, &mut self.buf);
+        self.population.count_transition(prev_ep, ep);
+        let pop = self.population.count_request(ep, ev.ts_ms);
+        let ratio = self.population.rate_ratio(ep, upd.endpoint_count);
+        self.buf[self.registry.point_index(PointFeature::TransitionSurprise)] = surprise;
+        self.buf[self.registry.point_index(PointFeature::EndpointRateRatio)] = ratio;
+        self.buf[self.registry.point_index(PointFeature::EndpointPopRate)] = f64::from(pop) / 60.0;
+        self.stats.events_out += 1;
+        self.stats.keys_by_kind[key.kind as usize] += 1;
+        sink(&Record {
+            event: ev,
+            line,
+            client: &key.text,
+            client_kind: key.kind,
+            endpoint: &endpoint.template,
+            features: &self.buf,
+        });
+    }
+
+    /// Saves the engine's state (clients, population, counters) in the versioned binary format:
+    /// `GWSTATE\0`, format version (u16 LE), then a postcard body. Buffered events are not
+    /// part of a snapshot: call [`finish`](Self::finish) first.
+    pub fn save_state(&self, w: &mut impl Write) -> Result<()> {
+        let snap = Snapshot {
+            registry_hash: self.registry.hash.clone(),
+            max_ts: self.max_ts,
+            stats: self.stats,
+            evictions: self.store.evictions,
+            created: self.store.created,
+            population: self.population.clone(),
+            clients: self.store.iter_lru().map(|(k, s)| (k.into(), s.clone())).collect(),
+        };
+        let body = postcard::to_stdvec(&snap).map_err(|e| Error::Snapshot(e.to_string()))?;
+        w.write_all(SNAPSHOT_MAGIC)?;
+        w.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
+        w.write_all(&body)?;
+        Ok(())
+    }
+
+    /// Restores a state saved by [`save_state`](Self::save_state) into this engine, replacing
+    /// its state. Refused when the format version or the feature set differs.
+    pub fn restore_state(&mut self, r: &mut impl Read) -> Result<()> {
+        let mut bytes = Vec::new();
+        r.read_to_end(&mut bytes)?;
+        if bytes.len() < 10 || &bytes[..8] != SNAPSHOT_MAGIC {
+            return Err(Error::Snapshot("not a gatewatch state snapshot (bad magic)".into()));
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != SNAPSHOT_VERSION {
+            return Err(Error::Snapshot(format!(
+                "format version {version} is not supported (this build reads {SNAPSHOT_VERSION})"
+            )));
+        }
+        let snap: Snapshot =
+            postcard::from_bytes(&bytes[10..]).map_err(|e| Error::Snapshot(format!("corrupt body: {e}")))?;
+        if snap.registry_hash != self.registry.hash {
+            return Err(Error::Snapshot(format!(
+                "feature set {} differs from this engine's {}",
+                snap.registry_hash, self.registry.hash
+            )));
+        }
+        let mut store = ClientStore::new(self.store.capacity(), self.store_ttl());
+        for (k, s) in snap.clients {
+            store.push_restored(k, s);
+        }
+        store.evictions = snap.evictions;
+        store.created = snap.created;
+        self.store = store;
+        self.population = snap.population;
+        self.population.reindex();
+        self.stats = snap.stats;
+        self.max_ts = snap.max_ts;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn store_ttl(&self) -> i64 {
+        self.store.ttl_ms()
+    }
+
+    /// Splits this engine's clients into `parts` engines by Kafka's partitioner on the client
+    /// key; each part gets a copy of the population statistics.
+    pub fn split(self, parts: u32) -> Vec<FeatureEngine> {
+        let FeatureEngine {
+            registry, windows, lateness_ms, keys, endpoints, store, population, max_ts, stats, buf, ..
+        } = self;
+        store
+            .split(parts)
+            .into_iter()
+            .enumerate()
+            .map(|(i, store)| FeatureEngine {
+                registry: registry.clone(),
+                windows: windows.clone(),
+                lateness_ms,
+                keys: keys.clone(),
+                endpoints: endpoints.clone(),
+                store,
+                population: population.clone(),
+                pending: BinaryHeap::new(),
+                seq: 0,
+                max_ts,
+                stats: if i == 0 { stats } else { Stats::default() },
+                buf: buf.clone(),
+            })
+            .collect()
+    }
+}

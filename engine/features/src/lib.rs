@@ -1,0 +1,26 @@
+//! Point-in-time sliding-window features per client, for gatewatch.
+//!
+//! [`FeatureEngine`] takes [`RequestEvent`](gatewatch_event::RequestEvent)s in arrival order,
+//! places them in event-time order within the allowed lateness, and computes for each one the
+//! features of the [`Registry`] from the events at or before it. State is bounded
+//! ([`ClientStore`]), can be split by client key and saved and restored.
+
+mod config;
+mod engine;
+mod error;
+mod population;
+mod registry;
+mod sketch;
+mod state;
+mod store;
+
+pub use config::{Config, FeatureConfig, InputConfig};
+pub use engine::{FeatureEngine, LateEvent, Record, SNAPSHOT_VERSION, Stats};
+pub use error::{Error, Result};
+pub use population::{OVERFLOW_TEMPLATE, Population};
+pub use registry::{
+    DEFINITIONS_VERSION, ENDPOINT_BUCKET_MS, FeatureDef, PointFeature, Registry, WindowFeature, horizon_suffix,
+};
+pub use sketch::{bit, fnv1a, linear_count, murmur2, part_of};
+pub use state::ClientState;
+pub use store::{ClientStore, Evictions};

@@ -1,0 +1,346 @@
+//! The feature registry: the one table of every feature's name, horizon, aggregation and
+//! definition. Its hash versions the feature set.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::config::FeatureConfig;
+
+/// Version of the feature definitions' code; part of the registry hash, raised whenever a
+/// definition changes meaning.
+pub const DEFINITIONS_VERSION: u32 = 1;
+
+/// Width of the per-endpoint windows of one client and of the population (milliseconds).
+pub const ENDPOINT_BUCKET_MS: i64 = 30_000;
+
+/// Per-client window features: one of each per horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WindowFeature {
+    /// Requests in the window.
+    ReqCount,
+    /// Requests per second over the horizon.
+    ReqRate,
+    /// Share of responses with status ≥ 400.
+    ErrorRatio,
+    /// Share of 401 and 403 responses.
+    AuthFailRatio,
+    /// Share of 404 responses.
+    NotFoundRatio,
+    /// Share of 429 responses.
+    ThrottledRatio,
+    /// Share of 5xx responses.
+    ServerErrorRatio,
+    /// Mean bytes (request + response) per request.
+    BytesMean,
+    /// Mean inter-arrival gap.
+    IatMean,
+    /// Smallest inter-arrival gap.
+    IatMin,
+    /// Coefficient of variation of inter-arrival gaps.
+    IatCv,
+    /// Distinct endpoint templates (sketch).
+    DistinctEndpoints,
+    /// Distinct (endpoint, object id) pairs (sketch).
+    DistinctIds,
+    /// Share of requests that step an endpoint's numeric id by 1 or 2.
+    SeqIdRatio,
+    /// Mean transition surprise.
+    SurpriseMean,
+}
+
+impl WindowFeature {
+    /// All, in vector order.
+    pub const ALL: [Self; 15] = [
+        Self::ReqCount,
+        Self::ReqRate,
+        Self::ErrorRatio,
+        Self::AuthFailRatio,
+        Self::NotFoundRatio,
+        Self::ThrottledRatio,
+        Self::ServerErrorRatio,
+        Self::BytesMean,
+        Self::IatMean,
+        Self::IatMin,
+        Self::IatCv,
+        Self::DistinctEndpoints,
+        Self::DistinctIds,
+        Self::SeqIdRatio,
+        Self::SurpriseMean,
+    ];
+    /// How many there are.
+    pub const COUNT: usize = Self::ALL.len();
+
+    fn spec(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::ReqCount => ("req_count", "count", "Requests of this client in the window, this one included."),
+            Self::ReqRate => ("req_rate", "count / horizon", "`req_count` divided by the horizon in seconds."),
+            Self::ErrorRatio => ("error_ratio", "ratio", "Share of the window's requests answered with status ≥ 400."),
+            Self::AuthFailRatio => ("auth_fail_ratio", "ratio", "Share answered 401 or 403."),
+            Self::NotFoundRatio => ("not_found_ratio", "ratio", "Share answered 404."),
+            Self::ThrottledRatio => ("throttled_ratio", "ratio", "Share answered 429."),
+            Self::ServerErrorRatio => ("server_error_ratio", "ratio", "Share answered 5xx."),
+            Self::BytesMean => ("bytes_mean", "mean", "Mean of `req_bytes + resp_bytes` (missing sizes count 0)."),
+            Self::IatMean => (
+                "iat_mean",
+                "mean",
+                "Mean inter-arrival gap in seconds over the window's requests that have a previous request of the same client (gap to that request, capped at the horizon); the horizon when there is none.",
+            ),
+            Self::IatMin => ("iat_min", "min", "Smallest of those gaps in seconds; the horizon when there is none."),
+            Self::IatCv => (
+                "iat_cv",
+                "std / mean",
+                "Coefficient of variation (population standard deviation / mean) of those gaps; 0 with fewer than two gaps. Low values mean machine-regular timing.",
+            ),
+            Self::DistinctEndpoints => (
+                "distinct_endpoints",
+                "distinct (sketch)",
+                "Distinct endpoint templates, estimated by linear counting over a 64-bit bitmap per bucket (exact below ~10, standard error ≤ 11% up to 64, saturates at 266).",
+            ),
+            Self::DistinctIds => (
+                "distinct_ids",
+                "distinct (sketch)",
+                "Distinct (endpoint template, last object id) pairs among requests whose path carries an id, estimated like `distinct_endpoints`. High values mean enumeration.",
+            ),
+            Self::SeqIdRatio => (
+                "seq_id_ratio",
+                "ratio",
+                "Share of the window's requests whose last numeric path id differs by 1 or 2 from the previous numeric id this client used on the same endpoint (sequential walks).",
+            ),
+            Self::SurpriseMean => (
+                "surprise_mean",
+                "mean",
+                "Mean of `transition_surprise` over the window's requests.",
+            ),
+        }
+    }
+
+    /// Base name (without horizon suffix).
+    pub fn base_name(self) -> &'static str {
+        self.spec().0
+    }
+}
+
+/// Per-event features that are not per horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PointFeature {
+    /// Seconds since this client's previous request.
+    SecsSincePrev,
+    /// Seconds since the client was first seen.
+    ClientAgeSecs,
+    /// −log2 P(this endpoint | previous endpoint of the client) under the population model.
+    TransitionSurprise,
+    /// This client's requests to this endpoint in the endpoint window.
+    EndpointCount,
+    /// That count relative to the population's typical count for this endpoint.
+    EndpointRateRatio,
+    /// Entropy of the client's endpoint distribution in the endpoint window.
+    EndpointEntropy,
+    /// Population requests per second to this endpoint.
+    EndpointPopRate,
+}
+
+impl PointFeature {
+    /// All, in vector order.
+    pub const ALL: [Self; 7] = [
+        Self::SecsSincePrev,
+        Self::ClientAgeSecs,
+        Self::TransitionSurprise,
+        Self::EndpointCount,
+        Self::EndpointRateRatio,
+        Self::EndpointEntropy,
+        Self::EndpointPopRate,
+    ];
+    /// How many there are.
+    pub const COUNT: usize = Self::ALL.len();
+
+    fn spec(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::SecsSincePrev => (
+                "secs_since_prev",
+                "last",
+                "Seconds since this client's previous request, capped at the longest horizon (which is also the value for a client's first request).",
+            ),
+            Self::ClientAgeSecs => ("client_age_secs", "last", "Seconds since this client's first request still in state."),
+            Self::TransitionSurprise => (
+                "transition_surprise",
+                "population model",
+                "−log2 P(endpoint | client's previous endpoint, or the start of its session) with add-one smoothing, from the transition counts of all clients' earlier requests (this one excluded).",
+            ),
+            Self::EndpointCount => (
+                "endpoint_count_1m",
+                "count",
+                "This client's requests to this endpoint in the current and previous 30-second bucket (a 30–60 s window), this one included.",
+            ),
+            Self::EndpointRateRatio => (
+                "endpoint_rate_ratio",
+                "population-relative",
+                "(1 + `endpoint_count_1m`) / (1 + typical count), the typical count being the endpoint's exponentially weighted (α = 1/64) geometric mean of `endpoint_count_1m` over earlier requests; 1 for an endpoint's first request.",
+            ),
+            Self::EndpointEntropy => (
+                "endpoint_entropy_1m",
+                "entropy",
+                "Shannon entropy (bits) of this client's request counts per endpoint in the same 30–60 s window.",
+            ),
+            Self::EndpointPopRate => (
+                "endpoint_pop_rate_1m",
+                "count / 60 s",
+                "Requests of all clients to this endpoint in the same 30–60 s window, per second of a minute (count / 60).",
+            ),
+        }
+    }
+}
+
+/// One feature's entry in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeatureDef {
+    /// Column name.
+    pub name: String,
+    /// Horizon in seconds, for window features.
+    pub horizon_secs: Option<u32>,
+    /// How it aggregates.
+    pub aggregation: &'static str,
+    /// Value type.
+    pub dtype: &'static str,
+    /// Exact definition.
+    pub doc: &'static str,
+}
+
+/// The registry of one configuration's features, in vector order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registry {
+    /// Features in vector order.
+    pub features: Vec<FeatureDef>,
+    /// Horizons in seconds.
+    pub horizons_secs: Vec<u32>,
+    /// Buckets per horizon.
+    pub buckets_per_horizon: u32,
+    /// Hash of everything above and [`DEFINITIONS_VERSION`] (16 hex digits).
+    pub hash: String,
+}
+
+/// `10s`, `1m`, `10m`, `1h`, `90s`, `1d`.
+pub fn horizon_suffix(secs: u32) -> String {
+    if secs % 86_400 == 0 {
+        format!("{}d", secs / 86_400)
+    } else if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+impl Registry {
+    /// The registry of a (validated) configuration.
+    pub fn new(cfg: &FeatureConfig) -> Self {
+        let mut features = Vec::new();
+        for &h in &cfg.horizons_secs {
+            for wf in WindowFeature::ALL {
+                let (base, aggregation, doc) = wf.spec();
+                features.push(FeatureDef {
+                    name: format!("{base}_{}", horizon_suffix(h)),
+                    horizon_secs: Some(h),
+                    aggregation,
+                    dtype: "f64",
+                    doc,
+                });
+            }
+        }
+        for pf in PointFeature::ALL {
+            let (name, aggregation, doc) = pf.spec();
+            features.push(FeatureDef { name: name.to_string(), horizon_secs: None, aggregation, dtype: "f64", doc });
+        }
+        let mut canon = format!("v{DEFINITIONS_VERSION};b{};", cfg.buckets_per_horizon);
+        for f in &features {
+            let _ = write!(canon, "{}|{}|{};", f.name, f.aggregation, f.doc);
+        }
+        let hash = format!("{:016x}", crate::sketch::fnv1a(canon.as_bytes()));
+        Self { features, horizons_secs: cfg.horizons_secs.clone(), buckets_per_horizon: cfg.buckets_per_horizon, hash }
+    }
+
+    /// Number of features.
+    pub fn len(&self) -> usize {
+        self.features.len()
+    }
+
+    /// Whether the registry is empty (never, for a valid configuration).
+    pub fn is_empty(&self) -> bool {
+        self.features.is_empty()
+    }
+
+    /// Feature names in vector order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.features.iter().map(|f| f.name.as_str())
+    }
+
+    /// Position of a window feature for horizon index `h`.
+    pub fn window_index(h: usize, f: WindowFeature) -> usize {
+        h * WindowFeature::COUNT + f as usize
+    }
+
+    /// Position of a point feature.
+    pub fn point_index(&self, f: PointFeature) -> usize {
+        self.horizons_secs.len() * WindowFeature::COUNT + f as usize
+    }
+
+    /// Position of a feature by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+
+    /// The feature reference as Markdown (the README's feature table is generated from this).
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let hs: Vec<String> = self.horizons_secs.iter().map(|h| horizon_suffix(*h)).collect();
+        let _ = writeln!(
+            s,
+            "Feature set `{}`: {} features. Window features exist once per horizon ({}), named \
+             `<name>_<horizon>`; each horizon is split into {} buckets and a window holds the \
+             event's bucket and the {} before it. Every feature of an event uses only events \
+             with a timestamp at or before its own that were processed before it (ties in \
+             arrival order), the event itself included.\n",
+            self.hash,
+            self.len(),
+            hs.join(", "),
+            self.buckets_per_horizon,
+            self.buckets_per_horizon - 1
+        );
+        let _ = writeln!(s, "| feature | aggregation | definition |\n|---|---|---|");
+        for wf in WindowFeature::ALL {
+            let (base, agg, doc) = wf.spec();
+            let _ = writeln!(s, "| `{base}_<h>` | {agg} | {doc} |");
+        }
+        for pf in PointFeature::ALL {
+            let (name, agg, doc) = pf.spec();
+            let _ = writeln!(s, "| `{name}` | {agg} | {doc} |");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_positions_and_hash() {
+        let r = Registry::new(&FeatureConfig::default());
+        assert_eq!(r.len(), 4 * WindowFeature::COUNT + PointFeature::COUNT);
+        assert_eq!(r.features[Registry::window_index(1, WindowFeature::ErrorRatio)].name, "error_ratio_1m");
+        assert_eq!(r.features[Registry::window_index(3, WindowFeature::IatCv)].name, "iat_cv_1h");
+        assert_eq!(r.features[r.point_index(PointFeature::EndpointEntropy)].name, "endpoint_entropy_1m");
+        assert_eq!(r.index_of("req_count_10s"), Some(0));
+        let mut names: Vec<_> = r.names().collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), r.len(), "names are unique");
+        let other = Registry::new(&FeatureConfig { buckets_per_horizon: 10, ..Default::default() });
+        assert_ne!(r.hash, other.hash);
+        assert_eq!(r.hash, Registry::new(&FeatureConfig::default()).hash);
+        assert_eq!(horizon_suffix(90), "90s");
+    }
+}

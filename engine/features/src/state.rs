@@ -1,0 +1,345 @@
+//! Per-client window state and its update: the arithmetic behind every feature.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::FeatureConfig;
+use crate::registry::{ENDPOINT_BUCKET_MS, PointFeature, Registry, WindowFeature};
+use crate::sketch::{bit, linear_count};
+
+/// No endpoint / no id.
+pub(crate) const NONE: u32 = u32::MAX;
+const NO_ID: u64 = u64::MAX;
+
+/// The window arithmetic of a configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Windows {
+    /// Bucket width per horizon, ms.
+    pub widths_ms: Vec<i64>,
+    /// Horizon lengths, ms.
+    pub horizons_ms: Vec<i64>,
+    /// Buckets per window.
+    pub buckets: u32,
+    /// Longest horizon, ms.
+    pub max_ms: i64,
+    /// Endpoint slots per client.
+    pub slots: usize,
+}
+
+impl Windows {
+    pub fn new(cfg: &FeatureConfig) -> Self {
+        let horizons_ms: Vec<i64> = cfg.horizons_secs.iter().map(|h| i64::from(*h) * 1000).collect();
+        let widths_ms = horizons_ms.iter().map(|h| h / i64::from(cfg.buckets_per_horizon)).collect();
+        let max_ms = *horizons_ms.last().unwrap_or(&3_600_000);
+        Self { widths_ms, horizons_ms, buckets: cfg.buckets_per_horizon, max_ms, slots: cfg.endpoint_slots }
+    }
+}
+
+/// Bucket index of a timestamp (wrapping: only differences are ever used).
+#[inline]
+pub(crate) fn bucket_of(ts_ms: i64, width_ms: i64) -> u32 {
+    ts_ms.div_euclid(width_ms) as u32
+}
+
+/// The aggregates of one bucket of one horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Bucket {
+    pub idx: u32,
+    pub h: u8,
+    pub n: u32,
+    pub err: u32,
+    pub auth: u32,
+    pub nf: u32,
+    pub rl: u32,
+    pub s5: u32,
+    pub seq: u32,
+    pub gaps: u32,
+    pub gap_min: f64,
+    pub gap_sum: f64,
+    pub gap_sq: f64,
+    pub bytes: f64,
+    pub surprise: f64,
+    pub ep_bits: u64,
+    pub id_bits: u64,
+}
+
+impl Bucket {
+    fn empty(h: u8, idx: u32) -> Self {
+        Self {
+            idx,
+            h,
+            n: 0,
+            err: 0,
+            auth: 0,
+            nf: 0,
+            rl: 0,
+            s5: 0,
+            seq: 0,
+            gaps: 0,
+            gap_min: f64::INFINITY,
+            gap_sum: 0.0,
+            gap_sq: 0.0,
+            bytes: 0.0,
+            surprise: 0.0,
+            ep_bits: 0,
+            id_bits: 0,
+        }
+    }
+}
+
+/// A client's state for one endpoint (a small LRU of slots per client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Slot {
+    pub ep: u32,
+    /// Endpoint-window bucket of `cur`.
+    pub idx: u32,
+    pub cur: u32,
+    pub prev: u32,
+    /// Last numeric id used on this endpoint.
+    pub last_id: u64,
+}
+
+impl Slot {
+    /// Requests in the endpoint window ending in bucket `now`.
+    fn count_at(&self, now: u32) -> u32 {
+        match now.wrapping_sub(self.idx) {
+            0 => self.cur + self.prev,
+            1 => self.cur,
+            _ => 0,
+        }
+    }
+}
+
+/// All the state of one client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientState {
+    pub(crate) first_ts: i64,
+    pub(crate) last_ts: i64,
+    pub(crate) prev_ep: u32,
+    pub(crate) buckets: Vec<Bucket>,
+    pub(crate) slots: Vec<Slot>,
+}
+
+/// What one request contributes, after normalisation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Obs {
+    pub ts: i64,
+    pub ep: u32,
+    pub ep_hash: u64,
+    pub status: u16,
+    pub bytes: f64,
+    /// Hash of (endpoint, last id value), when the path carries an id.
+    pub id_hash: Option<u64>,
+    /// The last id, when numeric.
+    pub num_id: Option<u64>,
+    pub surprise: f64,
+}
+
+/// What the client update hands to the population model.
+pub(crate) struct Update {
+    pub endpoint_count: u32,
+}
+
+impl ClientState {
+    pub(crate) fn new(ts: i64) -> Self {
+        Self { first_ts: ts, last_ts: i64::MIN, prev_ep: NONE, buckets: Vec::new(), slots: Vec::new() }
+    }
+
+    /// Last time this client was seen.
+    pub fn last_ts(&self) -> i64 {
+        self.last_ts
+    }
+
+    /// Heap bytes owned by this state.
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>() + self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    /// Adds one request and writes the client's features into `out` (window features of every
+    /// horizon, then `secs_since_prev`, `client_age_secs`, `endpoint_count_1m` and
+    /// `endpoint_entropy_1m`; the population features are written by the caller).
+    pub(crate) fn update(&mut self, o: &Obs, w: &Windows, reg: &Registry, out: &mut [f64]) -> Update {
+        let gap = (self.last_ts != i64::MIN).then(|| (o.ts - self.last_ts).max(0));
+
+        // Endpoint slots.
+        let eidx = bucket_of(o.ts, ENDPOINT_BUCKET_MS);
+        let mut seq_step = false;
+        let pos = match self.slots.iter().position(|s| s.ep == o.ep) {
+            Some(i) => {
+                let s = &mut self.slots[i];
+                match eidx.wrapping_sub(s.idx) {
+                    0 => s.cur += 1,
+                    1 => {
+                        s.prev = s.cur;
+                        s.cur = 1;
+                    }
+                    _ => {
+                        s.prev = 0;
+                        s.cur = 1;
+                    }
+                }
+                s.idx = eidx;
+                if let (Some(n), true) = (o.num_id, s.last_id != NO_ID) {
+                    let d = n.abs_diff(s.last_id);
+                    seq_step = (1..=2).contains(&d);
+                }
+                if let Some(n) = o.num_id {
+                    s.last_id = n;
+                }
+                i
+            }
+            None => {
+                let slot = Slot { ep: o.ep, idx: eidx, cur: 1, prev: 0, last_id: o.num_id.unwrap_or(NO_ID) };
+                if self.slots.len() < w.slots {
+                    self.slots.push(slot);
+                    self.slots.len() - 1
+                } else {
+                    // Reuse the least recently used slot (oldest bucket; first of equals).
+                    let mut i = 0;
+                    for (j, s) in self.slots.iter().enumerate() {
+                        if eidx.wrapping_sub(s.idx) > eidx.wrapping_sub(self.slots[i].idx) {
+                            i = j;
+                        }
+                    }
+                    self.slots[i] = slot;
+                    i
+                }
+            }
+        };
+        let endpoint_count = self.slots[pos].count_at(eidx);
+        let mut total = 0u32;
+        for s in &self.slots {
+            total += s.count_at(eidx);
+        }
+        let mut entropy = 0.0;
+        if total > 0 {
+            let t = f64::from(total);
+            for s in &self.slots {
+                let c = s.count_at(eidx);
+                if c > 0 {
+                    let p = f64::from(c) / t;
+                    entropy -= p * p.log2();
+                }
+            }
+        }
+
+        // Buckets: prune what left every window, find or add this event's bucket per horizon.
+        let nh = w.widths_ms.len();
+        let mut cur = [0u32; 8];
+        for (h, width) in w.widths_ms.iter().enumerate() {
+            cur[h] = bucket_of(o.ts, *width);
+        }
+        let mut found = [usize::MAX; 8];
+        let mut i = 0;
+        while i < self.buckets.len() {
+            let b = &self.buckets[i];
+            let h = usize::from(b.h);
+            if cur[h].wrapping_sub(b.idx) >= w.buckets {
+                self.buckets.swap_remove(i);
+                continue;
+            }
+            if b.idx == cur[h] {
+                found[h] = i;
+            }
+            i += 1;
+        }
+        for h in 0..nh {
+            if found[h] == usize::MAX {
+                found[h] = self.buckets.len();
+                self.buckets.push(Bucket::empty(h as u8, cur[h]));
+            }
+            let b = &mut self.buckets[found[h]];
+            b.n += 1;
+            let st = o.status;
+            b.err += u32::from(st >= 400);
+            b.auth += u32::from(st == 401 || st == 403);
+            b.nf += u32::from(st == 404);
+            b.rl += u32::from(st == 429);
+            b.s5 += u32::from(st >= 500);
+            b.seq += u32::from(seq_step);
+            b.bytes += o.bytes;
+            b.surprise += o.surprise;
+            b.ep_bits |= bit(o.ep_hash);
+            if let Some(ih) = o.id_hash {
+                b.id_bits |= bit(ih);
+            }
+            if let Some(g) = gap {
+                let g = g.min(w.horizons_ms[h]) as f64;
+                b.gaps += 1;
+                b.gap_sum += g;
+                b.gap_sq += g * g;
+                b.gap_min = b.gap_min.min(g);
+            }
+        }
+        if self.buckets.capacity() > 4 * self.buckets.len().max(4) {
+            self.buckets.shrink_to(2 * self.buckets.len());
+        }
+
+        // Window features.
+        for h in 0..nh {
+            let mut a = Bucket::empty(h as u8, 0);
+            for b in self.buckets.iter().filter(|b| usize::from(b.h) == h) {
+                a.n += b.n;
+                a.err += b.err;
+                a.auth += b.auth;
+                a.nf += b.nf;
+                a.rl += b.rl;
+                a.s5 += b.s5;
+                a.seq += b.seq;
+                a.gaps += b.gaps;
+                a.gap_min = a.gap_min.min(b.gap_min);
+                a.gap_sum += b.gap_sum;
+                a.gap_sq += b.gap_sq;
+                a.bytes += b.bytes;
+                a.surprise += b.surprise;
+                a.ep_bits |= b.ep_bits;
+                a.id_bits |= b.id_bits;
+            }
+            window_features(&a, w.horizons_ms[h], &mut out[h * WindowFeature::COUNT..(h + 1) * WindowFeature::COUNT]);
+        }
+
+        let since = gap.map_or(w.max_ms, |g| g.min(w.max_ms));
+        out[reg.point_index(PointFeature::SecsSincePrev)] = since as f64 / 1000.0;
+        out[reg.point_index(PointFeature::ClientAgeSecs)] = (o.ts - self.first_ts) as f64 / 1000.0;
+        out[reg.point_index(PointFeature::EndpointCount)] = f64::from(endpoint_count);
+        out[reg.point_index(PointFeature::EndpointEntropy)] = entropy;
+
+        self.last_ts = o.ts;
+        self.prev_ep = o.ep;
+        Update { endpoint_count }
+    }
+}
+
+/// Window features from a window's summed aggregates (shared with the reference in tests).
+pub(crate) fn window_features(a: &Bucket, horizon_ms: i64, out: &mut [f64]) {
+    use WindowFeature as F;
+    let n = f64::from(a.n.max(1));
+    let hs = horizon_ms as f64 / 1000.0;
+    out[F::ReqCount as usize] = f64::from(a.n);
+    out[F::ReqRate as usize] = f64::from(a.n) / hs;
+    out[F::ErrorRatio as usize] = f64::from(a.err) / n;
+    out[F::AuthFailRatio as usize] = f64::from(a.auth) / n;
+    out[F::NotFoundRatio as usize] = f64::from(a.nf) / n;
+    out[F::ThrottledRatio as usize] = f64::from(a.rl) / n;
+    out[F::ServerErrorRatio as usize] = f64::from(a.s5) / n;
+    out[F::BytesMean as usize] = a.bytes / n;
+    if a.gaps == 0 {
+        out[F::IatMean as usize] = hs;
+        out[F::IatMin as usize] = hs;
+        out[F::IatCv as usize] = 0.0;
+    } else {
+        let g = f64::from(a.gaps);
+        let mean = a.gap_sum / g;
+        out[F::IatMean as usize] = mean / 1000.0;
+        out[F::IatMin as usize] = a.gap_min / 1000.0;
+        out[F::IatCv as usize] = if a.gaps < 2 || mean <= 0.0 {
+            0.0
+        } else {
+            let var = (a.gap_sq / g - mean * mean).max(0.0);
+            var.sqrt() / mean
+        };
+    }
+    out[F::DistinctEndpoints as usize] = linear_count(a.ep_bits);
+    out[F::DistinctIds as usize] = linear_count(a.id_bits);
+    out[F::SeqIdRatio as usize] = f64::from(a.seq) / n;
+    out[F::SurpriseMean as usize] = a.surprise / n;
+}
