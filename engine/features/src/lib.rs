@@ -8,6 +8,7 @@
 mod config;
 mod engine;
 mod error;
+mod ingest;
 mod population;
 mod registry;
 mod sketch;
@@ -17,6 +18,7 @@ mod store;
 pub use config::{Config, FeatureConfig, InputConfig};
 pub use engine::{FeatureEngine, LateEvent, Record, SNAPSHOT_VERSION, Stats};
 pub use error::{Error, Result};
+pub use ingest::{Format, Ingest, MAX_LINE_BYTES, Rejection};
 pub use population::{OVERFLOW_TEMPLATE, Population};
 pub use registry::{
     DEFINITIONS_VERSION, ENDPOINT_BUCKET_MS, FeatureDef, PointFeature, Registry, WindowFeature, horizon_suffix,

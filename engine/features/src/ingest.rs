@@ -1,0 +1,166 @@
+//! From bytes to records: line splitting across arbitrary chunks, parsing, error reporting.
+
+use gatewatch_event::{CombinedConfig, ParseError, RequestEvent, parse_combined, parse_ndjson};
+
+use crate::engine::{FeatureEngine, LateEvent, Record};
+
+/// Input line format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON event per line.
+    Ndjson,
+    /// nginx / Apache combined access-log lines.
+    Combined(CombinedConfig),
+}
+
+impl Format {
+    /// Parses one line.
+    pub fn parse(&self, line: &[u8]) -> Result<RequestEvent, ParseError> {
+        match self {
+            Self::Ndjson => parse_ndjson(line),
+            Self::Combined(cfg) => parse_combined(line, cfg),
+        }
+    }
+}
+
+/// A line that was not processed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// It could not be parsed.
+    Parse {
+        /// 1-based line number.
+        line: u64,
+        /// Why.
+        error: ParseError,
+    },
+    /// It came later than the allowed lateness.
+    Late(LateEvent),
+}
+
+impl Rejection {
+    /// Line number.
+    pub fn line(&self) -> u64 {
+        match self {
+            Self::Parse { line, .. } => *line,
+            Self::Late(l) => l.line,
+        }
+    }
+
+    /// Short category for summaries.
+    pub fn category(&self) -> String {
+        match self {
+            Self::Parse { error, .. } => error.category(),
+            Self::Late(_) => "late beyond allowed lateness".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Parse { line, error } => write!(f, "line {line}: {error}"),
+            Self::Late(l) => write!(f, "line {}: {l}", l.line),
+        }
+    }
+}
+
+/// Feeds byte chunks (of any size, cut anywhere) into a [`FeatureEngine`] line by line.
+pub struct Ingest {
+    format: Format,
+    partial: Vec<u8>,
+    line: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+}
+
+/// Longest line accepted (bytes); a longer one is rejected without being buffered whole.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+impl Ingest {
+    /// A reader of `format`.
+    pub fn new(format: Format) -> Self {
+        Self { format, partial: Vec::new(), line: 0, blank_lines: 0 }
+    }
+
+    /// Lines seen so far.
+    pub fn lines(&self) -> u64 {
+        self.line
+    }
+
+    /// Feeds a chunk; complete lines are parsed and pushed. Records go to `sink`, rejected
+    /// lines to `reject`.
+    pub fn feed(
+        &mut self,
+        engine: &mut FeatureEngine,
+        chunk: &[u8],
+        sink: &mut impl FnMut(&Record<'_>),
+        reject: &mut impl FnMut(Rejection),
+    ) {
+        let mut rest = chunk;
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            let (head, tail) = rest.split_at(nl);
+            rest = &tail[1..];
+            if self.partial.is_empty() {
+                self.line(engine, head, sink, reject);
+            } else {
+                append_capped(&mut self.partial, head);
+                let line = std::mem::take(&mut self.partial);
+                self.line(engine, &line, sink, reject);
+                self.partial = line;
+                self.partial.clear();
+            }
+        }
+        append_capped(&mut self.partial, rest);
+    }
+
+    /// Ends the input: a last line without a newline is processed, buffered events are emitted.
+    pub fn finish(
+        &mut self,
+        engine: &mut FeatureEngine,
+        sink: &mut impl FnMut(&Record<'_>),
+        reject: &mut impl FnMut(Rejection),
+    ) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(engine, &line, sink, reject);
+        }
+        engine.finish(sink);
+    }
+
+    fn line(
+        &mut self,
+        engine: &mut FeatureEngine,
+        raw: &[u8],
+        sink: &mut impl FnMut(&Record<'_>),
+        reject: &mut impl FnMut(Rejection),
+    ) {
+        self.line += 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            self.blank_lines += 1;
+            return;
+        }
+        if raw.len() > MAX_LINE_BYTES {
+            reject(Rejection::Parse {
+                line: self.line,
+                error: ParseError { field: None, reason: format!("line longer than {MAX_LINE_BYTES} bytes") },
+            });
+            return;
+        }
+        match self.format.parse(raw) {
+            Ok(ev) => {
+                if let Err(late) = engine.push(ev, self.line, sink) {
+                    reject(Rejection::Late(late));
+                }
+            }
+            Err(error) => reject(Rejection::Parse { line: self.line, error }),
+        }
+    }
+}
+
+/// Appends up to one byte past the line limit, so that an over-long line is known as such
+/// without being kept whole.
+fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
+    let room = (MAX_LINE_BYTES + 1).saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}

@@ -1,0 +1,329 @@
+//! Window features against a naive recomputation over the raw events, for random streams with
+//! out-of-order arrivals, at every horizon; and batch / chunked / split-and-restored runs
+//! against each other.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use gatewatch_event::RequestEvent;
+use gatewatch_features::{
+    Config, ENDPOINT_BUCKET_MS, FeatureEngine, Format, Ingest, PointFeature, Registry, WindowFeature, bit, fnv1a,
+    linear_count,
+};
+use proptest::prelude::*;
+
+const PATHS: [&str; 6] = ["/a", "/b/{}", "/c/{}/d", "/e", "/f/{}", "/login"];
+const STATUSES: [u16; 8] = [200, 200, 201, 401, 403, 404, 429, 503];
+
+fn config(lateness: u64) -> Config {
+    Config::parse(&format!(
+        "[features]\nhorizons_secs = [1, 5, 20]\nbuckets_per_horizon = 5\nallowed_lateness_ms = {lateness}\nclient_idle_ttl_secs = 100000\n"
+    ))
+    .unwrap()
+}
+
+#[derive(Debug, Clone)]
+struct Raw {
+    ts: i64,
+    client: u8,
+    path: usize,
+    id: u64,
+    status: u16,
+    bytes: u64,
+}
+
+impl Raw {
+    fn template(&self) -> String {
+        format!("GET {}", PATHS[self.path].replace("{}", "{id}"))
+    }
+    fn id(&self) -> Option<u64> {
+        PATHS[self.path].contains("{}").then_some(self.id)
+    }
+    fn event(&self) -> RequestEvent {
+        let path = PATHS[self.path].replace("{}", &self.id.to_string());
+        let mut e = RequestEvent::new(self.ts, IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.client)), "GET", &path, self.status);
+        e.resp_bytes = Some(self.bytes);
+        e
+    }
+}
+
+fn stream() -> impl Strategy<Value = Vec<Raw>> {
+    prop::collection::vec((0i64..600, 0i64..400, 0u8..4, 0usize..6, 0u64..8, 0usize..8, 0u64..5000), 1..150).prop_map(
+        |v| {
+            let mut t = 1_700_000_000_000i64;
+            v.into_iter()
+                .map(|(dt, jitter, client, path, id, st, bytes)| {
+                    t += dt;
+                    Raw { ts: t - jitter, client, path, id, status: STATUSES[st], bytes }
+                })
+                .collect()
+        },
+    )
+}
+
+/// The naive reference: every feature of every accepted event, recomputed from the raw list.
+fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
+    let lateness = cfg.features.allowed_lateness_ms as i64;
+    let reg = Registry::new(&cfg.features);
+    let b = i64::from(cfg.features.buckets_per_horizon);
+    // Acceptance by arrival, then processing order by (ts, arrival).
+    let mut max_ts = i64::MIN;
+    let mut order: Vec<usize> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        if max_ts != i64::MIN && r.ts < max_ts - lateness {
+            continue;
+        }
+        max_ts = max_ts.max(r.ts);
+        order.push(i);
+    }
+    order.sort_by_key(|&i| (raw[i].ts, i));
+    let max_ms = i64::from(*cfg.features.horizons_secs.last().unwrap()) * 1000;
+    let mut out = Vec::new();
+    let mut templates: Vec<String> = vec!["{other}".into()];
+    let mut baseline: std::collections::HashMap<String, f64> = Default::default();
+    let ep_count = |p: usize, q: usize, order: &[usize]| -> u32 {
+        // events of q's client on q's endpoint in the endpoint window ending at q, up to p
+        let e = &raw[order[q]];
+        let cur = e.ts.div_euclid(ENDPOINT_BUCKET_MS);
+        order[..=p]
+            .iter()
+            .filter(|&&j| {
+                let x = &raw[j];
+                x.client == e.client && x.template() == e.template() && cur - x.ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1
+            })
+            .count() as u32
+    };
+    // Surprise of each processed event (sequential population model).
+    let mut surprises = vec![0.0; order.len()];
+    for p in 0..order.len() {
+        let e = &raw[order[p]];
+        if !templates.contains(&e.template()) {
+            templates.push(e.template());
+        }
+        let prev = |q: usize| -> Option<String> {
+            let c = raw[order[q]].client;
+            (0..q).rev().find(|&k| raw[order[k]].client == c).map(|k| raw[order[k]].template())
+        };
+        let from = prev(p);
+        let (mut c, mut total) = (0u32, 0u32);
+        for q in 0..p {
+            if prev(q) == from {
+                total += 1;
+                if raw[order[q]].template() == e.template() {
+                    c += 1;
+                }
+            }
+        }
+        surprises[p] = -((f64::from(c) + 1.0) / (f64::from(total) + templates.len() as f64)).log2();
+    }
+    for p in 0..order.len() {
+        let e = &raw[order[p]];
+        let mut f = vec![0.0; reg.len()];
+        let mine: Vec<usize> = (0..=p).filter(|&q| raw[order[q]].client == e.client).collect();
+        for (h, &hs) in cfg.features.horizons_secs.iter().enumerate() {
+            let hms = i64::from(hs) * 1000;
+            let width = hms / b;
+            let cur = e.ts.div_euclid(width);
+            let win: Vec<usize> = mine.iter().copied().filter(|&q| cur - raw[order[q]].ts.div_euclid(width) < b).collect();
+            let n = win.len() as f64;
+            let st = |pred: &dyn Fn(u16) -> bool| win.iter().filter(|&&q| pred(raw[order[q]].status)).count() as f64 / n;
+            let mut gaps = Vec::new();
+            let (mut ep_bits, mut id_bits, mut seq, mut surprise, mut bytes) = (0u64, 0u64, 0.0, 0.0, 0.0);
+            for &q in &win {
+                let x = &raw[order[q]];
+                let k = mine.iter().position(|&m| m == q).unwrap();
+                if k > 0 {
+                    gaps.push(((x.ts - raw[order[mine[k - 1]]].ts).min(hms)) as f64);
+                }
+                let eh = fnv1a(x.template().as_bytes());
+                ep_bits |= bit(eh);
+                if let Some(id) = x.id() {
+                    id_bits |= bit(fnv1a(id.to_string().as_bytes()) ^ eh.rotate_left(17));
+                    let last = mine[..k].iter().rev().map(|&m| &raw[order[m]]).find(|y| y.template() == x.template());
+                    if let Some(prev_id) = last.and_then(Raw::id) {
+                        if (1..=2).contains(&id.abs_diff(prev_id)) {
+                            seq += 1.0;
+                        }
+                    }
+                }
+                surprise += surprises[q];
+                bytes += x.bytes as f64;
+            }
+            let o = |wf: WindowFeature| Registry::window_index(h, wf);
+            f[o(WindowFeature::ReqCount)] = n;
+            f[o(WindowFeature::ReqRate)] = n / f64::from(hs);
+            f[o(WindowFeature::ErrorRatio)] = st(&|s| s >= 400);
+            f[o(WindowFeature::AuthFailRatio)] = st(&|s| s == 401 || s == 403);
+            f[o(WindowFeature::NotFoundRatio)] = st(&|s| s == 404);
+            f[o(WindowFeature::ThrottledRatio)] = st(&|s| s == 429);
+            f[o(WindowFeature::ServerErrorRatio)] = st(&|s| s >= 500);
+            f[o(WindowFeature::BytesMean)] = bytes / n;
+            if gaps.is_empty() {
+                f[o(WindowFeature::IatMean)] = f64::from(hs);
+                f[o(WindowFeature::IatMin)] = f64::from(hs);
+            } else {
+                let g = gaps.len() as f64;
+                let mean = gaps.iter().sum::<f64>() / g;
+                f[o(WindowFeature::IatMean)] = mean / 1000.0;
+                f[o(WindowFeature::IatMin)] = gaps.iter().copied().fold(f64::INFINITY, f64::min) / 1000.0;
+                if gaps.len() >= 2 && mean > 0.0 {
+                    let var = gaps.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / g;
+                    f[o(WindowFeature::IatCv)] = var.sqrt() / mean;
+                }
+            }
+            f[o(WindowFeature::DistinctEndpoints)] = linear_count(ep_bits);
+            f[o(WindowFeature::DistinctIds)] = linear_count(id_bits);
+            f[o(WindowFeature::SeqIdRatio)] = seq / n;
+            f[o(WindowFeature::SurpriseMean)] = surprise / n;
+        }
+        let k = mine.len() - 1;
+        f[reg.point_index(PointFeature::SecsSincePrev)] =
+            if k == 0 { max_ms } else { (e.ts - raw[order[mine[k - 1]]].ts).min(max_ms) } as f64 / 1000.0;
+        f[reg.point_index(PointFeature::ClientAgeSecs)] = (e.ts - raw[order[mine[0]]].ts) as f64 / 1000.0;
+        f[reg.point_index(PointFeature::TransitionSurprise)] = surprises[p];
+        let count = ep_count(p, p, &order);
+        f[reg.point_index(PointFeature::EndpointCount)] = f64::from(count);
+        // Entropy over this client's endpoints in the endpoint window.
+        let cur = e.ts.div_euclid(ENDPOINT_BUCKET_MS);
+        let mut per: std::collections::BTreeMap<String, f64> = Default::default();
+        for &q in &mine {
+            let x = &raw[order[q]];
+            if cur - x.ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1 {
+                *per.entry(x.template()).or_default() += 1.0;
+            }
+        }
+        let t: f64 = per.values().sum();
+        f[reg.point_index(PointFeature::EndpointEntropy)] = -per.values().map(|c| (c / t) * (c / t).log2()).sum::<f64>();
+        let pop = order[..=p]
+            .iter()
+            .filter(|&&j| raw[j].template() == e.template() && cur - raw[j].ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1)
+            .count();
+        f[reg.point_index(PointFeature::EndpointPopRate)] = pop as f64 / 60.0;
+        let x = f64::from(count).ln_1p();
+        f[reg.point_index(PointFeature::EndpointRateRatio)] = match baseline.get_mut(&e.template()) {
+            None => {
+                baseline.insert(e.template(), x);
+                1.0
+            }
+            Some(bl) => {
+                let r = (x - *bl).exp();
+                *bl += (x - *bl) / 64.0;
+                r
+            }
+        };
+        out.push((order[p], f));
+    }
+    out
+}
+
+fn run(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
+    let mut eng = FeatureEngine::new(cfg).unwrap();
+    let mut out = Vec::new();
+    let mut sink = |r: &gatewatch_features::Record<'_>| out.push((r.line as usize, r.features.to_vec()));
+    for (i, r) in raw.iter().enumerate() {
+        let _ = eng.push(r.event(), i as u64, &mut sink);
+    }
+    eng.finish(&mut sink);
+    out
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn features_equal_naive_recomputation(raw in stream(), lateness in prop::sample::select(vec![0u64, 150, 300, 10_000])) {
+        let cfg = config(lateness);
+        let names: Vec<String> = Registry::new(&cfg.features).names().map(String::from).collect();
+        let got = run(&raw, &cfg);
+        let want = reference(&raw, &cfg);
+        prop_assert_eq!(got.len(), want.len(), "accepted events");
+        for ((gi, g), (wi, w)) in got.iter().zip(&want) {
+            prop_assert_eq!(gi, wi, "processing order");
+            for (k, (a, b)) in g.iter().zip(w).enumerate() {
+                prop_assert!(close(*a, *b), "event {} feature {}: engine {} reference {}", gi, names[k], a, b);
+            }
+        }
+    }
+}
+
+fn ndjson(raw: &[Raw]) -> Vec<u8> {
+    let mut s = String::new();
+    for (i, r) in raw.iter().enumerate() {
+        let e = r.event();
+        s.push_str(&format!(
+            "{{\"id\":{i},\"ts\":{},\"client_ip\":\"{}\",\"method\":\"GET\",\"path\":\"{}\",\"status\":{},\"resp_bytes\":{}}}\n",
+            e.ts_ms, e.client_ip, e.path, e.status, r.bytes
+        ));
+        if i % 17 == 5 {
+            s.push_str("{\"ts\": \"garbage\"}\n");
+        }
+    }
+    s.into_bytes()
+}
+
+type Out = (Vec<(u64, String, Vec<u64>)>, Vec<String>);
+
+fn ingest(bytes: &[u8], cuts: &[usize], cfg: &Config) -> Out {
+    let mut eng = FeatureEngine::new(cfg).unwrap();
+    let mut ing = Ingest::new(Format::Ndjson);
+    let mut recs = Vec::new();
+    let mut errs = Vec::new();
+    let mut sink = |r: &gatewatch_features::Record<'_>| {
+        recs.push((r.line, r.client.to_string(), r.features.iter().map(|f| f.to_bits()).collect()));
+    };
+    let mut reject = |e: gatewatch_features::Rejection| errs.push(e.to_string());
+    let mut start = 0;
+    for &c in cuts {
+        let c = c.min(bytes.len()).max(start);
+        ing.feed(&mut eng, &bytes[start..c], &mut sink, &mut reject);
+        start = c;
+    }
+    ing.feed(&mut eng, &bytes[start..], &mut sink, &mut reject);
+    ing.finish(&mut eng, &mut sink, &mut reject);
+    (recs, errs)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// A log processed whole equals the same log fed in arbitrary chunks, bit for bit.
+    #[test]
+    fn chunked_equals_whole(raw in stream(), mut cuts in prop::collection::vec(0usize..20_000, 0..40)) {
+        let cfg = config(300);
+        let bytes = ndjson(&raw);
+        cuts.sort_unstable();
+        let whole = ingest(&bytes, &[], &cfg);
+        let chunked = ingest(&bytes, &cuts, &cfg);
+        prop_assert!(!whole.1.is_empty() || raw.len() < 6);
+        prop_assert_eq!(whole, chunked);
+    }
+
+    /// Saving the state half-way and restoring it into a new engine changes nothing.
+    #[test]
+    fn snapshot_restore_continues_identically(raw in stream(), at in 0usize..150) {
+        let cfg = config(0);
+        let mut sorted = raw.clone();
+        sorted.sort_by_key(|r| r.ts);
+        let at = at.min(sorted.len());
+        let full = run(&sorted, &cfg);
+        let mut a = FeatureEngine::new(&cfg).unwrap();
+        let mut out = Vec::new();
+        let mut sink = |r: &gatewatch_features::Record<'_>| out.push((r.line as usize, r.features.to_vec()));
+        for (i, r) in sorted[..at].iter().enumerate() {
+            a.push(r.event(), i as u64, &mut sink).unwrap();
+        }
+        a.finish(&mut sink);
+        let mut bytes = Vec::new();
+        a.save_state(&mut bytes).unwrap();
+        let mut b = FeatureEngine::new(&cfg).unwrap();
+        b.restore_state(&mut bytes.as_slice()).unwrap();
+        for (i, r) in sorted.iter().enumerate().skip(at) {
+            b.push(r.event(), i as u64, &mut sink).unwrap();
+        }
+        b.finish(&mut sink);
+        prop_assert_eq!(out, full);
+    }
+}
