@@ -13,6 +13,7 @@ mod error;
 mod event;
 mod ndjson;
 mod time;
+mod write;
 
 pub use client_key::{ClientKey, ClientKeyConfig, ClientKeyExtractor, KeyKind, KeySource};
 pub use combined::{CombinedConfig, parse_combined};
@@ -21,3 +22,4 @@ pub use error::{Error, ParseError, Result};
 pub use event::{Header, RequestEvent};
 pub use ndjson::parse_ndjson;
 pub use time::{format_rfc3339_ms, parse_rfc3339_ms};
+pub use write::{write_json_str, write_ndjson};
