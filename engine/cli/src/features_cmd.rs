@@ -1,0 +1,237 @@
+//! `gatewatch features`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use gatewatch_event::KeyKind;
+use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record, Rejection};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::output::RecordWriter;
+use crate::{FeaturesArgs, InputFormat};
+
+/// Features shown per label in the summary (when the configuration has them).
+const SUMMARY_FEATURES: [&str; 6] =
+    ["req_rate_1m", "error_ratio_1m", "iat_cv_1m", "distinct_ids_10m", "seq_id_ratio_10m", "transition_surprise"];
+/// Rejected lines printed in full on standard error (all go to `--rejects`).
+const SHOWN_REJECTS: usize = 10;
+
+#[derive(Default)]
+struct LabelStats {
+    events: u64,
+    clients: HashSet<String>,
+    sums: Vec<f64>,
+}
+
+pub fn run(a: FeaturesArgs) -> Result<()> {
+    let cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let mut engine = FeatureEngine::new(&cfg)?;
+    if a.list {
+        print!("{}", engine.registry().to_markdown());
+        return Ok(());
+    }
+    if a.schema {
+        println!("{}", serde_json::to_string_pretty(engine.registry())?);
+        return Ok(());
+    }
+    let format = match a.format {
+        InputFormat::Ndjson => Format::Ndjson,
+        InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
+    };
+    let (mut input, size) = crate::io::open_input(&a.input)?;
+    let mut out = if a.no_output { None } else { Some(crate::io::open_output(&a.output)?) };
+    let mut rejects_out = match &a.rejects {
+        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)),
+        None => None,
+    };
+    let show_progress = a.progress.unwrap_or_else(|| {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal() && !crate::io::output_is_terminal(&a.output)
+    });
+    let bar = if show_progress {
+        let b = match size {
+            Some(n) => ProgressBar::new(n).with_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                    .expect("valid template"),
+            ),
+            None => ProgressBar::new_spinner()
+                .with_style(ProgressStyle::with_template("{spinner} {bytes} read {binary_bytes_per_sec}").expect("valid template")),
+        };
+        Some(b)
+    } else {
+        None
+    };
+
+    let summary_idx: Vec<(usize, &str)> =
+        SUMMARY_FEATURES.iter().filter_map(|n| engine.registry().index_of(n).map(|i| (i, *n))).collect();
+    let mut writer = RecordWriter::new(engine.registry().names());
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
+    let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
+    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut shown = 0usize;
+    let write_err: std::cell::RefCell<Option<std::io::Error>> = std::cell::RefCell::new(None);
+    let started = Instant::now();
+
+    let mut ingest = Ingest::new(format);
+    let mut chunk = vec![0u8; 1 << 18];
+    {
+        let mut sink = |r: &Record<'_>| {
+            if let Some(o) = out.as_mut() {
+                writer.write(r, &mut buf);
+                if buf.len() >= 1 << 16 {
+                    if let Err(e) = o.write_all(&buf) {
+                        write_err.borrow_mut().get_or_insert(e);
+                    }
+                    buf.clear();
+                }
+            }
+            if let Some(l) = &r.event.label {
+                let st = labels.entry(l.trim_matches('"').to_string()).or_default();
+                st.events += 1;
+                if !st.clients.contains(r.client) {
+                    st.clients.insert(r.client.to_string());
+                }
+                st.sums.resize(summary_idx.len(), 0.0);
+                for (k, (i, _)) in summary_idx.iter().enumerate() {
+                    st.sums[k] += r.features[*i];
+                }
+            }
+        };
+        let mut reject = |e: Rejection| {
+            *rejected.entry(e.category()).or_insert(0) += 1;
+            if shown < SHOWN_REJECTS {
+                eprintln!("gatewatch: rejected {e}");
+                shown += 1;
+                if shown == SHOWN_REJECTS {
+                    eprintln!("gatewatch: (further rejected lines are counted in the summary{})",
+                        if rejects_out.is_some() { " and written to --rejects" } else { "; --rejects FILE lists them all" });
+                }
+            }
+            if let Some(w) = rejects_out.as_mut() {
+                let line = serde_json::json!({"line": e.line(), "category": e.category(), "reason": e.to_string()});
+                let _ = writeln!(w, "{line}");
+            }
+        };
+        loop {
+            let n = match input.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("reading input"),
+            };
+            ingest.feed(&mut engine, &chunk[..n], &mut sink, &mut reject);
+            if let Some(b) = &bar {
+                b.inc(n as u64);
+            }
+            if write_err.borrow().is_some() {
+                break;
+            }
+        }
+        ingest.finish(&mut engine, &mut sink, &mut reject);
+    }
+    if let Some(e) = write_err.into_inner() {
+        return Err(e.into());
+    }
+    if let Some(o) = out.as_mut() {
+        o.write_all(&buf)?;
+        o.flush()?;
+    }
+    if let Some(w) = rejects_out.as_mut() {
+        w.flush()?;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    summary(&engine, &ingest, &rejected, &labels, &summary_idx, secs);
+    Ok(())
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn summary(
+    engine: &FeatureEngine,
+    ingest: &Ingest,
+    rejected: &BTreeMap<String, u64>,
+    labels: &BTreeMap<String, LabelStats>,
+    idx: &[(usize, &str)],
+    secs: f64,
+) {
+    let st = engine.stats();
+    let store = engine.store();
+    let n_rej: u64 = rejected.values().sum();
+    let mut e = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        e,
+        "gatewatch features: {} events with features in {:.2} s ({:.0} events/s)",
+        thousands(st.events_out),
+        secs,
+        st.events_out as f64 / secs.max(1e-9)
+    );
+    let _ = write!(e, "  lines read: {}; rejected: {}", thousands(ingest.lines()), thousands(n_rej));
+    if n_rej > 0 {
+        let parts: Vec<String> = rejected.iter().map(|(k, v)| format!("{} {k}", thousands(*v))).collect();
+        let _ = write!(e, " ({})", parts.join(", "));
+    }
+    if ingest.blank_lines > 0 {
+        let _ = write!(e, "; blank lines skipped: {}", ingest.blank_lines);
+    }
+    e.push('\n');
+    let kinds: Vec<String> = KeyKind::ALL
+        .iter()
+        .zip(st.keys_by_kind)
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{} {}", k.as_str(), thousands(n)))
+        .collect();
+    let _ = writeln!(
+        e,
+        "  clients: {} tracked at the end (cap {}), {} seen, evicted {} idle + {} over capacity; keys used: {}",
+        thousands(store.len() as u64),
+        thousands(store.capacity() as u64),
+        thousands(store.created),
+        thousands(store.evictions.idle),
+        thousands(store.evictions.capacity),
+        if kinds.is_empty() { "-".into() } else { kinds.join(", ") }
+    );
+    let pop = engine.population();
+    let _ = writeln!(
+        e,
+        "  endpoints: {} templates{}; malformed bearer tokens: {}; feature set {}",
+        pop.endpoints() - 1,
+        if pop.overflowed > 0 { format!(" ({} requests over the template cap)", pop.overflowed) } else { String::new() },
+        st.malformed_jwt,
+        engine.registry().hash
+    );
+    if !labels.is_empty() && !idx.is_empty() {
+        let _ = write!(e, "  mean features by label:\n    {:<20} {:>8} {:>7}", "label", "events", "clients");
+        for (_, n) in idx {
+            let _ = write!(e, " {n:>19}");
+        }
+        e.push('\n');
+        for (l, s) in labels {
+            let _ = write!(e, "    {:<20} {:>8} {:>7}", l, s.events, s.clients.len());
+            for v in &s.sums {
+                let _ = write!(e, " {:>19.3}", v / s.events.max(1) as f64);
+            }
+            e.push('\n');
+        }
+    }
+    eprint!("{e}");
+}

@@ -1,0 +1,130 @@
+//! `gatewatch`: the command-line interface.
+
+mod features_cmd;
+mod io;
+mod output;
+mod simulate_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// gatewatch finds abuse and anomalies in API traffic.
+///
+/// It reads an API gateway's request log (NDJSON events or combined access-log lines), keeps
+/// sliding-window behaviour features for every client and writes them per request. Every
+/// verb reads standard input when no input is given and writes standard output when no
+/// output is given, so verbs chain: `gatewatch simulate | gatewatch features`.
+#[derive(Parser)]
+#[command(name = "gatewatch", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate labelled API traffic (NDJSON events): normal users and abuse scenarios.
+    ///
+    /// Deterministic: the same seed and options give the same bytes. Every event carries an
+    /// `id` and a `label` (`normal` or the scenario's name).
+    Simulate(SimulateArgs),
+    /// Compute point-in-time features for every request of a log.
+    ///
+    /// Writes one NDJSON record per input event (`id`, `label` when present, `ts`, `client`,
+    /// `endpoint` and every feature by name), in event-time order. Malformed lines are
+    /// counted and reported with their line number and reason; the run goes on. A summary
+    /// goes to standard error.
+    Features(FeaturesArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated time span: 90s, 10m, 2h.
+    #[arg(long, default_value = "10m")]
+    duration: String,
+    /// Number of normal users.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Abuse scenarios, comma-separated, `all` or `none`.
+    #[arg(long, default_value = "all")]
+    scenarios: String,
+    /// Start of simulated time (RFC 3339).
+    #[arg(long)]
+    start: Option<String>,
+    /// Output file (standard output when absent or `-`).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list_scenarios: bool,
+}
+
+/// Input line format.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum InputFormat {
+    /// One JSON event per line.
+    Ndjson,
+    /// nginx / Apache combined access-log lines.
+    Combined,
+}
+
+#[derive(clap::Args)]
+struct FeaturesArgs {
+    /// Input file (standard input when absent or `-`).
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Output file (standard output when absent or `-`).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Input line format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    format: InputFormat,
+    /// Configuration file (TOML; see gatewatch.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write every rejected line (line number, category, reason) as NDJSON to this file.
+    #[arg(long)]
+    rejects: Option<PathBuf>,
+    /// Print the feature reference (Markdown) and exit.
+    #[arg(long)]
+    list: bool,
+    /// Print the feature registry as JSON and exit.
+    #[arg(long)]
+    schema: bool,
+    /// Do not write records (summary only).
+    #[arg(long)]
+    no_output: bool,
+    /// Show a progress bar (default: only when standard error is a terminal and the output is not).
+    #[arg(long)]
+    progress: Option<bool>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Simulate(a) => simulate_cmd::run(a),
+        Command::Features(a) => features_cmd::run(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("gatewatch: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
