@@ -14,8 +14,14 @@ use crate::output::RecordWriter;
 use crate::{FeaturesArgs, InputFormat};
 
 /// Features shown per label in the summary (when the configuration has them).
-const SUMMARY_FEATURES: [&str; 6] =
-    ["req_rate_1m", "error_ratio_1m", "iat_cv_1m", "distinct_ids_10m", "seq_id_ratio_10m", "transition_surprise"];
+const SUMMARY_FEATURES: [&str; 6] = [
+    "req_rate_1m",
+    "error_ratio_1m",
+    "iat_cv_1m",
+    "distinct_ids_10m",
+    "seq_id_ratio_10m",
+    "transition_surprise",
+];
 /// Rejected lines printed in full on standard error (all go to `--rejects`).
 const SHOWN_REJECTS: usize = 10;
 
@@ -45,9 +51,15 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
     };
     let (mut input, size) = crate::io::open_input(&a.input)?;
-    let mut out = if a.no_output { None } else { Some(crate::io::open_output(&a.output)?) };
+    let mut out = if a.no_output {
+        None
+    } else {
+        Some(crate::io::open_output(&a.output)?)
+    };
     let mut rejects_out = match &a.rejects {
-        Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)),
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
         None => None,
     };
     let show_progress = a.progress.unwrap_or_else(|| {
@@ -57,19 +69,25 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     let bar = if show_progress {
         let b = match size {
             Some(n) => ProgressBar::new(n).with_style(
-                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template"),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{spinner} {bytes} read {binary_bytes_per_sec}")
                     .expect("valid template"),
             ),
-            None => ProgressBar::new_spinner()
-                .with_style(ProgressStyle::with_template("{spinner} {bytes} read {binary_bytes_per_sec}").expect("valid template")),
         };
         Some(b)
     } else {
         None
     };
 
-    let summary_idx: Vec<(usize, &str)> =
-        SUMMARY_FEATURES.iter().filter_map(|n| engine.registry().index_of(n).map(|i| (i, *n))).collect();
+    let summary_idx: Vec<(usize, &str)> = SUMMARY_FEATURES
+        .iter()
+        .filter_map(|n| engine.registry().index_of(n).map(|i| (i, *n)))
+        .collect();
     let mut writer = RecordWriter::new(engine.registry().names());
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
@@ -109,8 +127,14 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 eprintln!("gatewatch: rejected {e}");
                 shown += 1;
                 if shown == SHOWN_REJECTS {
-                    eprintln!("gatewatch: (further rejected lines are counted in the summary{})",
-                        if rejects_out.is_some() { " and written to --rejects" } else { "; --rejects FILE lists them all" });
+                    eprintln!(
+                        "gatewatch: (further rejected lines are counted in the summary{})",
+                        if rejects_out.is_some() {
+                            " and written to --rejects"
+                        } else {
+                            "; --rejects FILE lists them all"
+                        }
+                    );
                 }
             }
             if let Some(w) = rejects_out.as_mut() {
@@ -185,9 +209,17 @@ fn summary(
         secs,
         st.events_out as f64 / secs.max(1e-9)
     );
-    let _ = write!(e, "  lines read: {}; rejected: {}", thousands(ingest.lines()), thousands(n_rej));
+    let _ = write!(
+        e,
+        "  lines read: {}; rejected: {}",
+        thousands(ingest.lines()),
+        thousands(n_rej)
+    );
     if n_rej > 0 {
-        let parts: Vec<String> = rejected.iter().map(|(k, v)| format!("{} {k}", thousands(*v))).collect();
+        let parts: Vec<String> = rejected
+            .iter()
+            .map(|(k, v)| format!("{} {k}", thousands(*v)))
+            .collect();
         let _ = write!(e, " ({})", parts.join(", "));
     }
     if ingest.blank_lines > 0 {
@@ -208,19 +240,31 @@ fn summary(
         thousands(store.created),
         thousands(store.evictions.idle),
         thousands(store.evictions.capacity),
-        if kinds.is_empty() { "-".into() } else { kinds.join(", ") }
+        if kinds.is_empty() {
+            "-".into()
+        } else {
+            kinds.join(", ")
+        }
     );
     let pop = engine.population();
     let _ = writeln!(
         e,
         "  endpoints: {} templates{}; malformed bearer tokens: {}; feature set {}",
         pop.endpoints() - 1,
-        if pop.overflowed > 0 { format!(" ({} requests over the template cap)", pop.overflowed) } else { String::new() },
+        if pop.overflowed > 0 {
+            format!(" ({} requests over the template cap)", pop.overflowed)
+        } else {
+            String::new()
+        },
         st.malformed_jwt,
         engine.registry().hash
     );
     if !labels.is_empty() && !idx.is_empty() {
-        let _ = write!(e, "  mean features by label:\n    {:<20} {:>8} {:>7}", "label", "events", "clients");
+        let _ = write!(
+            e,
+            "  mean features by label:\n    {:<20} {:>8} {:>7}",
+            "label", "events", "clients"
+        );
         for (_, n) in idx {
             let _ = write!(e, " {n:>19}");
         }

@@ -24,10 +24,14 @@ pub fn open_input(p: &Option<PathBuf>) -> Result<(Box<dyn Read>, Option<u64>)> {
 /// A buffered output.
 pub fn open_output(p: &Option<PathBuf>) -> Result<Box<dyn Write>> {
     if is_std(p) {
-        return Ok(Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock())));
+        return Ok(Box::new(BufWriter::with_capacity(
+            1 << 16,
+            io::stdout().lock(),
+        )));
     }
     let path = p.as_deref().expect("not stdout");
-    let f = File::create(path).with_context(|| format!("cannot create output {}", path.display()))?;
+    let f =
+        File::create(path).with_context(|| format!("cannot create output {}", path.display()))?;
     Ok(Box::new(BufWriter::with_capacity(1 << 16, f)))
 }
 

@@ -20,7 +20,10 @@ impl RecordWriter {
                 k
             })
             .collect();
-        Self { keys, ts: String::with_capacity(32) }
+        Self {
+            keys,
+            ts: String::with_capacity(32),
+        }
     }
 
     /// Appends one record as a line.
@@ -37,7 +40,8 @@ impl RecordWriter {
             out.push(b',');
         }
         self.ts.clear();
-        self.ts.push_str(&gatewatch_event::format_rfc3339_ms(r.event.ts_ms));
+        self.ts
+            .push_str(&gatewatch_event::format_rfc3339_ms(r.event.ts_ms));
         out.extend_from_slice(b"\"ts\":\"");
         out.extend_from_slice(self.ts.as_bytes());
         out.extend_from_slice(b"\",\"client\":");

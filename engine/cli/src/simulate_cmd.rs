@@ -18,10 +18,16 @@ pub fn run(a: SimulateArgs) -> Result<()> {
     let scenarios = match a.scenarios.trim() {
         "all" => Scenario::ALL.to_vec(),
         "none" | "" => Vec::new(),
-        list => list.split(',').map(|s| Scenario::parse(s.trim())).collect::<Result<Vec<_>, _>>()?,
+        list => list
+            .split(',')
+            .map(|s| Scenario::parse(s.trim()))
+            .collect::<Result<Vec<_>, _>>()?,
     };
     if a.users > 1_000_000 {
-        bail!("--users {} is more than the 1000000 this simulator generates", a.users);
+        bail!(
+            "--users {} is more than the 1000000 this simulator generates",
+            a.users
+        );
     }
     let cfg = SimConfig {
         seed: a.seed,
@@ -42,6 +48,10 @@ pub fn run(a: SimulateArgs) -> Result<()> {
         out.write_all(line.as_bytes())?;
     }
     out.flush()?;
-    tracing::info!(message = "Traffic simulated.", events = events.len(), seed = a.seed);
+    tracing::info!(
+        message = "Traffic simulated.",
+        events = events.len(),
+        seed = a.seed
+    );
     Ok(())
 }

@@ -8,7 +8,13 @@ fn gw() -> Command {
 }
 
 fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = gw().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = gw()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
@@ -20,25 +26,59 @@ fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
 }
 
 fn lines(b: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(b).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(b)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn simulate_pipes_into_features() {
-    let sim = gw().args(["simulate", "--seed", "7", "--duration", "3m", "--users", "30"]).output().unwrap();
+    let sim = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "7",
+            "--duration",
+            "3m",
+            "--users",
+            "30",
+        ])
+        .output()
+        .unwrap();
     assert!(sim.status.success());
-    let again = gw().args(["simulate", "--seed", "7", "--duration", "3m", "--users", "30"]).output().unwrap();
+    let again = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "7",
+            "--duration",
+            "3m",
+            "--users",
+            "30",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(sim.stdout, again.stdout, "same seed, same bytes");
     let events = lines(&sim.stdout);
     assert!(events.len() > 500);
 
     let out = run_with_stdin(&["features"], &sim.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = lines(&out.stdout);
     assert_eq!(recs.len(), events.len());
     let schema = gw().args(["features", "--schema"]).output().unwrap();
     let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
-    let names: Vec<&str> = schema["features"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = schema["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
     let mut ids = std::collections::HashSet::new();
     for r in &recs {
         let o = r.as_object().unwrap();
@@ -53,13 +93,25 @@ fn simulate_pipes_into_features() {
     }
     assert_eq!(ids.len(), events.len(), "every event once");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{} events with features", thousands(events.len()))), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} events with features", thousands(events.len()))),
+        "{stderr}"
+    );
     assert!(stderr.contains("rejected: 0"), "{stderr}");
     assert!(stderr.contains("mean features by label"), "{stderr}");
     // A client key with its kind on every record.
-    assert!(recs.iter().any(|r| r["client"].as_str().unwrap().starts_with("jwt:sub=u")));
-    assert!(recs.iter().any(|r| r["client"].as_str().unwrap().starts_with("ip:")));
-    assert!(recs.iter().any(|r| r["endpoint"] == "GET api.shop.example/v1/products/{id}"));
+    assert!(
+        recs.iter()
+            .any(|r| r["client"].as_str().unwrap().starts_with("jwt:sub=u"))
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["client"].as_str().unwrap().starts_with("ip:"))
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["endpoint"] == "GET api.shop.example/v1/products/{id}")
+    );
 }
 
 fn thousands(n: usize) -> String {
@@ -87,25 +139,48 @@ fn malformed_lines_are_reported_and_the_run_goes_on() {
     .join("\n");
     let dir = tempfile::tempdir().unwrap();
     let rejects = dir.path().join("rejects.ndjson");
-    let out = run_with_stdin(&["features", "--rejects", rejects.to_str().unwrap()], input.as_bytes());
+    let out = run_with_stdin(
+        &["features", "--rejects", rejects.to_str().unwrap()],
+        input.as_bytes(),
+    );
     assert!(out.status.success());
     let recs = lines(&out.stdout);
-    assert_eq!(recs.iter().map(|r| r["id"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "c"]);
+    assert_eq!(
+        recs.iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["a", "c"]
+    );
     assert_eq!(recs[1]["req_count_10s"], 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("rejected line 2: field `status`"), "{stderr}");
+    assert!(
+        stderr.contains("rejected line 2: field `status`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("rejected line 3: not JSON"), "{stderr}");
-    assert!(stderr.contains("rejected line 6: missing field `ts`"), "{stderr}");
+    assert!(
+        stderr.contains("rejected line 6: missing field `ts`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("rejected: 3"), "{stderr}");
     let rej = lines(&std::fs::read(&rejects).unwrap());
-    assert_eq!(rej.iter().map(|r| r["line"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3, 6]);
+    assert_eq!(
+        rej.iter()
+            .map(|r| r["line"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3, 6]
+    );
 }
 
 #[test]
 fn combined_logs_with_a_session_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gw.toml");
-    std::fs::write(&cfg, "[client_key]\nsources = [\"session_id\", \"ip\"]\n[input.combined]\nsession_field = 1\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[client_key]\nsources = [\"session_id\", \"ip\"]\n[input.combined]\nsession_field = 1\n",
+    )
+    .unwrap();
     let log = dir.path().join("access.log");
     std::fs::write(
         &log,
@@ -117,10 +192,22 @@ fn combined_logs_with_a_session_field() {
     )
     .unwrap();
     let out = gw()
-        .args(["features", "--format", "combined", "--config", cfg.to_str().unwrap(), "-i", log.to_str().unwrap()])
+        .args([
+            "features",
+            "--format",
+            "combined",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-i",
+            log.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = lines(&out.stdout);
     assert_eq!(recs.len(), 3);
     assert_eq!(recs[0]["client"], "session:sess-1");
@@ -136,20 +223,35 @@ fn bad_options_and_configs_fail_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[features]\nhorizons_secs = [60, 10]\n").unwrap();
-    let out = gw().args(["features", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let out = gw()
+        .args(["features", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("horizons_secs") && err.contains("ascending"), "{err}");
+    assert!(
+        err.contains("horizons_secs") && err.contains("ascending"),
+        "{err}"
+    );
 
-    let out = gw().args(["features", "-i", "/nonexistent/x.ndjson"]).output().unwrap();
+    let out = gw()
+        .args(["features", "-i", "/nonexistent/x.ndjson"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.ndjson"));
 
-    let out = gw().args(["simulate", "--scenarios", "scraping,bogus"]).output().unwrap();
+    let out = gw()
+        .args(["simulate", "--scenarios", "scraping,bogus"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario \"bogus\""));
 
-    let out = gw().args(["simulate", "--duration", "ten"]).output().unwrap();
+    let out = gw()
+        .args(["simulate", "--duration", "ten"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -157,7 +259,11 @@ fn bad_options_and_configs_fail_with_a_message() {
 fn feature_reference_in_docs_is_current() {
     let out = gw().args(["features", "--list"]).output().unwrap();
     let generated = String::from_utf8(out.stdout).unwrap();
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FEATURES.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/FEATURES.md"
+    ))
+    .unwrap();
     assert!(
         doc.contains(&generated),
         "docs/FEATURES.md is out of date: regenerate it with scripts/gen-docs"
@@ -168,7 +274,10 @@ fn feature_reference_in_docs_is_current() {
 fn help_explains_each_verb() {
     let out = gw().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("simulate") && help.contains("features"), "{help}");
+    assert!(
+        help.contains("simulate") && help.contains("features"),
+        "{help}"
+    );
     let out = gw().args(["features", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("point-in-time"));
 }

@@ -27,7 +27,8 @@ pub enum KeySource {
 impl KeySource {
     /// Parses `jwt_claim:NAME`, `header:NAME`, `cookie:NAME`, `session_id` or `ip`.
     pub fn parse(s: &str) -> Result<Self> {
-        let bad_name = |n: &str| n.is_empty() || n.len() > 64 || n.bytes().any(|c| c <= b' ' || c == b'=');
+        let bad_name =
+            |n: &str| n.is_empty() || n.len() > 64 || n.bytes().any(|c| c <= b' ' || c == b'=');
         let src = match s.split_once(':') {
             None if s == "session_id" => Self::SessionId,
             None if s == "ip" => Self::Ip,
@@ -85,7 +86,13 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// All kinds, in order.
-    pub const ALL: [KeyKind; 5] = [Self::Jwt, Self::Header, Self::Cookie, Self::Session, Self::Ip];
+    pub const ALL: [KeyKind; 5] = [
+        Self::Jwt,
+        Self::Header,
+        Self::Cookie,
+        Self::Session,
+        Self::Ip,
+    ];
 
     /// The prefix of keys of this kind.
     pub fn as_str(self) -> &'static str {
@@ -130,7 +137,9 @@ pub struct ClientKeyConfig {
 }
 
 fn default_sources() -> Vec<String> {
-    ["jwt_claim:sub", "header:x-api-key", "session_id", "ip"].map(String::from).to_vec()
+    ["jwt_claim:sub", "header:x-api-key", "session_id", "ip"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn default_max_value_bytes() -> usize {
@@ -139,7 +148,10 @@ fn default_max_value_bytes() -> usize {
 
 impl Default for ClientKeyConfig {
     fn default() -> Self {
-        Self { sources: default_sources(), max_value_bytes: default_max_value_bytes() }
+        Self {
+            sources: default_sources(),
+            max_value_bytes: default_max_value_bytes(),
+        }
     }
 }
 
@@ -155,14 +167,24 @@ pub struct ClientKeyExtractor {
 impl ClientKeyExtractor {
     /// Validates a configuration.
     pub fn new(cfg: &ClientKeyConfig) -> Result<Self> {
-        let mut sources = cfg.sources.iter().map(|s| KeySource::parse(s)).collect::<Result<Vec<_>>>()?;
+        let mut sources = cfg
+            .sources
+            .iter()
+            .map(|s| KeySource::parse(s))
+            .collect::<Result<Vec<_>>>()?;
         if !sources.contains(&KeySource::Ip) {
             sources.push(KeySource::Ip);
         }
         if cfg.max_value_bytes < 8 {
-            return Err(Error::Config("client_key.max_value_bytes must be at least 8".into()));
+            return Err(Error::Config(
+                "client_key.max_value_bytes must be at least 8".into(),
+            ));
         }
-        Ok(Self { sources, max_value_bytes: cfg.max_value_bytes, malformed_jwt: 0 })
+        Ok(Self {
+            sources,
+            max_value_bytes: cfg.max_value_bytes,
+            malformed_jwt: 0,
+        })
     }
 
     /// The sources in order.
@@ -173,6 +195,16 @@ impl ClientKeyExtractor {
     /// The key of one event.
     pub fn key(&mut self, ev: &RequestEvent) -> ClientKey {
         let mut buf = String::with_capacity(48);
+        let kind = self.key_into(ev, &mut buf);
+        ClientKey {
+            kind,
+            text: buf.into_boxed_str(),
+        }
+    }
+
+    /// Writes the key of one event into `buf` (cleared first) and returns its kind; the
+    /// allocation-free form of [`key`](Self::key).
+    pub fn key_into(&mut self, ev: &RequestEvent, buf: &mut String) -> KeyKind {
         for src in &self.sources {
             buf.clear();
             let found = match src {
@@ -181,7 +213,7 @@ impl ClientKeyExtractor {
                     Some(tok) => match jwt_claim(tok, claim) {
                         Some(v) => {
                             let _ = write!(buf, "jwt:{claim}=");
-                            push_value(&mut buf, &v, self.max_value_bytes);
+                            push_value(buf, &v, self.max_value_bytes);
                             true
                         }
                         None => {
@@ -193,23 +225,25 @@ impl ClientKeyExtractor {
                 KeySource::Header(name) => match ev.header(name).filter(|v| !v.is_empty()) {
                     Some(v) => {
                         let _ = write!(buf, "header:{name}=");
-                        push_value(&mut buf, v, self.max_value_bytes);
+                        push_value(buf, v, self.max_value_bytes);
                         true
                     }
                     None => false,
                 },
-                KeySource::Cookie(name) => match ev.header("cookie").and_then(|c| cookie(c, name)) {
-                    Some(v) => {
-                        let _ = write!(buf, "cookie:{name}=");
-                        push_value(&mut buf, v, self.max_value_bytes);
-                        true
+                KeySource::Cookie(name) => {
+                    match ev.header("cookie").and_then(|c| cookie(c, name)) {
+                        Some(v) => {
+                            let _ = write!(buf, "cookie:{name}=");
+                            push_value(buf, v, self.max_value_bytes);
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
-                },
+                }
                 KeySource::SessionId => match ev.session_id.as_deref() {
                     Some(v) => {
                         buf.push_str("session:");
-                        push_value(&mut buf, v, self.max_value_bytes);
+                        push_value(buf, v, self.max_value_bytes);
                         true
                     }
                     None => false,
@@ -220,22 +254,29 @@ impl ClientKeyExtractor {
                 }
             };
             if found {
-                return ClientKey { kind: src.kind(), text: buf.as_str().into() };
+                return src.kind();
             }
         }
-        ClientKey { kind: KeyKind::Ip, text: format!("ip:{}", ev.client_ip).into() }
+        buf.clear();
+        let _ = write!(buf, "ip:{}", ev.client_ip);
+        KeyKind::Ip
     }
 }
 
 fn bearer(auth: &str) -> Option<&str> {
     let (scheme, tok) = auth.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| tok.trim())
+        .filter(|t| !t.is_empty())
 }
 
 fn looks_like_jwt(tok: &str) -> bool {
     // A well-formed token without the claim is not "malformed".
     let mut parts = tok.split('.');
-    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     decode_payload(payload).is_some()
@@ -254,7 +295,9 @@ fn decode_payload(payload: &str) -> Option<serde_json::Map<String, serde_json::V
 /// The value of claim `name` of an (unverified) JWT, when it is a string or a number.
 fn jwt_claim(tok: &str, name: &str) -> Option<String> {
     let mut parts = tok.split('.');
-    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return None;
     };
     match decode_payload(payload)?.remove(name)? {
@@ -267,7 +310,9 @@ fn jwt_claim(tok: &str, name: &str) -> Option<String> {
 fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"')).filter(|v| !v.is_empty())
+        (k.trim() == name)
+            .then(|| v.trim().trim_matches('"'))
+            .filter(|v| !v.is_empty())
     })
 }
 
@@ -299,12 +344,19 @@ mod tests {
     }
 
     fn jwt(payload: &str) -> String {
-        format!("Bearer {}.{}.sig", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode(payload))
+        format!(
+            "Bearer {}.{}.sig",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
     }
 
     fn with(headers: &[(&str, &str)]) -> RequestEvent {
         let mut e = ev();
-        e.headers = headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        e.headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         e
     }
 
@@ -317,7 +369,8 @@ mod tests {
         assert_eq!(x.key(&e).text.as_ref(), "session:s1");
         e.headers.push(("x-api-key".into(), "k1".into()));
         assert_eq!(x.key(&e).text.as_ref(), "header:x-api-key=k1");
-        e.headers.push(("authorization".into(), jwt(r#"{"sub":"alice"}"#).into()));
+        e.headers
+            .push(("authorization".into(), jwt(r#"{"sub":"alice"}"#).into()));
         let k = x.key(&e);
         assert_eq!(k.text.as_ref(), "jwt:sub=alice");
         assert_eq!(k.kind, KeyKind::Jwt);
@@ -331,9 +384,15 @@ mod tests {
         };
         let mut x = ClientKeyExtractor::new(&cfg).unwrap();
         assert_eq!(x.sources().last(), Some(&KeySource::Ip));
-        let e = with(&[("cookie", "a=1; sid=\"xyz\"; b=2"), ("authorization", &jwt(r#"{"tenant":42}"#))]);
+        let e = with(&[
+            ("cookie", "a=1; sid=\"xyz\"; b=2"),
+            ("authorization", &jwt(r#"{"tenant":42}"#)),
+        ]);
         assert_eq!(x.key(&e).text.as_ref(), "cookie:sid=xyz");
-        let e = with(&[("cookie", "a=1"), ("authorization", &jwt(r#"{"tenant":42}"#))]);
+        let e = with(&[
+            ("cookie", "a=1"),
+            ("authorization", &jwt(r#"{"tenant":42}"#)),
+        ]);
         assert_eq!(x.key(&e).text.as_ref(), "jwt:tenant=42");
     }
 
@@ -374,7 +433,10 @@ mod tests {
     #[test]
     fn bad_sources_are_refused() {
         for s in ["jwt_claim:", "header", "cookie:a=b", "magic", "header:a b"] {
-            let cfg = ClientKeyConfig { sources: vec![s.into()], ..Default::default() };
+            let cfg = ClientKeyConfig {
+                sources: vec![s.into()],
+                ..Default::default()
+            };
             let err = ClientKeyExtractor::new(&cfg).unwrap_err().to_string();
             assert!(err.contains(&format!("{s:?}")), "{err}");
         }

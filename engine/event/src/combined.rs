@@ -6,8 +6,8 @@
 
 use serde::Deserialize;
 
-use crate::error::{snippet, ParseError};
-use crate::event::{normalise_method, split_query, RequestEvent};
+use crate::error::{ParseError, snippet};
+use crate::event::{RequestEvent, normalise_method, split_query};
 use crate::ndjson::parse_ip;
 use crate::time::{days_from_civil, days_in_month};
 
@@ -83,7 +83,10 @@ impl<'a> Cursor<'a> {
                 _ => i += 1,
             }
         }
-        Err(ParseError::field(what, format!("unterminated, expected `{}`", close as char)))
+        Err(ParseError::field(
+            what,
+            format!("unterminated, expected `{}`", close as char),
+        ))
     }
 
     /// An extra field: quoted or bare.
@@ -134,8 +137,9 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const MONTHS: [&str; 12] =
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// `10/Oct/2000:13:55:36 -0700` to epoch milliseconds.
 fn parse_clf_time(t: &str) -> Result<i64, ParseError> {
@@ -145,7 +149,11 @@ fn parse_clf_time(t: &str) -> Result<i64, ParseError> {
         return Err(bad());
     }
     let num = |r: std::ops::Range<usize>| -> Result<u32, ParseError> {
-        t.get(r).filter(|x| x.bytes().all(|c| c.is_ascii_digit())).ok_or_else(bad)?.parse().map_err(|_| bad())
+        t.get(r)
+            .filter(|x| x.bytes().all(|c| c.is_ascii_digit()))
+            .ok_or_else(bad)?
+            .parse()
+            .map_err(|_| bad())
     };
     let day = num(0..2)?;
     let month = MONTHS.iter().position(|m| *m == &t[3..6]).ok_or_else(bad)? as u32 + 1;
@@ -170,7 +178,10 @@ fn parse_clf_time(t: &str) -> Result<i64, ParseError> {
 /// Parses one combined-log line.
 pub fn parse_combined(line: &[u8], cfg: &CombinedConfig) -> Result<RequestEvent, ParseError> {
     let s = std::str::from_utf8(line).map_err(|e| {
-        ParseError::line(format!("line is not valid UTF-8 (byte {})", e.valid_up_to() + 1))
+        ParseError::line(format!(
+            "line is not valid UTF-8 (byte {})",
+            e.valid_up_to() + 1
+        ))
     })?;
     let s = s.trim_end_matches(['\r', '\n']);
     let mut c = Cursor { s, pos: 0 };
@@ -184,7 +195,10 @@ pub fn parse_combined(line: &[u8], cfg: &CombinedConfig) -> Result<RequestEvent,
     let request = unescape(request);
     let mut parts = request.split(' ').filter(|p| !p.is_empty());
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Err(ParseError::field("request", format!("not a request line: {:?}", snippet(&request))));
+        return Err(ParseError::field(
+            "request",
+            format!("not a request line: {:?}", snippet(&request)),
+        ));
     };
     let method = normalise_method(method).map_err(|e| ParseError::field("request", e))?;
     let status_s = c.token("status")?;
@@ -192,7 +206,12 @@ pub fn parse_combined(line: &[u8], cfg: &CombinedConfig) -> Result<RequestEvent,
         .parse()
         .ok()
         .filter(|s| (100..=599).contains(s))
-        .ok_or_else(|| ParseError::field("status", format!("not an HTTP status: {:?}", snippet(status_s))))?;
+        .ok_or_else(|| {
+            ParseError::field(
+                "status",
+                format!("not an HTTP status: {:?}", snippet(status_s)),
+            )
+        })?;
     let bytes_s = c.token("bytes")?;
     let resp_bytes = match dash(bytes_s) {
         None => None,
@@ -235,7 +254,9 @@ pub fn parse_combined(line: &[u8], cfg: &CombinedConfig) -> Result<RequestEvent,
             l.parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| ParseError::field("latency", format!("not a duration: {:?}", snippet(l))))?
+                .ok_or_else(|| {
+                    ParseError::field("latency", format!("not a duration: {:?}", snippet(l)))
+                })?
                 * 1000.0,
         ),
     };
@@ -271,12 +292,18 @@ mod tests {
             user_as_session: false,
         };
         let e = parse_combined(LINE.as_bytes(), &cfg).unwrap();
-        assert_eq!(e.ts_ms, crate::parse_rfc3339_ms("2000-10-10T20:55:36Z").unwrap());
+        assert_eq!(
+            e.ts_ms,
+            crate::parse_rfc3339_ms("2000-10-10T20:55:36Z").unwrap()
+        );
         assert_eq!(&*e.path, "/apache_pb.gif");
         assert_eq!(e.query.as_deref(), Some("a=b"));
         assert_eq!(e.status, 200);
         assert_eq!(e.resp_bytes, Some(2326));
-        assert_eq!(e.user_agent.as_deref(), Some("Mozilla/4.08 [en] (Win98; I ;Nav)"));
+        assert_eq!(
+            e.user_agent.as_deref(),
+            Some("Mozilla/4.08 [en] (Win98; I ;Nav)")
+        );
         assert_eq!(e.session_id.as_deref(), Some("sess-42"));
         assert_eq!(e.host.as_deref(), Some("api.example.com"));
         assert!((e.latency_ms.unwrap() - 12.0).abs() < 1e-9);
@@ -284,7 +311,10 @@ mod tests {
 
     #[test]
     fn common_log_format_and_user() {
-        let cfg = CombinedConfig { user_as_session: true, ..Default::default() };
+        let cfg = CombinedConfig {
+            user_as_session: true,
+            ..Default::default()
+        };
         let e = parse_combined(
             br#"10.1.1.1 - alice [01/Jan/2026:00:00:00 +0000] "POST /login HTTP/1.1" 401 -"#,
             &cfg,
@@ -310,12 +340,30 @@ mod tests {
     fn errors_name_the_field() {
         let cfg = CombinedConfig::default();
         let cases: [(&[u8], &str); 6] = [
-            (br#"nothost - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1" 200 5"#, "client_ip"),
-            (br#"1.1.1.1 - - [01/Foo/2026:00:00:00 +0000] "GET / HTTP/1.1" 200 5"#, "time"),
-            (br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "\x16\x03\x01" 400 5"#, "request"),
-            (br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1" 2x0 5"#, "status"),
-            (br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1" 200 many"#, "bytes"),
-            (br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1"#, "request"),
+            (
+                br#"nothost - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1" 200 5"#,
+                "client_ip",
+            ),
+            (
+                br#"1.1.1.1 - - [01/Foo/2026:00:00:00 +0000] "GET / HTTP/1.1" 200 5"#,
+                "time",
+            ),
+            (
+                br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "\x16\x03\x01" 400 5"#,
+                "request",
+            ),
+            (
+                br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1" 2x0 5"#,
+                "status",
+            ),
+            (
+                br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1" 200 many"#,
+                "bytes",
+            ),
+            (
+                br#"1.1.1.1 - - [01/Jan/2026:00:00:00 +0000] "GET / HTTP/1.1"#,
+                "request",
+            ),
         ];
         for (line, field) in cases {
             let e = parse_combined(line, &cfg).unwrap_err();

@@ -57,7 +57,10 @@ pub struct PathId {
 impl PathId {
     /// The numeric value, when the segment is a decimal number that fits 64 bits.
     pub fn as_u64(&self) -> Option<u64> {
-        if self.value.is_empty() || self.value.len() > 19 || !self.value.bytes().all(|c| c.is_ascii_digit()) {
+        if self.value.is_empty()
+            || self.value.len() > 19
+            || !self.value.bytes().all(|c| c.is_ascii_digit())
+        {
             return None;
         }
         self.value.parse().ok()
@@ -65,7 +68,7 @@ impl PathId {
 }
 
 /// A request's endpoint: its template and the id values the template replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoint {
     /// `METHOD host/path/{id}`.
     pub template: String,
@@ -123,7 +126,10 @@ impl Default for EndpointConfig {
 enum Seg {
     Literal(String),
     /// `prefix{name}suffix`
-    Param { prefix: String, suffix: String },
+    Param {
+        prefix: String,
+        suffix: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -152,12 +158,18 @@ impl EndpointNormalizer {
             None => HashMap::new(),
             Some(p) => load_openapi(p)?,
         };
-        Ok(Self { cfg: cfg.clone(), templates })
+        Ok(Self {
+            cfg: cfg.clone(),
+            templates,
+        })
     }
 
     /// Builds a normaliser from OpenAPI document text (JSON or YAML).
     pub fn with_openapi_text(cfg: &EndpointConfig, name: &str, text: &str) -> Result<Self> {
-        let mut n = Self::new(&EndpointConfig { openapi: None, ..cfg.clone() })?;
+        let mut n = Self::new(&EndpointConfig {
+            openapi: None,
+            ..cfg.clone()
+        })?;
         n.templates = parse_openapi(name, text)?;
         Ok(n)
     }
@@ -169,7 +181,20 @@ impl EndpointNormalizer {
 
     /// The endpoint of a request.
     pub fn normalize(&self, ev: &RequestEvent) -> Endpoint {
-        let mut template = String::with_capacity(16 + ev.path.len().min(256));
+        let mut e = Endpoint {
+            template: String::with_capacity(16 + ev.path.len().min(256)),
+            ids: Vec::new(),
+        };
+        self.normalize_into(ev, &mut e);
+        e
+    }
+
+    /// Writes the endpoint of a request into `out`, reusing its buffers.
+    pub fn normalize_into(&self, ev: &RequestEvent, out: &mut Endpoint) {
+        let template = &mut out.template;
+        let ids = &mut out.ids;
+        template.clear();
+        ids.clear();
         template.push_str(&ev.method);
         template.push(' ');
         if self.cfg.include_host {
@@ -177,20 +202,21 @@ impl EndpointNormalizer {
                 template.push_str(h);
             }
         }
-        let segs: Vec<&str> = ev.path.split('/').filter(|s| !s.is_empty()).collect();
-        let mut ids = Vec::new();
+        let segs = || ev.path.split('/').filter(|s| !s.is_empty());
         if !self.templates.is_empty() {
-            if let Some(t) = self.match_openapi(&segs, &mut ids) {
+            let all: Vec<&str> = segs().collect();
+            if let Some(t) = self.match_openapi(&all, ids) {
                 template.push_str(&t.text);
-                return Endpoint { template, ids };
+                return;
             }
         }
-        if segs.is_empty() {
+        let n = segs().count();
+        if n == 0 {
             template.push('/');
         }
-        for (i, seg) in segs.iter().enumerate() {
+        for (i, seg) in segs().enumerate() {
             template.push('/');
-            if i + 1 == self.cfg.max_segments && segs.len() > self.cfg.max_segments {
+            if i + 1 == self.cfg.max_segments && n > self.cfg.max_segments {
                 template.push_str("{rest}");
                 break;
             }
@@ -198,11 +224,13 @@ impl EndpointNormalizer {
                 None => template.push_str(seg),
                 Some(kind) => {
                     template.push_str(kind.placeholder());
-                    ids.push(PathId { kind, value: (*seg).into() });
+                    ids.push(PathId {
+                        kind,
+                        value: seg.into(),
+                    });
                 }
             }
         }
-        Endpoint { template, ids }
     }
 
     fn match_openapi(&self, segs: &[&str], ids: &mut Vec<PathId>) -> Option<&Template> {
@@ -217,14 +245,19 @@ impl EndpointNormalizer {
                         }
                     }
                     Seg::Param { prefix, suffix } => {
-                        let Some(v) = seg.strip_prefix(prefix.as_str()).and_then(|r| r.strip_suffix(suffix.as_str()))
+                        let Some(v) = seg
+                            .strip_prefix(prefix.as_str())
+                            .and_then(|r| r.strip_suffix(suffix.as_str()))
                         else {
                             continue 'next;
                         };
                         if v.is_empty() {
                             continue 'next;
                         }
-                        ids.push(PathId { kind: IdKind::Param, value: v.into() });
+                        ids.push(PathId {
+                            kind: IdKind::Param,
+                            value: v.into(),
+                        });
                     }
                 }
             }
@@ -249,14 +282,22 @@ fn classify(seg: &str, max_bytes: usize) -> Option<IdKind> {
         return Some(IdKind::Int);
     }
     if b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| if matches!(i, 8 | 13 | 18 | 23) { c == b'-' } else { is_hex(c) })
+        && b.iter().enumerate().all(|(i, &c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == b'-'
+            } else {
+                is_hex(c)
+            }
+        })
     {
         return Some(IdKind::Uuid);
     }
     if b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
     {
         return Some(IdKind::Date);
     }
@@ -270,12 +311,16 @@ fn classify(seg: &str, max_bytes: usize) -> Option<IdKind> {
     if b.len() >= 16 && digits > 0 && b.iter().all(|&c| is_hex(c)) {
         return Some(IdKind::Hex);
     }
-    let tokenish = b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'=' | b'.' | b'~'));
+    let tokenish = b.iter().all(|&c| {
+        c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'=' | b'.' | b'~')
+    });
     if tokenish {
         let upper = b.iter().any(u8::is_ascii_uppercase);
         let lower = b.iter().any(u8::is_ascii_lowercase);
         // Long random-looking tokens (base64, base64url), and prefixed ids such as `cus_9Xk2…`.
-        if (b.len() >= 20 && (digits > 0 || (upper && lower))) || (b.len() >= 8 && digits >= 3 && (upper || lower)) {
+        if (b.len() >= 20 && (digits > 0 || (upper && lower)))
+            || (b.len() >= 8 && digits >= 3 && (upper || lower))
+        {
             return Some(IdKind::Token);
         }
     }
@@ -305,7 +350,10 @@ fn load_openapi(p: &Path) -> Result<HashMap<usize, Vec<Template>>> {
 }
 
 fn parse_openapi(name: &str, text: &str) -> Result<HashMap<usize, Vec<Template>>> {
-    let err = |reason: String| Error::OpenApi { path: name.to_string(), reason };
+    let err = |reason: String| Error::OpenApi {
+        path: name.to_string(),
+        reason,
+    };
     let doc: OpenApiDoc = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| err(e.to_string()))?
     } else {
@@ -313,7 +361,11 @@ fn parse_openapi(name: &str, text: &str) -> Result<HashMap<usize, Vec<Template>>
     };
     match &doc.openapi {
         Some(v) if v.starts_with('3') => {}
-        Some(v) => return Err(err(format!("unsupported OpenAPI version {v:?} (3.x expected)"))),
+        Some(v) => {
+            return Err(err(format!(
+                "unsupported OpenAPI version {v:?} (3.x expected)"
+            )));
+        }
         None => return Err(err("no `openapi` version field (3.x expected)".into())),
     }
     if doc.paths.is_empty() {
@@ -323,7 +375,10 @@ fn parse_openapi(name: &str, text: &str) -> Result<HashMap<usize, Vec<Template>>
         .servers
         .iter()
         .map(|s| {
-            let rest = s.url.split_once("://").map_or(s.url.as_str(), |(_, r)| r.find('/').map_or("", |i| &r[i..]));
+            let rest = s
+                .url
+                .split_once("://")
+                .map_or(s.url.as_str(), |(_, r)| r.find('/').map_or("", |i| &r[i..]));
             rest.trim_end_matches('/').to_string()
         })
         .collect();
@@ -342,21 +397,37 @@ fn parse_openapi(name: &str, text: &str) -> Result<HashMap<usize, Vec<Template>>
             let mut segs = Vec::new();
             for s in full.split('/').filter(|s| !s.is_empty()) {
                 segs.push(match (s.find('{'), s.find('}')) {
-                    (Some(a), Some(z)) if a < z => {
-                        Seg::Param { prefix: s[..a].to_string(), suffix: s[z + 1..].to_string() }
-                    }
+                    (Some(a), Some(z)) if a < z => Seg::Param {
+                        prefix: s[..a].to_string(),
+                        suffix: s[z + 1..].to_string(),
+                    },
                     (None, None) => Seg::Literal(s.to_string()),
-                    _ => return Err(err(format!("path {path:?}: unbalanced braces in segment {s:?}"))),
+                    _ => {
+                        return Err(err(format!(
+                            "path {path:?}: unbalanced braces in segment {s:?}"
+                        )));
+                    }
                 });
             }
-            let text = if segs.is_empty() { "/".to_string() } else { full.trim_end_matches('/').to_string() };
-            out.entry(segs.len()).or_default().push(Template { text, segs });
+            let text = if segs.is_empty() {
+                "/".to_string()
+            } else {
+                full.trim_end_matches('/').to_string()
+            };
+            out.entry(segs.len())
+                .or_default()
+                .push(Template { text, segs });
         }
     }
     for ts in out.values_mut() {
         // Most specific first: literal segments win over parameters, left to right.
         ts.sort_by(|a, b| {
-            let key = |t: &Template| t.segs.iter().map(|s| u8::from(matches!(s, Seg::Param { .. }))).collect::<Vec<_>>();
+            let key = |t: &Template| {
+                t.segs
+                    .iter()
+                    .map(|s| u8::from(matches!(s, Seg::Param { .. })))
+                    .collect::<Vec<_>>()
+            };
             key(a).cmp(&key(b)).then_with(|| a.text.cmp(&b.text))
         });
     }
@@ -378,14 +449,35 @@ mod tests {
     fn heuristics() {
         let cases = [
             ("/", "GET api.example.com/"),
-            ("/v1/users/42/orders", "GET api.example.com/v1/users/{id}/orders"),
-            ("/v1/users/42/orders/?page=2", "GET api.example.com/v1/users/{id}/orders"),
+            (
+                "/v1/users/42/orders",
+                "GET api.example.com/v1/users/{id}/orders",
+            ),
+            (
+                "/v1/users/42/orders/?page=2",
+                "GET api.example.com/v1/users/{id}/orders",
+            ),
             ("//v1///users", "GET api.example.com/v1/users"),
-            ("/files/3f2a9c1e-7b4d-4c2e-9a8b-0123456789ab", "GET api.example.com/files/{uuid}"),
-            ("/objs/507f1f77bcf86cd799439011", "GET api.example.com/objs/{hex}"),
-            ("/t/eyJhbGciOiJIUzI1NiJ9abcDEF", "GET api.example.com/t/{token}"),
-            ("/customers/cus_9s7d6f5g4", "GET api.example.com/customers/{token}"),
-            ("/u/alice@example.com/profile", "GET api.example.com/u/{email}/profile"),
+            (
+                "/files/3f2a9c1e-7b4d-4c2e-9a8b-0123456789ab",
+                "GET api.example.com/files/{uuid}",
+            ),
+            (
+                "/objs/507f1f77bcf86cd799439011",
+                "GET api.example.com/objs/{hex}",
+            ),
+            (
+                "/t/eyJhbGciOiJIUzI1NiJ9abcDEF",
+                "GET api.example.com/t/{token}",
+            ),
+            (
+                "/customers/cus_9s7d6f5g4",
+                "GET api.example.com/customers/{token}",
+            ),
+            (
+                "/u/alice@example.com/profile",
+                "GET api.example.com/u/{email}/profile",
+            ),
             ("/u/alice%40example.com", "GET api.example.com/u/{email}"),
             ("/reports/2026-11-27", "GET api.example.com/reports/{date}"),
             ("/v2/oauth2/token", "GET api.example.com/v2/oauth2/token"),
@@ -434,36 +526,55 @@ paths:
 
     #[test]
     fn openapi_templates() {
-        let n = EndpointNormalizer::with_openapi_text(&EndpointConfig::default(), "spec.yaml", SPEC).unwrap();
+        let n =
+            EndpointNormalizer::with_openapi_text(&EndpointConfig::default(), "spec.yaml", SPEC)
+                .unwrap();
         assert_eq!(n.openapi_paths(), 3);
         let mk = |p: &str| {
             let mut e = RequestEvent::new(0, "10.0.0.1".parse().unwrap(), "GET", p, 200);
             e.host = Some("api.example.com".into());
             n.normalize(&e)
         };
-        assert_eq!(mk("/v1/users/me").template, "GET api.example.com/v1/users/me");
+        assert_eq!(
+            mk("/v1/users/me").template,
+            "GET api.example.com/v1/users/me"
+        );
         let e = mk("/v1/users/alice");
         assert_eq!(e.template, "GET api.example.com/v1/users/{userId}");
         assert_eq!(&*e.ids[0].value, "alice");
         let e = mk("/v1/users/7/orders/99.json");
-        assert_eq!(e.template, "GET api.example.com/v1/users/{userId}/orders/{orderId}.json");
-        assert_eq!(e.ids.iter().map(|i| &*i.value).collect::<Vec<_>>(), ["7", "99"]);
+        assert_eq!(
+            e.template,
+            "GET api.example.com/v1/users/{userId}/orders/{orderId}.json"
+        );
+        assert_eq!(
+            e.ids.iter().map(|i| &*i.value).collect::<Vec<_>>(),
+            ["7", "99"]
+        );
         // Not in the document: heuristics.
-        assert_eq!(mk("/v2/items/5").template, "GET api.example.com/v2/items/{id}");
+        assert_eq!(
+            mk("/v2/items/5").template,
+            "GET api.example.com/v2/items/{id}"
+        );
     }
 
     #[test]
     fn bad_openapi_documents_are_refused() {
         let cfg = EndpointConfig::default();
         for (text, needle) in [
-            ("openapi: 2.0\npaths: {'/a': {}}", "unsupported OpenAPI version"),
+            (
+                "openapi: 2.0\npaths: {'/a': {}}",
+                "unsupported OpenAPI version",
+            ),
             ("swagger: '2.0'\npaths: {'/a': {}}", "no `openapi`"),
             ("openapi: 3.1.0\npaths: {}", "no paths"),
             ("openapi: 3.1.0\npaths: {'a': {}}", "does not start"),
             ("openapi: 3.1.0\npaths: {'/a/{b': {}}", "unbalanced"),
             ("{not json", "spec"),
         ] {
-            let err = EndpointNormalizer::with_openapi_text(&cfg, "spec", text).unwrap_err().to_string();
+            let err = EndpointNormalizer::with_openapi_text(&cfg, "spec", text)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
     }

@@ -36,11 +36,17 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) fn field(field: &str, reason: impl Into<String>) -> Self {
-        Self { field: Some(field.to_string()), reason: reason.into() }
+        Self {
+            field: Some(field.to_string()),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn line(reason: impl Into<String>) -> Self {
-        Self { field: None, reason: reason.into() }
+        Self {
+            field: None,
+            reason: reason.into(),
+        }
     }
 
     /// A short category for summaries ("missing field", "invalid ts", …).
@@ -49,7 +55,11 @@ impl ParseError {
             Some(f) => format!("invalid field `{f}`"),
             None => {
                 if self.reason.starts_with("missing field") {
-                    self.reason.split(" at ").next().unwrap_or("missing field").to_string()
+                    self.reason
+                        .split(" at ")
+                        .next()
+                        .unwrap_or("missing field")
+                        .to_string()
                 } else if self.reason.starts_with("not JSON") || self.reason.starts_with("JSON") {
                     "malformed JSON".to_string()
                 } else {

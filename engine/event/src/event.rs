@@ -75,12 +75,17 @@ impl RequestEvent {
 
     /// The value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| &**n == name).map(|(_, v)| &**v)
+        self.headers
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
     }
 
     /// Total bytes moved by the request (request plus response; missing sizes count 0).
     pub fn bytes(&self) -> u64 {
-        self.req_bytes.unwrap_or(0).saturating_add(self.resp_bytes.unwrap_or(0))
+        self.req_bytes
+            .unwrap_or(0)
+            .saturating_add(self.resp_bytes.unwrap_or(0))
     }
 }
 
@@ -96,7 +101,10 @@ pub(crate) fn split_query(raw: &str) -> (&str, Option<&str>) {
 /// Checks an HTTP method token and returns it in upper case.
 pub(crate) fn normalise_method(m: &str) -> Result<Box<str>, String> {
     if m.is_empty() || m.len() > 32 || !m.bytes().all(|c| c.is_ascii_alphabetic() || c == b'-') {
-        return Err(format!("not an HTTP method: {:?}", crate::error::snippet(m)));
+        return Err(format!(
+            "not an HTTP method: {:?}",
+            crate::error::snippet(m)
+        ));
     }
     if m.bytes().all(|c| c.is_ascii_uppercase()) {
         Ok(m.into())

@@ -5,17 +5,20 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
+use sonic_rs::LazyValue;
 
-use crate::error::{snippet, ParseError};
-use crate::event::{normalise_method, split_query, RequestEvent};
+use crate::error::{ParseError, snippet};
+use crate::event::{RequestEvent, normalise_method, split_query};
 use crate::time::parse_rfc3339_ms;
 
-/// The wire form of one event; borrowed where the input allows it.
+/// The wire form of one event; borrowed where the input allows it. `R` holds raw JSON
+/// (`id`, `label`) in the parser's own type.
 #[derive(Deserialize)]
-struct Wire<'a> {
+#[serde(bound(deserialize = "R: Deserialize<'de>"))]
+struct Wire<'a, R> {
     ts: Ts<'a>,
     #[serde(borrow)]
     client_ip: Cow<'a, str>,
@@ -44,10 +47,10 @@ struct Wire<'a> {
     country: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     ja4: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    label: Option<&'a RawValue>,
+    #[serde(default)]
+    id: Option<R>,
+    #[serde(default)]
+    label: Option<R>,
 }
 
 /// `ts`: RFC 3339 text or integer epoch milliseconds.
@@ -68,7 +71,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Ts<'a> {
                 Ok(Ts::Ms(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v).map(Ts::Ms).map_err(|_| E::custom("epoch milliseconds too large"))
+                i64::try_from(v)
+                    .map(Ts::Ms)
+                    .map_err(|_| E::custom("epoch milliseconds too large"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 if v.fract() == 0.0 && v.abs() < 9.0e15 {
@@ -131,12 +136,18 @@ fn opt_nonempty(c: Option<Cow<'_, str>>) -> Option<Box<str>> {
 ///
 /// Unknown fields are ignored. A wrong line yields a [`ParseError`] naming the field and the
 /// value: `field `status`: invalid type: string "abc", expected u16`.
+///
+/// Lines are parsed with sonic-rs (SIMD; faster than serde_json on gateway events, see
+/// BENCHMARKS.md); a line it refuses is parsed again with serde_json and path tracking, which
+/// names the field that was wrong.
 pub fn parse_ndjson(line: &[u8]) -> Result<RequestEvent, ParseError> {
-    let wire: Wire<'_> = match serde_json::from_slice(line) {
-        Ok(w) => w,
-        Err(_) => return Err(explain(line)),
-    };
-    from_wire(wire)
+    match sonic_rs::from_slice::<Wire<'_, LazyValue<'_>>>(line) {
+        Ok(w) => from_wire(w),
+        Err(_) => match serde_json::from_slice::<Wire<'_, &RawValue>>(line) {
+            Ok(w) => from_wire(w),
+            Err(_) => Err(explain(line)),
+        },
+    }
 }
 
 /// Re-parses a failed line with path tracking to say which field was wrong.
@@ -151,7 +162,7 @@ fn explain(line: &[u8]) -> ParseError {
         Some(_) => {}
     }
     let mut de = serde_json::Deserializer::from_slice(line);
-    match serde_path_to_error::deserialize::<_, Wire<'_>>(&mut de) {
+    match serde_path_to_error::deserialize::<_, Wire<'_, &RawValue>>(&mut de) {
         Ok(_) => ParseError::line("not a JSON event"),
         Err(e) => {
             let path = e.path().to_string();
@@ -176,7 +187,24 @@ fn explain(line: &[u8]) -> ParseError {
     }
 }
 
-fn from_wire(w: Wire<'_>) -> Result<RequestEvent, ParseError> {
+/// Raw JSON text of a value, whichever parser produced it.
+trait RawJson {
+    fn raw(&self) -> &str;
+}
+
+impl RawJson for LazyValue<'_> {
+    fn raw(&self) -> &str {
+        self.as_raw_str()
+    }
+}
+
+impl RawJson for &RawValue {
+    fn raw(&self) -> &str {
+        self.get()
+    }
+}
+
+fn from_wire<R: RawJson>(w: Wire<'_, R>) -> Result<RequestEvent, ParseError> {
     let ts_ms = match w.ts {
         Ts::Ms(ms) => ms,
         Ts::Text(t) => parse_rfc3339_ms(&t).map_err(|e| ParseError::field("ts", e))?,
@@ -184,7 +212,10 @@ fn from_wire(w: Wire<'_>) -> Result<RequestEvent, ParseError> {
     let client_ip = parse_ip(&w.client_ip)?;
     let method = normalise_method(&w.method).map_err(|e| ParseError::field("method", e))?;
     if !(100..=599).contains(&w.status) {
-        return Err(ParseError::field("status", format!("not an HTTP status: {}", w.status)));
+        return Err(ParseError::field(
+            "status",
+            format!("not an HTTP status: {}", w.status),
+        ));
     }
     if w.path.is_empty() {
         return Err(ParseError::field("path", "empty path"));
@@ -207,17 +238,23 @@ fn from_wire(w: Wire<'_>) -> Result<RequestEvent, ParseError> {
         .unwrap_or_default();
     if let Some(l) = w.latency_ms {
         if !l.is_finite() || l < 0.0 {
-            return Err(ParseError::field("latency_ms", format!("not a duration: {l}")));
+            return Err(ParseError::field(
+                "latency_ms",
+                format!("not a duration: {l}"),
+            ));
         }
     }
     Ok(RequestEvent {
         ts_ms,
         client_ip,
         method,
-        host: w
-            .host
-            .filter(|h| !h.is_empty())
-            .map(|h| if h.bytes().any(|c| c.is_ascii_uppercase()) { h.to_ascii_lowercase().into() } else { boxed(h) }),
+        host: w.host.filter(|h| !h.is_empty()).map(|h| {
+            if h.bytes().any(|c| c.is_ascii_uppercase()) {
+                h.to_ascii_lowercase().into()
+            } else {
+                boxed(h)
+            }
+        }),
         path: path.into(),
         query: query.map(Into::into),
         status: w.status,
@@ -230,18 +267,24 @@ fn from_wire(w: Wire<'_>) -> Result<RequestEvent, ParseError> {
         asn: opt_nonempty(w.asn.map(|s| s.0)),
         country: opt_nonempty(w.country),
         ja4: opt_nonempty(w.ja4),
-        id: w.id.map(|r| r.get().into()),
-        label: w.label.map(|r| r.get().into()),
+        id: w.id.map(|r| r.raw().into()),
+        label: w.label.map(|r| r.raw().into()),
     })
 }
 
 pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, ParseError> {
     // Accept a bracketed IPv6 form and an IPv4-mapped IPv6 address (reported as IPv4).
-    let t = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
+    let t = s
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(s);
     match t.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => Ok(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
         Ok(ip) => Ok(ip),
-        Err(_) => Err(ParseError::field("client_ip", format!("not an IP address: {:?}", snippet(s)))),
+        Err(_) => Err(ParseError::field(
+            "client_ip",
+            format!("not an IP address: {:?}", snippet(s)),
+        )),
     }
 }
 
@@ -254,7 +297,10 @@ mod tests {
     #[test]
     fn parses_a_full_event() {
         let e = parse_ndjson(OK.as_bytes()).unwrap();
-        assert_eq!(e.ts_ms, crate::parse_rfc3339_ms("2026-11-27T08:00:00.250Z").unwrap());
+        assert_eq!(
+            e.ts_ms,
+            crate::parse_rfc3339_ms("2026-11-27T08:00:00.250Z").unwrap()
+        );
         assert_eq!(e.client_ip.to_string(), "203.0.113.7");
         assert_eq!(&*e.method, "GET");
         assert_eq!(&*e.path, "/v1/users/42");
@@ -287,11 +333,15 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("path"));
         assert!(e.reason.contains("integer `123`"), "{e}");
 
-        let e = err(r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":"abc"}"#);
+        let e = err(
+            r#"{"id":{"a":[1]},"label":"x","ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":"abc"}"#,
+        );
         assert_eq!(e.field.as_deref(), Some("status"));
         assert!(e.reason.contains("abc"), "{e}");
 
-        let e = err(r#"{"ts":"yesterday","client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#);
+        let e = err(
+            r#"{"ts":"yesterday","client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#,
+        );
         assert_eq!(e.field.as_deref(), Some("ts"));
         assert!(e.reason.contains("yesterday"), "{e}");
 
@@ -308,7 +358,9 @@ mod tests {
         let e = err(r#"{"ts":1.5,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#);
         assert_eq!(e.field.as_deref(), Some("ts"));
 
-        let e = err(r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"headers":{"a":1}}"#);
+        let e = err(
+            r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"headers":{"a":1}}"#,
+        );
         assert_eq!(e.field.as_deref(), Some("headers.a"));
     }
 
@@ -327,7 +379,10 @@ mod tests {
         bad.extend_from_slice(&[0xff, 0xfe]);
         bad.extend_from_slice(br#"","status":200}"#);
         let e = parse_ndjson(&bad).unwrap_err();
-        assert!(e.to_string().contains("UTF-8") || e.to_string().contains("unicode"), "{e}");
+        assert!(
+            e.to_string().contains("UTF-8") || e.to_string().contains("unicode"),
+            "{e}"
+        );
         let e = err(r#"{"ts":1,"client_ip":null,"method":"GET","path":"/","status":200}"#);
         assert_eq!(e.field.as_deref(), Some("client_ip"));
     }

@@ -74,7 +74,10 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
         || min > 59
         || sec > 60
     {
-        return Err(format!("timestamp out of range: {:?}", crate::error::snippet(s)));
+        return Err(format!(
+            "timestamp out of range: {:?}",
+            crate::error::snippet(s)
+        ));
     }
     let mut i = 19;
     let mut ms = 0u32;
@@ -146,7 +149,10 @@ mod tests {
     fn parses_utc_and_offsets() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), Ok(1500));
-        assert_eq!(parse_rfc3339_ms("2000-03-01T00:00:00Z"), Ok(951_868_800_000));
+        assert_eq!(
+            parse_rfc3339_ms("2000-03-01T00:00:00Z"),
+            Ok(951_868_800_000)
+        );
         assert_eq!(
             parse_rfc3339_ms("2026-11-27T09:15:00.123+01:00"),
             parse_rfc3339_ms("2026-11-27T08:15:00.123Z")
@@ -177,7 +183,15 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        for ms in [0, 1, 999, 1_764_230_400_123, -1, -86_400_001, 253_402_300_799_999] {
+        for ms in [
+            0,
+            1,
+            999,
+            1_764_230_400_123,
+            -1,
+            -86_400_001,
+            253_402_300_799_999,
+        ] {
             let s = format_rfc3339_ms(ms);
             assert_eq!(parse_rfc3339_ms(&s), Ok(ms), "{s}");
         }

@@ -69,7 +69,12 @@ pub fn write_ndjson(ev: &RequestEvent, out: &mut String) {
         }
         out.push('}');
     }
-    for (name, v) in [("session_id", &ev.session_id), ("asn", &ev.asn), ("country", &ev.country), ("ja4", &ev.ja4)] {
+    for (name, v) in [
+        ("session_id", &ev.session_id),
+        ("asn", &ev.asn),
+        ("country", &ev.country),
+        ("ja4", &ev.ja4),
+    ] {
         if let Some(v) = v {
             let _ = write!(out, ",\"{name}\":");
             write_json_str(out, v);
@@ -87,7 +92,13 @@ mod tests {
 
     #[test]
     fn round_trips_through_the_parser() {
-        let mut e = RequestEvent::new(1_764_230_400_123, "2001:db8::1".parse().unwrap(), "POST", "/a/b?x=\"1\"", 201);
+        let mut e = RequestEvent::new(
+            1_764_230_400_123,
+            "2001:db8::1".parse().unwrap(),
+            "POST",
+            "/a/b?x=\"1\"",
+            201,
+        );
         e.host = Some("h.example".into());
         e.req_bytes = Some(10);
         e.resp_bytes = Some(20);

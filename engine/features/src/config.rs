@@ -109,13 +109,19 @@ impl FeatureConfig {
             return bad("horizons_secs: give between 1 and 8 horizons".into());
         }
         if self.horizons_secs.windows(2).any(|w| w[0] >= w[1]) {
-            return bad(format!("horizons_secs: must be strictly ascending, got {:?}", self.horizons_secs));
+            return bad(format!(
+                "horizons_secs: must be strictly ascending, got {:?}",
+                self.horizons_secs
+            ));
         }
         if self.horizons_secs[0] == 0 || *self.horizons_secs.last().unwrap_or(&0) > 7 * 86_400 {
             return bad("horizons_secs: each horizon must be between 1 s and 7 days".into());
         }
         if !(1..=60).contains(&self.buckets_per_horizon) {
-            return bad(format!("buckets_per_horizon: must be 1..=60, got {}", self.buckets_per_horizon));
+            return bad(format!(
+                "buckets_per_horizon: must be 1..=60, got {}",
+                self.buckets_per_horizon
+            ));
         }
         for h in &self.horizons_secs {
             if (u64::from(*h) * 1000) % u64::from(self.buckets_per_horizon) != 0 {
@@ -127,13 +133,23 @@ impl FeatureConfig {
             }
         }
         if self.max_clients == 0 || self.max_clients >= u32::MAX as usize {
-            return bad(format!("max_clients: must be 1..{}, got {}", u32::MAX, self.max_clients));
+            return bad(format!(
+                "max_clients: must be 1..{}, got {}",
+                u32::MAX,
+                self.max_clients
+            ));
         }
         if !(1..=1_000_000).contains(&self.max_endpoints) {
-            return bad(format!("max_endpoints: must be 1..=1000000, got {}", self.max_endpoints));
+            return bad(format!(
+                "max_endpoints: must be 1..=1000000, got {}",
+                self.max_endpoints
+            ));
         }
         if !(1..=64).contains(&self.endpoint_slots) {
-            return bad(format!("endpoint_slots: must be 1..=64, got {}", self.endpoint_slots));
+            return bad(format!(
+                "endpoint_slots: must be 1..=64, got {}",
+                self.endpoint_slots
+            ));
         }
         if self.client_idle_ttl_secs == Some(0) {
             return bad("client_idle_ttl_secs: must be positive".into());
@@ -143,7 +159,9 @@ impl FeatureConfig {
 
     /// The idle TTL in milliseconds.
     pub fn idle_ttl_ms(&self) -> i64 {
-        let secs = self.client_idle_ttl_secs.unwrap_or_else(|| u64::from(*self.horizons_secs.last().unwrap_or(&3600)));
+        let secs = self
+            .client_idle_ttl_secs
+            .unwrap_or_else(|| u64::from(*self.horizons_secs.last().unwrap_or(&3600)));
         i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 }
@@ -158,7 +176,8 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim_end().to_string()))?;
+        let cfg: Self = toml::from_str(text)
+            .map_err(|e| Error::Config(e.to_string().trim_end().to_string()))?;
         cfg.features.validate()?;
         Ok(cfg)
     }
@@ -170,7 +189,11 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../gatewatch.example.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../gatewatch.example.toml"
+        ))
+        .unwrap();
         let cfg = Config::parse(&text).unwrap();
         assert_eq!(cfg.features, FeatureConfig::default());
         assert_eq!(cfg.client_key, ClientKeyConfig::default());
@@ -182,7 +205,10 @@ mod tests {
         for (text, needle) in [
             ("[features]\nhorizon = [1]", "unknown field `horizon`"),
             ("[features]\nhorizons_secs = [60, 10]", "strictly ascending"),
-            ("[features]\nhorizons_secs = [7]\nbuckets_per_horizon = 3", "not divisible"),
+            (
+                "[features]\nhorizons_secs = [7]\nbuckets_per_horizon = 3",
+                "not divisible",
+            ),
             ("[features]\nmax_clients = 0", "max_clients"),
             ("[client_key]\nsources = 5", "sources"),
             ("[nope]", "unknown field `nope`"),

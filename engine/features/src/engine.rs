@@ -1,10 +1,9 @@
 //! The feature engine: event → client key and endpoint → ordered, point-in-time features.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 
-use gatewatch_event::{ClientKeyExtractor, EndpointNormalizer, KeyKind, RequestEvent};
+use gatewatch_event::{ClientKeyExtractor, Endpoint, EndpointNormalizer, KeyKind, RequestEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -45,7 +44,11 @@ pub struct LateEvent {
 
 impl std::fmt::Display for LateEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "event {} ms behind the newest event, beyond the allowed lateness", self.behind_ms)
+        write!(
+            f,
+            "event {} ms behind the newest event, beyond the allowed lateness",
+            self.behind_ms
+        )
     }
 }
 
@@ -66,26 +69,8 @@ pub struct Stats {
 
 struct Pending {
     ts: i64,
-    seq: u64,
     line: u64,
     event: RequestEvent,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        (self.ts, self.seq) == (o.ts, o.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.ts, self.seq).cmp(&(o.ts, o.seq))
-    }
 }
 
 /// Computes point-in-time features for a stream of events.
@@ -102,11 +87,13 @@ pub struct FeatureEngine {
     endpoints: EndpointNormalizer,
     store: ClientStore,
     population: Population,
-    pending: BinaryHeap<Reverse<Pending>>,
-    seq: u64,
+    /// Events not yet released, sorted by (timestamp, arrival).
+    pending: VecDeque<Pending>,
     max_ts: i64,
     stats: Stats,
     buf: Vec<f64>,
+    key_buf: String,
+    endpoint: Endpoint,
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
@@ -137,11 +124,15 @@ impl FeatureEngine {
             endpoints: EndpointNormalizer::new(&cfg.endpoints)?,
             store: ClientStore::new(cfg.features.max_clients, cfg.features.idle_ttl_ms()),
             population: Population::new(cfg.features.max_endpoints),
-            pending: BinaryHeap::new(),
-            seq: 0,
+            pending: VecDeque::new(),
             max_ts: i64::MIN,
             stats: Stats::default(),
             buf: vec![0.0; n],
+            key_buf: String::with_capacity(64),
+            endpoint: Endpoint {
+                template: String::with_capacity(64),
+                ids: Vec::new(),
+            },
             registry,
         })
     }
@@ -185,14 +176,24 @@ impl FeatureEngine {
         let ts = event.ts_ms;
         if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
             self.stats.late += 1;
-            return Err(LateEvent { line, ts_ms: ts, behind_ms: self.max_ts - ts });
+            return Err(LateEvent {
+                line,
+                ts_ms: ts,
+                behind_ms: self.max_ts - ts,
+            });
         }
         self.max_ts = self.max_ts.max(ts);
-        self.pending.push(Reverse(Pending { ts, seq: self.seq, line, event }));
-        self.seq += 1;
+        let p = Pending { ts, line, event };
+        if self.pending.back().is_none_or(|b| b.ts <= ts) {
+            self.pending.push_back(p);
+        } else {
+            // Out of order: after every pending event with a timestamp at or before its own.
+            let at = self.pending.partition_point(|q| q.ts <= ts);
+            self.pending.insert(at, p);
+        }
         let watermark = self.max_ts.saturating_sub(self.lateness_ms);
-        while self.pending.peek().is_some_and(|p| p.0.ts <= watermark) {
-            let Reverse(p) = self.pending.pop().expect("peeked");
+        while self.pending.front().is_some_and(|p| p.ts <= watermark) {
+            let p = self.pending.pop_front().expect("non-empty");
             self.process(&p.event, p.line, sink);
         }
         Ok(())
@@ -200,22 +201,27 @@ impl FeatureEngine {
 
     /// Emits every buffered event (end of input).
     pub fn finish(&mut self, sink: &mut impl FnMut(&Record<'_>)) {
-        while let Some(Reverse(p)) = self.pending.pop() {
+        while let Some(p) = self.pending.pop_front() {
             self.process(&p.event, p.line, sink);
         }
     }
 
     fn process(&mut self, ev: &RequestEvent, line: u64, sink: &mut impl FnMut(&Record<'_>)) {
-        let key = self.keys.key(ev);
-        let endpoint = self.endpoints.normalize(ev);
+        let mut key = std::mem::take(&mut self.key_buf);
+        let kind = self.keys.key_into(ev, &mut key);
+        let mut endpoint = std::mem::take(&mut self.endpoint);
+        self.endpoints.normalize_into(ev, &mut endpoint);
         let ep = self.population.intern(&endpoint.template);
         let ep_hash = self.population.endpoints[ep as usize].hash;
         let (id_hash, num_id) = match endpoint.ids.last() {
-            Some(id) => (Some(fnv1a(id.value.as_bytes()) ^ ep_hash.rotate_left(17)), id.as_u64()),
+            Some(id) => (
+                Some(fnv1a(id.value.as_bytes()) ^ ep_hash.rotate_left(17)),
+                id.as_u64(),
+            ),
             None => (None, None),
         };
         self.store.expire(ev.ts_ms);
-        let state = self.store.get_or_insert(&key.text, ev.ts_ms);
+        let state = self.store.get_or_insert(&key, ev.ts_ms);
         let prev_ep = state.prev_ep;
         let surprise = self.population.surprise(prev_ep, ep);
         let obs = Obs {
@@ -236,15 +242,17 @@ impl FeatureEngine {
         self.buf[self.registry.point_index(PointFeature::EndpointRateRatio)] = ratio;
         self.buf[self.registry.point_index(PointFeature::EndpointPopRate)] = f64::from(pop) / 60.0;
         self.stats.events_out += 1;
-        self.stats.keys_by_kind[key.kind as usize] += 1;
+        self.stats.keys_by_kind[kind as usize] += 1;
         sink(&Record {
             event: ev,
             line,
-            client: &key.text,
-            client_kind: key.kind,
+            client: &key,
+            client_kind: kind,
             endpoint: &endpoint.template,
             features: &self.buf,
         });
+        self.key_buf = key;
+        self.endpoint = endpoint;
     }
 
     /// Saves the engine's state (clients, population, counters) in the versioned binary format:
@@ -258,7 +266,11 @@ impl FeatureEngine {
             evictions: self.store.evictions,
             created: self.store.created,
             population: self.population.clone(),
-            clients: self.store.iter_lru().map(|(k, s)| (k.into(), s.clone())).collect(),
+            clients: self
+                .store
+                .iter_lru()
+                .map(|(k, s)| (k.into(), s.clone()))
+                .collect(),
         };
         let body = postcard::to_stdvec(&snap).map_err(|e| Error::Snapshot(e.to_string()))?;
         w.write_all(SNAPSHOT_MAGIC)?;
@@ -273,7 +285,9 @@ impl FeatureEngine {
         let mut bytes = Vec::new();
         r.read_to_end(&mut bytes)?;
         if bytes.len() < 10 || &bytes[..8] != SNAPSHOT_MAGIC {
-            return Err(Error::Snapshot("not a gatewatch state snapshot (bad magic)".into()));
+            return Err(Error::Snapshot(
+                "not a gatewatch state snapshot (bad magic)".into(),
+            ));
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         if version != SNAPSHOT_VERSION {
@@ -281,8 +295,8 @@ impl FeatureEngine {
                 "format version {version} is not supported (this build reads {SNAPSHOT_VERSION})"
             )));
         }
-        let snap: Snapshot =
-            postcard::from_bytes(&bytes[10..]).map_err(|e| Error::Snapshot(format!("corrupt body: {e}")))?;
+        let snap: Snapshot = postcard::from_bytes(&bytes[10..])
+            .map_err(|e| Error::Snapshot(format!("corrupt body: {e}")))?;
         if snap.registry_hash != self.registry.hash {
             return Err(Error::Snapshot(format!(
                 "feature set {} differs from this engine's {}",
@@ -312,7 +326,19 @@ impl FeatureEngine {
     /// key; each part gets a copy of the population statistics.
     pub fn split(self, parts: u32) -> Vec<FeatureEngine> {
         let FeatureEngine {
-            registry, windows, lateness_ms, keys, endpoints, store, population, max_ts, stats, buf, ..
+            registry,
+            windows,
+            lateness_ms,
+            keys,
+            endpoints,
+            store,
+            population,
+            max_ts,
+            stats,
+            buf,
+            key_buf,
+            endpoint,
+            ..
         } = self;
         store
             .split(parts)
@@ -326,11 +352,12 @@ impl FeatureEngine {
                 endpoints: endpoints.clone(),
                 store,
                 population: population.clone(),
-                pending: BinaryHeap::new(),
-                seq: 0,
+                pending: VecDeque::new(),
                 max_ts,
                 stats: if i == 0 { stats } else { Stats::default() },
                 buf: buf.clone(),
+                key_buf: key_buf.clone(),
+                endpoint: endpoint.clone(),
             })
             .collect()
     }

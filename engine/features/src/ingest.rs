@@ -79,7 +79,12 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 impl Ingest {
     /// A reader of `format`.
     pub fn new(format: Format) -> Self {
-        Self { format, partial: Vec::new(), line: 0, blank_lines: 0 }
+        Self {
+            format,
+            partial: Vec::new(),
+            line: 0,
+            blank_lines: 0,
+        }
     }
 
     /// Lines seen so far.
@@ -143,7 +148,10 @@ impl Ingest {
         if raw.len() > MAX_LINE_BYTES {
             reject(Rejection::Parse {
                 line: self.line,
-                error: ParseError { field: None, reason: format!("line longer than {MAX_LINE_BYTES} bytes") },
+                error: ParseError {
+                    field: None,
+                    reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
+                },
             });
             return;
         }
@@ -153,7 +161,10 @@ impl Ingest {
                     reject(Rejection::Late(late));
                 }
             }
-            Err(error) => reject(Rejection::Parse { line: self.line, error }),
+            Err(error) => reject(Rejection::Parse {
+                line: self.line,
+                error,
+            }),
         }
     }
 }

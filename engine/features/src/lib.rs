@@ -21,7 +21,8 @@ pub use error::{Error, Result};
 pub use ingest::{Format, Ingest, MAX_LINE_BYTES, Rejection};
 pub use population::{OVERFLOW_TEMPLATE, Population};
 pub use registry::{
-    DEFINITIONS_VERSION, ENDPOINT_BUCKET_MS, FeatureDef, PointFeature, Registry, WindowFeature, horizon_suffix,
+    DEFINITIONS_VERSION, ENDPOINT_BUCKET_MS, FeatureDef, PointFeature, Registry, WindowFeature,
+    horizon_suffix,
 };
 pub use sketch::{bit, fnv1a, linear_count, murmur2, part_of};
 pub use state::ClientState;

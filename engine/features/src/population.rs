@@ -77,7 +77,12 @@ impl Population {
 
     /// Rebuilds the lookup index after deserialisation.
     pub(crate) fn reindex(&mut self) {
-        self.index = self.templates.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        self.index = self
+            .templates
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
     }
 
     /// The id of a template, interning it when there is room (id 0 is the overflow endpoint).
@@ -100,7 +105,11 @@ impl Population {
     /// Surprise of moving `from` → `to` (−log2 of the add-one smoothed probability) under the
     /// transitions counted so far.
     pub(crate) fn surprise(&self, from: u32, to: u32) -> f64 {
-        let total = if from == NONE { self.start_total } else { self.endpoints[from as usize].out_total };
+        let total = if from == NONE {
+            self.start_total
+        } else {
+            self.endpoints[from as usize].out_total
+        };
         let c = self.transitions.get(&(from, to)).copied().unwrap_or(0);
         let v = self.templates.len() as f64;
         -((f64::from(c) + 1.0) / (total as f64 + v)).log2()

@@ -74,20 +74,40 @@ impl WindowFeature {
 
     fn spec(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::ReqCount => ("req_count", "count", "Requests of this client in the window, this one included."),
-            Self::ReqRate => ("req_rate", "count / horizon", "`req_count` divided by the horizon in seconds."),
-            Self::ErrorRatio => ("error_ratio", "ratio", "Share of the window's requests answered with status ≥ 400."),
+            Self::ReqCount => (
+                "req_count",
+                "count",
+                "Requests of this client in the window, this one included.",
+            ),
+            Self::ReqRate => (
+                "req_rate",
+                "count / horizon",
+                "`req_count` divided by the horizon in seconds.",
+            ),
+            Self::ErrorRatio => (
+                "error_ratio",
+                "ratio",
+                "Share of the window's requests answered with status ≥ 400.",
+            ),
             Self::AuthFailRatio => ("auth_fail_ratio", "ratio", "Share answered 401 or 403."),
             Self::NotFoundRatio => ("not_found_ratio", "ratio", "Share answered 404."),
             Self::ThrottledRatio => ("throttled_ratio", "ratio", "Share answered 429."),
             Self::ServerErrorRatio => ("server_error_ratio", "ratio", "Share answered 5xx."),
-            Self::BytesMean => ("bytes_mean", "mean", "Mean of `req_bytes + resp_bytes` (missing sizes count 0)."),
+            Self::BytesMean => (
+                "bytes_mean",
+                "mean",
+                "Mean of `req_bytes + resp_bytes` (missing sizes count 0).",
+            ),
             Self::IatMean => (
                 "iat_mean",
                 "mean",
                 "Mean inter-arrival gap in seconds over the window's requests that have a previous request of the same client (gap to that request, capped at the horizon); the horizon when there is none.",
             ),
-            Self::IatMin => ("iat_min", "min", "Smallest of those gaps in seconds; the horizon when there is none."),
+            Self::IatMin => (
+                "iat_min",
+                "min",
+                "Smallest of those gaps in seconds; the horizon when there is none.",
+            ),
             Self::IatCv => (
                 "iat_cv",
                 "std / mean",
@@ -163,7 +183,11 @@ impl PointFeature {
                 "last",
                 "Seconds since this client's previous request, capped at the longest horizon (which is also the value for a client's first request).",
             ),
-            Self::ClientAgeSecs => ("client_age_secs", "last", "Seconds since this client's first request still in state."),
+            Self::ClientAgeSecs => (
+                "client_age_secs",
+                "last",
+                "Seconds since this client's first request still in state.",
+            ),
             Self::TransitionSurprise => (
                 "transition_surprise",
                 "population model",
@@ -252,14 +276,25 @@ impl Registry {
         }
         for pf in PointFeature::ALL {
             let (name, aggregation, doc) = pf.spec();
-            features.push(FeatureDef { name: name.to_string(), horizon_secs: None, aggregation, dtype: "f64", doc });
+            features.push(FeatureDef {
+                name: name.to_string(),
+                horizon_secs: None,
+                aggregation,
+                dtype: "f64",
+                doc,
+            });
         }
         let mut canon = format!("v{DEFINITIONS_VERSION};b{};", cfg.buckets_per_horizon);
         for f in &features {
             let _ = write!(canon, "{}|{}|{};", f.name, f.aggregation, f.doc);
         }
         let hash = format!("{:016x}", crate::sketch::fnv1a(canon.as_bytes()));
-        Self { features, horizons_secs: cfg.horizons_secs.clone(), buckets_per_horizon: cfg.buckets_per_horizon, hash }
+        Self {
+            features,
+            horizons_secs: cfg.horizons_secs.clone(),
+            buckets_per_horizon: cfg.buckets_per_horizon,
+            hash,
+        }
     }
 
     /// Number of features.
@@ -295,7 +330,11 @@ impl Registry {
     /// The feature reference as Markdown (the README's feature table is generated from this).
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
-        let hs: Vec<String> = self.horizons_secs.iter().map(|h| horizon_suffix(*h)).collect();
+        let hs: Vec<String> = self
+            .horizons_secs
+            .iter()
+            .map(|h| horizon_suffix(*h))
+            .collect();
         let _ = writeln!(
             s,
             "Feature set `{}`: {} features. Window features exist once per horizon ({}), named \
@@ -330,15 +369,27 @@ mod tests {
     fn names_positions_and_hash() {
         let r = Registry::new(&FeatureConfig::default());
         assert_eq!(r.len(), 4 * WindowFeature::COUNT + PointFeature::COUNT);
-        assert_eq!(r.features[Registry::window_index(1, WindowFeature::ErrorRatio)].name, "error_ratio_1m");
-        assert_eq!(r.features[Registry::window_index(3, WindowFeature::IatCv)].name, "iat_cv_1h");
-        assert_eq!(r.features[r.point_index(PointFeature::EndpointEntropy)].name, "endpoint_entropy_1m");
+        assert_eq!(
+            r.features[Registry::window_index(1, WindowFeature::ErrorRatio)].name,
+            "error_ratio_1m"
+        );
+        assert_eq!(
+            r.features[Registry::window_index(3, WindowFeature::IatCv)].name,
+            "iat_cv_1h"
+        );
+        assert_eq!(
+            r.features[r.point_index(PointFeature::EndpointEntropy)].name,
+            "endpoint_entropy_1m"
+        );
         assert_eq!(r.index_of("req_count_10s"), Some(0));
         let mut names: Vec<_> = r.names().collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), r.len(), "names are unique");
-        let other = Registry::new(&FeatureConfig { buckets_per_horizon: 10, ..Default::default() });
+        let other = Registry::new(&FeatureConfig {
+            buckets_per_horizon: 10,
+            ..Default::default()
+        });
         assert_ne!(r.hash, other.hash);
         assert_eq!(r.hash, Registry::new(&FeatureConfig::default()).hash);
         assert_eq!(horizon_suffix(90), "90s");

@@ -27,10 +27,23 @@ pub(crate) struct Windows {
 
 impl Windows {
     pub fn new(cfg: &FeatureConfig) -> Self {
-        let horizons_ms: Vec<i64> = cfg.horizons_secs.iter().map(|h| i64::from(*h) * 1000).collect();
-        let widths_ms = horizons_ms.iter().map(|h| h / i64::from(cfg.buckets_per_horizon)).collect();
+        let horizons_ms: Vec<i64> = cfg
+            .horizons_secs
+            .iter()
+            .map(|h| i64::from(*h) * 1000)
+            .collect();
+        let widths_ms = horizons_ms
+            .iter()
+            .map(|h| h / i64::from(cfg.buckets_per_horizon))
+            .collect();
         let max_ms = *horizons_ms.last().unwrap_or(&3_600_000);
-        Self { widths_ms, horizons_ms, buckets: cfg.buckets_per_horizon, max_ms, slots: cfg.endpoint_slots }
+        Self {
+            widths_ms,
+            horizons_ms,
+            buckets: cfg.buckets_per_horizon,
+            max_ms,
+            slots: cfg.endpoint_slots,
+        }
     }
 }
 
@@ -141,7 +154,13 @@ pub(crate) struct Update {
 
 impl ClientState {
     pub(crate) fn new(ts: i64) -> Self {
-        Self { first_ts: ts, last_ts: i64::MIN, prev_ep: NONE, buckets: Vec::new(), slots: Vec::new() }
+        Self {
+            first_ts: ts,
+            last_ts: i64::MIN,
+            prev_ep: NONE,
+            buckets: Vec::new(),
+            slots: Vec::new(),
+        }
     }
 
     /// Last time this client was seen.
@@ -151,13 +170,20 @@ impl ClientState {
 
     /// Heap bytes owned by this state.
     pub fn heap_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>() + self.slots.capacity() * std::mem::size_of::<Slot>()
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 
     /// Adds one request and writes the client's features into `out` (window features of every
     /// horizon, then `secs_since_prev`, `client_age_secs`, `endpoint_count_1m` and
     /// `endpoint_entropy_1m`; the population features are written by the caller).
-    pub(crate) fn update(&mut self, o: &Obs, w: &Windows, reg: &Registry, out: &mut [f64]) -> Update {
+    pub(crate) fn update(
+        &mut self,
+        o: &Obs,
+        w: &Windows,
+        reg: &Registry,
+        out: &mut [f64],
+    ) -> Update {
         let gap = (self.last_ts != i64::MIN).then(|| (o.ts - self.last_ts).max(0));
 
         // Endpoint slots.
@@ -188,7 +214,13 @@ impl ClientState {
                 i
             }
             None => {
-                let slot = Slot { ep: o.ep, idx: eidx, cur: 1, prev: 0, last_id: o.num_id.unwrap_or(NO_ID) };
+                let slot = Slot {
+                    ep: o.ep,
+                    idx: eidx,
+                    cur: 1,
+                    prev: 0,
+                    last_id: o.num_id.unwrap_or(NO_ID),
+                };
                 if self.slots.len() < w.slots {
                     self.slots.push(slot);
                     self.slots.len() - 1
@@ -274,27 +306,32 @@ impl ClientState {
             self.buckets.shrink_to(2 * self.buckets.len());
         }
 
-        // Window features.
-        for h in 0..nh {
-            let mut a = Bucket::empty(h as u8, 0);
-            for b in self.buckets.iter().filter(|b| usize::from(b.h) == h) {
-                a.n += b.n;
-                a.err += b.err;
-                a.auth += b.auth;
-                a.nf += b.nf;
-                a.rl += b.rl;
-                a.s5 += b.s5;
-                a.seq += b.seq;
-                a.gaps += b.gaps;
-                a.gap_min = a.gap_min.min(b.gap_min);
-                a.gap_sum += b.gap_sum;
-                a.gap_sq += b.gap_sq;
-                a.bytes += b.bytes;
-                a.surprise += b.surprise;
-                a.ep_bits |= b.ep_bits;
-                a.id_bits |= b.id_bits;
-            }
-            window_features(&a, w.horizons_ms[h], &mut out[h * WindowFeature::COUNT..(h + 1) * WindowFeature::COUNT]);
+        // Window features: sum every horizon's buckets in one pass.
+        let mut agg = [Bucket::empty(0, 0); 8];
+        for b in &self.buckets {
+            let a = &mut agg[usize::from(b.h)];
+            a.n += b.n;
+            a.err += b.err;
+            a.auth += b.auth;
+            a.nf += b.nf;
+            a.rl += b.rl;
+            a.s5 += b.s5;
+            a.seq += b.seq;
+            a.gaps += b.gaps;
+            a.gap_min = a.gap_min.min(b.gap_min);
+            a.gap_sum += b.gap_sum;
+            a.gap_sq += b.gap_sq;
+            a.bytes += b.bytes;
+            a.surprise += b.surprise;
+            a.ep_bits |= b.ep_bits;
+            a.id_bits |= b.id_bits;
+        }
+        for (h, a) in agg.iter().enumerate().take(nh) {
+            window_features(
+                a,
+                w.horizons_ms[h],
+                &mut out[h * WindowFeature::COUNT..(h + 1) * WindowFeature::COUNT],
+            );
         }
 
         let since = gap.map_or(w.max_ms, |g| g.min(w.max_ms));

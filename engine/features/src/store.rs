@@ -89,11 +89,15 @@ impl ClientStore {
     }
 
     fn entry(&self, i: u32) -> &Entry {
-        self.slab[i as usize].as_ref().expect("linked slot is occupied")
+        self.slab[i as usize]
+            .as_ref()
+            .expect("linked slot is occupied")
     }
 
     fn entry_mut(&mut self, i: u32) -> &mut Entry {
-        self.slab[i as usize].as_mut().expect("linked slot is occupied")
+        self.slab[i as usize]
+            .as_mut()
+            .expect("linked slot is occupied")
     }
 
     fn unlink(&mut self, i: u32) {
@@ -137,12 +141,16 @@ impl ClientStore {
         }
         self.free.push(i);
         self.len -= 1;
-        self.slab[i as usize].take().expect("removed slot was occupied")
+        self.slab[i as usize]
+            .take()
+            .expect("removed slot was occupied")
     }
 
     /// Evicts clients idle for longer than the TTL at event time `now`.
     pub fn expire(&mut self, now: i64) {
-        while self.tail != NIL && now.saturating_sub(self.entry(self.tail).state.last_ts()) > self.ttl_ms {
+        while self.tail != NIL
+            && now.saturating_sub(self.entry(self.tail).state.last_ts()) > self.ttl_ms
+        {
             let t = self.tail;
             self.remove(t);
             self.evictions.idle += 1;
@@ -154,7 +162,12 @@ impl ClientStore {
     pub fn get_or_insert(&mut self, key: &str, now: i64) -> &mut ClientState {
         let hash = self.hasher.hash_one(key);
         let slab = &self.slab;
-        let found = self.table.find(hash, |&j| slab[j as usize].as_ref().is_some_and(|e| &*e.key == key)).copied();
+        let found = self
+            .table
+            .find(hash, |&j| {
+                slab[j as usize].as_ref().is_some_and(|e| &*e.key == key)
+            })
+            .copied();
         let i = match found {
             Some(i) => {
                 if self.head != i {
@@ -177,7 +190,12 @@ impl ClientStore {
     }
 
     fn insert_front(&mut self, key: Box<str>, state: ClientState, hash: u64) -> u32 {
-        let entry = Entry { key, state, newer: NIL, older: NIL };
+        let entry = Entry {
+            key,
+            state,
+            newer: NIL,
+            older: NIL,
+        };
         let i = match self.free.pop() {
             Some(i) => {
                 self.slab[i as usize] = Some(entry);
@@ -191,7 +209,12 @@ impl ClientStore {
         let hasher = &self.hasher;
         let slab = &self.slab;
         self.table.insert_unique(hash, i, |&j| {
-            hasher.hash_one(&*slab[j as usize].as_ref().expect("indexed slot is occupied").key)
+            hasher.hash_one(
+                &*slab[j as usize]
+                    .as_ref()
+                    .expect("indexed slot is occupied")
+                    .key,
+            )
         });
         self.len += 1;
         self.push_front(i);
@@ -201,7 +224,11 @@ impl ClientStore {
     /// The state of a key, if tracked (does not touch the LRU order).
     pub fn get(&self, key: &str) -> Option<&ClientState> {
         let hash = self.hasher.hash_one(key);
-        let i = *self.table.find(hash, |&j| self.slab[j as usize].as_ref().is_some_and(|e| &*e.key == key))?;
+        let i = *self.table.find(hash, |&j| {
+            self.slab[j as usize]
+                .as_ref()
+                .is_some_and(|e| &*e.key == key)
+        })?;
         Some(&self.entry(i).state)
     }
 
@@ -228,7 +255,9 @@ impl ClientStore {
     /// keeping each part's LRU order. Counters stay with part 0.
     pub fn split(self, parts: u32) -> Vec<ClientStore> {
         let parts = parts.max(1);
-        let mut out: Vec<ClientStore> = (0..parts).map(|_| ClientStore::new(self.cap, self.ttl_ms)).collect();
+        let mut out: Vec<ClientStore> = (0..parts)
+            .map(|_| ClientStore::new(self.cap, self.ttl_ms))
+            .collect();
         out[0].evictions = self.evictions;
         out[0].created = self.created;
         for (k, s) in self.iter_lru() {
@@ -241,8 +270,12 @@ impl ClientStore {
     pub fn memory_bytes(&self) -> usize {
         let slab = self.slab.capacity() * std::mem::size_of::<Option<Entry>>();
         let table = self.table.capacity() * (std::mem::size_of::<u32>() + 1);
-        let heap: usize =
-            self.slab.iter().flatten().map(|e| e.key.len() + e.state.heap_bytes()).sum();
+        let heap: usize = self
+            .slab
+            .iter()
+            .flatten()
+            .map(|e| e.key.len() + e.state.heap_bytes())
+            .sum();
         slab + table + heap
     }
 }

@@ -31,7 +31,10 @@ fn a_million_rotating_addresses_stay_under_the_cap() {
     assert!(max_len <= cap, "{max_len} clients tracked");
     assert_eq!(eng.store().len(), cap);
     assert_eq!(eng.store().created, 1_000_000);
-    assert_eq!(eng.store().evictions.capacity + eng.store().evictions.idle, 1_000_000 - cap as u64);
+    assert_eq!(
+        eng.store().evictions.capacity + eng.store().evictions.idle,
+        1_000_000 - cap as u64
+    );
     // Memory is that of `cap` clients, not of a million: well under 1 KiB each here.
     assert!(max_mem < cap * 1024, "{max_mem} bytes for {cap} clients");
 }
@@ -42,11 +45,21 @@ fn idle_clients_expire_by_event_time() {
     let ip = |i: u8| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
     let mut sink = |_: &gatewatch_features::Record<'_>| {};
     for i in 0..10u8 {
-        eng.push(RequestEvent::new(i64::from(i) * 1000, ip(i), "GET", "/", 200), 0, &mut sink).unwrap();
+        eng.push(
+            RequestEvent::new(i64::from(i) * 1000, ip(i), "GET", "/", 200),
+            0,
+            &mut sink,
+        )
+        .unwrap();
     }
     assert_eq!(eng.store().len(), 10);
     // 65 s later: clients last seen before 5 s are idle more than 60 s.
-    eng.push(RequestEvent::new(65_500, ip(99), "GET", "/", 200), 0, &mut sink).unwrap();
+    eng.push(
+        RequestEvent::new(65_500, ip(99), "GET", "/", 200),
+        0,
+        &mut sink,
+    )
+    .unwrap();
     assert_eq!(eng.store().evictions.idle, 6);
     assert_eq!(eng.store().len(), 5);
 }
@@ -64,9 +77,22 @@ fn late_events_are_refused_with_their_line_and_lag() {
     .join("\n");
     let mut order = Vec::new();
     let mut rejected = Vec::new();
-    ing.feed(&mut eng, lines.as_bytes(), &mut |r| order.push(r.endpoint.to_string()), &mut |e| rejected.push(e));
-    ing.finish(&mut eng, &mut |r| order.push(r.endpoint.to_string()), &mut |e| rejected.push(e));
-    assert_eq!(order, ["GET /d", "GET /b", "GET /a"], "placed in event-time order");
+    ing.feed(
+        &mut eng,
+        lines.as_bytes(),
+        &mut |r| order.push(r.endpoint.to_string()),
+        &mut |e| rejected.push(e),
+    );
+    ing.finish(
+        &mut eng,
+        &mut |r| order.push(r.endpoint.to_string()),
+        &mut |e| rejected.push(e),
+    );
+    assert_eq!(
+        order,
+        ["GET /d", "GET /b", "GET /a"],
+        "placed in event-time order"
+    );
     assert_eq!(rejected.len(), 1);
     match &rejected[0] {
         Rejection::Late(l) => {
@@ -74,7 +100,10 @@ fn late_events_are_refused_with_their_line_and_lag() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(rejected[0].to_string(), "line 3: event 2000 ms behind the newest event, beyond the allowed lateness");
+    assert_eq!(
+        rejected[0].to_string(),
+        "line 3: event 2000 ms behind the newest event, beyond the allowed lateness"
+    );
     assert_eq!(eng.stats().late, 1);
 }
 
@@ -83,12 +112,26 @@ fn endpoint_table_is_capped() {
     let mut eng = engine("max_endpoints = 5\nallowed_lateness_ms = 0");
     let mut endpoints = Vec::new();
     for i in 0..20 {
-        let ev = RequestEvent::new(i, IpAddr::V4(Ipv4Addr::LOCALHOST), "GET", &format!("/random-{}", (b'a' + i as u8) as char), 404);
-        eng.push(ev, 0, &mut |r| endpoints.push(r.endpoint.to_string())).unwrap();
+        let ev = RequestEvent::new(
+            i,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            "GET",
+            &format!("/random-{}", (b'a' + i as u8) as char),
+            404,
+        );
+        eng.push(ev, 0, &mut |r| endpoints.push(r.endpoint.to_string()))
+            .unwrap();
     }
-    assert_eq!(eng.population().endpoints(), 6, "5 templates and the overflow");
+    assert_eq!(
+        eng.population().endpoints(),
+        6,
+        "5 templates and the overflow"
+    );
     assert_eq!(eng.population().overflowed, 15);
-    assert_eq!(endpoints[19], "GET /random-t", "the output keeps the real template");
+    assert_eq!(
+        endpoints[19], "GET /random-t",
+        "the output keeps the real template"
+    );
     assert_eq!(eng.population().template(0), OVERFLOW_TEMPLATE);
 }
 
@@ -96,7 +139,12 @@ fn endpoint_table_is_capped() {
 fn corrupt_or_foreign_snapshots_are_refused() {
     let mut a = engine("");
     let mut bytes = Vec::new();
-    a.push(RequestEvent::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST), "GET", "/", 200), 0, &mut |_| {}).unwrap();
+    a.push(
+        RequestEvent::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST), "GET", "/", 200),
+        0,
+        &mut |_| {},
+    )
+    .unwrap();
     a.finish(&mut |_| {});
     a.save_state(&mut bytes).unwrap();
     let msg = |r: gatewatch_features::Result<()>| r.unwrap_err().to_string();
@@ -118,12 +166,25 @@ fn split_parts_continue_their_clients_windows() {
     use gatewatch_features::{WindowFeature, part_of};
     let ev = |i: i64| {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, (i % 7) as u8, (i % 13) as u8));
-        RequestEvent::new(i * 250, ip, "GET", &format!("/items/{}", i % 5), if i % 9 == 0 { 404 } else { 200 })
+        RequestEvent::new(
+            i * 250,
+            ip,
+            "GET",
+            &format!("/items/{}", i % 5),
+            if i % 9 == 0 { 404 } else { 200 },
+        )
     };
     let mut whole = engine("allowed_lateness_ms = 0");
     let mut want = Vec::new();
     for i in 0..2000 {
-        whole.push(ev(i), i as u64, &mut |r| want.push((r.client.to_string(), r.features[..4 * WindowFeature::COUNT].to_vec()))).unwrap();
+        whole
+            .push(ev(i), i as u64, &mut |r| {
+                want.push((
+                    r.client.to_string(),
+                    r.features[..4 * WindowFeature::COUNT].to_vec(),
+                ))
+            })
+            .unwrap();
     }
     let mut first = engine("allowed_lateness_ms = 0");
     for i in 0..1000 {
@@ -135,12 +196,23 @@ fn split_parts_continue_their_clients_windows() {
         let e = ev(i);
         let key = format!("ip:{}", e.client_ip);
         let p = part_of(&key, 3) as usize;
-        parts[p].push(e, i as u64, &mut |r| got[r.line as usize] = Some((r.client.to_string(), r.features[..4 * WindowFeature::COUNT].to_vec()))).unwrap();
+        parts[p]
+            .push(e, i as u64, &mut |r| {
+                got[r.line as usize] = Some((
+                    r.client.to_string(),
+                    r.features[..4 * WindowFeature::COUNT].to_vec(),
+                ))
+            })
+            .unwrap();
     }
     // Client windows carry over exactly; `surprise_mean` rests on each part's own copy of the
     // population model, which diverges after the split.
     let own = |v: &Vec<f64>| -> Vec<f64> {
-        v.iter().enumerate().filter(|(k, _)| k % WindowFeature::COUNT != WindowFeature::SurpriseMean as usize).map(|(_, x)| *x).collect()
+        v.iter()
+            .enumerate()
+            .filter(|(k, _)| k % WindowFeature::COUNT != WindowFeature::SurpriseMean as usize)
+            .map(|(_, x)| *x)
+            .collect()
     };
     for i in 1000..2000 {
         let (gc, gv) = got[i].as_ref().expect("emitted");

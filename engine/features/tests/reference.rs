@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use gatewatch_event::RequestEvent;
 use gatewatch_features::{
-    Config, ENDPOINT_BUCKET_MS, FeatureEngine, Format, Ingest, PointFeature, Registry, WindowFeature, bit, fnv1a,
-    linear_count,
+    Config, ENDPOINT_BUCKET_MS, FeatureEngine, Format, Ingest, PointFeature, Registry,
+    WindowFeature, bit, fnv1a, linear_count,
 };
 use proptest::prelude::*;
 
@@ -40,24 +40,47 @@ impl Raw {
     }
     fn event(&self) -> RequestEvent {
         let path = PATHS[self.path].replace("{}", &self.id.to_string());
-        let mut e = RequestEvent::new(self.ts, IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.client)), "GET", &path, self.status);
+        let mut e = RequestEvent::new(
+            self.ts,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.client)),
+            "GET",
+            &path,
+            self.status,
+        );
         e.resp_bytes = Some(self.bytes);
         e
     }
 }
 
 fn stream() -> impl Strategy<Value = Vec<Raw>> {
-    prop::collection::vec((0i64..600, 0i64..400, 0u8..4, 0usize..6, 0u64..8, 0usize..8, 0u64..5000), 1..150).prop_map(
-        |v| {
-            let mut t = 1_700_000_000_000i64;
-            v.into_iter()
-                .map(|(dt, jitter, client, path, id, st, bytes)| {
-                    t += dt;
-                    Raw { ts: t - jitter, client, path, id, status: STATUSES[st], bytes }
-                })
-                .collect()
-        },
+    prop::collection::vec(
+        (
+            0i64..600,
+            0i64..400,
+            0u8..4,
+            0usize..6,
+            0u64..8,
+            0usize..8,
+            0u64..5000,
+        ),
+        1..150,
     )
+    .prop_map(|v| {
+        let mut t = 1_700_000_000_000i64;
+        v.into_iter()
+            .map(|(dt, jitter, client, path, id, st, bytes)| {
+                t += dt;
+                Raw {
+                    ts: t - jitter,
+                    client,
+                    path,
+                    id,
+                    status: STATUSES[st],
+                    bytes,
+                }
+            })
+            .collect()
+    })
 }
 
 /// The naive reference: every feature of every accepted event, recomputed from the raw list.
@@ -88,7 +111,9 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             .iter()
             .filter(|&&j| {
                 let x = &raw[j];
-                x.client == e.client && x.template() == e.template() && cur - x.ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1
+                x.client == e.client
+                    && x.template() == e.template()
+                    && cur - x.ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1
             })
             .count() as u32
     };
@@ -101,7 +126,10 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
         }
         let prev = |q: usize| -> Option<String> {
             let c = raw[order[q]].client;
-            (0..q).rev().find(|&k| raw[order[k]].client == c).map(|k| raw[order[k]].template())
+            (0..q)
+                .rev()
+                .find(|&k| raw[order[k]].client == c)
+                .map(|k| raw[order[k]].template())
         };
         let from = prev(p);
         let (mut c, mut total) = (0u32, 0u32);
@@ -118,16 +146,25 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
     for p in 0..order.len() {
         let e = &raw[order[p]];
         let mut f = vec![0.0; reg.len()];
-        let mine: Vec<usize> = (0..=p).filter(|&q| raw[order[q]].client == e.client).collect();
+        let mine: Vec<usize> = (0..=p)
+            .filter(|&q| raw[order[q]].client == e.client)
+            .collect();
         for (h, &hs) in cfg.features.horizons_secs.iter().enumerate() {
             let hms = i64::from(hs) * 1000;
             let width = hms / b;
             let cur = e.ts.div_euclid(width);
-            let win: Vec<usize> = mine.iter().copied().filter(|&q| cur - raw[order[q]].ts.div_euclid(width) < b).collect();
+            let win: Vec<usize> = mine
+                .iter()
+                .copied()
+                .filter(|&q| cur - raw[order[q]].ts.div_euclid(width) < b)
+                .collect();
             let n = win.len() as f64;
-            let st = |pred: &dyn Fn(u16) -> bool| win.iter().filter(|&&q| pred(raw[order[q]].status)).count() as f64 / n;
+            let st = |pred: &dyn Fn(u16) -> bool| {
+                win.iter().filter(|&&q| pred(raw[order[q]].status)).count() as f64 / n
+            };
             let mut gaps = Vec::new();
-            let (mut ep_bits, mut id_bits, mut seq, mut surprise, mut bytes) = (0u64, 0u64, 0.0, 0.0, 0.0);
+            let (mut ep_bits, mut id_bits, mut seq, mut surprise, mut bytes) =
+                (0u64, 0u64, 0.0, 0.0, 0.0);
             for &q in &win {
                 let x = &raw[order[q]];
                 let k = mine.iter().position(|&m| m == q).unwrap();
@@ -138,7 +175,11 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
                 ep_bits |= bit(eh);
                 if let Some(id) = x.id() {
                     id_bits |= bit(fnv1a(id.to_string().as_bytes()) ^ eh.rotate_left(17));
-                    let last = mine[..k].iter().rev().map(|&m| &raw[order[m]]).find(|y| y.template() == x.template());
+                    let last = mine[..k]
+                        .iter()
+                        .rev()
+                        .map(|&m| &raw[order[m]])
+                        .find(|y| y.template() == x.template());
                     if let Some(prev_id) = last.and_then(Raw::id) {
                         if (1..=2).contains(&id.abs_diff(prev_id)) {
                             seq += 1.0;
@@ -164,7 +205,8 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
                 let g = gaps.len() as f64;
                 let mean = gaps.iter().sum::<f64>() / g;
                 f[o(WindowFeature::IatMean)] = mean / 1000.0;
-                f[o(WindowFeature::IatMin)] = gaps.iter().copied().fold(f64::INFINITY, f64::min) / 1000.0;
+                f[o(WindowFeature::IatMin)] =
+                    gaps.iter().copied().fold(f64::INFINITY, f64::min) / 1000.0;
                 if gaps.len() >= 2 && mean > 0.0 {
                     let var = gaps.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / g;
                     f[o(WindowFeature::IatCv)] = var.sqrt() / mean;
@@ -176,9 +218,14 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             f[o(WindowFeature::SurpriseMean)] = surprise / n;
         }
         let k = mine.len() - 1;
-        f[reg.point_index(PointFeature::SecsSincePrev)] =
-            if k == 0 { max_ms } else { (e.ts - raw[order[mine[k - 1]]].ts).min(max_ms) } as f64 / 1000.0;
-        f[reg.point_index(PointFeature::ClientAgeSecs)] = (e.ts - raw[order[mine[0]]].ts) as f64 / 1000.0;
+        f[reg.point_index(PointFeature::SecsSincePrev)] = if k == 0 {
+            max_ms
+        } else {
+            (e.ts - raw[order[mine[k - 1]]].ts).min(max_ms)
+        } as f64
+            / 1000.0;
+        f[reg.point_index(PointFeature::ClientAgeSecs)] =
+            (e.ts - raw[order[mine[0]]].ts) as f64 / 1000.0;
         f[reg.point_index(PointFeature::TransitionSurprise)] = surprises[p];
         let count = ep_count(p, p, &order);
         f[reg.point_index(PointFeature::EndpointCount)] = f64::from(count);
@@ -192,14 +239,19 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             }
         }
         let t: f64 = per.values().sum();
-        f[reg.point_index(PointFeature::EndpointEntropy)] = -per.values().map(|c| (c / t) * (c / t).log2()).sum::<f64>();
+        f[reg.point_index(PointFeature::EndpointEntropy)] =
+            -per.values().map(|c| (c / t) * (c / t).log2()).sum::<f64>();
         let pop = order[..=p]
             .iter()
-            .filter(|&&j| raw[j].template() == e.template() && cur - raw[j].ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1)
+            .filter(|&&j| {
+                raw[j].template() == e.template()
+                    && cur - raw[j].ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1
+            })
             .count();
         f[reg.point_index(PointFeature::EndpointPopRate)] = pop as f64 / 60.0;
         let x = f64::from(count).ln_1p();
-        f[reg.point_index(PointFeature::EndpointRateRatio)] = match baseline.get_mut(&e.template()) {
+        f[reg.point_index(PointFeature::EndpointRateRatio)] = match baseline.get_mut(&e.template())
+        {
             None => {
                 baseline.insert(e.template(), x);
                 1.0
@@ -218,7 +270,8 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
 fn run(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
     let mut eng = FeatureEngine::new(cfg).unwrap();
     let mut out = Vec::new();
-    let mut sink = |r: &gatewatch_features::Record<'_>| out.push((r.line as usize, r.features.to_vec()));
+    let mut sink =
+        |r: &gatewatch_features::Record<'_>| out.push((r.line as usize, r.features.to_vec()));
     for (i, r) in raw.iter().enumerate() {
         let _ = eng.push(r.event(), i as u64, &mut sink);
     }
@@ -272,7 +325,11 @@ fn ingest(bytes: &[u8], cuts: &[usize], cfg: &Config) -> Out {
     let mut recs = Vec::new();
     let mut errs = Vec::new();
     let mut sink = |r: &gatewatch_features::Record<'_>| {
-        recs.push((r.line, r.client.to_string(), r.features.iter().map(|f| f.to_bits()).collect()));
+        recs.push((
+            r.line,
+            r.client.to_string(),
+            r.features.iter().map(|f| f.to_bits()).collect(),
+        ));
     };
     let mut reject = |e: gatewatch_features::Rejection| errs.push(e.to_string());
     let mut start = 0;

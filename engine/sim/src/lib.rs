@@ -68,25 +68,38 @@ impl Scenario {
     /// One line about it.
     pub fn description(self) -> &'static str {
         match self {
-            Self::CredentialStuffing => "15 addresses POST /v1/auth/login ~1.4/s each for 3–6 min, ~97% 401",
+            Self::CredentialStuffing => {
+                "15 addresses POST /v1/auth/login ~1.4/s each for 3–6 min, ~97% 401"
+            }
             Self::BolaEnumeration => {
                 "a logged-in user walks GET /v1/orders/{id} upwards for 300–600 ids, mostly 403/404"
             }
-            Self::Scraping => "one address fetches products and pages every 1.000 s ± 3 ms for 5–8 min",
-            Self::Volumetric => "one logged-in client sends ~40 searches/s for 60–120 s, 429s after 10 s",
-            Self::LowAndSlow => "150 addresses each try 1–3 logins spread over the whole run, mostly 401",
-            Self::SequenceAbuse => "3 accounts POST /v1/payments directly every ~3 s for 5 min, ~85% 402",
+            Self::Scraping => {
+                "one address fetches products and pages every 1.000 s ± 3 ms for 5–8 min"
+            }
+            Self::Volumetric => {
+                "one logged-in client sends ~40 searches/s for 60–120 s, 429s after 10 s"
+            }
+            Self::LowAndSlow => {
+                "150 addresses each try 1–3 logins spread over the whole run, mostly 401"
+            }
+            Self::SequenceAbuse => {
+                "3 accounts POST /v1/payments directly every ~3 s for 5 min, ~85% 402"
+            }
         }
     }
 
     /// Parses a name.
     pub fn parse(s: &str) -> Result<Self, SimError> {
-        Self::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| {
-            SimError(format!(
-                "unknown scenario {s:?}; known: {}",
-                Self::ALL.map(Self::name).join(", ")
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                SimError(format!(
+                    "unknown scenario {s:?}; known: {}",
+                    Self::ALL.map(Self::name).join(", ")
+                ))
+            })
     }
 }
 
@@ -106,16 +119,24 @@ pub fn parse_duration(s: &str) -> Result<i64, SimError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: i64 = num.parse().map_err(|_| SimError(format!("not a duration: {s:?} (try 90s, 10m, 2h)")))?;
+    let n: i64 = num
+        .parse()
+        .map_err(|_| SimError(format!("not a duration: {s:?} (try 90s, 10m, 2h)")))?;
     let mult = match unit {
         "ms" => 1,
         "" | "s" => 1000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(SimError(format!("not a duration unit: {unit:?} in {s:?} (ms, s, m, h, d)"))),
+        _ => {
+            return Err(SimError(format!(
+                "not a duration unit: {unit:?} in {s:?} (ms, s, m, h, d)"
+            )));
+        }
     };
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| SimError(format!("duration out of range: {s:?}")))
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| SimError(format!("duration out of range: {s:?}")))
 }
 
 /// Simulator options.
@@ -135,7 +156,13 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        Self { seed: 1, duration_ms: 600_000, users: 200, scenarios: Scenario::ALL.to_vec(), start_ms: DEFAULT_START_MS }
+        Self {
+            seed: 1,
+            duration_ms: 600_000,
+            users: 200,
+            scenarios: Scenario::ALL.to_vec(),
+            start_ms: DEFAULT_START_MS,
+        }
     }
 }
 
@@ -179,16 +206,33 @@ impl Emitter {
         }
         let mut e = RequestEvent::new(ts, r.ip, r.method, r.path, r.status);
         e.host = Some(HOST.into());
-        e.req_bytes = Some(if r.method == "GET" { rng.range(200, 600) } else { rng.range(300, 1500) });
+        e.req_bytes = Some(if r.method == "GET" {
+            rng.range(200, 600)
+        } else {
+            rng.range(300, 1500)
+        });
         e.resp_bytes = Some(match r.status {
-            200 | 201 => (rng.lognormal(if r.path.contains("products") { 3000.0 } else { 900.0 }, 0.5)) as u64,
+            200 | 201 => {
+                (rng.lognormal(
+                    if r.path.contains("products") {
+                        3000.0
+                    } else {
+                        900.0
+                    },
+                    0.5,
+                )) as u64
+            }
             _ => rng.range(60, 200),
         });
-        e.latency_ms = Some((rng.lognormal(if r.status >= 500 { 900.0 } else { 35.0 }, 0.6) * 10.0).round() / 10.0);
+        e.latency_ms = Some(
+            (rng.lognormal(if r.status >= 500 { 900.0 } else { 35.0 }, 0.6) * 10.0).round() / 10.0,
+        );
         e.user_agent = Some(r.ua.into());
         match r.auth {
             Auth::None => {}
-            Auth::Jwt(t) => e.headers.push(("authorization".into(), format!("Bearer {t}").into())),
+            Auth::Jwt(t) => e
+                .headers
+                .push(("authorization".into(), format!("Bearer {t}").into())),
             Auth::ApiKey(k) => e.headers.push(("x-api-key".into(), k.as_str().into())),
         }
         e.label = Some(format!("\"{}\"", r.label).into());
@@ -203,31 +247,43 @@ fn jwt(sub: &str, rng: &mut Rng) -> String {
     format!(
         "{}.{}.{}",
         b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
-        b64.encode(format!(r#"{{"sub":"{sub}","iss":"shop","scope":"shop:user"}}"#)),
+        b64.encode(format!(
+            r#"{{"sub":"{sub}","iss":"shop","scope":"shop:user"}}"#
+        )),
         b64.encode(sig)
     )
 }
 
 fn residential(rng: &mut Rng) -> IpAddr {
     let a = *rng.pick(&[81u8, 82, 84, 86, 91, 94, 109, 176, 185, 188, 213, 217]);
-    IpAddr::V4(Ipv4Addr::new(a, rng.below(256) as u8, rng.below(256) as u8, rng.range(1, 255) as u8))
+    IpAddr::V4(Ipv4Addr::new(
+        a,
+        rng.below(256) as u8,
+        rng.below(256) as u8,
+        rng.range(1, 255) as u8,
+    ))
 }
 
 fn datacenter(rng: &mut Rng, block: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(45, block, rng.below(256) as u8, rng.range(1, 255) as u8))
+    IpAddr::V4(Ipv4Addr::new(
+        45,
+        block,
+        rng.below(256) as u8,
+        rng.range(1, 255) as u8,
+    ))
 }
 
 /// Generates the traffic: events sorted by time, `id` 0.. in that order, `label` on each.
 pub fn simulate(cfg: &SimConfig) -> Vec<RequestEvent> {
-    let mut em = Emitter { events: Vec::new(), start: cfg.start_ms, end: cfg.start_ms + cfg.duration_ms };
-    let nat_pools: Vec<IpAddr> = {
-        let mut r = Rng::new(cfg.seed, 0);
-        (0..(cfg.users / 10).max(1)).map(|i| IpAddr::V4(Ipv4Addr::new(100, 64, (i / 200) as u8, (i % 200) as u8 + 1))).map(|ip| {
-            let _ = r.next_u64();
-            ip
-        })
-        .collect()
+    let mut em = Emitter {
+        events: Vec::new(),
+        start: cfg.start_ms,
+        end: cfg.start_ms + cfg.duration_ms,
     };
+    // Carrier-grade NAT addresses, each shared by about ten users.
+    let nat_pools: Vec<IpAddr> = (0..(cfg.users / 10).max(1))
+        .map(|i| IpAddr::V4(Ipv4Addr::new(100, 64, (i / 200) as u8, (i % 200) as u8 + 1)))
+        .collect();
     for u in 0..cfg.users {
         let mut rng = Rng::new(cfg.seed, 1000 + u as u64);
         normal_user(&mut em, &mut rng, cfg, u as u64, &nat_pools);
@@ -266,7 +322,11 @@ fn orders_of(u: u64) -> Vec<u64> {
 fn normal_user(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig, u: u64, nat: &[IpAddr]) {
     let uid = user_id(u);
     let kind = rng.weighted(&[0.7, 0.15, 0.15]);
-    let ip = if rng.chance(0.3) { *rng.pick(nat) } else { residential(rng) };
+    let ip = if rng.chance(0.3) {
+        *rng.pick(nat)
+    } else {
+        residential(rng)
+    };
     let ua = *rng.pick(&BROWSER_UAS);
     let span = cfg.duration_ms as f64;
     let mut t = cfg.start_ms as f64 + rng.f64() * span * 0.9;
@@ -279,13 +339,33 @@ fn normal_user(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig, u: u64, nat: &[
             let ua = "shop-sync/2.4 (+integration)";
             while t < end {
                 let mut s = t;
-                let r = Req { ip, method: "GET", path: "/v1/orders?since=cursor", status: 200, auth: &key, ua, label: "normal" };
+                let r = Req {
+                    ip,
+                    method: "GET",
+                    path: "/v1/orders?since=cursor",
+                    status: 200,
+                    auth: &key,
+                    ua,
+                    label: "normal",
+                };
                 em.emit(rng, s, r);
                 for _ in 0..rng.range(3, 15) {
                     s += rng.lognormal(250.0, 0.5);
                     let path = format!("/v1/products/{}", rng.range(1, PRODUCTS));
                     let status = if rng.chance(0.02) { 404 } else { 200 };
-                    em.emit(rng, s, Req { ip, method: "GET", path: &path, status, auth: &key, ua, label: "normal" });
+                    em.emit(
+                        rng,
+                        s,
+                        Req {
+                            ip,
+                            method: "GET",
+                            path: &path,
+                            status,
+                            auth: &key,
+                            ua,
+                            label: "normal",
+                        },
+                    );
                 }
                 t += period * (0.9 + 0.2 * rng.f64());
             }
@@ -303,16 +383,49 @@ fn normal_user(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig, u: u64, nat: &[
 
 /// One browsing session; returns its end time.
 #[allow(clippy::too_many_arguments)]
-fn session(em: &mut Emitter, rng: &mut Rng, ip: IpAddr, ua: &str, uid: u64, u: u64, anonymous: bool, mut t: f64) -> f64 {
+fn session(
+    em: &mut Emitter,
+    rng: &mut Rng,
+    ip: IpAddr,
+    ua: &str,
+    uid: u64,
+    u: u64,
+    anonymous: bool,
+    mut t: f64,
+) -> f64 {
     let none = Auth::None;
     let auth = if anonymous {
         none.clone()
     } else {
         if rng.chance(0.06) {
-            em.emit(rng, t, Req { ip, method: "POST", path: "/v1/auth/login", status: 401, auth: &none, ua, label: "normal" });
+            em.emit(
+                rng,
+                t,
+                Req {
+                    ip,
+                    method: "POST",
+                    path: "/v1/auth/login",
+                    status: 401,
+                    auth: &none,
+                    ua,
+                    label: "normal",
+                },
+            );
             t += rng.lognormal(6000.0, 0.5);
         }
-        em.emit(rng, t, Req { ip, method: "POST", path: "/v1/auth/login", status: 200, auth: &none, ua, label: "normal" });
+        em.emit(
+            rng,
+            t,
+            Req {
+                ip,
+                method: "POST",
+                path: "/v1/auth/login",
+                status: 200,
+                auth: &none,
+                ua,
+                label: "normal",
+            },
+        );
         t += rng.lognormal(1500.0, 0.6);
         Auth::Jwt(jwt(&format!("u{uid}"), rng))
     };
@@ -324,9 +437,19 @@ fn session(em: &mut Emitter, rng: &mut Rng, ip: IpAddr, ua: &str, uid: u64, u: u
         let w: [f64; 9] = match state {
             0 | 1 => [0.2, 0.15, 0.55, 0.02, 0.03, 0.0, 0.0, 0.05, 0.0],
             2 => [0.25, 0.1, 0.35, 0.02, 0.02, 0.0, 0.2, 0.06, 0.0],
-            3 | 4 | 5 => [0.3, 0.1, 0.2, 0.05, 0.1, 0.2, 0.0, 0.05, 0.0],
+            3..=5 => [0.3, 0.1, 0.2, 0.05, 0.1, 0.2, 0.0, 0.05, 0.0],
             6 => [0.3, 0.1, 0.3, 0.0, 0.0, 0.0, 0.05, 0.2, 0.05],
-            7 => [0.25, 0.05, 0.2, 0.0, 0.0, 0.0, 0.05, 0.05, if carted { 0.4 } else { 0.0 }],
+            7 => [
+                0.25,
+                0.05,
+                0.2,
+                0.0,
+                0.0,
+                0.0,
+                0.05,
+                0.05,
+                if carted { 0.4 } else { 0.0 },
+            ],
             _ => [0.5, 0.1, 0.3, 0.05, 0.05, 0.0, 0.0, 0.0, 0.0],
         };
         let mut w = w;
@@ -338,11 +461,19 @@ fn session(em: &mut Emitter, rng: &mut Rng, ip: IpAddr, ua: &str, uid: u64, u: u
         state = rng.weighted(&w);
         let err5 = rng.chance(0.004);
         let (method, path, mut status) = match state {
-            0 => ("GET", format!("/v1/products?page={}", rng.range(1, 40)), 200),
+            0 => (
+                "GET",
+                format!("/v1/products?page={}", rng.range(1, 40)),
+                200,
+            ),
             1 => ("GET", format!("/v1/search?q=term{}", rng.below(300)), 200),
             2 => {
                 let id = rng.range(1, PRODUCTS);
-                ("GET", format!("/v1/products/{id}"), if rng.chance(0.02) { 404 } else { 200 })
+                (
+                    "GET",
+                    format!("/v1/products/{id}"),
+                    if rng.chance(0.02) { 404 } else { 200 },
+                )
             }
             3 => ("GET", format!("/v1/users/{uid}/profile"), 200),
             4 => ("GET", format!("/v1/users/{uid}/orders"), 200),
@@ -357,17 +488,53 @@ fn session(em: &mut Emitter, rng: &mut Rng, ip: IpAddr, ua: &str, uid: u64, u: u
         if err5 {
             status = *rng.pick(&[500, 502, 503]);
         }
-        em.emit(rng, t, Req { ip, method, path: &path, status, auth: &auth, ua, label: "normal" });
+        em.emit(
+            rng,
+            t,
+            Req {
+                ip,
+                method,
+                path: &path,
+                status,
+                auth: &auth,
+                ua,
+                label: "normal",
+            },
+        );
         // Browsers fetch related resources in parallel.
         if state == 2 && status == 200 {
             let sub = format!("{path}/reviews");
             let ts = t + rng.range(40, 250) as f64;
-            em.emit(rng, ts, Req { ip, method: "GET", path: &sub, status: 200, auth: &auth, ua, label: "normal" });
+            em.emit(
+                rng,
+                ts,
+                Req {
+                    ip,
+                    method: "GET",
+                    path: &sub,
+                    status: 200,
+                    auth: &auth,
+                    ua,
+                    label: "normal",
+                },
+            );
         }
         if state == 8 && status == 200 {
             t += rng.lognormal(8000.0, 0.5);
             let status = if rng.chance(0.08) { 402 } else { 201 };
-            em.emit(rng, t, Req { ip, method: "POST", path: "/v1/payments", status, auth: &auth, ua, label: "normal" });
+            em.emit(
+                rng,
+                t,
+                Req {
+                    ip,
+                    method: "POST",
+                    path: "/v1/payments",
+                    status,
+                    auth: &auth,
+                    ua,
+                    label: "normal",
+                },
+            );
             carted = false;
         }
         t += rng.lognormal(5000.0, 1.0).min(300_000.0);
@@ -384,7 +551,19 @@ fn monitor(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig, p: u64) {
     while t < end {
         let status = if rng.chance(0.003) { 503 } else { 200 };
         let ts = t + rng.normal() * 20.0;
-        em.emit(rng, ts, Req { ip, method: "GET", path: "/health", status, auth: &key, ua: "uptime-probe/1.2", label: "normal" });
+        em.emit(
+            rng,
+            ts,
+            Req {
+                ip,
+                method: "GET",
+                path: "/health",
+                status,
+                auth: &key,
+                ua: "uptime-probe/1.2",
+                label: "normal",
+            },
+        );
         t += period;
     }
 }
@@ -405,7 +584,19 @@ fn credential_stuffing(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
         while t < t0 + len {
             let ua = *rng.pick(&BROWSER_UAS);
             let status = if rng.chance(0.03) { 200 } else { 401 };
-            em.emit(rng, t, Req { ip, method: "POST", path: "/v1/auth/login", status, auth: &none, ua, label: "credential_stuffing" });
+            em.emit(
+                rng,
+                t,
+                Req {
+                    ip,
+                    method: "POST",
+                    path: "/v1/auth/login",
+                    status,
+                    auth: &none,
+                    ua,
+                    label: "credential_stuffing",
+                },
+            );
             t += rng.exp(700.0);
         }
     }
@@ -419,19 +610,62 @@ fn bola(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
     let ua = BROWSER_UAS[0];
     let none = Auth::None;
     let attacker = user_id(cfg.users as u64 + 1);
-    em.emit(rng, t, Req { ip, method: "POST", path: "/v1/auth/login", status: 200, auth: &none, ua, label: "bola_enumeration" });
+    em.emit(
+        rng,
+        t,
+        Req {
+            ip,
+            method: "POST",
+            path: "/v1/auth/login",
+            status: 200,
+            auth: &none,
+            ua,
+            label: "bola_enumeration",
+        },
+    );
     let auth = Auth::Jwt(jwt(&format!("u{attacker}"), rng));
-    for path in [format!("/v1/users/{attacker}/profile"), format!("/v1/users/{attacker}/orders")] {
+    for path in [
+        format!("/v1/users/{attacker}/profile"),
+        format!("/v1/users/{attacker}/orders"),
+    ] {
         t += rng.lognormal(3000.0, 0.5);
-        em.emit(rng, t, Req { ip, method: "GET", path: &path, status: 200, auth: &auth, ua, label: "bola_enumeration" });
+        em.emit(
+            rng,
+            t,
+            Req {
+                ip,
+                method: "GET",
+                path: &path,
+                status: 200,
+                auth: &auth,
+                ua,
+                label: "bola_enumeration",
+            },
+        );
     }
     let mut id = 500_000 + rng.below(1000);
     for _ in 0..n {
         t += rng.lognormal(800.0, 0.4);
         id += if rng.chance(0.85) { 1 } else { 2 };
-        let status = if id % 2 == 0 && (id - 500_000) / 13 < cfg.users as u64 { 403 } else { 404 };
+        let status = if id % 2 == 0 && (id - 500_000) / 13 < cfg.users as u64 {
+            403
+        } else {
+            404
+        };
         let path = format!("/v1/orders/{id}");
-        em.emit(rng, t, Req { ip, method: "GET", path: &path, status, auth: &auth, ua, label: "bola_enumeration" });
+        em.emit(
+            rng,
+            t,
+            Req {
+                ip,
+                method: "GET",
+                path: &path,
+                status,
+                auth: &auth,
+                ua,
+                label: "bola_enumeration",
+            },
+        );
     }
 }
 
@@ -448,10 +682,29 @@ fn scraping(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
             page += 1;
             (format!("/v1/products?page={page}"), 200)
         } else {
-            (format!("/v1/products/{}", rng.range(1, PRODUCTS + 300)), 200)
+            (
+                format!("/v1/products/{}", rng.range(1, PRODUCTS + 300)),
+                200,
+            )
         };
-        let status = if path.contains("?page") || rng.chance(0.94) { status } else { 404 };
-        em.emit(rng, t, Req { ip, method: "GET", path: &path, status, auth: &none, ua: "python-requests/2.32.3", label: "scraping" });
+        let status = if path.contains("?page") || rng.chance(0.94) {
+            status
+        } else {
+            404
+        };
+        em.emit(
+            rng,
+            t,
+            Req {
+                ip,
+                method: "GET",
+                path: &path,
+                status,
+                auth: &none,
+                ua: "python-requests/2.32.3",
+                label: "scraping",
+            },
+        );
         t += 1000.0 + (rng.f64() - 0.5) * 6.0;
         i += 1;
     }
@@ -465,9 +718,25 @@ fn volumetric(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
     let ua = "Go-http-client/1.1";
     let mut t = t0;
     while t < t0 + len {
-        let status = if t - t0 > 10_000.0 && rng.chance(0.6) { 429 } else { 200 };
+        let status = if t - t0 > 10_000.0 && rng.chance(0.6) {
+            429
+        } else {
+            200
+        };
         let path = format!("/v1/search?q=term{}", rng.below(50));
-        em.emit(rng, t, Req { ip, method: "GET", path: &path, status, auth: &auth, ua, label: "volumetric" });
+        em.emit(
+            rng,
+            t,
+            Req {
+                ip,
+                method: "GET",
+                path: &path,
+                status,
+                auth: &auth,
+                ua,
+                label: "volumetric",
+            },
+        );
         t += rng.exp(25.0);
     }
 }
@@ -480,7 +749,19 @@ fn low_and_slow(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
         for _ in 0..rng.range(1, 4) {
             let t = cfg.start_ms as f64 + rng.f64() * cfg.duration_ms as f64;
             let status = if rng.chance(0.02) { 200 } else { 401 };
-            em.emit(rng, t, Req { ip, method: "POST", path: "/v1/auth/login", status, auth: &none, ua, label: "low_and_slow" });
+            em.emit(
+                rng,
+                t,
+                Req {
+                    ip,
+                    method: "POST",
+                    path: "/v1/auth/login",
+                    status,
+                    auth: &none,
+                    ua,
+                    label: "low_and_slow",
+                },
+            );
         }
     }
 }
@@ -491,11 +772,26 @@ fn sequence_abuse(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
     for a in 0..3u64 {
         let ip = residential(rng);
         let ua = *rng.pick(&BROWSER_UAS);
-        let auth = Auth::Jwt(jwt(&format!("u{}", user_id(cfg.users as u64 + 10 + a)), rng));
+        let auth = Auth::Jwt(jwt(
+            &format!("u{}", user_id(cfg.users as u64 + 10 + a)),
+            rng,
+        ));
         let mut t = t0 + rng.f64() * 30_000.0;
         while t < t0 + len {
             let status = if rng.chance(0.85) { 402 } else { 201 };
-            em.emit(rng, t, Req { ip, method: "POST", path: "/v1/payments", status, auth: &auth, ua, label: "sequence_abuse" });
+            em.emit(
+                rng,
+                t,
+                Req {
+                    ip,
+                    method: "POST",
+                    path: "/v1/payments",
+                    status,
+                    auth: &auth,
+                    ua,
+                    label: "sequence_abuse",
+                },
+            );
             t += rng.lognormal(3000.0, 0.5);
         }
     }
@@ -509,23 +805,39 @@ mod tests {
     fn labels(evs: &[RequestEvent]) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for e in evs {
-            *m.entry(e.label.as_deref().unwrap_or("").trim_matches('"').to_string()).or_insert(0) += 1;
+            *m.entry(
+                e.label
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_string(),
+            )
+            .or_insert(0) += 1;
         }
         m
     }
 
     #[test]
     fn deterministic_sorted_and_labelled() {
-        let cfg = SimConfig { users: 50, ..SimConfig::default() };
+        let cfg = SimConfig {
+            users: 50,
+            ..SimConfig::default()
+        };
         let a = simulate(&cfg);
         let b = simulate(&cfg);
         assert_eq!(a, b);
         assert!(a.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
-        assert!(a.iter().all(|e| e.ts_ms >= cfg.start_ms && e.ts_ms < cfg.start_ms + cfg.duration_ms));
+        assert!(
+            a.iter()
+                .all(|e| e.ts_ms >= cfg.start_ms && e.ts_ms < cfg.start_ms + cfg.duration_ms)
+        );
         assert_eq!(a[3].id.as_deref(), Some("3"));
         let l = labels(&a);
         for s in Scenario::ALL {
-            assert!(l.get(s.name()).copied().unwrap_or(0) > 0, "{s} missing: {l:?}");
+            assert!(
+                l.get(s.name()).copied().unwrap_or(0) > 0,
+                "{s} missing: {l:?}"
+            );
         }
         assert!(l["normal"] > 1000, "{l:?}");
         let other = simulate(&SimConfig { seed: 2, ..cfg });
@@ -534,23 +846,45 @@ mod tests {
 
     #[test]
     fn scenario_selection_and_durations() {
-        let cfg = SimConfig { users: 20, scenarios: vec![Scenario::Scraping], ..SimConfig::default() };
+        let cfg = SimConfig {
+            users: 20,
+            scenarios: vec![Scenario::Scraping],
+            ..SimConfig::default()
+        };
         let l = labels(&simulate(&cfg));
-        assert_eq!(l.keys().cloned().collect::<Vec<_>>(), ["normal", "scraping"]);
+        assert_eq!(
+            l.keys().cloned().collect::<Vec<_>>(),
+            ["normal", "scraping"]
+        );
         assert_eq!(parse_duration("10m"), Ok(600_000));
         assert_eq!(parse_duration("90"), Ok(90_000));
         assert_eq!(parse_duration("250ms"), Ok(250));
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("0s").is_err());
-        assert!(Scenario::parse("bola").unwrap_err().0.contains("bola_enumeration"));
+        assert!(
+            Scenario::parse("bola")
+                .unwrap_err()
+                .0
+                .contains("bola_enumeration")
+        );
     }
 
     #[test]
     fn scraper_timing_is_machine_regular() {
-        let cfg = SimConfig { users: 5, scenarios: vec![Scenario::Scraping], ..SimConfig::default() };
-        let ts: Vec<i64> =
-            simulate(&cfg).iter().filter(|e| e.label.as_deref() == Some("\"scraping\"")).map(|e| e.ts_ms).collect();
+        let cfg = SimConfig {
+            users: 5,
+            scenarios: vec![Scenario::Scraping],
+            ..SimConfig::default()
+        };
+        let ts: Vec<i64> = simulate(&cfg)
+            .iter()
+            .filter(|e| e.label.as_deref() == Some("\"scraping\""))
+            .map(|e| e.ts_ms)
+            .collect();
         assert!(ts.len() > 250);
-        assert!(ts.windows(2).all(|w| (w[1] - w[0] - 1000).abs() <= 4), "gaps not regular");
+        assert!(
+            ts.windows(2).all(|w| (w[1] - w[0] - 1000).abs() <= 4),
+            "gaps not regular"
+        );
     }
 }

@@ -19,7 +19,14 @@ impl Rng {
     /// A generator for `seed` and a stream number (each actor has its own stream).
     pub fn new(seed: u64, stream: u64) -> Self {
         let mut x = seed ^ stream.wrapping_mul(0xd6e8_feb8_6659_fd93);
-        Self { s: [splitmix(&mut x), splitmix(&mut x), splitmix(&mut x), splitmix(&mut x)] }
+        Self {
+            s: [
+                splitmix(&mut x),
+                splitmix(&mut x),
+                splitmix(&mut x),
+                splitmix(&mut x),
+            ],
+        }
     }
 
     /// Next 64 random bits.
@@ -97,16 +104,18 @@ mod tests {
 
     #[test]
     fn deterministic_and_uniform_enough() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(42, 1);
-            move |_| r.next_u64()
-        })
-        .collect();
-        let b: Vec<u64> = (0..5).map({
-            let mut r = Rng::new(42, 1);
-            move |_| r.next_u64()
-        })
-        .collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(42, 1);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map({
+                let mut r = Rng::new(42, 1);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         let mut r = Rng::new(7, 0);
         let mean = (0..100_000).map(|_| r.f64()).sum::<f64>() / 100_000.0;
