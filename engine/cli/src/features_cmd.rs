@@ -51,6 +51,9 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
     };
     let (mut input, size) = crate::io::open_input(&a.input)?;
+    if a.parse_only {
+        return parse_only(&mut input, &format);
+    }
     let mut out = if a.no_output {
         None
     } else {
@@ -278,4 +281,27 @@ fn summary(
         }
     }
     eprint!("{e}");
+}
+
+/// Parses every line and counts: the ceiling the full pipeline is measured against.
+fn parse_only(input: &mut dyn Read, format: &Format) -> Result<()> {
+    let started = Instant::now();
+    let mut data = Vec::new();
+    input.read_to_end(&mut data).context("reading input")?;
+    let (mut ok, mut bad) = (0u64, 0u64);
+    for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match format.parse(line) {
+            Ok(ev) => {
+                ok += 1;
+                std::hint::black_box(ev);
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "gatewatch features --parse-only: {ok} events, {bad} rejected in {secs:.2} s ({:.0} events/s)",
+        ok as f64 / secs.max(1e-9)
+    );
+    Ok(())
 }

@@ -102,6 +102,9 @@ struct FeaturesArgs {
     /// Show a progress bar (default: only when standard error is a terminal and the output is not).
     #[arg(long)]
     progress: Option<bool>,
+    /// Only parse the input and count events (the parsing ceiling, for benchmarks).
+    #[arg(long, hide = true)]
+    parse_only: bool,
 }
 
 fn main() -> ExitCode {
