@@ -51,7 +51,7 @@ impl RecordWriter {
         write_json_str(&mut s, r.endpoint);
         out.extend_from_slice(s.as_bytes());
         let mut ib = itoa::Buffer::new();
-        let mut fb = ryu::Buffer::new();
+        let mut fb = zmij::Buffer::new();
         for (k, v) in self.keys.iter().zip(r.features) {
             out.extend_from_slice(k.as_bytes());
             write_number(*v, out, &mut ib, &mut fb);
@@ -62,10 +62,10 @@ impl RecordWriter {
 
 /// Integers without a fraction, other finite values as shortest round-trip decimals, and
 /// `null` for non-finite values.
-pub fn write_number(v: f64, out: &mut Vec<u8>, ib: &mut itoa::Buffer, fb: &mut ryu::Buffer) {
+pub fn write_number(v: f64, out: &mut Vec<u8>, ib: &mut itoa::Buffer, fb: &mut zmij::Buffer) {
     if !v.is_finite() {
         out.extend_from_slice(b"null");
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+    } else if v.abs() < 1e15 && v == (v as i64) as f64 {
         out.extend_from_slice(ib.format(v as i64).as_bytes());
     } else {
         out.extend_from_slice(fb.format_finite(v).as_bytes());

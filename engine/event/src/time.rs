@@ -125,20 +125,40 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 }
 
 /// Appends the RFC 3339 form of `ms` to `out`.
-pub(crate) fn write_rfc3339_ms(ms: i64, out: &mut String) {
-    use std::fmt::Write;
+pub fn write_rfc3339_ms(ms: i64, out: &mut String) {
     let secs = ms.div_euclid(1000);
-    let frac = ms.rem_euclid(1000);
+    let frac = ms.rem_euclid(1000) as u32;
     let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
+    if !(0..=9999).contains(&y) {
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:03}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        );
+        return;
+    }
+    let y = y as u32;
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, v: u32, n: usize| {
+        let mut v = v;
+        for i in (0..n).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, y, 4);
+    put(5, m, 2);
+    put(8, d, 2);
+    put(11, sod / 3600, 2);
+    put(14, (sod / 60) % 60, 2);
+    put(17, sod % 60, 2);
+    put(20, frac, 3);
+    out.push_str(std::str::from_utf8(&b).unwrap_or_default());
 }
 
 #[cfg(test)]

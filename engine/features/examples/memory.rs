@@ -19,7 +19,10 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let clients: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let clients: u32 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let per: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let cfg = Config::parse(&format!(
         "[features]\nmax_clients = {}\nallowed_lateness_ms = 0\n",
@@ -38,8 +41,10 @@ fn main() {
         for c in 0..clients {
             let ts = t0 + (n as i64 * 1_800_000 / total as i64);
             let ip = IpAddr::V4(Ipv4Addr::from(0x5100_0000 + c));
-            let path = paths[((c + round) % 4) as usize].replace("{}", &(c % 5000 + round).to_string());
-            let mut e = RequestEvent::new(ts, ip, "GET", &path, if c % 17 == 0 { 404 } else { 200 });
+            let path =
+                paths[((c + round) % 4) as usize].replace("{}", &(c % 5000 + round).to_string());
+            let mut e =
+                RequestEvent::new(ts, ip, "GET", &path, if c % 17 == 0 { 404 } else { 200 });
             e.host = Some("api.shop.example".into());
             eng.push(e, n, &mut |_| {}).expect("in order");
             n += 1;

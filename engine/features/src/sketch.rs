@@ -25,13 +25,21 @@ pub fn bit(h: u64) -> u64 {
 /// Linear-counting estimate of the number of distinct items that set `bits` (m = 64):
 /// `-m ln(zeros / m)`, and `m ln m` ≈ 266 when every bit is set.
 pub fn linear_count(bits: u64) -> f64 {
-    let zeros = f64::from(bits.count_zeros());
-    if zeros == 0.0 {
-        64.0 * 64f64.ln()
-    } else {
-        -64.0 * (zeros / 64.0).ln()
-    }
+    LINEAR_COUNT[bits.count_zeros() as usize]
 }
+
+/// `linear_count` by number of zero bits, computed once.
+static LINEAR_COUNT: std::sync::LazyLock<[f64; 65]> = std::sync::LazyLock::new(|| {
+    let mut t = [0.0; 65];
+    for (zeros, v) in t.iter_mut().enumerate() {
+        *v = if zeros == 0 {
+            64.0 * 64f64.ln()
+        } else {
+            -64.0 * (zeros as f64 / 64.0).ln()
+        };
+    }
+    t
+});
 
 /// Kafka's default partitioner hash (murmur2, seed 0x9747b28c), so that state parts line up
 /// with Kafka partitions keyed by the client key.
