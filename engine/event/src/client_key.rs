@@ -160,6 +160,10 @@ impl Default for ClientKeyConfig {
 pub struct ClientKeyExtractor {
     sources: Vec<KeySource>,
     max_value_bytes: usize,
+    /// Claim names of the `jwt_claim` sources, in order.
+    jwt_claims: Vec<String>,
+    /// Decoded bearer tokens, direct-mapped by hash: a session's requests carry the same token.
+    jwt_cache: Vec<Option<JwtEntry>>,
     /// Requests whose bearer token was present but could not be read as a JWT.
     pub malformed_jwt: u64,
 }
@@ -184,6 +188,12 @@ impl ClientKeyExtractor {
             sources,
             max_value_bytes: cfg.max_value_bytes,
             malformed_jwt: 0,
+            jwt_claims: cfg
+                .sources
+                .iter()
+                .filter_map(|s| s.strip_prefix("jwt_claim:").map(String::from))
+                .collect(),
+            jwt_cache: Vec::new(),
         })
     }
 
@@ -210,17 +220,22 @@ impl ClientKeyExtractor {
             let found = match src {
                 KeySource::JwtClaim(claim) => match ev.header("authorization").and_then(bearer) {
                     None => false,
-                    Some(tok) => match jwt_claim(tok, claim) {
-                        Some(v) => {
-                            let _ = write!(buf, "jwt:{claim}=");
-                            push_value(buf, &v, self.max_value_bytes);
-                            true
+                    Some(tok) => {
+                        let slot = decode_jwt(&mut self.jwt_cache, &self.jwt_claims, tok);
+                        let entry = self.jwt_cache[slot].as_ref().expect("filled by decode_jwt");
+                        let ci = self.jwt_claims.iter().position(|c| c == claim).unwrap_or(0);
+                        match entry.claims.get(ci).and_then(Option::as_deref) {
+                            Some(v) => {
+                                let _ = write!(buf, "jwt:{claim}=");
+                                push_value(buf, v, self.max_value_bytes);
+                                true
+                            }
+                            None => {
+                                self.malformed_jwt += u64::from(entry.malformed);
+                                false
+                            }
                         }
-                        None => {
-                            self.malformed_jwt += u64::from(!looks_like_jwt(tok));
-                            false
-                        }
-                    },
+                    }
                 },
                 KeySource::Header(name) => match ev.header(name).filter(|v| !v.is_empty()) {
                     Some(v) => {
@@ -261,6 +276,38 @@ impl ClientKeyExtractor {
         let _ = write!(buf, "ip:{}", ev.client_ip);
         KeyKind::Ip
     }
+}
+
+/// A decoded bearer token: the values of the configured claims.
+#[derive(Debug, Clone)]
+struct JwtEntry {
+    token: Box<str>,
+    malformed: bool,
+    claims: Vec<Option<Box<str>>>,
+}
+
+const JWT_CACHE_SLOTS: usize = 4096;
+
+/// The cache slot holding `tok` decoded (decoding it on a miss).
+fn decode_jwt(cache: &mut Vec<Option<JwtEntry>>, claims: &[String], tok: &str) -> usize {
+    if cache.is_empty() {
+        *cache = vec![None; JWT_CACHE_SLOTS];
+    }
+    let slot = (fnv1a(tok.as_bytes()) as usize) & (JWT_CACHE_SLOTS - 1);
+    if cache[slot].as_ref().is_some_and(|e| &*e.token == tok) {
+        return slot;
+    }
+    let values = claims
+        .iter()
+        .map(|c| jwt_claim(tok, c).map(String::into_boxed_str))
+        .collect();
+    let malformed = !looks_like_jwt(tok);
+    cache[slot] = Some(JwtEntry {
+        token: tok.into(),
+        malformed,
+        claims: values,
+    });
+    slot
 }
 
 fn bearer(auth: &str) -> Option<&str> {
@@ -416,6 +463,27 @@ mod tests {
             assert_eq!(x.key(&e).text.as_ref(), "ip:203.0.113.7", "{auth}");
         }
         assert!(x.malformed_jwt >= 5, "{}", x.malformed_jwt);
+    }
+
+    #[test]
+    fn decoded_tokens_are_cached_per_token() {
+        let cfg = ClientKeyConfig {
+            sources: vec!["jwt_claim:tenant".into(), "jwt_claim:sub".into()],
+            ..Default::default()
+        };
+        let mut x = ClientKeyExtractor::new(&cfg).unwrap();
+        let a = with(&[("authorization", &jwt(r#"{"sub":"alice"}"#))]);
+        let b = with(&[("authorization", &jwt(r#"{"sub":"bob","tenant":"t1"}"#))]);
+        for _ in 0..3 {
+            assert_eq!(x.key(&a).text.as_ref(), "jwt:sub=alice");
+            assert_eq!(x.key(&b).text.as_ref(), "jwt:tenant=t1");
+        }
+        // Many distinct tokens (slot collisions included) still decode correctly.
+        for i in 0..10_000 {
+            let e = with(&[("authorization", &jwt(&format!(r#"{{"sub":"u{i}"}}"#)))]);
+            assert_eq!(x.key(&e).text.as_ref(), format!("jwt:sub=u{i}"));
+        }
+        assert_eq!(x.malformed_jwt, 0);
     }
 
     #[test]
