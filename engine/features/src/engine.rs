@@ -229,7 +229,7 @@ impl FeatureEngine {
             ep,
             ep_hash,
             status: ev.status,
-            bytes: ev.bytes() as f64,
+            bytes: ev.bytes(),
             id_hash,
             num_id,
             surprise,

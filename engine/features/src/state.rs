@@ -53,11 +53,17 @@ pub(crate) fn bucket_of(ts_ms: i64, width_ms: i64) -> u32 {
     ts_ms.div_euclid(width_ms) as u32
 }
 
-/// The aggregates of one bucket of one horizon.
+/// Bucket indices wrap at 2^29 (only differences within a window are used); the top three
+/// bits of a bucket's tag hold its horizon.
+const IDX_MASK: u32 = (1 << 29) - 1;
+
+/// The aggregates of one bucket of one horizon (80 bytes). Gaps are whole milliseconds,
+/// capped at the horizon, so their sums are exact integers: within one bucket the gaps add up
+/// to at most the bucket width plus one horizon.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Bucket {
-    pub idx: u32,
-    pub h: u8,
+    /// Horizon (3 bits) and bucket index (29 bits).
+    pub tag: u32,
     pub n: u32,
     pub err: u32,
     pub auth: u32,
@@ -65,21 +71,22 @@ pub(crate) struct Bucket {
     pub rl: u32,
     pub s5: u32,
     pub seq: u32,
-    pub gaps: u32,
-    pub gap_min: f64,
-    pub gap_sum: f64,
-    pub gap_sq: f64,
-    pub bytes: f64,
+    /// Smallest gap, ms (`u32::MAX` when none).
+    pub gap_min: u32,
+    /// Sum of gaps, ms.
+    pub gap_sum: u32,
+    /// Sum of squared gaps, ms².
+    pub gap_sq: u64,
+    pub bytes: u64,
     pub surprise: f64,
     pub ep_bits: u64,
     pub id_bits: u64,
 }
 
 impl Bucket {
-    fn empty(h: u8, idx: u32) -> Self {
+    fn empty(h: usize, idx: u32) -> Self {
         Self {
-            idx,
-            h,
+            tag: ((h as u32) << 29) | (idx & IDX_MASK),
             n: 0,
             err: 0,
             auth: 0,
@@ -87,16 +94,46 @@ impl Bucket {
             rl: 0,
             s5: 0,
             seq: 0,
-            gaps: 0,
-            gap_min: f64::INFINITY,
-            gap_sum: 0.0,
-            gap_sq: 0.0,
-            bytes: 0.0,
+            gap_min: u32::MAX,
+            gap_sum: 0,
+            gap_sq: 0,
+            bytes: 0,
             surprise: 0.0,
             ep_bits: 0,
             id_bits: 0,
         }
     }
+
+    #[inline]
+    fn h(&self) -> usize {
+        (self.tag >> 29) as usize
+    }
+
+    #[inline]
+    fn idx(&self) -> u32 {
+        self.tag & IDX_MASK
+    }
+}
+
+/// A window's sums (wider than a bucket's).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Agg {
+    pub n: u32,
+    pub err: u32,
+    pub auth: u32,
+    pub nf: u32,
+    pub rl: u32,
+    pub s5: u32,
+    pub seq: u32,
+    /// Requests in the window that have a previous request of the same client.
+    pub gaps: u32,
+    pub gap_min: u32,
+    pub gap_sum: u64,
+    pub gap_sq: f64,
+    pub bytes: u64,
+    pub surprise: f64,
+    pub ep_bits: u64,
+    pub id_bits: u64,
 }
 
 /// A client's state for one endpoint (a small LRU of slots per client).
@@ -139,7 +176,7 @@ pub(crate) struct Obs {
     pub ep: u32,
     pub ep_hash: u64,
     pub status: u16,
-    pub bytes: f64,
+    pub bytes: u64,
     /// Hash of (endpoint, last id value), when the path carries an id.
     pub id_hash: Option<u64>,
     /// The last id, when numeric.
@@ -222,6 +259,9 @@ impl ClientState {
                     last_id: o.num_id.unwrap_or(NO_ID),
                 };
                 if self.slots.len() < w.slots {
+                    if self.slots.len() == self.slots.capacity() {
+                        self.slots.reserve_exact(1);
+                    }
                     self.slots.push(slot);
                     self.slots.len() - 1
                 } else {
@@ -258,18 +298,18 @@ impl ClientState {
         let nh = w.widths_ms.len();
         let mut cur = [0u32; 8];
         for (h, width) in w.widths_ms.iter().enumerate() {
-            cur[h] = bucket_of(o.ts, *width);
+            cur[h] = bucket_of(o.ts, *width) & IDX_MASK;
         }
         let mut found = [usize::MAX; 8];
         let mut i = 0;
         while i < self.buckets.len() {
             let b = &self.buckets[i];
-            let h = usize::from(b.h);
-            if cur[h].wrapping_sub(b.idx) >= w.buckets {
+            let h = b.h();
+            if cur[h].wrapping_sub(b.idx()) & IDX_MASK >= w.buckets {
                 self.buckets.swap_remove(i);
                 continue;
             }
-            if b.idx == cur[h] {
+            if b.idx() == cur[h] {
                 found[h] = i;
             }
             i += 1;
@@ -277,7 +317,10 @@ impl ClientState {
         for h in 0..nh {
             if found[h] == usize::MAX {
                 found[h] = self.buckets.len();
-                self.buckets.push(Bucket::empty(h as u8, cur[h]));
+                if self.buckets.len() == self.buckets.capacity() {
+                    self.buckets.reserve_exact(1);
+                }
+                self.buckets.push(Bucket::empty(h, cur[h]));
             }
             let b = &mut self.buckets[found[h]];
             b.n += 1;
@@ -288,28 +331,30 @@ impl ClientState {
             b.rl += u32::from(st == 429);
             b.s5 += u32::from(st >= 500);
             b.seq += u32::from(seq_step);
-            b.bytes += o.bytes;
+            b.bytes = b.bytes.saturating_add(o.bytes);
             b.surprise += o.surprise;
             b.ep_bits |= bit(o.ep_hash);
             if let Some(ih) = o.id_hash {
                 b.id_bits |= bit(ih);
             }
             if let Some(g) = gap {
-                let g = g.min(w.horizons_ms[h]) as f64;
-                b.gaps += 1;
+                let g = g.min(w.horizons_ms[h]) as u32;
                 b.gap_sum += g;
-                b.gap_sq += g * g;
+                b.gap_sq += u64::from(g) * u64::from(g);
                 b.gap_min = b.gap_min.min(g);
             }
         }
-        if self.buckets.capacity() > 4 * self.buckets.len().max(4) {
-            self.buckets.shrink_to(2 * self.buckets.len());
+        if self.buckets.capacity() > self.buckets.len() + 4 {
+            self.buckets.shrink_to_fit();
         }
 
         // Window features: sum every horizon's buckets in one pass.
-        let mut agg = [Bucket::empty(0, 0); 8];
+        let mut agg = [Agg {
+            gap_min: u32::MAX,
+            ..Agg::default()
+        }; 8];
         for b in &self.buckets {
-            let a = &mut agg[usize::from(b.h)];
+            let a = &mut agg[b.h()];
             a.n += b.n;
             a.err += b.err;
             a.auth += b.auth;
@@ -317,16 +362,20 @@ impl ClientState {
             a.rl += b.rl;
             a.s5 += b.s5;
             a.seq += b.seq;
-            a.gaps += b.gaps;
             a.gap_min = a.gap_min.min(b.gap_min);
-            a.gap_sum += b.gap_sum;
-            a.gap_sq += b.gap_sq;
-            a.bytes += b.bytes;
+            a.gap_sum += u64::from(b.gap_sum);
+            a.gap_sq += b.gap_sq as f64;
+            a.bytes = a.bytes.saturating_add(b.bytes);
             a.surprise += b.surprise;
             a.ep_bits |= b.ep_bits;
             a.id_bits |= b.id_bits;
         }
-        for (h, a) in agg.iter().enumerate().take(nh) {
+        for (h, a) in agg.iter_mut().enumerate().take(nh) {
+            // Every request in the window has a gap except the client's first one.
+            let first = bucket_of(self.first_ts, w.widths_ms[h]) & IDX_MASK;
+            let first_in_window =
+                self.last_ts == i64::MIN || cur[h].wrapping_sub(first) & IDX_MASK < w.buckets;
+            a.gaps = a.n - u32::from(first_in_window);
             window_features(
                 a,
                 w.horizons_ms[h],
@@ -347,7 +396,7 @@ impl ClientState {
 }
 
 /// Window features from a window's summed aggregates (shared with the reference in tests).
-pub(crate) fn window_features(a: &Bucket, horizon_ms: i64, out: &mut [f64]) {
+pub(crate) fn window_features(a: &Agg, horizon_ms: i64, out: &mut [f64]) {
     use WindowFeature as F;
     let n = f64::from(a.n.max(1));
     let hs = horizon_ms as f64 / 1000.0;
@@ -358,16 +407,16 @@ pub(crate) fn window_features(a: &Bucket, horizon_ms: i64, out: &mut [f64]) {
     out[F::NotFoundRatio as usize] = f64::from(a.nf) / n;
     out[F::ThrottledRatio as usize] = f64::from(a.rl) / n;
     out[F::ServerErrorRatio as usize] = f64::from(a.s5) / n;
-    out[F::BytesMean as usize] = a.bytes / n;
+    out[F::BytesMean as usize] = a.bytes as f64 / n;
     if a.gaps == 0 {
         out[F::IatMean as usize] = hs;
         out[F::IatMin as usize] = hs;
         out[F::IatCv as usize] = 0.0;
     } else {
         let g = f64::from(a.gaps);
-        let mean = a.gap_sum / g;
+        let mean = a.gap_sum as f64 / g;
         out[F::IatMean as usize] = mean / 1000.0;
-        out[F::IatMin as usize] = a.gap_min / 1000.0;
+        out[F::IatMin as usize] = f64::from(a.gap_min) / 1000.0;
         out[F::IatCv as usize] = if a.gaps < 2 || mean <= 0.0 {
             0.0
         } else {
@@ -379,4 +428,15 @@ pub(crate) fn window_features(a: &Bucket, horizon_ms: i64, out: &mut [f64]) {
     out[F::DistinctIds as usize] = linear_count(a.id_bits);
     out[F::SeqIdRatio as usize] = f64::from(a.seq) / n;
     out[F::SurpriseMean as usize] = a.surprise / n;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_layout() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 80);
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    }
 }
