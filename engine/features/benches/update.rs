@@ -8,6 +8,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use gatewatch_event::RequestEvent;
 use gatewatch_features::{Config, FeatureEngine};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CLIENTS: u32 = 100_000;
 const EVENTS: usize = 1_000_000;
 

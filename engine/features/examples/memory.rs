@@ -8,6 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use gatewatch_event::RequestEvent;
 use gatewatch_features::{Config, FeatureEngine};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
