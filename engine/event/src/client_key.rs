@@ -264,7 +264,8 @@ impl ClientKeyExtractor {
                     None => false,
                 },
                 KeySource::Ip => {
-                    let _ = write!(buf, "ip:{}", ev.client_ip);
+                    buf.push_str("ip:");
+                    push_ip(buf, ev.client_ip);
                     true
                 }
             };
@@ -273,7 +274,8 @@ impl ClientKeyExtractor {
             }
         }
         buf.clear();
-        let _ = write!(buf, "ip:{}", ev.client_ip);
+        buf.push_str("ip:");
+        push_ip(buf, ev.client_ip);
         KeyKind::Ip
     }
 }
@@ -308,6 +310,30 @@ fn decode_jwt(cache: &mut Vec<Option<JwtEntry>>, claims: &[String], tok: &str) -
         claims: values,
     });
     slot
+}
+
+/// Appends an address in its usual text form (IPv4 without going through `fmt`).
+fn push_ip(buf: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push('.');
+                }
+                let o = *o;
+                if o >= 100 {
+                    buf.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    buf.push(char::from(b'0' + (o / 10) % 10));
+                }
+                buf.push(char::from(b'0' + o % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
 }
 
 fn bearer(auth: &str) -> Option<&str> {
@@ -405,6 +431,21 @@ mod tests {
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         e
+    }
+
+    #[test]
+    fn addresses_print_as_usual() {
+        for ip in [
+            "0.0.0.0",
+            "1.20.199.255",
+            "203.0.113.7",
+            "2001:db8::1",
+            "::1",
+        ] {
+            let mut b = String::new();
+            push_ip(&mut b, ip.parse().unwrap());
+            assert_eq!(b, ip);
+        }
     }
 
     #[test]

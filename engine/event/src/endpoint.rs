@@ -101,6 +101,9 @@ pub struct EndpointConfig {
     pub max_segment_bytes: usize,
 }
 
+/// Largest `max_segments` accepted.
+pub const MAX_SEGMENTS_LIMIT: usize = 64;
+
 fn yes() -> bool {
     true
 }
@@ -149,10 +152,13 @@ pub struct EndpointNormalizer {
 impl EndpointNormalizer {
     /// Validates a configuration and loads its OpenAPI document, if any.
     pub fn new(cfg: &EndpointConfig) -> Result<Self> {
-        if cfg.max_segments == 0 || cfg.max_segment_bytes < 8 {
-            return Err(Error::Config(
-                "endpoints.max_segments must be ≥ 1 and endpoints.max_segment_bytes ≥ 8".into(),
-            ));
+        if cfg.max_segments == 0
+            || cfg.max_segments > MAX_SEGMENTS_LIMIT
+            || cfg.max_segment_bytes < 8
+        {
+            return Err(Error::Config(format!(
+                "endpoints.max_segments must be 1..={MAX_SEGMENTS_LIMIT} and endpoints.max_segment_bytes ≥ 8"
+            )));
         }
         let templates = match &cfg.openapi {
             None => HashMap::new(),
@@ -202,21 +208,33 @@ impl EndpointNormalizer {
                 template.push_str(h);
             }
         }
-        let segs = || ev.path.split('/').filter(|s| !s.is_empty());
-        if !self.templates.is_empty() {
-            let all: Vec<&str> = segs().collect();
-            if let Some(t) = self.match_openapi(&all, ids) {
+        // Segments on the stack: at most `max_segments` are used, one more tells that there
+        // were more.
+        let mut segs: [&str; MAX_SEGMENTS_LIMIT + 1] = [""; MAX_SEGMENTS_LIMIT + 1];
+        let limit = self.cfg.max_segments + 1;
+        let mut n = 0;
+        for seg in ev.path.split('/') {
+            if !seg.is_empty() {
+                segs[n] = seg;
+                n += 1;
+                if n == limit {
+                    break;
+                }
+            }
+        }
+        let more = n == limit;
+        if !self.templates.is_empty() && !more {
+            if let Some(t) = self.match_openapi(&segs[..n], ids) {
                 template.push_str(&t.text);
                 return;
             }
         }
-        let n = segs().count();
         if n == 0 {
             template.push('/');
         }
-        for (i, seg) in segs().enumerate() {
+        for (i, seg) in segs[..n].iter().enumerate() {
             template.push('/');
-            if i + 1 == self.cfg.max_segments && n > self.cfg.max_segments {
+            if more && i + 1 == self.cfg.max_segments {
                 template.push_str("{rest}");
                 break;
             }
@@ -226,7 +244,7 @@ impl EndpointNormalizer {
                     template.push_str(kind.placeholder());
                     ids.push(PathId {
                         kind,
-                        value: seg.into(),
+                        value: (*seg).into(),
                     });
                 }
             }
@@ -301,7 +319,13 @@ fn classify(seg: &str, max_bytes: usize) -> Option<IdKind> {
     {
         return Some(IdKind::Date);
     }
-    let at = seg.find('@').or_else(|| seg.find("%40"));
+    let at = memchr::memchr(b'@', b).or_else(|| {
+        if memchr::memchr(b'%', b).is_some() {
+            seg.find("%40")
+        } else {
+            None
+        }
+    });
     if let Some(at) = at {
         if at > 0 && seg[at..].contains('.') {
             return Some(IdKind::Email);
