@@ -176,6 +176,15 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         b.finish_and_clear();
     }
     let secs = started.elapsed().as_secs_f64();
+    let st = engine.stats();
+    tracing::info!(
+        message = "Features computed.",
+        events = st.events_out,
+        rejected = rejected.values().sum::<u64>(),
+        late = st.late,
+        clients = engine.store().len(),
+        secs
+    );
     summary(&engine, &ingest, &rejected, &labels, &summary_idx, secs);
     Ok(())
 }

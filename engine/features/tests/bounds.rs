@@ -219,3 +219,32 @@ fn split_parts_continue_their_clients_windows() {
         assert_eq!((gc, own(gv)), (&want[i].0, own(&want[i].1)), "event {i}");
     }
 }
+
+#[test]
+fn over_long_lines_are_rejected_without_being_kept() {
+    use gatewatch_features::MAX_LINE_BYTES;
+    let mut eng = engine("");
+    let mut ing = Ingest::new(Format::Ndjson);
+    let ok = br#"{"ts":1000,"client_ip":"1.1.1.1","method":"GET","path":"/a","status":200}"#;
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"ts\":1,\"path\":\"");
+    input.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE_BYTES));
+    input.extend_from_slice(b"\"}\n");
+    input.extend_from_slice(ok);
+    input.push(b'\n');
+    let (mut n, mut rejected) = (0, Vec::new());
+    // Fed in 64 KiB chunks, as the CLI reads.
+    for chunk in input.chunks(1 << 16) {
+        ing.feed(&mut eng, chunk, &mut |_| n += 1, &mut |e| {
+            rejected.push(e.to_string())
+        });
+    }
+    ing.finish(&mut eng, &mut |_| n += 1, &mut |e| {
+        rejected.push(e.to_string())
+    });
+    assert_eq!(n, 1);
+    assert_eq!(
+        rejected,
+        [format!("line 1: line longer than {MAX_LINE_BYTES} bytes")]
+    );
+}
