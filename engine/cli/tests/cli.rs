@@ -281,3 +281,49 @@ fn help_explains_each_verb() {
     let out = gw().args(["features", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("point-in-time"));
 }
+
+#[test]
+fn openapi_templates_from_the_config_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("api.yaml"),
+        "openapi: 3.0.3\npaths:\n  /v1/accounts/{accountId}/statements/{month}:\n    get: {}\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "[endpoints]\nopenapi = \"api.yaml\"\ninclude_host = false\n",
+    )
+    .unwrap();
+    let input = concat!(
+        r#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/v1/accounts/acme/statements/2026-01","status":200}"#,
+        "\n",
+        r#"{"ts":2,"client_ip":"1.2.3.4","method":"GET","path":"/v1/other/77","status":200}"#,
+        "\n"
+    );
+    let out = run_with_stdin(
+        &["features", "--config", cfg.to_str().unwrap()],
+        input.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = lines(&out.stdout);
+    assert_eq!(
+        recs[0]["endpoint"],
+        "GET /v1/accounts/{accountId}/statements/{month}"
+    );
+    assert_eq!(recs[1]["endpoint"], "GET /v1/other/{id}");
+
+    std::fs::write(&cfg, "[endpoints]\nopenapi = \"missing.yaml\"\n").unwrap();
+    let out = gw()
+        .args(["features", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.yaml"), "{err}");
+}

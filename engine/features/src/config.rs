@@ -167,11 +167,19 @@ impl FeatureConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file.
+    /// Reads, parses and validates a configuration file. Relative paths in it (the OpenAPI
+    /// document) are taken relative to the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let mut cfg =
+            Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        if let (Some(doc), Some(dir)) = (&cfg.endpoints.openapi, path.parent()) {
+            if doc.is_relative() {
+                cfg.endpoints.openapi = Some(dir.join(doc));
+            }
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates configuration text.

@@ -303,7 +303,7 @@ impl FeatureEngine {
                 snap.registry_hash, self.registry.hash
             )));
         }
-        let mut store = ClientStore::new(self.store.capacity(), self.store_ttl());
+        let mut store = ClientStore::new(self.store.capacity(), self.store.ttl_ms());
         for (k, s) in snap.clients {
             store.push_restored(k, s);
         }
@@ -316,10 +316,6 @@ impl FeatureEngine {
         self.max_ts = snap.max_ts;
         self.pending.clear();
         Ok(())
-    }
-
-    fn store_ttl(&self) -> i64 {
-        self.store.ttl_ms()
     }
 
     /// Splits this engine's clients into `parts` engines by Kafka's partitioner on the client
