@@ -50,6 +50,12 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         InputFormat::Ndjson => Format::Ndjson,
         InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
     };
+    if let Some(p) = &a.load_state {
+        let mut f = File::open(p).with_context(|| format!("cannot open state {}", p.display()))?;
+        engine
+            .restore_state(&mut std::io::BufReader::new(&mut f))
+            .with_context(|| format!("state {}", p.display()))?;
+    }
     let (mut input, size) = crate::io::open_input(&a.input)?;
     if a.parse_only {
         return parse_only(&mut input, &format);
@@ -174,6 +180,14 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     }
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if let Some(p) = &a.save_state {
+        let f = File::create(p).with_context(|| format!("cannot create state {}", p.display()))?;
+        let mut w = BufWriter::new(f);
+        engine
+            .save_state(&mut w)
+            .with_context(|| format!("saving state to {}", p.display()))?;
+        w.flush()?;
     }
     let secs = started.elapsed().as_secs_f64();
     let st = engine.stats();

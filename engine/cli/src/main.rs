@@ -107,6 +107,12 @@ struct FeaturesArgs {
     /// Show a progress bar (default: only when standard error is a terminal and the output is not).
     #[arg(long)]
     progress: Option<bool>,
+    /// Restore the engine's state (clients, population) from a snapshot before reading.
+    #[arg(long, value_name = "FILE")]
+    load_state: Option<PathBuf>,
+    /// Save the engine's state to a snapshot after the input ends.
+    #[arg(long, value_name = "FILE")]
+    save_state: Option<PathBuf>,
     /// Only parse the input and count events (the parsing ceiling, for benchmarks).
     #[arg(long, hide = true)]
     parse_only: bool,

@@ -327,3 +327,54 @@ fn openapi_templates_from_the_config_folder() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing.yaml"), "{err}");
 }
+
+#[test]
+fn state_saved_by_one_run_continues_in_the_next() {
+    let sim = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "5",
+            "--duration",
+            "4m",
+            "--users",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    let all: Vec<&[u8]> = sim.stdout.split_inclusive(|b| *b == b'\n').collect();
+    let half = all.len() / 2;
+    let (first, second): (Vec<u8>, Vec<u8>) = (all[..half].concat(), all[half..].concat());
+    let whole = lines(&run_with_stdin(&["features"], &sim.stdout).stdout);
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let state = state.to_str().unwrap();
+    let a = run_with_stdin(&["features", "--save-state", state], &first);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = run_with_stdin(&["features", "--load-state", state], &second);
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let resumed = lines(&b.stdout);
+    assert_eq!(resumed.len(), all.len() - half);
+    assert_eq!(
+        resumed[..],
+        whole[half..],
+        "the second half continues as if never interrupted"
+    );
+
+    // A state of another feature set is refused with a message.
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(&cfg, "[features]\nbuckets_per_horizon = 10\n").unwrap();
+    let out = gw()
+        .args([
+            "features",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--load-state",
+            state,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("feature set"));
+}
