@@ -119,12 +119,22 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 }
             }
             if let Some(l) = &r.event.label {
-                let st = labels.entry(l.trim_matches('"').to_string()).or_default();
+                let l = l.trim_matches('"');
+                if !labels.contains_key(l) {
+                    let sums = vec![0.0; summary_idx.len()];
+                    labels.insert(
+                        l.to_string(),
+                        LabelStats {
+                            sums,
+                            ..LabelStats::default()
+                        },
+                    );
+                }
+                let st = labels.get_mut(l).expect("inserted above");
                 st.events += 1;
                 if !st.clients.contains(r.client) {
                     st.clients.insert(r.client.to_string());
                 }
-                st.sums.resize(summary_idx.len(), 0.0);
                 for (k, (i, _)) in summary_idx.iter().enumerate() {
                     st.sums[k] += r.features[*i];
                 }
