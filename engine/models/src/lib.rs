@@ -1,11 +1,18 @@
 //! Detectors and scoring for gatewatch.
 //!
-//! This first part holds the univariate streaming detectors: they score one `(timestamp,
-//! value)` series at a time (an endpoint's request rate, error ratio or latency) and can be
-//! evaluated on their own. Baselines over feature vectors, linfa and ONNX models follow.
+//! So far: robust z-score baselines over the engine's feature vectors, with model folders
+//! (`manifest.json` + artefacts) checked against the feature registry, exact explanations and
+//! calibrated scores; and univariate streaming detectors for `(timestamp, value)` series.
+//! linfa and ONNX models follow.
 
+mod error;
+mod manifest;
+mod robust;
 pub mod univariate;
 
+pub use error::{ModelError, Result};
+pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
+pub use robust::{Baseline, KIND as ROBUST_KIND, Reason, RobustModel, RobustParams, Scored};
 pub use univariate::{
     DetectorError, Ewma, EwmaParams, Point, RelativeEntropy, RelativeEntropyParams,
 };

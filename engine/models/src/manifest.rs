@@ -1,0 +1,91 @@
+//! `manifest.json` of a model folder.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Version of the manifest format this build reads and writes.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// What a model folder holds and what it was built for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format_version: u32,
+    /// Model name.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+    /// Detector kind: `robust_zscore`.
+    pub kind: String,
+    /// Hash of the feature registry the model was built for.
+    pub feature_set: String,
+    /// Input features in the order the model reads them.
+    pub features: Vec<String>,
+    /// Output names.
+    pub outputs: Vec<String>,
+    /// Score at and above which an event is flagged.
+    pub threshold: f64,
+    /// How raw scores become scores in [0, 1].
+    pub calibration: String,
+    /// What the model was trained on.
+    pub training: Training,
+    /// Other files of the folder.
+    pub artefacts: Vec<String>,
+}
+
+/// Training data description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    /// Events the model was fitted on.
+    pub events: u64,
+    /// Distinct clients among them.
+    pub clients: u64,
+    /// Where they came from.
+    pub source: String,
+    /// Only events with this label were used, if set.
+    pub label_filter: Option<String>,
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let m: Self = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if m.format_version != MANIFEST_FORMAT {
+            return Err(ModelError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!(
+                    "manifest format {} (this build reads {MANIFEST_FORMAT})",
+                    m.format_version
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Writes `dir/manifest.json` (creating `dir`).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join("manifest.json");
+        let text = serde_json::to_string_pretty(self).expect("manifest serialises");
+        std::fs::write(&path, text + "\n").map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
