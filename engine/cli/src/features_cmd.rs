@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gatewatch_event::KeyKind;
-use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record, Rejection};
+use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::RecordWriter;
@@ -22,8 +22,6 @@ const SUMMARY_FEATURES: [&str; 6] = [
     "seq_id_ratio_10m",
     "transition_surprise",
 ];
-/// Rejected lines printed in full on standard error (all go to `--rejects`).
-const SHOWN_REJECTS: usize = 10;
 
 #[derive(Default)]
 struct LabelStats {
@@ -65,12 +63,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     } else {
         Some(crate::io::open_output(&a.output)?)
     };
-    let mut rejects_out = match &a.rejects {
-        Some(p) => Some(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => None,
-    };
+    let mut rejects = crate::pipeline::Rejects::new(a.rejects.as_deref())?;
     let show_progress = a.progress.unwrap_or_else(|| {
         use std::io::IsTerminal;
         std::io::stderr().is_terminal() && !crate::io::output_is_terminal(&a.output)
@@ -100,13 +93,10 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     let mut writer = RecordWriter::new(engine.registry().names());
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
-    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
-    let mut shown = 0usize;
     let write_err: std::cell::RefCell<Option<std::io::Error>> = std::cell::RefCell::new(None);
     let started = Instant::now();
 
     let mut ingest = Ingest::new(format);
-    let mut chunk = vec![0u8; 1 << 18];
     {
         let mut sink = |r: &Record<'_>| {
             if let Some(o) = out.as_mut() {
@@ -140,43 +130,19 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 }
             }
         };
-        let mut reject = |e: Rejection| {
-            *rejected.entry(e.category()).or_insert(0) += 1;
-            if shown < SHOWN_REJECTS {
-                eprintln!("gatewatch: rejected {e}");
-                shown += 1;
-                if shown == SHOWN_REJECTS {
-                    eprintln!(
-                        "gatewatch: (further rejected lines are counted in the summary{})",
-                        if rejects_out.is_some() {
-                            " and written to --rejects"
-                        } else {
-                            "; --rejects FILE lists them all"
-                        }
-                    );
+        crate::pipeline::drive(
+            &mut input,
+            &mut engine,
+            &mut ingest,
+            &mut sink,
+            &mut rejects,
+            |n| {
+                if let Some(b) = &bar {
+                    b.inc(n as u64);
                 }
-            }
-            if let Some(w) = rejects_out.as_mut() {
-                let line = serde_json::json!({"line": e.line(), "category": e.category(), "reason": e.to_string()});
-                let _ = writeln!(w, "{line}");
-            }
-        };
-        loop {
-            let n = match input.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("reading input"),
-            };
-            ingest.feed(&mut engine, &chunk[..n], &mut sink, &mut reject);
-            if let Some(b) = &bar {
-                b.inc(n as u64);
-            }
-            if write_err.borrow().is_some() {
-                break;
-            }
-        }
-        ingest.finish(&mut engine, &mut sink, &mut reject);
+                write_err.borrow().is_none()
+            },
+        )?;
     }
     if let Some(e) = write_err.into_inner() {
         return Err(e.into());
@@ -185,9 +151,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         o.write_all(&buf)?;
         o.flush()?;
     }
-    if let Some(w) = rejects_out.as_mut() {
-        w.flush()?;
-    }
+    rejects.finish()?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -204,12 +168,19 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     tracing::info!(
         message = "Features computed.",
         events = st.events_out,
-        rejected = rejected.values().sum::<u64>(),
+        rejected = rejects.total(),
         late = st.late,
         clients = engine.store().len(),
         secs
     );
-    summary(&engine, &ingest, &rejected, &labels, &summary_idx, secs);
+    summary(
+        &engine,
+        &ingest,
+        &rejects.counts,
+        &labels,
+        &summary_idx,
+        secs,
+    );
     Ok(())
 }
 

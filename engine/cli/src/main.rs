@@ -3,6 +3,7 @@
 mod features_cmd;
 mod io;
 mod output;
+mod pipeline;
 mod simulate_cmd;
 
 use std::path::PathBuf;
