@@ -2,6 +2,7 @@
 
 mod features_cmd;
 mod io;
+mod model_cmd;
 mod output;
 mod pipeline;
 mod simulate_cmd;
@@ -43,6 +44,81 @@ enum Command {
     /// counted and reported with their line number and reason; the run goes on. A summary
     /// goes to standard error.
     Features(FeaturesArgs),
+    /// Fit a robust z-score baseline on a log's features and write a model folder.
+    ///
+    /// Every event's features are computed as `gatewatch features` does; the model learns,
+    /// per feature, the median and a robust scale, and calibrates its scores on the training
+    /// events. `--label normal` fits on the events labelled `normal` only.
+    Train(TrainArgs),
+    /// Score every request of a log with a model (the built-in default when none is named).
+    ///
+    /// Writes one NDJSON record per event: `id`, `label` (when present), `ts`, `client`,
+    /// `endpoint`, `score` in [0, 1], `scores` per detector, `flagged`, `reasons` (feature,
+    /// value, baseline, contribution) and `model`; a summary of the most flagged clients (and
+    /// per label, when the events have labels) goes to standard error.
+    Score(ScoreArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Input file (standard input when absent or `-`).
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Model folder to write.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Input line format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    format: InputFormat,
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Fit only on events with this label.
+    #[arg(long)]
+    label: Option<String>,
+    /// Model name.
+    #[arg(long, default_value = "model")]
+    name: String,
+    /// How many of the largest feature z-scores make an event's raw score.
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// Flag threshold on the calibrated score.
+    #[arg(long, default_value_t = 0.99)]
+    threshold: f64,
+    /// Write every rejected line as NDJSON to this file.
+    #[arg(long)]
+    rejects: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// Input file (standard input when absent or `-`).
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Output file (standard output when absent or `-`).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Model folder (the built-in default model when absent).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Input line format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    format: InputFormat,
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Reasons per record.
+    #[arg(long, default_value_t = 3)]
+    reasons: usize,
+    /// Clients listed in the summary.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Write every rejected line as NDJSON to this file.
+    #[arg(long)]
+    rejects: Option<PathBuf>,
+    /// Do not write records (summary only).
+    #[arg(long)]
+    no_output: bool,
 }
 
 #[derive(clap::Args)]
@@ -131,6 +207,8 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Simulate(a) => simulate_cmd::run(a),
         Command::Features(a) => features_cmd::run(a),
+        Command::Train(a) => model_cmd::train(a),
+        Command::Score(a) => model_cmd::score(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -378,3 +378,138 @@ fn state_saved_by_one_run_continues_in_the_next() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("feature set"));
 }
+
+#[test]
+fn train_then_score_flags_abuse_and_explains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    let normal = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "11",
+            "--duration",
+            "20m",
+            "--users",
+            "150",
+            "--scenarios",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    let out = run_with_stdin(
+        &[
+            "train",
+            "--name",
+            "m",
+            "--label",
+            "normal",
+            "-o",
+            model.to_str().unwrap(),
+        ],
+        &normal.stdout,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fitted m@1"));
+
+    let mixed = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "12",
+            "--duration",
+            "10m",
+            "--users",
+            "100",
+            "--scenarios",
+            "credential_stuffing,bola_enumeration",
+        ])
+        .output()
+        .unwrap();
+    let out = run_with_stdin(
+        &["score", "--model", model.to_str().unwrap()],
+        &mixed.stdout,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = lines(&out.stdout);
+    assert_eq!(recs.len(), lines(&mixed.stdout).len());
+    let mut by_label: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for r in &recs {
+        let s = r["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s));
+        assert_eq!(r["scores"]["robust_zscore"], r["score"]);
+        assert_eq!(r["model"], "m@1");
+        assert_eq!(r["flagged"].as_bool().unwrap(), s >= 0.99);
+        let reasons = r["reasons"].as_array().unwrap();
+        assert!(reasons.len() <= 3);
+        for x in reasons {
+            assert!(
+                x["feature"].is_string() && x["value"].is_number() && x["baseline"].is_number()
+            );
+        }
+        let e = by_label
+            .entry(r["label"].as_str().unwrap().to_string())
+            .or_default();
+        e.0 += 1;
+        e.1 += usize::from(r["flagged"].as_bool().unwrap());
+    }
+    let rate = |l: &str| by_label[l].1 as f64 / by_label[l].0 as f64;
+    assert!(rate("credential_stuffing") > 0.9, "{by_label:?}");
+    assert!(rate("bola_enumeration") > 0.9, "{by_label:?}");
+    assert!(rate("normal") < 0.05, "{by_label:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("most flagged") && stderr.contains("credential_stuffing"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn score_uses_the_built_in_default_model() {
+    let sim = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "3",
+            "--duration",
+            "2m",
+            "--users",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let out = run_with_stdin(&["score"], &sim.stdout);
+    assert!(
+        out.status.success(),
+        "the default model must match the feature set (scripts/train-default): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lines(&out.stdout).iter().all(|r| r["model"] == "default@1"));
+}
+
+#[test]
+fn bad_models_and_empty_training_fail_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(m.join("manifest.json"), "{\"format_version\": 1,").unwrap();
+    let out = run_with_stdin(&["score", "--model", m.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("manifest.json") && err.contains("corrupt"),
+        "{err}"
+    );
+
+    let out = run_with_stdin(&["train", "-o", m.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no training events"));
+}

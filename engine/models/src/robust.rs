@@ -221,6 +221,43 @@ impl RobustModel {
     /// Loads a model folder and checks it against the engine's registry.
     pub fn load(dir: &Path, registry: &Registry) -> Result<Self> {
         let manifest = Manifest::load(dir)?;
+        let path = dir.join(BASELINE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_parts(manifest, &text, &dir.display().to_string(), registry)
+    }
+
+    /// Builds a model from manifest and baseline texts (a model compiled into a binary);
+    /// `origin` names it in errors.
+    pub fn from_texts(
+        manifest: &str,
+        baseline: &str,
+        origin: &str,
+        registry: &Registry,
+    ) -> Result<Self> {
+        let path = format!("{origin}/manifest.json");
+        let m: Manifest = serde_json::from_str(manifest).map_err(|e| ModelError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if m.format_version != MANIFEST_FORMAT {
+            return Err(ModelError::Corrupt {
+                path,
+                reason: format!("manifest format {}", m.format_version),
+            });
+        }
+        Self::from_parts(m, baseline, origin, registry)
+    }
+
+    fn from_parts(
+        manifest: Manifest,
+        baseline_text: &str,
+        origin: &str,
+        registry: &Registry,
+    ) -> Result<Self> {
+        let dir = Path::new(origin);
         if manifest.kind != KIND {
             return Err(ModelError::Corrupt {
                 path: dir.join("manifest.json").display().to_string(),
@@ -239,14 +276,11 @@ impl RobustModel {
         }
         let idx = resolve(registry, &manifest.name, &manifest.features)?;
         let path = dir.join(BASELINE_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let baseline: Baseline = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let baseline: Baseline =
+            serde_json::from_str(baseline_text).map_err(|e| ModelError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let n = idx.len();
         let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
         if baseline.median.len() != n
