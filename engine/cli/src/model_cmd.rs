@@ -160,12 +160,11 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                     write_err.get_or_insert(e);
                 }
             }
-            let label = r
-                .event
-                .label
-                .as_deref()
-                .map(|l| l.trim_matches('"').to_string());
-            let c = clients.entry(r.client.to_string()).or_default();
+            let label = r.event.label.as_deref().map(|l| l.trim_matches('"'));
+            if !clients.contains_key(r.client) {
+                clients.insert(r.client.to_string(), ClientSummary::default());
+            }
+            let c = clients.get_mut(r.client).expect("inserted above");
             c.events += 1;
             c.flagged += u64::from(flagged);
             if s.score > c.max || c.events == 1 {
@@ -181,8 +180,13 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 });
             }
             if let Some(l) = label {
-                c.label.clone_from(&l);
-                let ls = labels.entry(l).or_default();
+                if c.label != l {
+                    c.label = l.to_string();
+                }
+                if !labels.contains_key(l) {
+                    labels.insert(l.to_string(), LabelSummary::default());
+                }
+                let ls = labels.get_mut(l).expect("inserted above");
                 ls.events += 1;
                 ls.flagged += u64::from(flagged);
                 if !ls.clients.contains(r.client) {
