@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::ENDPOINT_BUCKET_MS;
 use crate::sketch::fnv1a;
-use crate::state::{NONE, bucket_of};
+use crate::state::{NONE, TwoBuckets, bucket_of};
 
 /// Weight of a new observation in an endpoint's baseline.
 const BASELINE_ALPHA: f64 = 1.0 / 64.0;
@@ -18,10 +18,8 @@ const MAX_TRANSITIONS: usize = 1 << 20;
 pub(crate) struct EndpointStats {
     /// FNV-1a of the template (stable across runs, unlike the id).
     pub hash: u64,
-    /// Endpoint-window bucket and the counts of it and the one before.
-    pub idx: u32,
-    pub cur: u32,
-    pub prev: u32,
+    /// Requests of all clients in the endpoint window.
+    pub win: TwoBuckets,
     /// EWMA of ln(1 + per-client endpoint count); NaN until the first observation.
     pub baseline_ln: f64,
     /// Transitions out of this endpoint.
@@ -66,9 +64,7 @@ impl Population {
         self.index.insert(t.into(), id);
         self.endpoints.push(EndpointStats {
             hash: fnv1a(t.as_bytes()),
-            idx: 0,
-            cur: 0,
-            prev: 0,
+            win: TwoBuckets::default(),
             baseline_ln: f64::NAN,
             out_total: 0,
         });
@@ -134,21 +130,9 @@ impl Population {
     /// Counts a request on `ep` and returns the population's requests on it in the endpoint
     /// window (this one included).
     pub(crate) fn count_request(&mut self, ep: u32, ts: i64) -> u32 {
-        let e = &mut self.endpoints[ep as usize];
-        let idx = bucket_of(ts, ENDPOINT_BUCKET_MS);
-        match idx.wrapping_sub(e.idx) {
-            0 if e.cur > 0 => e.cur += 1,
-            1 => {
-                e.prev = e.cur;
-                e.cur = 1;
-            }
-            _ => {
-                e.prev = 0;
-                e.cur = 1;
-            }
-        }
-        e.idx = idx;
-        e.cur + e.prev
+        self.endpoints[ep as usize]
+            .win
+            .add(bucket_of(ts, ENDPOINT_BUCKET_MS))
     }
 
     /// The rate ratio of a client count against the endpoint's baseline, then folds the count

@@ -136,27 +136,51 @@ pub(crate) struct Agg {
     pub id_bits: u64,
 }
 
-/// A client's state for one endpoint (a small LRU of slots per client).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Slot {
-    pub ep: u32,
-    /// Endpoint-window bucket of `cur`.
+/// Counts in the endpoint window: the current bucket and the one before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TwoBuckets {
+    /// Bucket of `cur`.
     pub idx: u32,
     pub cur: u32,
     pub prev: u32,
-    /// Last numeric id used on this endpoint.
-    pub last_id: u64,
 }
 
-impl Slot {
-    /// Requests in the endpoint window ending in bucket `now`.
-    fn count_at(&self, now: u32) -> u32 {
+impl TwoBuckets {
+    /// Counts one request in bucket `now` (never before the last one counted) and returns the
+    /// window's count.
+    pub fn add(&mut self, now: u32) -> u32 {
+        match now.wrapping_sub(self.idx) {
+            0 if self.cur > 0 => self.cur += 1,
+            1 => {
+                self.prev = self.cur;
+                self.cur = 1;
+            }
+            _ => {
+                self.prev = 0;
+                self.cur = 1;
+            }
+        }
+        self.idx = now;
+        self.cur + self.prev
+    }
+
+    /// Requests in the window ending in bucket `now`.
+    pub fn count_at(&self, now: u32) -> u32 {
         match now.wrapping_sub(self.idx) {
             0 => self.cur + self.prev,
             1 => self.cur,
             _ => 0,
         }
     }
+}
+
+/// A client's state for one endpoint (a small LRU of slots per client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Slot {
+    pub ep: u32,
+    pub win: TwoBuckets,
+    /// Last numeric id used on this endpoint.
+    pub last_id: u64,
 }
 
 /// All the state of one client.
@@ -229,18 +253,7 @@ impl ClientState {
         let pos = match self.slots.iter().position(|s| s.ep == o.ep) {
             Some(i) => {
                 let s = &mut self.slots[i];
-                match eidx.wrapping_sub(s.idx) {
-                    0 => s.cur += 1,
-                    1 => {
-                        s.prev = s.cur;
-                        s.cur = 1;
-                    }
-                    _ => {
-                        s.prev = 0;
-                        s.cur = 1;
-                    }
-                }
-                s.idx = eidx;
+                s.win.add(eidx);
                 if let (Some(n), true) = (o.num_id, s.last_id != NO_ID) {
                     let d = n.abs_diff(s.last_id);
                     seq_step = (1..=2).contains(&d);
@@ -251,11 +264,11 @@ impl ClientState {
                 i
             }
             None => {
+                let mut win = TwoBuckets::default();
+                win.add(eidx);
                 let slot = Slot {
                     ep: o.ep,
-                    idx: eidx,
-                    cur: 1,
-                    prev: 0,
+                    win,
                     last_id: o.num_id.unwrap_or(NO_ID),
                 };
                 if self.slots.len() < w.slots {
@@ -268,7 +281,7 @@ impl ClientState {
                     // Reuse the least recently used slot (oldest bucket; first of equals).
                     let mut i = 0;
                     for (j, s) in self.slots.iter().enumerate() {
-                        if eidx.wrapping_sub(s.idx) > eidx.wrapping_sub(self.slots[i].idx) {
+                        if eidx.wrapping_sub(s.win.idx) > eidx.wrapping_sub(self.slots[i].win.idx) {
                             i = j;
                         }
                     }
@@ -277,16 +290,16 @@ impl ClientState {
                 }
             }
         };
-        let endpoint_count = self.slots[pos].count_at(eidx);
+        let endpoint_count = self.slots[pos].win.count_at(eidx);
         let mut total = 0u32;
         for s in &self.slots {
-            total += s.count_at(eidx);
+            total += s.win.count_at(eidx);
         }
         let mut entropy = 0.0;
         if total > 0 {
             let t = f64::from(total);
             for s in &self.slots {
-                let c = s.count_at(eidx);
+                let c = s.win.count_at(eidx);
                 if c > 0 {
                     let p = f64::from(c) / t;
                     entropy -= p * p.log2();
