@@ -9,7 +9,7 @@ use crate::config::FeatureConfig;
 
 /// Version of the feature definitions' code; part of the registry hash, raised whenever a
 /// definition changes meaning.
-pub const DEFINITIONS_VERSION: u32 = 1;
+pub const DEFINITIONS_VERSION: u32 = 2;
 
 /// Width of the per-endpoint windows of one client and of the population (milliseconds).
 pub const ENDPOINT_BUCKET_MS: i64 = 30_000;
@@ -111,7 +111,7 @@ impl WindowFeature {
             Self::IatCv => (
                 "iat_cv",
                 "std / mean",
-                "Coefficient of variation (population standard deviation / mean) of those gaps; 0 with fewer than two gaps. Low values mean machine-regular timing.",
+                "Coefficient of variation (population standard deviation / mean) of those gaps: 1 (the value of random, Poisson arrivals) with fewer than two gaps, 0 when all gaps are 0. Low values mean machine-regular timing.",
             ),
             Self::DistinctEndpoints => (
                 "distinct_endpoints",

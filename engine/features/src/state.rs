@@ -424,13 +424,15 @@ pub(crate) fn window_features(a: &Agg, horizon_ms: i64, out: &mut [f64]) {
     if a.gaps == 0 {
         out[F::IatMean as usize] = hs;
         out[F::IatMin as usize] = hs;
-        out[F::IatCv as usize] = 0.0;
+        out[F::IatCv as usize] = 1.0;
     } else {
         let g = f64::from(a.gaps);
         let mean = a.gap_sum as f64 / g;
         out[F::IatMean as usize] = mean / 1000.0;
         out[F::IatMin as usize] = f64::from(a.gap_min) / 1000.0;
-        out[F::IatCv as usize] = if a.gaps < 2 || mean <= 0.0 {
+        out[F::IatCv as usize] = if a.gaps < 2 {
+            1.0
+        } else if mean <= 0.0 {
             0.0
         } else {
             let var = (a.gap_sq / g - mean * mean).max(0.0);

@@ -198,6 +198,7 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             f[o(WindowFeature::ThrottledRatio)] = st(&|s| s == 429);
             f[o(WindowFeature::ServerErrorRatio)] = st(&|s| s >= 500);
             f[o(WindowFeature::BytesMean)] = bytes / n;
+            f[o(WindowFeature::IatCv)] = 1.0;
             if gaps.is_empty() {
                 f[o(WindowFeature::IatMean)] = f64::from(hs);
                 f[o(WindowFeature::IatMin)] = f64::from(hs);
@@ -207,9 +208,9 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
                 f[o(WindowFeature::IatMean)] = mean / 1000.0;
                 f[o(WindowFeature::IatMin)] =
                     gaps.iter().copied().fold(f64::INFINITY, f64::min) / 1000.0;
-                if gaps.len() >= 2 && mean > 0.0 {
+                if gaps.len() >= 2 {
                     let var = gaps.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / g;
-                    f[o(WindowFeature::IatCv)] = var.sqrt() / mean;
+                    f[o(WindowFeature::IatCv)] = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
                 }
             }
             f[o(WindowFeature::DistinctEndpoints)] = linear_count(ep_bits);
