@@ -335,7 +335,16 @@ impl RobustModel {
                 (z, k)
             })
             .collect();
-        zs.sort_by(|a, c| c.0.abs().total_cmp(&a.0.abs()).then(a.1.cmp(&c.1)));
+        // Largest |z| first, ties by feature order; only the first `m` need ordering.
+        let by_size = |a: &(f64, usize), c: &(f64, usize)| {
+            c.0.abs().total_cmp(&a.0.abs()).then(a.1.cmp(&c.1))
+        };
+        let m = b.top_k.max(reasons).min(zs.len());
+        if m < zs.len() {
+            zs.select_nth_unstable_by(m, by_size);
+            zs.truncate(m);
+        }
+        zs.sort_by(by_size);
         let k = b.top_k.min(zs.len());
         let raw = zs[..k].iter().map(|(z, _)| z.abs()).sum::<f64>() / k as f64;
         let reasons = zs
