@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gatewatch_event::KeyKind;
-use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record};
+use gatewatch_features::{FeatureEngine, Format, Ingest, Record};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::FeaturesArgs;
 use crate::output::RecordWriter;
-use crate::{FeaturesArgs, InputFormat};
 
 /// Features shown per label in the summary (when the configuration has them).
 const SUMMARY_FEATURES: [&str; 6] = [
@@ -31,10 +31,7 @@ struct LabelStats {
 }
 
 pub fn run(a: FeaturesArgs) -> Result<()> {
-    let cfg = match &a.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let (cfg, format) = crate::pipeline::setup(&a.config, a.format)?;
     let mut engine = FeatureEngine::new(&cfg)?;
     if a.list {
         print!("{}", engine.registry().to_markdown());
@@ -44,10 +41,6 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(engine.registry())?);
         return Ok(());
     }
-    let format = match a.format {
-        InputFormat::Ndjson => Format::Ndjson,
-        InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
-    };
     if let Some(p) = &a.load_state {
         let mut f = File::open(p).with_context(|| format!("cannot open state {}", p.display()))?;
         engine
@@ -96,8 +89,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     let write_err: std::cell::RefCell<Option<std::io::Error>> = std::cell::RefCell::new(None);
     let started = Instant::now();
 
-    let mut ingest = Ingest::new(format);
-    {
+    let ingest = {
         let mut sink = |r: &Record<'_>| {
             if let Some(o) = out.as_mut() {
                 writer.write(r, &mut buf);
@@ -122,9 +114,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 }
                 let st = labels.get_mut(l).expect("inserted above");
                 st.events += 1;
-                if !st.clients.contains(r.client) {
-                    st.clients.insert(r.client.to_string());
-                }
+                crate::pipeline::remember(&mut st.clients, r.client);
                 for (k, (i, _)) in summary_idx.iter().enumerate() {
                     st.sums[k] += r.features[*i];
                 }
@@ -133,7 +123,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         crate::pipeline::drive(
             &mut input,
             &mut engine,
-            &mut ingest,
+            format,
             &mut sink,
             &mut rejects,
             |n| {
@@ -142,8 +132,8 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 }
                 write_err.borrow().is_none()
             },
-        )?;
-    }
+        )?
+    };
     if let Some(e) = write_err.into_inner() {
         return Err(e.into());
     }

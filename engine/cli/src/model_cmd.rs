@@ -2,32 +2,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gatewatch_event::write_json_str;
-use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record, Registry};
+use gatewatch_features::{FeatureEngine, Record, Registry};
 use gatewatch_models::{RobustModel, RobustParams, Training};
 
-use crate::pipeline::{Rejects, drive};
-use crate::{InputFormat, ScoreArgs, TrainArgs};
+use crate::pipeline::{Rejects, drive, remember, setup};
+use crate::{ScoreArgs, TrainArgs};
 
 /// The default model, compiled in (trained by `scripts/train-default`).
 const DEFAULT_MANIFEST: &str = include_str!("../../../models/default/manifest.json");
 const DEFAULT_BASELINE: &str = include_str!("../../../models/default/baseline.json");
-
-fn setup(config: &Option<PathBuf>, format: InputFormat) -> Result<(FeatureEngine, Format)> {
-    let cfg = match config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    let format = match format {
-        InputFormat::Ndjson => Format::Ndjson,
-        InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
-    };
-    Ok((FeatureEngine::new(&cfg)?, format))
-}
 
 /// The model of `--model DIR`, or the compiled-in default.
 pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<RobustModel> {
@@ -46,7 +34,8 @@ pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<RobustModel
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let (mut engine, format) = setup(&a.config, a.format)?;
+    let (cfg, format) = setup(&a.config, a.format)?;
+    let mut engine = FeatureEngine::new(&cfg)?;
     let (mut input, _) = crate::io::open_input(&a.input)?;
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let n = engine.registry().len();
@@ -54,7 +43,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let mut clients: HashSet<String> = HashSet::new();
     let mut skipped = 0u64;
     let started = Instant::now();
-    let mut ingest = Ingest::new(format);
     {
         let mut sink = |r: &Record<'_>| {
             if let Some(want) = &a.label {
@@ -64,14 +52,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 }
             }
             rows.extend_from_slice(r.features);
-            if !clients.contains(r.client) {
-                clients.insert(r.client.to_string());
-            }
+            remember(&mut clients, r.client);
         };
         drive(
             &mut input,
             &mut engine,
-            &mut ingest,
+            format,
             &mut sink,
             &mut rejects,
             |_| true,
@@ -132,7 +118,8 @@ struct LabelSummary {
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let (mut engine, format) = setup(&a.config, a.format)?;
+    let (cfg, format) = setup(&a.config, a.format)?;
+    let mut engine = FeatureEngine::new(&cfg)?;
     let model = load_model(a.model.as_deref(), engine.registry())?;
     let (mut input, _) = crate::io::open_input(&a.input)?;
     let mut out = if a.no_output {
@@ -148,7 +135,6 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let mut line = String::with_capacity(1024);
     let mut write_err: Option<std::io::Error> = None;
     let started = Instant::now();
-    let mut ingest = Ingest::new(format);
     {
         let mut sink = |r: &Record<'_>| {
             let s = model.score(r.features, a.reasons);
@@ -189,18 +175,16 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 let ls = labels.get_mut(l).expect("inserted above");
                 ls.events += 1;
                 ls.flagged += u64::from(flagged);
-                if !ls.clients.contains(r.client) {
-                    ls.clients.insert(r.client.to_string());
-                }
-                if flagged && !ls.clients_flagged.contains(r.client) {
-                    ls.clients_flagged.insert(r.client.to_string());
+                remember(&mut ls.clients, r.client);
+                if flagged {
+                    remember(&mut ls.clients_flagged, r.client);
                 }
             }
         };
         drive(
             &mut input,
             &mut engine,
-            &mut ingest,
+            format,
             &mut sink,
             &mut rejects,
             |_| true,

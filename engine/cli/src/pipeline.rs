@@ -1,12 +1,34 @@
 //! The read → engine loop shared by the verbs, and the reporting of rejected lines.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use gatewatch_features::{FeatureEngine, Ingest, Record, Rejection};
+use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record, Rejection};
+
+use crate::InputFormat;
+
+/// The configuration (`--config`, or the defaults), and the line format it implies.
+pub fn setup(config: &Option<PathBuf>, format: InputFormat) -> Result<(Config, Format)> {
+    let cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let format = match format {
+        InputFormat::Ndjson => Format::Ndjson,
+        InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
+    };
+    Ok((cfg, format))
+}
+
+/// Adds `key` to `set` unless it is there (without allocating when it is).
+pub fn remember(set: &mut HashSet<String>, key: &str) {
+    if !set.contains(key) {
+        set.insert(key.to_string());
+    }
+}
 
 /// Rejected lines printed in full on standard error (all go to `--rejects`).
 const SHOWN_REJECTS: usize = 10;
@@ -70,16 +92,17 @@ impl Rejects {
     }
 }
 
-/// Reads `input` to its end through `ingest` into `engine`. `progress` is told how many bytes
-/// each chunk had and returns false to stop early.
+/// Reads `input` to its end as `format` lines into `engine` and returns the reader (its line
+/// counts). `progress` is told how many bytes each chunk had and returns false to stop early.
 pub fn drive(
     input: &mut dyn Read,
     engine: &mut FeatureEngine,
-    ingest: &mut Ingest,
+    format: Format,
     sink: &mut impl FnMut(&Record<'_>),
     rejects: &mut Rejects,
     mut progress: impl FnMut(usize) -> bool,
-) -> Result<()> {
+) -> Result<Ingest> {
+    let mut ingest = Ingest::new(format);
     let mut chunk = vec![0u8; 1 << 18];
     let mut reject = |e: Rejection| rejects.report(&e);
     loop {
@@ -95,5 +118,5 @@ pub fn drive(
         }
     }
     ingest.finish(engine, sink, &mut reject);
-    Ok(())
+    Ok(ingest)
 }

@@ -234,10 +234,10 @@ impl FeatureEngine {
             num_id,
             surprise,
         };
-        let upd = state.update(&obs, &self.windows, &self.registry, &mut self.buf);
+        let endpoint_count = state.update(&obs, &self.windows, &self.registry, &mut self.buf);
         self.population.count_transition(prev_ep, ep);
         let pop = self.population.count_request(ep, ev.ts_ms);
-        let ratio = self.population.rate_ratio(ep, upd.endpoint_count);
+        let ratio = self.population.rate_ratio(ep, endpoint_count);
         self.buf[self.registry.point_index(PointFeature::TransitionSurprise)] = surprise;
         self.buf[self.registry.point_index(PointFeature::EndpointRateRatio)] = ratio;
         self.buf[self.registry.point_index(PointFeature::EndpointPopRate)] = f64::from(pop) / 60.0;

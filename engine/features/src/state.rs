@@ -208,11 +208,6 @@ pub(crate) struct Obs {
     pub surprise: f64,
 }
 
-/// What the client update hands to the population model.
-pub(crate) struct Update {
-    pub endpoint_count: u32,
-}
-
 impl ClientState {
     pub(crate) fn new(ts: i64) -> Self {
         Self {
@@ -237,14 +232,9 @@ impl ClientState {
 
     /// Adds one request and writes the client's features into `out` (window features of every
     /// horizon, then `secs_since_prev`, `client_age_secs`, `endpoint_count_1m` and
-    /// `endpoint_entropy_1m`; the population features are written by the caller).
-    pub(crate) fn update(
-        &mut self,
-        o: &Obs,
-        w: &Windows,
-        reg: &Registry,
-        out: &mut [f64],
-    ) -> Update {
+    /// `endpoint_entropy_1m`; the population features are written by the caller). Returns the
+    /// client's count on this endpoint in the endpoint window, for the population baseline.
+    pub(crate) fn update(&mut self, o: &Obs, w: &Windows, reg: &Registry, out: &mut [f64]) -> u32 {
         let gap = (self.last_ts != i64::MIN).then(|| (o.ts - self.last_ts).max(0));
 
         // Endpoint slots.
@@ -404,7 +394,7 @@ impl ClientState {
 
         self.last_ts = o.ts;
         self.prev_ep = o.ep;
-        Update { endpoint_count }
+        endpoint_count
     }
 }
 

@@ -59,18 +59,21 @@ impl Manifest {
             path: path.display().to_string(),
             source,
         })?;
-        let m: Self = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses manifest text; `path` names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Self> {
+        let corrupt = |reason: String| ModelError::Corrupt {
+            path: path.to_string(),
+            reason,
+        };
+        let m: Self = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
         if m.format_version != MANIFEST_FORMAT {
-            return Err(ModelError::Corrupt {
-                path: path.display().to_string(),
-                reason: format!(
-                    "manifest format {} (this build reads {MANIFEST_FORMAT})",
-                    m.format_version
-                ),
-            });
+            return Err(corrupt(format!(
+                "manifest format {} (this build reads {MANIFEST_FORMAT})",
+                m.format_version
+            )));
         }
         Ok(m)
     }

@@ -237,17 +237,7 @@ impl RobustModel {
         origin: &str,
         registry: &Registry,
     ) -> Result<Self> {
-        let path = format!("{origin}/manifest.json");
-        let m: Manifest = serde_json::from_str(manifest).map_err(|e| ModelError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if m.format_version != MANIFEST_FORMAT {
-            return Err(ModelError::Corrupt {
-                path,
-                reason: format!("manifest format {}", m.format_version),
-            });
-        }
+        let m = Manifest::parse(manifest, &format!("{origin}/manifest.json"))?;
         Self::from_parts(m, baseline, origin, registry)
     }
 
