@@ -37,6 +37,9 @@ pub enum ModelError {
         /// The unknown names.
         names: Vec<String>,
     },
+    /// The ONNX Runtime library is missing or failed.
+    #[error("{0}")]
+    Runtime(String),
     /// Fitting was impossible.
     #[error("cannot fit: {0}")]
     Fit(String),

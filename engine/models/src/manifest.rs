@@ -19,7 +19,7 @@ pub struct Manifest {
     pub name: String,
     /// Model version.
     pub version: String,
-    /// Detector kind: `robust_zscore`.
+    /// Detector kind: `robust_zscore` or `onnx`.
     pub kind: String,
     /// Hash of the feature registry the model was built for.
     pub feature_set: String,
@@ -35,6 +35,9 @@ pub struct Manifest {
     pub training: Training,
     /// Other files of the folder.
     pub artefacts: Vec<String>,
+    /// How to run an `onnx` model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<crate::onnx::OnnxSpec>,
 }
 
 /// Training data description.

@@ -186,6 +186,7 @@ impl RobustModel {
                         .into(),
                 training,
                 artefacts: vec![BASELINE_FILE.into()],
+                onnx: None,
             },
             baseline: Baseline {
                 median: med,
@@ -257,13 +258,7 @@ impl RobustModel {
                 ),
             });
         }
-        if manifest.feature_set != registry.hash {
-            return Err(ModelError::FeatureSet {
-                model: manifest.name.clone(),
-                model_hash: manifest.feature_set.clone(),
-                engine_hash: registry.hash.clone(),
-            });
-        }
+        crate::check_feature_set(&manifest, registry)?;
         let idx = resolve(registry, &manifest.name, &manifest.features)?;
         let path = dir.join(BASELINE_FILE);
         let baseline: Baseline =
@@ -361,7 +356,7 @@ impl RobustModel {
     }
 }
 
-fn resolve(registry: &Registry, model: &str, features: &[String]) -> Result<Vec<usize>> {
+pub(crate) fn resolve(registry: &Registry, model: &str, features: &[String]) -> Result<Vec<usize>> {
     let unknown: Vec<String> = features
         .iter()
         .filter(|f| registry.index_of(f).is_none())
@@ -387,7 +382,7 @@ fn top_mean(zs: &mut [f64], k: usize) -> f64 {
 
 /// Position of `raw` in the calibration quantiles in [0, 1]: linearly interpolated between
 /// neighbouring quantiles, the middle of the run for a value equal to several of them.
-fn calibrate(q: &[f64], raw: f64) -> f64 {
+pub(crate) fn calibrate(q: &[f64], raw: f64) -> f64 {
     let n = q.len();
     let lo = q.partition_point(|v| *v < raw);
     let hi = q.partition_point(|v| *v <= raw);
