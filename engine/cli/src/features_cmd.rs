@@ -34,11 +34,19 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     let (cfg, format) = crate::pipeline::setup(&a.config, a.format)?;
     let mut engine = FeatureEngine::new(&cfg)?;
     if a.list {
-        print!("{}", engine.registry().to_markdown());
+        write!(
+            std::io::stdout().lock(),
+            "{}",
+            engine.registry().to_markdown()
+        )?;
         return Ok(());
     }
     if a.schema {
-        println!("{}", serde_json::to_string_pretty(engine.registry())?);
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(engine.registry())?
+        )?;
         return Ok(());
     }
     if let Some(p) = &a.load_state {

@@ -44,11 +44,14 @@ enum Command {
     /// counted and reported with their line number and reason; the run goes on. A summary
     /// goes to standard error.
     Features(FeaturesArgs),
-    /// Fit a robust z-score baseline on a log's features and write a model folder.
+    /// Fit baselines on a log's features and write a model folder.
     ///
-    /// Every event's features are computed as `gatewatch features` does; the model learns,
-    /// per feature, the median and a robust scale, and calibrates its scores on the training
-    /// events. `--label normal` fits on the events labelled `normal` only.
+    /// Every event's features are computed as `gatewatch features` does. The folder is an
+    /// ensemble of two detectors (the highest score counts; each flags at its threshold):
+    /// `robust`, a robust z-score baseline (per feature, the median and a robust scale,
+    /// scores calibrated on the training events), and `volumetric`, per-endpoint peak rates
+    /// per client with recommended rate limits (p50 / p90 / p99, confidence intervals,
+    /// minimum-data gate). `--label normal` fits on the events labelled `normal` only.
     Train(TrainArgs),
     /// Score every request of a log with a model (the built-in default when none is named).
     ///
@@ -82,9 +85,19 @@ struct TrainArgs {
     /// How many of the largest feature z-scores make an event's raw score.
     #[arg(long, default_value_t = 3)]
     top_k: usize,
-    /// Flag threshold on the calibrated score.
+    /// Flag threshold on the robust baseline's calibrated score.
     #[arg(long, default_value_t = 0.99)]
     threshold: f64,
+    /// Fewest distinct clients an endpoint needs for its own rate limits (others are scored
+    /// against all endpoints pooled).
+    #[arg(long, default_value_t = 30)]
+    min_sessions: usize,
+    /// Flag threshold of the volumetric detector (0.5: twice the endpoint's p99 peak).
+    #[arg(long, default_value_t = 0.5)]
+    rate_threshold: f64,
+    /// Endpoints listed in the rate-limit summary.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
     /// Write every rejected line as NDJSON to this file.
     #[arg(long)]
     rejects: Option<PathBuf>,
@@ -119,6 +132,9 @@ struct ScoreArgs {
     /// Do not write records (summary only).
     #[arg(long)]
     no_output: bool,
+    /// Events scored together (ONNX models run once per batch).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
 }
 
 #[derive(clap::Args)]

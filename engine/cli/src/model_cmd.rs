@@ -8,25 +8,49 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use gatewatch_event::write_json_str;
 use gatewatch_features::{FeatureEngine, Record, Registry};
-use gatewatch_models::{RobustModel, RobustParams, Training};
+use gatewatch_models::{
+    Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, MANIFEST_FORMAT,
+    Manifest, MemberSpec, PeakCollector, RobustModel, RobustParams, Scorer, Training,
+    VolumetricModel, VolumetricParams, volumetric,
+};
 
 use crate::pipeline::{Rejects, drive, remember, setup};
 use crate::{ScoreArgs, TrainArgs};
 
 /// The default model, compiled in (trained by `scripts/train-default`).
-const DEFAULT_MANIFEST: &str = include_str!("../../../models/default/manifest.json");
-const DEFAULT_BASELINE: &str = include_str!("../../../models/default/baseline.json");
+const DEFAULT_MODEL: &[(&str, &str)] = &[
+    (
+        "manifest.json",
+        include_str!("../../../models/default/manifest.json"),
+    ),
+    (
+        "robust/manifest.json",
+        include_str!("../../../models/default/robust/manifest.json"),
+    ),
+    (
+        "robust/baseline.json",
+        include_str!("../../../models/default/robust/baseline.json"),
+    ),
+    (
+        "volumetric/manifest.json",
+        include_str!("../../../models/default/volumetric/manifest.json"),
+    ),
+    (
+        "volumetric/limits.json",
+        include_str!("../../../models/default/volumetric/limits.json"),
+    ),
+];
 
 /// The model of `--model DIR`, or the compiled-in default.
-pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<RobustModel> {
+pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
     Ok(match dir {
-        Some(d) => {
-            RobustModel::load(d, registry).with_context(|| format!("model {}", d.display()))?
-        }
-        None => RobustModel::from_texts(
-            DEFAULT_MANIFEST,
-            DEFAULT_BASELINE,
-            "models/default",
+        Some(d) => Scorer::load(d, registry).with_context(|| format!("model {}", d.display()))?,
+        None => Scorer::load_folder(
+            &Folder::Embedded {
+                files: DEFAULT_MODEL,
+                prefix: String::new(),
+                origin: "models/default".into(),
+            },
             registry,
         )
         .context("the built-in default model")?,
@@ -39,7 +63,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let (mut input, _) = crate::io::open_input(&a.input)?;
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let n = engine.registry().len();
+    let count_at = engine.registry().index_of(volumetric::FEATURE);
     let mut rows: Vec<f64> = Vec::new();
+    let mut peaks = PeakCollector::default();
     let mut clients: HashSet<String> = HashSet::new();
     let mut skipped = 0u64;
     let started = Instant::now();
@@ -52,6 +78,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 }
             }
             rows.extend_from_slice(r.features);
+            if let Some(i) = count_at {
+                peaks.add(r.endpoint, r.client, r.features[i]);
+            }
             remember(&mut clients, r.client);
         };
         drive(
@@ -69,7 +98,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         _ => "standard input".to_string(),
     };
     let training = Training {
-        events: 0,
+        events: (rows.len() / n.max(1)) as u64,
         clients: clients.len() as u64,
         source,
         label_filter: a.label.clone(),
@@ -79,25 +108,131 @@ pub fn train(a: TrainArgs) -> Result<()> {
         threshold: a.threshold,
         ..RobustParams::default()
     };
-    let model = RobustModel::fit(
-        engine.registry(),
+    let registry = engine.registry();
+    let robust = RobustModel::fit(
+        registry,
         &params,
         rows.chunks_exact(n),
-        &a.name,
-        training,
+        &format!("{}-robust", a.name),
+        training.clone(),
     )?;
-    model.save(&a.output)?;
-    eprintln!(
-        "gatewatch train: fitted {} on {} events of {} clients ({} skipped by the label filter, {} rejected lines) in {:.2} s; wrote {}",
-        model.id(),
-        model.manifest.training.events,
+    let mut members = vec![MemberSpec {
+        name: "robust".into(),
+        path: "robust".into(),
+        weight: 1.0,
+    }];
+    let mut artefacts = vec!["robust".to_string()];
+    robust.save(&a.output.join("robust"))?;
+    let vol = if count_at.is_some() {
+        let v = VolumetricModel::fit(
+            registry,
+            &VolumetricParams {
+                min_sessions: a.min_sessions,
+                threshold: a.rate_threshold,
+            },
+            &peaks,
+            &format!("{}-volumetric", a.name),
+            training.clone(),
+        )?;
+        v.save(&a.output.join("volumetric"))?;
+        members.push(MemberSpec {
+            name: "volumetric".into(),
+            path: "volumetric".into(),
+            weight: 1.0,
+        });
+        artefacts.push("volumetric".into());
+        Some(v)
+    } else {
+        eprintln!(
+            "gatewatch train: the configuration has no {} feature; no volumetric detector",
+            volumetric::FEATURE
+        );
+        None
+    };
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT,
+        name: a.name.clone(),
+        version: "1".into(),
+        kind: ENSEMBLE_KIND.into(),
+        feature_set: registry.hash.clone(),
+        features: Vec::new(),
+        outputs: vec!["score".into()],
+        threshold: a.threshold,
+        calibration: "per member (the highest member score counts)".into(),
+        training,
+        artefacts,
+        onnx: None,
+        ensemble: Some(EnsembleSpec {
+            combine: Combine::Max,
+            members,
+        }),
+    };
+    manifest.save(&a.output)?;
+    let mut e = format!(
+        "gatewatch train: fitted {}@1 (robust z-scores{}) on {} events of {} clients ({} skipped by the label filter, {} rejected lines) in {:.2} s; wrote {}\n",
+        a.name,
+        if vol.is_some() {
+            " + per-endpoint rate limits"
+        } else {
+            ""
+        },
+        manifest.training.events,
         clients.len(),
         skipped,
         rejects.total(),
         started.elapsed().as_secs_f64(),
         a.output.display()
     );
+    if let Some(v) = &vol {
+        e.push_str(&limits_table(&v.limits, a.top));
+    }
+    eprint!("{e}");
     Ok(())
+}
+
+fn q(x: &gatewatch_models::volumetric::Quantile) -> String {
+    match x.high {
+        Some(h) => format!("{} [{}–{}]", short(x.value), short(x.low), short(h)),
+        None => format!("{} [{}–open]", short(x.value), short(x.low)),
+    }
+}
+
+/// The rate-limit recommendations as a text table.
+fn limits_table(l: &gatewatch_models::volumetric::Limits, top: usize) -> String {
+    let mut e = format!(
+        "  per-client peak requests per minute, by endpoint (p50 / p90 / p99 with 95% intervals; endpoints with fewer than {} clients use the pooled row):\n",
+        l.min_sessions
+    );
+    let row = |x: &gatewatch_models::volumetric::EndpointLimits| {
+        format!(
+            "    {:<48} {:>6} clients  p50 {:<16} p90 {:<16} p99 {:<18} limit {:>6}  {}\n",
+            x.endpoint,
+            x.sessions,
+            q(&x.p50),
+            q(&x.p90),
+            q(&x.p99),
+            x.recommended.map_or_else(|| "—".to_string(), short),
+            x.confidence
+        )
+    };
+    for x in l.endpoints.iter().take(top) {
+        e.push_str(&row(x));
+    }
+    if l.endpoints.len() > top {
+        e.push_str(&format!(
+            "    ({} more endpoints in limits.json)\n",
+            l.endpoints.len() - top
+        ));
+    }
+    e.push_str(&row(&l.pooled));
+    if !l.below_gate.is_empty() {
+        e.push_str(&format!(
+            "    {} endpoints below the {}-client gate (no limit of their own)\n",
+            l.below_gate.len(),
+            l.min_sessions
+        ));
+    }
+    e
 }
 
 #[derive(Default)]
@@ -117,10 +252,216 @@ struct LabelSummary {
     clients_flagged: HashSet<String>,
 }
 
+/// Events waiting to be scored: their features and endpoints, the head of each record
+/// (`id`, `label`, `ts`, `client`, `endpoint`), client keys and labels.
+#[derive(Default)]
+struct Pending {
+    batch: Batch,
+    heads: String,
+    head_ends: Vec<usize>,
+    keys: String,
+    key_ends: Vec<usize>,
+    labels: String,
+    label_ends: Vec<usize>,
+}
+
+fn slice<'a>(text: &'a str, ends: &[usize], i: usize) -> &'a str {
+    let start = if i == 0 { 0 } else { ends[i - 1] };
+    &text[start..ends[i]]
+}
+
+impl Pending {
+    fn push(&mut self, r: &Record<'_>) {
+        self.batch.push(r.features, r.endpoint);
+        let h = &mut self.heads;
+        h.push('{');
+        if let Some(id) = &r.event.id {
+            h.push_str("\"id\":");
+            h.push_str(id);
+            h.push(',');
+        }
+        if let Some(l) = &r.event.label {
+            h.push_str("\"label\":");
+            h.push_str(l);
+            h.push(',');
+        }
+        h.push_str("\"ts\":\"");
+        gatewatch_event::write_rfc3339_ms(r.event.ts_ms, h);
+        h.push_str("\",\"client\":");
+        write_json_str(h, r.client);
+        h.push_str(",\"endpoint\":");
+        write_json_str(h, r.endpoint);
+        self.head_ends.push(h.len());
+        self.keys.push_str(r.client);
+        self.key_ends.push(self.keys.len());
+        if let Some(l) = &r.event.label {
+            self.labels.push_str(l.trim_matches('"'));
+        }
+        self.label_ends.push(self.labels.len());
+    }
+
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.heads.clear();
+        self.head_ends.clear();
+        self.keys.clear();
+        self.key_ends.clear();
+        self.labels.clear();
+        self.label_ends.clear();
+    }
+}
+
+/// What the score summary keeps.
+#[derive(Default)]
+struct Summary {
+    clients: HashMap<String, ClientSummary>,
+    labels: BTreeMap<String, LabelSummary>,
+}
+
+impl Summary {
+    fn add(&mut self, client: &str, label: &str, score: f64, flagged: bool, reason: &str) {
+        if !self.clients.contains_key(client) {
+            self.clients
+                .insert(client.to_string(), ClientSummary::default());
+        }
+        let c = self.clients.get_mut(client).expect("inserted above");
+        c.events += 1;
+        c.flagged += u64::from(flagged);
+        if score > c.max || c.events == 1 {
+            c.max = score;
+            c.top_reason.clear();
+            c.top_reason.push_str(reason);
+        }
+        if !label.is_empty() {
+            if c.label != label {
+                c.label = label.to_string();
+            }
+            if !self.labels.contains_key(label) {
+                self.labels
+                    .insert(label.to_string(), LabelSummary::default());
+            }
+            let ls = self.labels.get_mut(label).expect("inserted above");
+            ls.events += 1;
+            ls.flagged += u64::from(flagged);
+            remember(&mut ls.clients, client);
+            if flagged {
+                remember(&mut ls.clients_flagged, client);
+            }
+        }
+    }
+}
+
+/// The scoring loop's state.
+struct Scoring {
+    pending: Pending,
+    scorer: Scorer,
+    stride: usize,
+    reasons: usize,
+    scores: BatchScores,
+    line: String,
+    summary: Summary,
+    model_id: String,
+}
+
+impl Scoring {
+    /// Scores the pending events, writes their records and adds them to the summary.
+    fn flush(&mut self, out: Option<&mut Box<dyn Write>>) -> Result<()> {
+        let Self {
+            pending: p,
+            scorer,
+            stride,
+            reasons,
+            scores,
+            line,
+            summary,
+            model_id,
+        } = self;
+        let (stride, reasons, model_id) = (*stride, *reasons, model_id.as_str());
+        if p.batch.is_empty() {
+            return Ok(());
+        }
+        scorer.score_batch(&p.batch, stride, reasons, scores)?;
+        let k = scorer.members.len();
+        line.clear();
+        let mut why = String::new();
+        for i in 0..p.batch.len() {
+            let flagged = scores.flagged[i];
+            let rs = &scores.reasons[i];
+            let member = &scorer.members[scores.decided_by[i]].name;
+            if out.is_some() {
+                line.push_str(slice(&p.heads, &p.head_ends, i));
+                line.push_str(",\"score\":");
+                num(line, scores.score[i]);
+                line.push_str(",\"scores\":{");
+                for (j, m) in scorer.members.iter().enumerate() {
+                    if j > 0 {
+                        line.push(',');
+                    }
+                    write_json_str(line, &m.name);
+                    line.push(':');
+                    num(line, scores.member[i * k + j]);
+                }
+                line.push_str("},\"flagged\":");
+                line.push_str(if flagged { "true" } else { "false" });
+                line.push_str(",\"reasons\":[");
+                for (n, x) in rs.iter().enumerate() {
+                    if n > 0 {
+                        line.push(',');
+                    }
+                    line.push_str("{\"detector\":");
+                    write_json_str(line, member);
+                    line.push_str(",\"feature\":");
+                    write_json_str(line, &x.feature);
+                    line.push_str(",\"value\":");
+                    num(line, x.value);
+                    line.push_str(",\"baseline\":");
+                    num(line, x.baseline);
+                    line.push_str(",\"contribution\":");
+                    num(line, x.contribution);
+                    line.push('}');
+                }
+                line.push_str("],\"model\":");
+                write_json_str(line, model_id);
+                line.push_str("}\n");
+            }
+            why.clear();
+            if let Some(x) = rs.first() {
+                use std::fmt::Write as _;
+                let (what, digits) = match scorer.members[scores.decided_by[i]].detector {
+                    Detector::Robust(_) => ("z", 1),
+                    Detector::Volumetric(_) => ("×", 1),
+                    Detector::Onnx(_) => ("score change", 3),
+                };
+                let _ = write!(
+                    why,
+                    "{member}: {} = {} (baseline {:.3}, {what} {:+.digits$})",
+                    x.feature,
+                    short(x.value),
+                    x.baseline,
+                    x.contribution
+                );
+            }
+            summary.add(
+                slice(&p.keys, &p.key_ends, i),
+                slice(&p.labels, &p.label_ends, i),
+                scores.score[i],
+                flagged,
+                &why,
+            );
+        }
+        if let Some(o) = out {
+            o.write_all(line.as_bytes())?;
+        }
+        p.clear();
+        Ok(())
+    }
+}
+
 pub fn score(a: ScoreArgs) -> Result<()> {
     let (cfg, format) = setup(&a.config, a.format)?;
     let mut engine = FeatureEngine::new(&cfg)?;
-    let model = load_model(a.model.as_deref(), engine.registry())?;
+    let scorer = load_model(a.model.as_deref(), engine.registry())?;
+    let stride = engine.registry().len();
     let (mut input, _) = crate::io::open_input(&a.input)?;
     let mut out = if a.no_output {
         None
@@ -128,56 +469,28 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         Some(crate::io::open_output(&a.output)?)
     };
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
-    let threshold = model.manifest.threshold;
-    let model_id = model.id();
-    let mut clients: HashMap<String, ClientSummary> = HashMap::new();
-    let mut labels: BTreeMap<String, LabelSummary> = BTreeMap::new();
-    let mut line = String::with_capacity(1024);
-    let mut write_err: Option<std::io::Error> = None;
+    let batch_size = a.batch.max(1);
+    let mut st = Scoring {
+        pending: Pending::default(),
+        model_id: scorer.id(),
+        scorer,
+        stride,
+        reasons: a.reasons,
+        scores: BatchScores::default(),
+        line: String::with_capacity(1 << 16),
+        summary: Summary::default(),
+    };
+    let mut failed: Option<anyhow::Error> = None;
     let started = Instant::now();
     {
         let mut sink = |r: &Record<'_>| {
-            let s = model.score(r.features, a.reasons);
-            let flagged = s.score >= threshold;
-            if let Some(o) = out.as_mut() {
-                line.clear();
-                record(&mut line, r, &s, flagged, &model_id);
-                if let Err(e) = o.write_all(line.as_bytes()) {
-                    write_err.get_or_insert(e);
-                }
+            if failed.is_some() {
+                return;
             }
-            let label = r.event.label.as_deref().map(|l| l.trim_matches('"'));
-            if !clients.contains_key(r.client) {
-                clients.insert(r.client.to_string(), ClientSummary::default());
-            }
-            let c = clients.get_mut(r.client).expect("inserted above");
-            c.events += 1;
-            c.flagged += u64::from(flagged);
-            if s.score > c.max || c.events == 1 {
-                c.max = s.score;
-                c.top_reason = s.reasons.first().map_or_else(String::new, |x| {
-                    format!(
-                        "{} = {} (baseline {:.3}, z {:+.1})",
-                        x.feature,
-                        short(x.value),
-                        x.baseline,
-                        x.contribution
-                    )
-                });
-            }
-            if let Some(l) = label {
-                if c.label != l {
-                    c.label = l.to_string();
-                }
-                if !labels.contains_key(l) {
-                    labels.insert(l.to_string(), LabelSummary::default());
-                }
-                let ls = labels.get_mut(l).expect("inserted above");
-                ls.events += 1;
-                ls.flagged += u64::from(flagged);
-                remember(&mut ls.clients, r.client);
-                if flagged {
-                    remember(&mut ls.clients_flagged, r.client);
+            st.pending.push(r);
+            if st.pending.batch.len() >= batch_size {
+                if let Err(e) = st.flush(out.as_mut()) {
+                    failed = Some(e);
                 }
             }
         };
@@ -190,24 +503,32 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             |_| true,
         )?;
     }
-    if let Some(e) = write_err {
-        return Err(e.into());
+    if let Some(e) = failed {
+        return Err(e);
     }
+    st.flush(out.as_mut())?;
     if let Some(o) = out.as_mut() {
         o.flush()?;
     }
     rejects.finish()?;
     let secs = started.elapsed().as_secs_f64();
-    let st = engine.stats();
+    let stats = engine.stats();
+    let thresholds: Vec<String> = st
+        .scorer
+        .members
+        .iter()
+        .map(|m| format!("{} ≥ {}", m.name, m.threshold))
+        .collect();
     let mut e = format!(
-        "gatewatch score: {} events scored with {} (flag at ≥ {}) in {:.2} s ({:.0} events/s); {} rejected lines\n",
-        st.events_out,
-        model_id,
-        threshold,
+        "gatewatch score: {} events scored with {} (flag at {}) in {:.2} s ({:.0} events/s); {} rejected lines\n",
+        stats.events_out,
+        st.model_id,
+        thresholds.join(", "),
         secs,
-        st.events_out as f64 / secs.max(1e-9),
+        stats.events_out as f64 / secs.max(1e-9),
         rejects.total()
     );
+    let Summary { clients, labels } = &st.summary;
     let mut top: Vec<(&String, &ClientSummary)> =
         clients.iter().filter(|(_, c)| c.flagged > 0).collect();
     top.sort_by(|x, y| {
@@ -234,7 +555,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     }
     if !labels.is_empty() {
         e.push_str("  by label:            events  flagged   clients  flagged clients\n");
-        for (l, s) in &labels {
+        for (l, s) in labels {
             e.push_str(&format!(
                 "    {:<18} {:>8} {:>7.1}% {:>9} {:>8} ({:.0}%)\n",
                 l,
@@ -265,55 +586,4 @@ fn num(out: &mut String, v: f64) {
     } else {
         out.push_str("null");
     }
-}
-
-/// One score record as an NDJSON line.
-fn record(
-    out: &mut String,
-    r: &Record<'_>,
-    s: &gatewatch_models::Scored,
-    flagged: bool,
-    model: &str,
-) {
-    out.push('{');
-    if let Some(id) = &r.event.id {
-        out.push_str("\"id\":");
-        out.push_str(id);
-        out.push(',');
-    }
-    if let Some(l) = &r.event.label {
-        out.push_str("\"label\":");
-        out.push_str(l);
-        out.push(',');
-    }
-    out.push_str("\"ts\":\"");
-    gatewatch_event::write_rfc3339_ms(r.event.ts_ms, out);
-    out.push_str("\",\"client\":");
-    write_json_str(out, r.client);
-    out.push_str(",\"endpoint\":");
-    write_json_str(out, r.endpoint);
-    out.push_str(",\"score\":");
-    num(out, s.score);
-    out.push_str(",\"scores\":{\"robust_zscore\":");
-    num(out, s.score);
-    out.push_str("},\"flagged\":");
-    out.push_str(if flagged { "true" } else { "false" });
-    out.push_str(",\"reasons\":[");
-    for (i, x) in s.reasons.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str("{\"feature\":");
-        write_json_str(out, &x.feature);
-        out.push_str(",\"value\":");
-        num(out, x.value);
-        out.push_str(",\"baseline\":");
-        num(out, x.baseline);
-        out.push_str(",\"contribution\":");
-        num(out, x.contribution);
-        out.push('}');
-    }
-    out.push_str("],\"model\":");
-    write_json_str(out, model);
-    out.push_str("}\n");
 }

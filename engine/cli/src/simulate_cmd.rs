@@ -11,7 +11,12 @@ use crate::SimulateArgs;
 pub fn run(a: SimulateArgs) -> Result<()> {
     if a.list_scenarios {
         for s in Scenario::ALL {
-            println!("{:<20} {}", s.name(), s.description());
+            writeln!(
+                std::io::stdout().lock(),
+                "{:<20} {}",
+                s.name(),
+                s.description()
+            )?;
         }
         return Ok(());
     }

@@ -8,8 +8,13 @@ fn gw() -> Command {
 }
 
 fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    run_with_stdin_env(args, stdin, ("GATEWATCH_TEST", "1"))
+}
+
+fn run_with_stdin_env(args: &[&str], stdin: &[u8], env: (&str, &str)) -> Output {
     let mut child = gw()
         .args(args)
+        .env(env.0, env.1)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -414,7 +419,26 @@ fn train_then_score_flags_abuse_and_explains_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fitted m@1"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fitted m@1"), "{stderr}");
+    assert!(stderr.contains("p99"), "{stderr}");
+    let limits: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model.join("volumetric/limits.json")).unwrap(),
+    )
+    .unwrap();
+    let eps = limits["endpoints"].as_array().unwrap();
+    assert!(!eps.is_empty());
+    for e in eps {
+        // The minimum-data gate, and ordered quantiles.
+        assert!(e["sessions"].as_u64().unwrap() >= 30);
+        let (p50, p90, p99) = (
+            e["p50"]["value"].as_f64().unwrap(),
+            e["p90"]["value"].as_f64().unwrap(),
+            e["p99"]["value"].as_f64().unwrap(),
+        );
+        assert!(p50 <= p90 && p90 <= p99 && p99 <= e["max_peak"].as_f64().unwrap());
+        assert_eq!(e["recommended"], e["p99"]["high"]);
+    }
 
     let mixed = gw()
         .args([
@@ -445,15 +469,27 @@ fn train_then_score_flags_abuse_and_explains_it() {
     for r in &recs {
         let s = r["score"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&s));
-        assert_eq!(r["scores"]["robust_zscore"], r["score"]);
+        let robust = r["scores"]["robust"].as_f64().unwrap();
+        let volumetric = r["scores"]["volumetric"].as_f64().unwrap();
+        assert_eq!(s, robust.max(volumetric));
         assert_eq!(r["model"], "m@1");
-        assert_eq!(r["flagged"].as_bool().unwrap(), s >= 0.99);
+        assert_eq!(
+            r["flagged"].as_bool().unwrap(),
+            robust >= 0.99 || volumetric >= 0.5
+        );
         let reasons = r["reasons"].as_array().unwrap();
         assert!(reasons.len() <= 3);
         for x in reasons {
             assert!(
                 x["feature"].is_string() && x["value"].is_number() && x["baseline"].is_number()
             );
+            let d = x["detector"].as_str().unwrap();
+            assert!(d == "robust" || d == "volumetric");
+            if d == "volumetric" {
+                // The client's one-minute count on the endpoint, above its p99 peak.
+                assert_eq!(x["feature"], "endpoint_count_1m");
+                assert!(x["value"].as_f64().unwrap() > x["baseline"].as_f64().unwrap());
+            }
         }
         let e = by_label
             .entry(r["label"].as_str().unwrap().to_string())
@@ -512,4 +548,181 @@ fn bad_models_and_empty_training_fail_with_a_message() {
     let out = run_with_stdin(&["train", "-o", m.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no training events"));
+}
+
+fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("GATEWATCH_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/setup-python (scripts/test does) or set GATEWATCH_PYTHON",
+        p.display()
+    );
+    p
+}
+
+/// A labelled log, its features and schema, and a classifier trained on them in Python
+/// (tests/onnx/train_on_features.py) in `dir/gbdt`.
+fn python_trained_model(dir: &std::path::Path) -> Vec<u8> {
+    let sim = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "21",
+            "--duration",
+            "3m",
+            "--users",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    assert!(sim.status.success());
+    let feats = run_with_stdin(&["features"], &sim.stdout);
+    assert!(feats.status.success());
+    std::fs::write(dir.join("features.ndjson"), &feats.stdout).unwrap();
+    let schema = gw().args(["features", "--schema"]).output().unwrap();
+    std::fs::write(dir.join("schema.json"), &schema.stdout).unwrap();
+    let st = Command::new(python())
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/onnx/train_on_features.py"),
+        )
+        .arg(dir.join("features.ndjson"))
+        .arg(dir.join("schema.json"))
+        .arg(dir.join("gbdt"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "train_on_features.py failed");
+    sim.stdout
+}
+
+#[test]
+fn a_model_trained_in_python_scores_the_same_in_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = python_trained_model(dir.path());
+    let model = dir.path().join("gbdt");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("expected.json")).unwrap())
+            .unwrap();
+    for batch in ["1", "100", "256"] {
+        let out = run_with_stdin(
+            &[
+                "score",
+                "--model",
+                model.to_str().unwrap(),
+                "--batch",
+                batch,
+            ],
+            &events,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs = lines(&out.stdout);
+        assert_eq!(recs.len(), expected.as_object().unwrap().len());
+        let mut worst = 0.0f64;
+        let mut explained = 0;
+        for r in &recs {
+            let id = r["id"].to_string();
+            let want = expected[&id].as_f64().unwrap();
+            let got = r["scores"]["gbdt"].as_f64().unwrap();
+            assert_eq!(r["score"].as_f64().unwrap(), got);
+            worst = worst.max((got - want).abs());
+            assert_eq!(r["flagged"].as_bool().unwrap(), got >= 0.5);
+            let reasons = r["reasons"].as_array().unwrap();
+            if got >= 0.5 {
+                explained += usize::from(!reasons.is_empty());
+                for x in reasons {
+                    assert_eq!(x["detector"], "gbdt");
+                    assert!(x["contribution"].as_f64().unwrap() != 0.0);
+                }
+            } else {
+                assert!(reasons.is_empty(), "only flagged events are explained");
+            }
+        }
+        assert!(worst <= 1e-5, "largest difference {worst:e}");
+        assert!(explained > 0);
+    }
+}
+
+#[test]
+fn an_ensemble_can_mix_baselines_and_an_onnx_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = python_trained_model(dir.path());
+    let ens = dir.path().join("ens");
+    let out = run_with_stdin(
+        &["train", "--name", "ens", "-o", ens.to_str().unwrap()],
+        &events,
+    );
+    assert!(out.status.success());
+    // Copy the ONNX folder in and add it as a member.
+    std::fs::create_dir_all(ens.join("gbdt")).unwrap();
+    for f in ["manifest.json", "model.onnx"] {
+        std::fs::copy(dir.path().join("gbdt").join(f), ens.join("gbdt").join(f)).unwrap();
+    }
+    let mpath = ens.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    m["ensemble"]["members"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "gbdt", "path": "gbdt", "weight": 1.0}));
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let out = run_with_stdin(&["score", "--model", ens.to_str().unwrap()], &events);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for r in lines(&out.stdout) {
+        let s = &r["scores"];
+        let max = ["robust", "volumetric", "gbdt"]
+            .iter()
+            .map(|k| s[k].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(r["score"].as_f64().unwrap(), max);
+    }
+
+    // Without the ONNX Runtime library: a message that says how to get it, no panic; and
+    // models that do not need ONNX keep working.
+    let out = gw()
+        .args(["score", "--model", ens.to_str().unwrap(), "--no-output"])
+        .env(
+            "ORT_DYLIB_PATH",
+            dir.path().join("nowhere/libonnxruntime.so"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ORT_DYLIB_PATH") && err.contains("pip install onnxruntime==1.32.0"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = gw()
+        .args(["score", "--model", ens.to_str().unwrap(), "--no-output"])
+        .env("ORT_DYLIB_PATH", dir.path().join("features.ndjson"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot load the ONNX Runtime library"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = run_with_stdin_env(
+        &["score", "--model", ens.join("robust").to_str().unwrap()],
+        &events,
+        ("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so"),
+    );
+    assert!(out.status.success());
 }

@@ -1,23 +1,32 @@
 //! Detectors and scoring for gatewatch.
 //!
-//! So far: robust z-score baselines over the engine's feature vectors, with model folders
-//! (`manifest.json` + artefacts) checked against the feature registry, exact explanations and
-//! calibrated scores; and univariate streaming detectors for `(timestamp, value)` series.
-//! linfa and ONNX models follow.
+//! Model folders (`manifest.json` + artefacts) checked against the feature registry, holding
+//! one detector or an ensemble of named detectors: robust z-score baselines over the
+//! engine's feature vectors (exact explanations, calibrated scores), per-endpoint volumetric
+//! baselines with recommended rate limits, and ONNX models run by ONNX Runtime (loaded at run
+//! time). [`Scorer`] scores micro-batches of events with any of them. Univariate streaming
+//! detectors work on plain `(timestamp, value)` series.
 
 mod error;
 mod manifest;
 pub mod onnx;
 mod robust;
+mod scorer;
 pub mod univariate;
+pub mod volumetric;
 
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
 pub use onnx::{OnnxModel, OnnxSpec};
 pub use robust::{Baseline, KIND as ROBUST_KIND, Reason, RobustModel, RobustParams, Scored};
+pub use scorer::{
+    Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, Member, MemberSpec,
+    Scorer,
+};
 pub use univariate::{
     DetectorError, Ewma, EwmaParams, Point, RelativeEntropy, RelativeEntropyParams,
 };
+pub use volumetric::{PeakCollector, VolumetricModel, VolumetricParams};
 
 /// Refuses a manifest built for another feature registry.
 pub(crate) fn check_feature_set(

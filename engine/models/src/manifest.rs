@@ -19,7 +19,7 @@ pub struct Manifest {
     pub name: String,
     /// Model version.
     pub version: String,
-    /// Detector kind: `robust_zscore` or `onnx`.
+    /// Detector kind: `robust_zscore`, `volumetric_rate`, `onnx` or `ensemble`.
     pub kind: String,
     /// Hash of the feature registry the model was built for.
     pub feature_set: String,
@@ -38,6 +38,9 @@ pub struct Manifest {
     /// How to run an `onnx` model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<crate::onnx::OnnxSpec>,
+    /// Members of an `ensemble`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<crate::scorer::EnsembleSpec>,
 }
 
 /// Training data description.

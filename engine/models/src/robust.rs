@@ -187,6 +187,7 @@ impl RobustModel {
                 training,
                 artefacts: vec![BASELINE_FILE.into()],
                 onnx: None,
+                ensemble: None,
             },
             baseline: Baseline {
                 median: med,
