@@ -86,7 +86,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     top_k: usize,
     /// Flag threshold on the robust baseline's calibrated score.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.999)]
     threshold: f64,
     /// Fewest distinct clients an endpoint needs for its own rate limits (others are scored
     /// against all endpoints pooled).

@@ -428,7 +428,7 @@ impl Scoring {
             if let Some(x) = rs.first() {
                 use std::fmt::Write as _;
                 let (what, digits) = match scorer.members[scores.decided_by[i]].detector {
-                    Detector::Robust(_) => ("z", 1),
+                    Detector::Robust(_) => ("surprisal", 1),
                     Detector::Volumetric(_) => ("×", 1),
                     Detector::Onnx(_) => ("score change", 3),
                 };

@@ -18,7 +18,9 @@ pub mod volumetric;
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
 pub use onnx::{OnnxModel, OnnxSpec};
-pub use robust::{Baseline, KIND as ROBUST_KIND, Reason, RobustModel, RobustParams, Scored};
+pub use robust::{
+    Baseline, KIND as ROBUST_KIND, Reason, RobustModel, RobustParams, Scored, Side, Tail,
+};
 pub use scorer::{
     Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, Member, MemberSpec,
     Scorer,

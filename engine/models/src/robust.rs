@@ -1,8 +1,24 @@
-//! Robust z-scores against population quantiles: per feature, the median and a robust scale
-//! of `sign(x)·ln(1 + |x|)` over the training events; an event's raw score is the mean of its
-//! `top_k` largest absolute z-scores (each clipped at `z_clip`), calibrated to [0, 1] by the
-//! empirical distribution of the training events' raw scores. Every score is explained
-//! exactly, feature by feature.
+//! Robust z-scores against population quantiles, with empirical tails.
+//!
+//! Per feature, the model keeps the median and a robust scale (MAD) of the transformed value
+//! `y = sign(x)·ln(1 + |x|)` over the training events, and the empirical tails of `y` on both
+//! sides of the median: knots at the training values exceeded by 1/2, 1/4, 1/8, … of the
+//! events, down to the extreme, each with the exact count of training events at or beyond
+//! it (ties included). A feature's **surprisal** for an event is `−log10` of the share of
+//! training events at least as far from the median on the same side (log-linear between
+//! knots); beyond the training extreme it is `log10(n + 1)` plus `log10(1 + d)`, `d` being
+//! the distance past the extreme in robust-scale units (clipped at `z_clip`). Rare but
+//! benign values (a first request, a 5xx) thus cost what their training frequency says, not
+//! a clipped z of 50; values never seen cost the most, and more the farther they are.
+//!
+//! Features are grouped by evidence: the horizons of one windowed feature (`error_ratio_10s`,
+//! `_1m`, …) form one group, represented by its most surprising member, so that one piece of
+//! evidence seen at four horizons counts once. An event's raw score is the mean of the
+//! `top_k` largest group surprisals, calibrated to [0, 1]
+//! by the empirical distribution of the training events' raw scores; above the largest
+//! training raw score the score keeps growing towards 1 (`1 − 10^−(raw − max) / (n + 1)`), so
+//! the most extreme events stay ordered. Every score is explained exactly: each reason's
+//! contribution is the feature's surprisal, positive above the median, negative below.
 
 use std::path::Path;
 
@@ -17,6 +33,49 @@ pub const KIND: &str = "robust_zscore";
 const BASELINE_FILE: &str = "baseline.json";
 const QUANTILES: usize = 1000;
 
+/// Which side of a feature's distribution counts as evidence of abuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// High values (counts, error ratios, distinct ids, surprise).
+    Up,
+    /// Low values (gaps between requests, their variation).
+    Down,
+    /// Both.
+    Both,
+    /// Neither: context, not evidence about the client (population-wide rates, age).
+    Neither,
+}
+
+impl Side {
+    /// The side of a feature by its name (without the horizon), from what the engine's
+    /// features measure: more requests, errors, distinct objects or surprise than usual are
+    /// evidence, fewer are not; shorter and more regular gaps are evidence, longer are not;
+    /// the endpoint's traffic from all clients and the client's age describe context. Sizes,
+    /// the endpoint mix and unknown features count on both sides.
+    pub fn of(feature: &str) -> Self {
+        match base_of(feature) {
+            "req_count"
+            | "req_rate"
+            | "error_ratio"
+            | "auth_fail_ratio"
+            | "not_found_ratio"
+            | "throttled_ratio"
+            | "server_error_ratio"
+            | "distinct_endpoints"
+            | "distinct_ids"
+            | "seq_id_ratio"
+            | "surprise_mean"
+            | "transition_surprise"
+            | "endpoint_count"
+            | "endpoint_rate_ratio" => Self::Up,
+            "iat_mean" | "iat_min" | "iat_cv" | "secs_since_prev" => Self::Down,
+            "endpoint_pop_rate" | "client_age_secs" => Self::Neither,
+            _ => Self::Both,
+        }
+    }
+}
+
 /// Fitting parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RobustParams {
@@ -24,7 +83,7 @@ pub struct RobustParams {
     pub features: Vec<String>,
     /// How many of the largest |z| make the raw score.
     pub top_k: usize,
-    /// |z| is clipped here (a feature that never varied in training gets a tiny scale).
+    /// The distance past the training extreme (robust-scale units) is clipped here.
     pub z_clip: f64,
     /// Flag threshold on the calibrated score.
     pub threshold: f64,
@@ -36,25 +95,106 @@ impl Default for RobustParams {
             features: Vec::new(),
             top_k: 3,
             z_clip: 50.0,
-            threshold: 0.99,
+            threshold: 0.999,
         }
     }
+}
+
+/// The empirical tails of one transformed feature over the training events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tail {
+    /// Knots above the median, ascending, the last being the training maximum.
+    pub up: Vec<f64>,
+    /// Training events at or above each upper knot.
+    pub up_ge: Vec<u64>,
+    /// Training events strictly above each upper knot.
+    pub up_gt: Vec<u64>,
+    /// Knots below the median, descending, the last being the training minimum.
+    pub down: Vec<f64>,
+    /// Training events at or below each lower knot.
+    pub down_le: Vec<u64>,
+    /// Training events strictly below each lower knot.
+    pub down_lt: Vec<u64>,
 }
 
 /// The fitted parameters (`baseline.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Baseline {
+    /// Training events.
+    pub n: u64,
     /// Median of the transformed feature, per input feature.
     pub median: Vec<f64>,
     /// Robust scale of the transformed feature, per input feature.
     pub scale: Vec<f64>,
-    /// Largest |z| averaged into the raw score.
+    /// Empirical tails, per input feature.
+    pub tails: Vec<Tail>,
+    /// Which side of each input feature counts.
+    pub sides: Vec<Side>,
+    /// Largest group surprisals averaged into the raw score.
     pub top_k: usize,
-    /// |z| clip.
+    /// Clip of the distance past the training extreme, in robust-scale units.
     pub z_clip: f64,
     /// Quantiles of the training raw scores (ascending), for calibration.
     pub calibration: Vec<f64>,
+}
+
+/// A tail side prepared for scoring: knot values and surprisals at and just past each knot.
+#[derive(Debug, Clone, Default)]
+struct Knots {
+    knots: Vec<f64>,
+    /// −log10(share at or beyond the knot).
+    s_at: Vec<f64>,
+    /// −log10(share strictly beyond the knot).
+    s_past: Vec<f64>,
+}
+
+impl Knots {
+    fn new(knots: &[f64], at: &[u64], past: &[u64], n: u64) -> Self {
+        let s = |c: u64| -((c.max(1) as f64) / n as f64).log10();
+        Self {
+            knots: knots.to_vec(),
+            s_at: at.iter().map(|&c| s(c)).collect(),
+            s_past: past.iter().map(|&c| s(c)).collect(),
+        }
+    }
+
+    /// Surprisal of a value `d` (distance from the median, in this side's direction, with
+    /// knots given as distances too) that is within the knots; `None` past the last.
+    fn surprisal(&self, d: f64) -> Option<f64> {
+        let i = self.knots.partition_point(|k| *k <= d);
+        if i == 0 {
+            return Some(0.0);
+        }
+        let i = i - 1;
+        if d == self.knots[i] {
+            return Some(self.s_at[i]);
+        }
+        if i + 1 == self.knots.len() {
+            return None;
+        }
+        let f = (d - self.knots[i]) / (self.knots[i + 1] - self.knots[i]);
+        Some(self.s_past[i] + f * (self.s_at[i + 1] - self.s_past[i]))
+    }
+}
+
+/// Both sides of a feature, as distances from the median.
+#[derive(Debug, Clone, Default)]
+struct Prepared {
+    up: Knots,
+    down: Knots,
+}
+
+impl Prepared {
+    fn new(t: &Tail, median: f64, n: u64) -> Self {
+        let up: Vec<f64> = t.up.iter().map(|v| v - median).collect();
+        let down: Vec<f64> = t.down.iter().map(|v| median - v).collect();
+        Self {
+            up: Knots::new(&up, &t.up_ge, &t.up_gt, n),
+            down: Knots::new(&down, &t.down_le, &t.down_lt, n),
+        }
+    }
 }
 
 /// One feature's part in a score.
@@ -79,6 +219,43 @@ pub struct Scored {
     pub raw: f64,
     /// Largest contributions first.
     pub reasons: Vec<Reason>,
+}
+
+/// Knots of one side: the values exceeded by 1/2, 1/4, … of the sorted column `c`, with
+/// their counts at-or-beyond and beyond.
+fn tail_of(c: &[f64]) -> Tail {
+    let n = c.len();
+    let mut t = Tail {
+        up: Vec::new(),
+        up_ge: Vec::new(),
+        up_gt: Vec::new(),
+        down: Vec::new(),
+        down_le: Vec::new(),
+        down_lt: Vec::new(),
+    };
+    let mut l = 1u32;
+    loop {
+        let k = ((n as f64) / f64::from(2u32).powi(l as i32))
+            .ceil()
+            .max(1.0) as usize;
+        let hi = c[n - k];
+        if t.up.last() != Some(&hi) {
+            t.up.push(hi);
+            t.up_ge.push((n - c.partition_point(|v| *v < hi)) as u64);
+            t.up_gt.push((n - c.partition_point(|v| *v <= hi)) as u64);
+        }
+        let lo = c[k - 1];
+        if t.down.last() != Some(&lo) {
+            t.down.push(lo);
+            t.down_le.push(c.partition_point(|v| *v <= lo) as u64);
+            t.down_lt.push(c.partition_point(|v| *v < lo) as u64);
+        }
+        if k == 1 {
+            break;
+        }
+        l += 1;
+    }
+    t
 }
 
 fn t(x: f64) -> f64 {
@@ -111,9 +288,98 @@ pub struct RobustModel {
     pub baseline: Baseline,
     /// Registry positions of the input features.
     idx: Vec<usize>,
+    /// Tails as distances from the median with their surprisals.
+    prepared: Vec<Prepared>,
+    /// Evidence group of each input feature (the feature name without its horizon).
+    groups: Vec<usize>,
+    n_groups: usize,
+}
+
+/// A feature's name without its horizon suffix (`error_ratio_10s` → `error_ratio`).
+fn base_of(name: &str) -> &str {
+    match name.rsplit_once('_') {
+        Some((base, h))
+            if h.len() >= 2
+                && h[..h.len() - 1].bytes().all(|b| b.is_ascii_digit())
+                && matches!(h.as_bytes()[h.len() - 1], b's' | b'm' | b'h' | b'd') =>
+        {
+            base
+        }
+        _ => name,
+    }
 }
 
 impl RobustModel {
+    fn prepare(&mut self) {
+        let b = &self.baseline;
+        self.prepared = b
+            .tails
+            .iter()
+            .zip(&b.median)
+            .map(|(t, &m)| Prepared::new(t, m, b.n))
+            .collect();
+        let mut bases: Vec<&str> = Vec::new();
+        self.groups = self
+            .manifest
+            .features
+            .iter()
+            .map(|f| {
+                let b = base_of(f);
+                bases.iter().position(|x| *x == b).unwrap_or_else(|| {
+                    bases.push(b);
+                    bases.len() - 1
+                })
+            })
+            .collect();
+        self.n_groups = bases.len();
+    }
+
+    /// Per evidence group, the input feature with the largest |surprisal| and its signed
+    /// surprisal (`(0, usize::MAX)` for a group without a finite value); `y` yields each
+    /// input feature's transformed value, `None` when not finite.
+    fn group_best(&self, y: impl Iterator<Item = Option<f64>>, out: &mut Vec<(f64, usize)>) {
+        out.clear();
+        out.resize(self.n_groups, (0.0, usize::MAX));
+        for (k, y) in y.enumerate() {
+            let Some(y) = y else { continue };
+            let s = self.surprisal(k, y);
+            let g = &mut out[self.groups[k]];
+            if g.1 == usize::MAX || s.abs() > g.0.abs() {
+                *g = (s, k);
+            }
+        }
+    }
+
+    /// Signed surprisal of feature `k` at transformed value `y` (positive above the median).
+    fn surprisal(&self, k: usize, y: f64) -> f64 {
+        let b = &self.baseline;
+        let d = y - b.median[k];
+        let counts = match b.sides[k] {
+            Side::Both => true,
+            Side::Up => d > 0.0,
+            Side::Down => d < 0.0,
+            Side::Neither => false,
+        };
+        if !counts {
+            return 0.0;
+        }
+        let (side, sign) = if d >= 0.0 {
+            (&self.prepared[k].up, 1.0)
+        } else {
+            (&self.prepared[k].down, -1.0)
+        };
+        let d = d.abs();
+        let s = match side.surprisal(d) {
+            Some(s) => s,
+            None => {
+                let last = side.knots.last().copied().unwrap_or(0.0);
+                let past = ((d - last) / b.scale[k]).min(b.z_clip);
+                ((b.n + 1) as f64).log10() + past.ln_1p() / std::f64::consts::LN_10
+            }
+        };
+        sign * s
+    }
+
     /// Fits the model on feature rows (registry order, as the engine emits them).
     pub fn fit<'a>(
         registry: &Registry,
@@ -159,9 +425,11 @@ impl RobustModel {
         }
         let mut med = Vec::with_capacity(idx.len());
         let mut scale = Vec::with_capacity(idx.len());
+        let mut tails = Vec::with_capacity(idx.len());
         for c in &cols {
             let mut v = c.clone();
-            let m = median(&mut v);
+            v.sort_by(f64::total_cmp);
+            let m = median(&mut v.clone());
             let mut dev: Vec<f64> = c.iter().map(|x| (x - m).abs()).collect();
             let mean_abs = dev.iter().sum::<f64>() / dev.len() as f64;
             let mad = median(&mut dev);
@@ -170,7 +438,9 @@ impl RobustModel {
             let s = (1.4826 * mad).max(1.2533 * mean_abs).max(1e-6);
             med.push(m);
             scale.push(s);
+            tails.push(tail_of(&v));
         }
+        let sides: Vec<Side> = features.iter().map(|f| Side::of(f)).collect();
         let mut model = Self {
             manifest: Manifest {
                 format_version: MANIFEST_FORMAT,
@@ -190,27 +460,30 @@ impl RobustModel {
                 ensemble: None,
             },
             baseline: Baseline {
+                n,
                 median: med,
                 scale,
+                tails,
+                sides,
                 top_k: params.top_k,
                 z_clip: params.z_clip,
                 calibration: Vec::new(),
             },
             idx,
+            prepared: Vec::new(),
+            groups: Vec::new(),
+            n_groups: 0,
         };
+        model.prepare();
         model.manifest.training.events = n;
+        let mut best = Vec::new();
+        let mut ss = Vec::new();
         let mut raws: Vec<f64> = (0..n as usize)
             .map(|r| {
-                let mut zs: Vec<f64> = cols
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| {
-                        ((c[r] - model.baseline.median[k]) / model.baseline.scale[k])
-                            .abs()
-                            .min(params.z_clip)
-                    })
-                    .collect();
-                top_mean(&mut zs, params.top_k)
+                model.group_best(cols.iter().map(|c| Some(c[r])), &mut best);
+                ss.clear();
+                ss.extend(best.iter().map(|(s, _)| s.abs()));
+                top_mean(&mut ss, params.top_k)
             })
             .collect();
         raws.sort_by(f64::total_cmp);
@@ -269,8 +542,24 @@ impl RobustModel {
             })?;
         let n = idx.len();
         let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        let tail_ok = |t: &Tail| {
+            let side = |v: &[f64], a: &[u64], b: &[u64], asc: bool| {
+                !v.is_empty()
+                    && v.len() == a.len()
+                    && v.len() == b.len()
+                    && finite(v)
+                    && v.windows(2)
+                        .all(|w| if asc { w[0] < w[1] } else { w[0] > w[1] })
+                    && a.iter().zip(b).all(|(x, y)| x >= y && *x <= baseline.n)
+            };
+            side(&t.up, &t.up_ge, &t.up_gt, true) && side(&t.down, &t.down_le, &t.down_lt, false)
+        };
         if baseline.median.len() != n
             || baseline.scale.len() != n
+            || baseline.tails.len() != n
+            || baseline.sides.len() != n
+            || baseline.n == 0
+            || !baseline.tails.iter().all(tail_ok)
             || !finite(&baseline.median)
             || baseline.scale.iter().any(|s| !(s.is_finite() && *s > 0.0))
             || baseline.calibration.len() < 2
@@ -281,15 +570,20 @@ impl RobustModel {
             return Err(ModelError::Corrupt {
                 path: path.display().to_string(),
                 reason: format!(
-                    "expected {n} finite medians, {n} positive scales, top_k ≥ 1 and ascending calibration quantiles"
+                    "expected {n} finite medians, {n} positive scales, {n} sides, {n} tails with ordered knots and counts ≤ n, top_k ≥ 1 and ascending calibration quantiles"
                 ),
             });
         }
-        Ok(Self {
+        let mut m = Self {
             manifest,
             baseline,
             idx,
-        })
+            prepared: Vec::new(),
+            groups: Vec::new(),
+            n_groups: 0,
+        };
+        m.prepare();
+        Ok(m)
     }
 
     /// Writes the model folder (`manifest.json`, `baseline.json`).
@@ -307,45 +601,47 @@ impl RobustModel {
     /// nothing (the engine never produces them).
     pub fn score(&self, features: &[f64], reasons: usize) -> Scored {
         let b = &self.baseline;
-        let mut zs: Vec<(f64, usize)> = self
-            .idx
-            .iter()
-            .enumerate()
-            .map(|(k, &i)| {
+        let mut ss: Vec<(f64, usize)> = Vec::new();
+        self.group_best(
+            self.idx.iter().map(|&i| {
                 let x = features[i];
-                let z = if x.is_finite() {
-                    ((t(x) - b.median[k]) / b.scale[k]).clamp(-b.z_clip, b.z_clip)
-                } else {
-                    0.0
-                };
-                (z, k)
-            })
-            .collect();
-        // Largest |z| first, ties by feature order; only the first `m` need ordering.
+                x.is_finite().then(|| t(x))
+            }),
+            &mut ss,
+        );
+        ss.retain(|g| g.1 != usize::MAX);
+        if ss.is_empty() {
+            return Scored {
+                score: calibrate_open(&b.calibration, 0.0, b.n),
+                raw: 0.0,
+                reasons: Vec::new(),
+            };
+        }
+        // Largest surprisal first, ties by feature order; only the first `m` need ordering.
         let by_size = |a: &(f64, usize), c: &(f64, usize)| {
             c.0.abs().total_cmp(&a.0.abs()).then(a.1.cmp(&c.1))
         };
-        let m = b.top_k.max(reasons).min(zs.len());
-        if m < zs.len() {
-            zs.select_nth_unstable_by(m, by_size);
-            zs.truncate(m);
+        let m = b.top_k.max(reasons).min(ss.len());
+        if m < ss.len() {
+            ss.select_nth_unstable_by(m, by_size);
+            ss.truncate(m);
         }
-        zs.sort_by(by_size);
-        let k = b.top_k.min(zs.len());
-        let raw = zs[..k].iter().map(|(z, _)| z.abs()).sum::<f64>() / k as f64;
-        let reasons = zs
+        ss.sort_by(by_size);
+        let k = b.top_k.min(ss.len());
+        let raw = ss[..k].iter().map(|(s, _)| s.abs()).sum::<f64>() / k as f64;
+        let reasons = ss
             .iter()
             .take(reasons)
-            .filter(|(z, _)| *z != 0.0)
-            .map(|&(z, k)| Reason {
+            .filter(|(s, _)| *s != 0.0)
+            .map(|&(s, k)| Reason {
                 feature: self.manifest.features[k].clone(),
                 value: features[self.idx[k]],
                 baseline: t_inv(b.median[k]),
-                contribution: z,
+                contribution: s,
             })
             .collect();
         Scored {
-            score: calibrate(&b.calibration, raw),
+            score: calibrate_open(&b.calibration, raw, b.n),
             raw,
             reasons,
         }
@@ -379,6 +675,18 @@ fn top_mean(zs: &mut [f64], k: usize) -> f64 {
     let k = k.min(zs.len());
     zs.sort_by(|a, b| b.total_cmp(a));
     zs[..k].iter().sum::<f64>() / k as f64
+}
+
+/// [`calibrate`] scaled to [0, 1 − 1/(n + 1)] within the quantiles, and growing towards 1
+/// past the largest: `1 − 10^−(raw − max) / (n + 1)`.
+fn calibrate_open(q: &[f64], raw: f64, n: u64) -> f64 {
+    let top = 1.0 / (n + 1) as f64;
+    let last = q[q.len() - 1];
+    if raw > last {
+        1.0 - top * 10f64.powf(-(raw - last))
+    } else {
+        calibrate(q, raw) * (1.0 - top)
+    }
 }
 
 /// Position of `raw` in the calibration quantiles in [0, 1]: linearly interpolated between

@@ -47,11 +47,22 @@ fn typical(reg: &Registry) -> Vec<f64> {
         .collect()
 }
 
+/// Fitted on three features (two noisy, one constant) with `top_k = 1`: with many
+/// independent noisy features, most rows would hold some training extreme, and a mean of
+/// several surprisals would dilute one outlier among typical values.
 fn fit(reg: &Registry) -> RobustModel {
     let data = rows(reg, 2000);
     RobustModel::fit(
         reg,
-        &RobustParams::default(),
+        &RobustParams {
+            top_k: 1,
+            features: vec![
+                "distinct_ids_10m".into(),
+                "bytes_mean_1h".into(),
+                "throttled_ratio_10s".into(),
+            ],
+            ..RobustParams::default()
+        },
         data.iter().map(Vec::as_slice),
         "t",
         training(),
@@ -84,23 +95,116 @@ fn outliers_score_high_and_are_explained_exactly() {
     let top = &s.reasons[0];
     assert_eq!(top.feature, "distinct_ids_10m");
     assert_eq!(top.value, 400.0);
-    // The contribution is exactly the robust z of the transformed value.
+    // Past the training maximum, the contribution is log10(n + 1) plus log10(1 + distance
+    // past the maximum in robust-scale units).
     let k = m
         .manifest
         .features
         .iter()
         .position(|n| n == "distinct_ids_10m")
         .unwrap();
-    let z = (400f64.ln_1p() - m.baseline.median[k]) / m.baseline.scale[k];
-    assert_eq!(top.contribution, z.min(m.baseline.z_clip));
-    assert!((top.baseline - m.baseline.median[k].exp_m1()).abs() < 1e-9);
+    let b = &m.baseline;
+    let max = *b.tails[k].up.last().unwrap();
+    let past = ((400f64.ln_1p() - max) / b.scale[k]).min(b.z_clip);
+    let want = 2001f64.log10() + past.ln_1p() / std::f64::consts::LN_10;
+    assert!(
+        (top.contribution - want).abs() < 1e-12,
+        "{} {want}",
+        top.contribution
+    );
+    assert!((top.baseline - b.median[k].exp_m1()).abs() < 1e-9);
 
-    // A feature that never varied in training gets the scale floor, and any change is clipped.
-    let mut flat = normal;
+    // A feature that never varied in training: any change is past the extreme, its
+    // distance clipped.
+    let mut flat = normal.clone();
     flat[5] = 1.0;
     let s = m.score(&flat, 1);
-    assert_eq!(s.reasons[0].contribution, m.baseline.z_clip);
+    let want = 2001f64.log10() + 51f64.log10();
+    assert!((s.reasons[0].contribution - want).abs() < 1e-12);
     assert!(s.score.is_finite() && (0.0..=1.0).contains(&s.score));
+    // Farther past the extreme scores higher.
+    let mut more = odd.clone();
+    more[f] = 4000.0;
+    assert!(m.score(&more, 0).score > m.score(&odd, 0).score);
+    // Below the median counts negative where low values are evidence (sizes: both sides),
+    // and not at all where only high values are (distinct ids).
+    let b = reg.index_of("bytes_mean_1h").unwrap();
+    let mut low = normal.clone();
+    low[b] = 0.0;
+    let s = m.score(&low, 1);
+    assert_eq!(s.reasons[0].feature, "bytes_mean_1h");
+    assert!(s.reasons[0].contribution < -3.0);
+    let mut few = normal;
+    few[f] = 0.0;
+    assert!(
+        m.score(&few, 3)
+            .reasons
+            .iter()
+            .all(|r| r.feature != "distinct_ids_10m")
+    );
+    assert_eq!(
+        m.baseline.sides[k],
+        gatewatch_models::Side::Up,
+        "distinct ids count only upwards"
+    );
+}
+
+#[test]
+fn surprisal_is_the_training_share_at_least_as_extreme() {
+    // One feature column: 900 zeros, 90 ones, 9 twos, 1 three (ties, like a sparse count).
+    let reg = registry();
+    let f = reg.index_of("server_error_ratio_1m").unwrap();
+    let data: Vec<Vec<f64>> = (0..1000)
+        .map(|i| {
+            let mut r = vec![0.0; reg.len()];
+            r[f] = match i {
+                0..900 => 0.0,
+                900..990 => 1.0,
+                990..999 => 2.0,
+                _ => 3.0,
+            };
+            r
+        })
+        .collect();
+    let params = RobustParams {
+        features: vec!["server_error_ratio_1m".into()],
+        top_k: 1,
+        ..RobustParams::default()
+    };
+    let m = RobustModel::fit(
+        &reg,
+        &params,
+        data.iter().map(Vec::as_slice),
+        "t",
+        training(),
+    )
+    .unwrap();
+    let at = |v: f64| {
+        let mut r = vec![0.0; reg.len()];
+        r[f] = v;
+        m.score(&r, 1)
+            .reasons
+            .first()
+            .map_or(0.0, |x| x.contribution)
+    };
+    assert_eq!(at(0.0), 0.0);
+    // 100 of 1000 at or above 1, 10 at or above 2, 1 at 3.
+    assert!((at(1.0) - 1.0).abs() < 1e-9, "{}", at(1.0));
+    assert!((at(2.0) - 2.0).abs() < 1e-9, "{}", at(2.0));
+    assert!((at(3.0) - 3.0).abs() < 1e-9, "{}", at(3.0));
+    // Between two values: the share strictly beyond the lower one (10 of 1000 above 1.5).
+    let mid = at(1.5);
+    assert!((mid - 2.0).abs() < 1e-9, "{mid}");
+    // Past the maximum: more than log10(n + 1).
+    assert!(at(3.5) > 1001f64.log10());
+    // The calibrated score orders like the surprisal, and stays below 1.
+    let score = |v: f64| {
+        let mut r = vec![0.0; reg.len()];
+        r[f] = v;
+        m.score(&r, 0).score
+    };
+    assert!(score(0.0) < score(1.0) && score(1.0) < score(2.0) && score(2.0) <= score(3.0));
+    assert!(score(3.0) < score(10.0) && score(10.0) < 1.0);
 }
 
 #[test]
@@ -139,11 +243,11 @@ fn wrong_model_folders_are_refused_with_the_reason() {
 
     std::fs::write(
         p.join("manifest.json"),
-        manifest.replace("\"req_rate_1m\"", "\"req_rate_2m\""),
+        manifest.replace("\"bytes_mean_1h\"", "\"bytes_mean_2h\""),
     )
     .unwrap();
     let e = load();
-    assert!(e.to_string().contains("req_rate_2m"), "{e}");
+    assert!(e.to_string().contains("bytes_mean_2h"), "{e}");
 
     std::fs::write(
         p.join("manifest.json"),
@@ -164,6 +268,17 @@ fn wrong_model_folders_are_refused_with_the_reason() {
     std::fs::write(p.join("baseline.json"), baseline.replacen("[", "[-1.0,", 1)).unwrap();
     let e = load();
     assert!(e.to_string().contains("baseline.json"), "{e}");
+    // Tail knots out of order.
+    let mut b: serde_json::Value = serde_json::from_str(&baseline).unwrap();
+    b["tails"][0]["up"].as_array_mut().unwrap().reverse();
+    std::fs::write(p.join("baseline.json"), b.to_string()).unwrap();
+    let e = load();
+    assert!(e.to_string().contains("tails with ordered knots"), "{e}");
+    // A count above the training events.
+    let mut b: serde_json::Value = serde_json::from_str(&baseline).unwrap();
+    b["tails"][1]["down_le"][0] = serde_json::json!(1_000_000);
+    std::fs::write(p.join("baseline.json"), b.to_string()).unwrap();
+    assert!(load().to_string().contains("counts ≤ n"));
 
     std::fs::remove_file(p.join("baseline.json")).unwrap();
     let e = load();
