@@ -319,7 +319,16 @@ struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, client: &str, label: &str, score: f64, flagged: bool, reason: &str) {
+    /// One event; `reason` writes the top reason, called only when the event is its
+    /// client's highest-scoring so far.
+    fn add(
+        &mut self,
+        client: &str,
+        label: &str,
+        score: f64,
+        flagged: bool,
+        reason: impl FnOnce(&mut String),
+    ) {
         if !self.clients.contains_key(client) {
             self.clients
                 .insert(client.to_string(), ClientSummary::default());
@@ -330,7 +339,7 @@ impl Summary {
         if score > c.max || c.events == 1 {
             c.max = score;
             c.top_reason.clear();
-            c.top_reason.push_str(reason);
+            reason(&mut c.top_reason);
         }
         if !label.is_empty() {
             if c.label != label {
@@ -383,7 +392,6 @@ impl Scoring {
         scorer.score_batch(&p.batch, stride, reasons, scores)?;
         let k = scorer.members.len();
         line.clear();
-        let mut why = String::new();
         for i in 0..p.batch.len() {
             let flagged = scores.flagged[i];
             let rs = &scores.reasons[i];
@@ -424,29 +432,30 @@ impl Scoring {
                 write_json_str(line, model_id);
                 line.push_str("}\n");
             }
-            why.clear();
-            if let Some(x) = rs.first() {
-                use std::fmt::Write as _;
-                let (what, digits) = match scorer.members[scores.decided_by[i]].detector {
-                    Detector::Robust(_) => ("surprisal", 1),
-                    Detector::Volumetric(_) => ("×", 1),
-                    Detector::Onnx(_) => ("score change", 3),
-                };
-                let _ = write!(
-                    why,
-                    "{member}: {} = {} (baseline {:.3}, {what} {:+.digits$})",
-                    x.feature,
-                    short(x.value),
-                    x.baseline,
-                    x.contribution
-                );
-            }
+            let detector = &scorer.members[scores.decided_by[i]].detector;
             summary.add(
                 slice(&p.keys, &p.key_ends, i),
                 slice(&p.labels, &p.label_ends, i),
                 scores.score[i],
                 flagged,
-                &why,
+                |why| {
+                    if let Some(x) = rs.first() {
+                        use std::fmt::Write as _;
+                        let (what, digits) = match detector {
+                            Detector::Robust(_) => ("surprisal", 1),
+                            Detector::Volumetric(_) => ("×", 1),
+                            Detector::Onnx(_) => ("score change", 3),
+                        };
+                        let _ = write!(
+                            why,
+                            "{member}: {} = {} (baseline {:.3}, {what} {:+.digits$})",
+                            x.feature,
+                            short(x.value),
+                            x.baseline,
+                            x.contribution
+                        );
+                    }
+                },
             );
         }
         if let Some(o) = out {

@@ -1,7 +1,7 @@
 //! Robust z-scores against population quantiles, with empirical tails.
 //!
 //! Per feature, the model keeps the median and a robust scale (MAD) of the transformed value
-//! `y = sign(x)·ln(1 + |x|)` over the training events, and the empirical tails of `y` on both
+//! `y = sign(x)·ln(1 + |x|)` over the training events, and the empirical tails of `x` on both
 //! sides of the median: knots at the training values exceeded by 1/2, 1/4, 1/8, … of the
 //! events, down to the extreme, each with the exact count of training events at or beyond
 //! it (ties included). A feature's **surprisal** for an event is `−log10` of the share of
@@ -100,17 +100,19 @@ impl Default for RobustParams {
     }
 }
 
-/// The empirical tails of one transformed feature over the training events.
+/// The empirical tails of one feature over the training events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tail {
-    /// Knots above the median, ascending, the last being the training maximum.
+    /// Knots above the median (in the feature's unit), ascending, the last being the
+    /// training maximum.
     pub up: Vec<f64>,
     /// Training events at or above each upper knot.
     pub up_ge: Vec<u64>,
     /// Training events strictly above each upper knot.
     pub up_gt: Vec<u64>,
-    /// Knots below the median, descending, the last being the training minimum.
+    /// Knots below the median (in the feature's unit), descending, the last being the
+    /// training minimum.
     pub down: Vec<f64>,
     /// Training events at or below each lower knot.
     pub down_le: Vec<u64>,
@@ -140,10 +142,13 @@ pub struct Baseline {
     pub calibration: Vec<f64>,
 }
 
-/// A tail side prepared for scoring: knot values and surprisals at and just past each knot.
+/// A tail side prepared for scoring, oriented so that larger means farther from the median
+/// (the lower side is negated: `t` is odd, so `t(−x) = −t(x)`): knot values, their
+/// transforms, and surprisals at and just past each knot.
 #[derive(Debug, Clone, Default)]
 struct Knots {
-    knots: Vec<f64>,
+    x: Vec<f64>,
+    y: Vec<f64>,
     /// −log10(share at or beyond the knot).
     s_at: Vec<f64>,
     /// −log10(share strictly beyond the knot).
@@ -151,48 +156,54 @@ struct Knots {
 }
 
 impl Knots {
-    fn new(knots: &[f64], at: &[u64], past: &[u64], n: u64) -> Self {
+    fn new(x: Vec<f64>, at: &[u64], past: &[u64], n: u64) -> Self {
         let s = |c: u64| -((c.max(1) as f64) / n as f64).log10();
         Self {
-            knots: knots.to_vec(),
+            y: x.iter().map(|&v| t(v)).collect(),
+            x,
             s_at: at.iter().map(|&c| s(c)).collect(),
             s_past: past.iter().map(|&c| s(c)).collect(),
         }
     }
 
-    /// Surprisal of a value `d` (distance from the median, in this side's direction, with
-    /// knots given as distances too) that is within the knots; `None` past the last.
-    fn surprisal(&self, d: f64) -> Option<f64> {
-        let i = self.knots.partition_point(|k| *k <= d);
+    /// Surprisal of an (oriented) value within the knots; `None` past the last. Only a value
+    /// strictly between two knots needs its transform.
+    fn surprisal(&self, v: f64) -> Option<f64> {
+        let i = self.x.partition_point(|k| *k <= v);
         if i == 0 {
             return Some(0.0);
         }
         let i = i - 1;
-        if d == self.knots[i] {
+        if v == self.x[i] {
             return Some(self.s_at[i]);
         }
-        if i + 1 == self.knots.len() {
+        if i + 1 == self.x.len() {
             return None;
         }
-        let f = (d - self.knots[i]) / (self.knots[i + 1] - self.knots[i]);
+        let f = (t(v) - self.y[i]) / (self.y[i + 1] - self.y[i]);
         Some(self.s_past[i] + f * (self.s_at[i + 1] - self.s_past[i]))
     }
 }
 
-/// Both sides of a feature, as distances from the median.
+/// Both sides of a feature and the value that splits them.
 #[derive(Debug, Clone, Default)]
 struct Prepared {
+    split: f64,
     up: Knots,
     down: Knots,
 }
 
 impl Prepared {
     fn new(t: &Tail, median: f64, n: u64) -> Self {
-        let up: Vec<f64> = t.up.iter().map(|v| v - median).collect();
-        let down: Vec<f64> = t.down.iter().map(|v| median - v).collect();
         Self {
-            up: Knots::new(&up, &t.up_ge, &t.up_gt, n),
-            down: Knots::new(&down, &t.down_le, &t.down_lt, n),
+            split: t_inv(median),
+            up: Knots::new(t.up.clone(), &t.up_ge, &t.up_gt, n),
+            down: Knots::new(
+                t.down.iter().map(|v| -v).collect(),
+                &t.down_le,
+                &t.down_lt,
+                n,
+            ),
         }
     }
 }
@@ -335,14 +346,14 @@ impl RobustModel {
     }
 
     /// Per evidence group, the input feature with the largest |surprisal| and its signed
-    /// surprisal (`(0, usize::MAX)` for a group without a finite value); `y` yields each
-    /// input feature's transformed value, `None` when not finite.
-    fn group_best(&self, y: impl Iterator<Item = Option<f64>>, out: &mut Vec<(f64, usize)>) {
+    /// surprisal (`(0, usize::MAX)` for a group without a finite value); `x` yields each
+    /// input feature's value, `None` when not finite.
+    fn group_best(&self, x: impl Iterator<Item = Option<f64>>, out: &mut Vec<(f64, usize)>) {
         out.clear();
         out.resize(self.n_groups, (0.0, usize::MAX));
-        for (k, y) in y.enumerate() {
-            let Some(y) = y else { continue };
-            let s = self.surprisal(k, y);
+        for (k, x) in x.enumerate() {
+            let Some(x) = x else { continue };
+            let s = self.surprisal(k, x);
             let g = &mut out[self.groups[k]];
             if g.1 == usize::MAX || s.abs() > g.0.abs() {
                 *g = (s, k);
@@ -350,30 +361,30 @@ impl RobustModel {
         }
     }
 
-    /// Signed surprisal of feature `k` at transformed value `y` (positive above the median).
-    fn surprisal(&self, k: usize, y: f64) -> f64 {
+    /// Signed surprisal of feature `k` at value `x` (positive above the median).
+    fn surprisal(&self, k: usize, x: f64) -> f64 {
         let b = &self.baseline;
-        let d = y - b.median[k];
+        let p = &self.prepared[k];
+        let up = x >= p.split;
         let counts = match b.sides[k] {
             Side::Both => true,
-            Side::Up => d > 0.0,
-            Side::Down => d < 0.0,
+            Side::Up => x > p.split,
+            Side::Down => x < p.split,
             Side::Neither => false,
         };
         if !counts {
             return 0.0;
         }
-        let (side, sign) = if d >= 0.0 {
-            (&self.prepared[k].up, 1.0)
+        let (side, v, sign) = if up {
+            (&p.up, x, 1.0)
         } else {
-            (&self.prepared[k].down, -1.0)
+            (&p.down, -x, -1.0)
         };
-        let d = d.abs();
-        let s = match side.surprisal(d) {
+        let s = match side.surprisal(v) {
             Some(s) => s,
             None => {
-                let last = side.knots.last().copied().unwrap_or(0.0);
-                let past = ((d - last) / b.scale[k]).min(b.z_clip);
+                let last = side.y.last().copied().unwrap_or(0.0);
+                let past = ((t(v) - last) / b.scale[k]).min(b.z_clip);
                 ((b.n + 1) as f64).log10() + past.ln_1p() / std::f64::consts::LN_10
             }
         };
@@ -414,7 +425,7 @@ impl RobustModel {
                         features[k]
                     )));
                 }
-                cols[k].push(t(x));
+                cols[k].push(x);
             }
             n += 1;
         }
@@ -429,8 +440,9 @@ impl RobustModel {
         for c in &cols {
             let mut v = c.clone();
             v.sort_by(f64::total_cmp);
-            let m = median(&mut v.clone());
-            let mut dev: Vec<f64> = c.iter().map(|x| (x - m).abs()).collect();
+            let y: Vec<f64> = v.iter().map(|&x| t(x)).collect();
+            let m = median(&mut y.clone());
+            let mut dev: Vec<f64> = y.iter().map(|x| (x - m).abs()).collect();
             let mean_abs = dev.iter().sum::<f64>() / dev.len() as f64;
             let mad = median(&mut dev);
             // MAD, or the mean absolute deviation when more than half the values equal the
@@ -600,14 +612,23 @@ impl RobustModel {
     /// Scores one event's features (registry order). Non-finite feature values contribute
     /// nothing (the engine never produces them).
     pub fn score(&self, features: &[f64], reasons: usize) -> Scored {
+        self.score_with(features, reasons, &mut Vec::new())
+    }
+
+    /// [`score`](Self::score) with a scratch buffer the caller keeps between events.
+    pub fn score_with(
+        &self,
+        features: &[f64],
+        reasons: usize,
+        ss: &mut Vec<(f64, usize)>,
+    ) -> Scored {
         let b = &self.baseline;
-        let mut ss: Vec<(f64, usize)> = Vec::new();
         self.group_best(
             self.idx.iter().map(|&i| {
                 let x = features[i];
-                x.is_finite().then(|| t(x))
+                x.is_finite().then_some(x)
             }),
-            &mut ss,
+            ss,
         );
         ss.retain(|g| g.1 != usize::MAX);
         if ss.is_empty() {

@@ -396,8 +396,13 @@ impl Scorer {
             let mut rs: Vec<Vec<Reason>> = Vec::new();
             match &mut m.detector {
                 Detector::Robust(d) => {
+                    let mut scratch = Vec::new();
                     for i in 0..n {
-                        let s = d.score(&batch.rows[i * stride..(i + 1) * stride], reasons);
+                        let s = d.score_with(
+                            &batch.rows[i * stride..(i + 1) * stride],
+                            reasons,
+                            &mut scratch,
+                        );
                         out.member[i * k + j] = s.score;
                         rs.push(s.reasons);
                     }

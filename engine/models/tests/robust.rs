@@ -105,7 +105,7 @@ fn outliers_score_high_and_are_explained_exactly() {
         .unwrap();
     let b = &m.baseline;
     let max = *b.tails[k].up.last().unwrap();
-    let past = ((400f64.ln_1p() - max) / b.scale[k]).min(b.z_clip);
+    let past = ((400f64.ln_1p() - max.ln_1p()) / b.scale[k]).min(b.z_clip);
     let want = 2001f64.log10() + past.ln_1p() / std::f64::consts::LN_10;
     assert!(
         (top.contribution - want).abs() < 1e-12,
