@@ -95,6 +95,11 @@ struct TrainArgs {
     /// Flag threshold of the volumetric detector (0.5: twice the endpoint's p99 peak).
     #[arg(long, default_value_t = 0.5)]
     rate_threshold: f64,
+    /// Detectors to fit, comma-separated: robust (z-scores with empirical tails),
+    /// volumetric (per-endpoint rate limits), pca (reconstruction error), gmm (Gaussian
+    /// mixture likelihood). The model folder holds one sub-folder per detector.
+    #[arg(long, default_value = "robust,volumetric")]
+    detectors: String,
     /// Endpoints listed in the rate-limit summary.
     #[arg(long, default_value_t = 10)]
     top: usize,

@@ -10,8 +10,8 @@ use gatewatch_event::write_json_str;
 use gatewatch_features::{FeatureEngine, Record, Registry};
 use gatewatch_models::{
     Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, MANIFEST_FORMAT,
-    Manifest, MemberSpec, PeakCollector, RobustModel, RobustParams, Scorer, Training,
-    VolumetricModel, VolumetricParams, volumetric,
+    Manifest, MemberSpec, MultiModel, MultiParams, PeakCollector, RobustModel, RobustParams,
+    Scorer, Training, VolumetricModel, VolumetricParams, volumetric,
 };
 
 use crate::pipeline::{Rejects, drive, remember, setup};
@@ -109,46 +109,80 @@ pub fn train(a: TrainArgs) -> Result<()> {
         ..RobustParams::default()
     };
     let registry = engine.registry();
-    let robust = RobustModel::fit(
-        registry,
-        &params,
-        rows.chunks_exact(n),
-        &format!("{}-robust", a.name),
-        training.clone(),
-    )?;
-    let mut members = vec![MemberSpec {
-        name: "robust".into(),
-        path: "robust".into(),
-        weight: 1.0,
-    }];
-    let mut artefacts = vec!["robust".to_string()];
-    robust.save(&a.output.join("robust"))?;
-    let vol = if count_at.is_some() {
-        let v = VolumetricModel::fit(
-            registry,
-            &VolumetricParams {
-                min_sessions: a.min_sessions,
-                threshold: a.rate_threshold,
-            },
-            &peaks,
-            &format!("{}-volumetric", a.name),
-            training.clone(),
-        )?;
-        v.save(&a.output.join("volumetric"))?;
+    let wanted: Vec<&str> = a
+        .detectors
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if let Some(bad) = wanted
+        .iter()
+        .find(|d| !["robust", "volumetric", "pca", "gmm"].contains(d))
+    {
+        anyhow::bail!(
+            "--detectors: unknown detector {bad:?} (known: robust, volumetric, pca, gmm)"
+        );
+    }
+    if wanted.is_empty() {
+        anyhow::bail!("--detectors: name at least one of robust, volumetric, pca, gmm");
+    }
+    let mut members = Vec::new();
+    let mut fitted = Vec::new();
+    let mut vol = None;
+    for &d in &wanted {
+        let name = format!("{}-{d}", a.name);
+        let dir = a.output.join(d);
+        let t0 = Instant::now();
+        match d {
+            "robust" => RobustModel::fit(
+                registry,
+                &params,
+                rows.chunks_exact(n),
+                &name,
+                training.clone(),
+            )?
+            .save(&dir)?,
+            "volumetric" => {
+                if count_at.is_none() {
+                    anyhow::bail!(
+                        "the configuration has no {} feature, which the volumetric detector reads",
+                        volumetric::FEATURE
+                    );
+                }
+                let v = VolumetricModel::fit(
+                    registry,
+                    &VolumetricParams {
+                        min_sessions: a.min_sessions,
+                        threshold: a.rate_threshold,
+                    },
+                    &peaks,
+                    &name,
+                    training.clone(),
+                )?;
+                v.save(&dir)?;
+                vol = Some(v);
+            }
+            kind => MultiModel::fit(
+                kind,
+                registry,
+                &MultiParams {
+                    threshold: a.threshold,
+                    ..MultiParams::default()
+                },
+                rows.chunks_exact(n),
+                &name,
+                training.clone(),
+            )?
+            .save(&dir)?,
+        }
+        fitted.push(format!("{d} ({:.1} s)", t0.elapsed().as_secs_f64()));
         members.push(MemberSpec {
-            name: "volumetric".into(),
-            path: "volumetric".into(),
+            name: d.into(),
+            path: d.into(),
             weight: 1.0,
         });
-        artefacts.push("volumetric".into());
-        Some(v)
-    } else {
-        eprintln!(
-            "gatewatch train: the configuration has no {} feature; no volumetric detector",
-            volumetric::FEATURE
-        );
-        None
-    };
+    }
+    let artefacts = wanted.iter().map(|d| d.to_string()).collect();
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT,
         name: a.name.clone(),
@@ -169,13 +203,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     manifest.save(&a.output)?;
     let mut e = format!(
-        "gatewatch train: fitted {}@1 (robust z-scores{}) on {} events of {} clients ({} skipped by the label filter, {} rejected lines) in {:.2} s; wrote {}\n",
+        "gatewatch train: fitted {}@1 ({}) on {} events of {} clients ({} skipped by the label filter, {} rejected lines) in {:.2} s; wrote {}\n",
         a.name,
-        if vol.is_some() {
-            " + per-endpoint rate limits"
-        } else {
-            ""
-        },
+        fitted.join(", "),
         manifest.training.events,
         clients.len(),
         skipped,
@@ -445,6 +475,7 @@ impl Scoring {
                             Detector::Robust(_) => ("surprisal", 1),
                             Detector::Volumetric(_) => ("×", 1),
                             Detector::Onnx(_) => ("score change", 3),
+                            Detector::Multi(_) => ("contribution", 2),
                         };
                         let _ = write!(
                             why,

@@ -726,3 +726,59 @@ fn an_ensemble_can_mix_baselines_and_an_onnx_model() {
     );
     assert!(out.status.success());
 }
+
+#[test]
+fn train_fits_the_named_detectors_and_refuses_unknown_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "5",
+            "--duration",
+            "4m",
+            "--users",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let m = dir.path().join("m");
+    let out = run_with_stdin(
+        &[
+            "train",
+            "--detectors",
+            "robust,pca,gmm",
+            "-o",
+            m.to_str().unwrap(),
+        ],
+        &sim.stdout,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for d in ["robust", "pca", "gmm"] {
+        assert!(m.join(d).join("manifest.json").exists(), "{d}");
+    }
+    assert!(!m.join("volumetric").exists());
+    let out = run_with_stdin(&["score", "--model", m.to_str().unwrap()], &sim.stdout);
+    assert!(out.status.success());
+    for r in lines(&out.stdout) {
+        let s = &r["scores"];
+        let max = ["robust", "pca", "gmm"]
+            .iter()
+            .map(|k| s[k].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(r["score"].as_f64().unwrap(), max);
+    }
+    let out = run_with_stdin(
+        &[
+            "train",
+            "--detectors",
+            "robust,svm",
+            "-o",
+            m.to_str().unwrap(),
+        ],
+        &sim.stdout,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown detector \"svm\""));
+}

@@ -3,12 +3,13 @@
 //! Model folders (`manifest.json` + artefacts) checked against the feature registry, holding
 //! one detector or an ensemble of named detectors: robust z-score baselines over the
 //! engine's feature vectors (exact explanations, calibrated scores), per-endpoint volumetric
-//! baselines with recommended rate limits, and ONNX models run by ONNX Runtime (loaded at run
-//! time). [`Scorer`] scores micro-batches of events with any of them. Univariate streaming
+//! baselines with recommended rate limits, PCA and Gaussian-mixture models fitted with linfa,
+//! and ONNX models run by ONNX Runtime (loaded at run time). [`Scorer`] scores micro-batches of events with any of them. Univariate streaming
 //! detectors work on plain `(timestamp, value)` series.
 
 mod error;
 mod manifest;
+pub mod multivariate;
 pub mod onnx;
 mod robust;
 mod scorer;
@@ -17,6 +18,7 @@ pub mod volumetric;
 
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
+pub use multivariate::{GMM_KIND, MultiModel, MultiParams, PCA_KIND};
 pub use onnx::{OnnxModel, OnnxSpec};
 pub use robust::{
     Baseline, KIND as ROBUST_KIND, Reason, RobustModel, RobustParams, Scored, Side, Tail,

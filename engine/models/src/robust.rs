@@ -700,7 +700,7 @@ fn top_mean(zs: &mut [f64], k: usize) -> f64 {
 
 /// [`calibrate`] scaled to [0, 1 − 1/(n + 1)] within the quantiles, and growing towards 1
 /// past the largest: `1 − 10^−(raw − max) / (n + 1)`.
-fn calibrate_open(q: &[f64], raw: f64, n: u64) -> f64 {
+pub(crate) fn calibrate_open(q: &[f64], raw: f64, n: u64) -> f64 {
     let top = 1.0 / (n + 1) as f64;
     let last = q[q.len() - 1];
     if raw > last {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::manifest::Manifest;
+use crate::multivariate::{self, MultiModel};
 use crate::onnx::{self, OnnxModel};
 use crate::robust::{self, Reason, RobustModel};
 use crate::volumetric::{self, VolumetricModel};
@@ -139,6 +140,8 @@ pub enum Detector {
     Robust(RobustModel),
     /// Per-endpoint rate baselines.
     Volumetric(VolumetricModel),
+    /// A PCA or Gaussian-mixture model (linfa).
+    Multi(Box<MultiModel>),
     /// An ONNX model.
     Onnx(Box<OnnxModel>),
 }
@@ -148,6 +151,7 @@ impl Detector {
         match self {
             Detector::Robust(m) => &m.manifest,
             Detector::Volumetric(m) => &m.manifest,
+            Detector::Multi(m) => &m.manifest,
             Detector::Onnx(m) => &m.manifest,
         }
     }
@@ -252,6 +256,14 @@ fn load_detector(folder: &Folder, registry: &Registry) -> Result<(Manifest, Opti
             &origin,
             registry,
         )?)),
+        multivariate::PCA_KIND | multivariate::GMM_KIND => {
+            Some(Detector::Multi(Box::new(MultiModel::from_text(
+                manifest.clone(),
+                &folder.read("params.json")?,
+                &origin,
+                registry,
+            )?)))
+        }
         onnx::KIND => match folder {
             Folder::Disk(dir) => Some(Detector::Onnx(Box::new(OnnxModel::from_manifest(
                 manifest.clone(),
@@ -270,9 +282,11 @@ fn load_detector(folder: &Folder, registry: &Registry) -> Result<(Manifest, Opti
             return Err(ModelError::Corrupt {
                 path: format!("{origin}/manifest.json"),
                 reason: format!(
-                    "detector kind {k:?} is not supported by this build (known: {}, {}, {}, {ENSEMBLE_KIND})",
+                    "detector kind {k:?} is not supported by this build (known: {}, {}, {}, {}, {}, {ENSEMBLE_KIND})",
                     robust::KIND,
                     volumetric::KIND,
+                    multivariate::PCA_KIND,
+                    multivariate::GMM_KIND,
                     onnx::KIND
                 ),
             });
@@ -348,6 +362,7 @@ impl Scorer {
         let member_name = match &detector {
             Detector::Robust(_) => robust::KIND.to_string(),
             Detector::Volumetric(_) => volumetric::KIND.to_string(),
+            Detector::Multi(m) => m.manifest.kind.clone(),
             Detector::Onnx(_) => name,
         };
         Self {
@@ -415,6 +430,13 @@ impl Scorer {
                         rs.push(r.into_iter().take(reasons).collect());
                     }
                 }
+                Detector::Multi(d) => {
+                    out.raw.clear();
+                    d.score_batch(&batch.rows, stride, &mut out.raw);
+                    for i in 0..n {
+                        out.member[i * k + j] = out.raw[i];
+                    }
+                }
                 Detector::Onnx(d) => {
                     out.raw.clear();
                     d.score_batch(&batch.rows, stride, &mut out.raw)?;
@@ -464,6 +486,9 @@ impl Scorer {
                         d.explain(&batch.rows[i * stride..(i + 1) * stride], reasons)?
                     }
                     Detector::Onnx(_) => Vec::new(),
+                    Detector::Multi(d) => {
+                        d.explain(&batch.rows[i * stride..(i + 1) * stride], reasons)
+                    }
                     _ => std::mem::take(&mut own[best][i]),
                 };
             }
