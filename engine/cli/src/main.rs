@@ -140,6 +140,11 @@ struct ScoreArgs {
     /// Events scored together (ONNX models run once per batch).
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Write the endpoint alerts (per-endpoint request rate, authentication failures and
+    /// errors per ten-second bucket, unusual against their own history) as NDJSON to this
+    /// file; the summary lists them either way.
+    #[arg(long)]
+    alerts: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

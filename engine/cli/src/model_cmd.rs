@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use gatewatch_event::write_json_str;
 use gatewatch_features::{FeatureEngine, Record, Registry};
 use gatewatch_models::{
-    Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, MANIFEST_FORMAT,
-    Manifest, MemberSpec, MultiModel, MultiParams, PeakCollector, RobustModel, RobustParams,
-    Scorer, Training, VolumetricModel, VolumetricParams, volumetric,
+    Alert, Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EndpointMonitor, EnsembleSpec,
+    Folder, MANIFEST_FORMAT, Manifest, MemberSpec, MonitorParams, MultiModel, MultiParams,
+    PeakCollector, RobustModel, RobustParams, Scorer, Training, VolumetricModel, VolumetricParams,
+    volumetric,
 };
 
 use crate::pipeline::{Rejects, drive, remember, setup};
@@ -293,6 +294,8 @@ struct Pending {
     key_ends: Vec<usize>,
     labels: String,
     label_ends: Vec<usize>,
+    /// Event time and status, for the endpoint monitor.
+    ts_status: Vec<(i64, u16)>,
 }
 
 fn slice<'a>(text: &'a str, ends: &[usize], i: usize) -> &'a str {
@@ -328,6 +331,7 @@ impl Pending {
             self.labels.push_str(l.trim_matches('"'));
         }
         self.label_ends.push(self.labels.len());
+        self.ts_status.push((r.event.ts_ms, r.event.status));
     }
 
     fn clear(&mut self) {
@@ -338,6 +342,7 @@ impl Pending {
         self.key_ends.clear();
         self.labels.clear();
         self.label_ends.clear();
+        self.ts_status.clear();
     }
 }
 
@@ -400,6 +405,7 @@ struct Scoring {
     line: String,
     summary: Summary,
     model_id: String,
+    monitor: EndpointMonitor,
 }
 
 impl Scoring {
@@ -414,6 +420,7 @@ impl Scoring {
             line,
             summary,
             model_id,
+            monitor,
         } = self;
         let (stride, reasons, model_id) = (*stride, *reasons, model_id.as_str());
         if p.batch.is_empty() {
@@ -423,6 +430,8 @@ impl Scoring {
         let k = scorer.members.len();
         line.clear();
         for i in 0..p.batch.len() {
+            let (ts, status) = p.ts_status[i];
+            monitor.add(p.batch.endpoint(i), ts, status);
             let flagged = scores.flagged[i];
             let rs = &scores.reasons[i];
             let member = &scorer.members[scores.decided_by[i]].name;
@@ -519,6 +528,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         scores: BatchScores::default(),
         line: String::with_capacity(1 << 16),
         summary: Summary::default(),
+        monitor: EndpointMonitor::new(MonitorParams::default())?,
     };
     let mut failed: Option<anyhow::Error> = None;
     let started = Instant::now();
@@ -607,8 +617,58 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             ));
         }
     }
+    let alerts = st.monitor.finish();
+    if let Some(path) = &a.alerts {
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        for x in &alerts {
+            let mut ts = String::new();
+            gatewatch_event::write_rfc3339_ms(x.bucket_start_ms, &mut ts);
+            let rec = serde_json::json!({
+                "ts": ts, "endpoint": x.endpoint, "metric": x.metric.name(),
+                "value": x.value, "expected": x.expected, "z": x.z, "score": x.score,
+            });
+            writeln!(w, "{rec}")?;
+        }
+        w.flush()?;
+    }
+    e.push_str(&alerts_summary(&alerts, st.monitor.buckets(), a.top));
     eprint!("{e}");
     Ok(())
+}
+
+/// Endpoint alerts grouped by endpoint and series.
+fn alerts_summary(alerts: &[Alert], buckets: u64, top: usize) -> String {
+    let mut groups: BTreeMap<(&str, &str), (usize, i64, f64, f64)> = BTreeMap::new();
+    for x in alerts {
+        let g = groups
+            .entry((x.endpoint.as_str(), x.metric.name()))
+            .or_insert((0, x.bucket_start_ms, x.value, x.expected));
+        g.0 += 1;
+        if x.value > g.2 {
+            (g.2, g.3) = (x.value, x.expected);
+        }
+    }
+    let mut e = format!(
+        "  endpoint alerts: {} of {} ten-second buckets{}\n",
+        alerts.len(),
+        buckets,
+        if groups.is_empty() { "" } else { ":" }
+    );
+    let mut v: Vec<_> = groups.into_iter().collect();
+    v.sort_by(|x, y| y.1.0.cmp(&x.1.0).then(x.0.cmp(&y.0)));
+    for ((endpoint, metric), (n, first, value, expected)) in v.into_iter().take(top) {
+        let mut ts = String::new();
+        gatewatch_event::write_rfc3339_ms(first, &mut ts);
+        e.push_str(&format!(
+            "    {endpoint} {metric}: {n} buckets from {ts}; peak {} (expected {:.2})\n",
+            short(value),
+            expected
+        ));
+    }
+    e
 }
 
 fn short(v: f64) -> String {

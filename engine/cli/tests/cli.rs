@@ -782,3 +782,51 @@ fn train_fits_the_named_detectors_and_refuses_unknown_ones() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown detector \"svm\""));
 }
+
+#[test]
+fn score_alerts_on_endpoints_under_a_spread_out_attack() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "31",
+            "--duration",
+            "30m",
+            "--users",
+            "100",
+            "--scenarios",
+            "credential_stuffing",
+        ])
+        .output()
+        .unwrap();
+    let alerts = dir.path().join("alerts.ndjson");
+    let out = run_with_stdin(
+        &["score", "--no-output", "--alerts", alerts.to_str().unwrap()],
+        &sim.stdout,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("endpoint alerts:"), "{err}");
+    let recs = lines(&std::fs::read(&alerts).unwrap());
+    assert!(!recs.is_empty(), "{err}");
+    let login: Vec<_> = recs
+        .iter()
+        .filter(|r| {
+            r["endpoint"].as_str().unwrap().ends_with("/v1/auth/login")
+                && r["metric"] == "auth_failures"
+        })
+        .collect();
+    assert!(!login.is_empty(), "{recs:?}");
+    // Alerts come after the detectors' warm-up and name more failures than expected.
+    let first_event =
+        lines(&sim.stdout[..sim.stdout.iter().position(|b| *b == b'\n').unwrap() + 1])[0]["ts"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    for r in &login {
+        assert!(r["ts"].as_str().unwrap() > first_event.as_str());
+        assert!(r["value"].as_f64().unwrap() > r["expected"].as_f64().unwrap());
+        assert!(r["score"].as_f64().unwrap() >= 0.9999);
+    }
+}

@@ -9,6 +9,7 @@
 
 mod error;
 mod manifest;
+pub mod monitor;
 pub mod multivariate;
 pub mod onnx;
 mod robust;
@@ -18,6 +19,7 @@ pub mod volumetric;
 
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
+pub use monitor::{Alert, EndpointMonitor, Metric, MonitorParams};
 pub use multivariate::{GMM_KIND, MultiModel, MultiParams, PCA_KIND};
 pub use onnx::{OnnxModel, OnnxSpec};
 pub use robust::{
