@@ -347,11 +347,12 @@ impl VolumetricModel {
             .unwrap_or(self.pooled)
     }
 
-    /// Score of one request, with its reason when above the limit.
+    /// Score of one request, with its reason when above the limit (0 for a non-finite count:
+    /// the engine never produces one).
     pub fn score(&self, features: &[f64], endpoint: &str) -> (f64, Option<Reason>) {
         let c = features[self.idx];
         let l = self.limit(endpoint);
-        if c.is_nan() || c <= l {
+        if !c.is_finite() || c <= l {
             return (0.0, None);
         }
         let s = 1.0 - l / c;

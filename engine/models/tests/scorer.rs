@@ -309,3 +309,26 @@ fn single_detector_folders_load_as_scorers() {
     assert_eq!(out.score, vec![0.5]);
     assert!(out.flagged[0]);
 }
+
+#[test]
+fn non_finite_features_at_scoring_time_give_finite_scores() {
+    let reg = registry();
+    let dir = tempfile::tempdir().unwrap();
+    ensemble(dir.path(), &reg, Combine::Max, two());
+    let mut s = Scorer::load(dir.path(), &reg).unwrap();
+    let mut b = Batch::default();
+    for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        b.push(&vec![v; reg.len()], "GET /busy");
+        let mut row = row_with_count(&reg, 3.0);
+        row[0] = v;
+        b.push(&row, "GET /busy");
+    }
+    let mut out = BatchScores::default();
+    s.score_batch(&b, reg.len(), 3, &mut out).unwrap();
+    for (i, sc) in out.score.iter().enumerate() {
+        assert!(sc.is_finite() && (0.0..=1.0).contains(sc), "event {i}: {sc}");
+        for r in &out.reasons[i] {
+            assert!(r.contribution.is_finite(), "event {i}: {r:?}");
+        }
+    }
+}
