@@ -121,17 +121,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrOrInt<'a> {
     }
 }
 
-fn boxed(c: Cow<'_, str>) -> Box<str> {
-    match c {
-        Cow::Borrowed(s) => s.into(),
-        Cow::Owned(s) => s.into_boxed_str(),
-    }
-}
-
-fn opt_nonempty(c: Option<Cow<'_, str>>) -> Option<Box<str>> {
-    c.filter(|s| !s.is_empty()).map(boxed)
-}
-
 /// Parses one NDJSON line into an event.
 ///
 /// Unknown fields are ignored. A wrong line yields a [`ParseError`] naming the field and the
@@ -209,67 +198,133 @@ fn from_wire<R: RawJson>(w: Wire<'_, R>) -> Result<RequestEvent, ParseError> {
         Ts::Ms(ms) => ms,
         Ts::Text(t) => parse_rfc3339_ms(&t).map_err(|e| ParseError::field("ts", e))?,
     };
-    let client_ip = parse_ip(&w.client_ip)?;
-    let method = normalise_method(&w.method).map_err(|e| ParseError::field("method", e))?;
-    if !(100..=599).contains(&w.status) {
-        return Err(ParseError::field(
-            "status",
-            format!("not an HTTP status: {}", w.status),
-        ));
-    }
-    if w.path.is_empty() {
-        return Err(ParseError::field("path", "empty path"));
-    }
-    let (path, query) = split_query(&w.path);
-    let headers = w
+    let headers: Vec<(&str, &str)> = w
         .headers
-        .map(|h| {
-            h.into_iter()
-                .map(|(k, v)| {
-                    let k: Box<str> = if k.bytes().any(|c| c.is_ascii_uppercase()) {
-                        k.to_ascii_lowercase().into()
-                    } else {
-                        boxed(k)
-                    };
-                    (k, boxed(v))
-                })
-                .collect()
-        })
+        .as_ref()
+        .map(|h| h.iter().map(|(k, v)| (&**k, &**v)).collect())
         .unwrap_or_default();
-    if let Some(l) = w.latency_ms {
-        if !l.is_finite() || l < 0.0 {
-            return Err(ParseError::field(
-                "latency_ms",
-                format!("not a duration: {l}"),
-            ));
-        }
-    }
-    Ok(RequestEvent {
+    let mut e = EventFields {
         ts_ms,
-        client_ip,
-        method,
-        host: w.host.filter(|h| !h.is_empty()).map(|h| {
-            if h.bytes().any(|c| c.is_ascii_uppercase()) {
-                h.to_ascii_lowercase().into()
-            } else {
-                boxed(h)
-            }
-        }),
-        path: path.into(),
-        query: query.map(Into::into),
-        status: w.status,
+        client_ip: &w.client_ip,
+        method: &w.method,
+        host: w.host.as_deref(),
+        path: &w.path,
+        status: i64::from(w.status),
         req_bytes: w.req_bytes,
         resp_bytes: w.resp_bytes,
         latency_ms: w.latency_ms,
-        user_agent: opt_nonempty(w.user_agent),
-        headers,
-        session_id: opt_nonempty(w.session_id.map(|s| s.0)),
-        asn: opt_nonempty(w.asn.map(|s| s.0)),
-        country: opt_nonempty(w.country),
-        ja4: opt_nonempty(w.ja4),
-        id: w.id.map(|r| r.raw().into()),
-        label: w.label.map(|r| r.raw().into()),
-    })
+        user_agent: w.user_agent.as_deref(),
+        headers: &headers,
+        session_id: w.session_id.as_ref().map(|s| &*s.0),
+        asn: w.asn.as_ref().map(|s| &*s.0),
+        country: w.country.as_deref(),
+        ja4: w.ja4.as_deref(),
+    }
+    .build()?;
+    e.id = w.id.map(|r| r.raw().into());
+    e.label = w.label.map(|r| r.raw().into());
+    Ok(e)
+}
+
+/// The fields of one request, borrowed from wherever they were read (an NDJSON line, a
+/// DataFrame row). [`build`](Self::build) validates and normalises them exactly as every
+/// input format does: the IP address, the method (upper case), the status (100–599), a
+/// non-empty path with its query split off, a finite latency ≥ 0, the host and header names
+/// in lower case, empty optional strings as absent.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFields<'a> {
+    /// Event time, epoch milliseconds.
+    pub ts_ms: i64,
+    /// Caller address.
+    pub client_ip: &'a str,
+    /// HTTP method.
+    pub method: &'a str,
+    /// API host.
+    pub host: Option<&'a str>,
+    /// Path, with or without the query string.
+    pub path: &'a str,
+    /// Response status.
+    pub status: i64,
+    /// Request size.
+    pub req_bytes: Option<u64>,
+    /// Response size.
+    pub resp_bytes: Option<u64>,
+    /// Origin latency (ms).
+    pub latency_ms: Option<f64>,
+    /// User agent.
+    pub user_agent: Option<&'a str>,
+    /// Headers (any case).
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Session id.
+    pub session_id: Option<&'a str>,
+    /// Autonomous system.
+    pub asn: Option<&'a str>,
+    /// Country code.
+    pub country: Option<&'a str>,
+    /// JA4 fingerprint.
+    pub ja4: Option<&'a str>,
+}
+
+fn lower(s: &str) -> Box<str> {
+    if s.bytes().any(|c| c.is_ascii_uppercase()) {
+        s.to_ascii_lowercase().into()
+    } else {
+        s.into()
+    }
+}
+
+fn nonempty(s: Option<&str>) -> Option<Box<str>> {
+    s.filter(|v| !v.is_empty()).map(Into::into)
+}
+
+impl EventFields<'_> {
+    /// The validated, normalised event (without `id` and `label`).
+    pub fn build(&self) -> Result<RequestEvent, ParseError> {
+        let client_ip = parse_ip(self.client_ip)?;
+        let method = normalise_method(self.method).map_err(|e| ParseError::field("method", e))?;
+        if !(100..=599).contains(&self.status) {
+            return Err(ParseError::field(
+                "status",
+                format!("not an HTTP status: {}", self.status),
+            ));
+        }
+        if self.path.is_empty() {
+            return Err(ParseError::field("path", "empty path"));
+        }
+        let (path, query) = split_query(self.path);
+        if let Some(l) = self.latency_ms {
+            if !l.is_finite() || l < 0.0 {
+                return Err(ParseError::field(
+                    "latency_ms",
+                    format!("not a duration: {l}"),
+                ));
+            }
+        }
+        Ok(RequestEvent {
+            ts_ms: self.ts_ms,
+            client_ip,
+            method,
+            host: self.host.filter(|h| !h.is_empty()).map(lower),
+            path: path.into(),
+            query: query.map(Into::into),
+            status: self.status as u16,
+            req_bytes: self.req_bytes,
+            resp_bytes: self.resp_bytes,
+            latency_ms: self.latency_ms,
+            user_agent: nonempty(self.user_agent),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (lower(k), (*v).into()))
+                .collect(),
+            session_id: nonempty(self.session_id),
+            asn: nonempty(self.asn),
+            country: nonempty(self.country),
+            ja4: nonempty(self.ja4),
+            id: None,
+            label: None,
+        })
+    }
 }
 
 pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, ParseError> {

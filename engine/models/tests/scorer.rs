@@ -326,7 +326,10 @@ fn non_finite_features_at_scoring_time_give_finite_scores() {
     let mut out = BatchScores::default();
     s.score_batch(&b, reg.len(), 3, &mut out).unwrap();
     for (i, sc) in out.score.iter().enumerate() {
-        assert!(sc.is_finite() && (0.0..=1.0).contains(sc), "event {i}: {sc}");
+        assert!(
+            sc.is_finite() && (0.0..=1.0).contains(sc),
+            "event {i}: {sc}"
+        );
         for r in &out.reasons[i] {
             assert!(r.contribution.is_finite(), "event {i}: {r:?}");
         }

@@ -1,0 +1,479 @@
+//! polars DataFrames in and out of the gatewatch engine.
+//!
+//! - [`events_to_frame`]: request events as a DataFrame (the event schema as columns).
+//! - [`frame_to_events`]: a DataFrame of events (the same columns; `ts` as a datetime, epoch
+//!   milliseconds or RFC 3339 text) into validated events, with errors naming the column
+//!   and row.
+//! - [`features_frame`]: every event's point-in-time features, computed by the same
+//!   [`FeatureEngine`] as `gatewatch features`, as a DataFrame.
+//!
+//! Event columns: `ts`, `client_ip`, `method`, `path` and `status` are required; `host`,
+//! `req_bytes`, `resp_bytes`, `latency_ms`, `user_agent`, `headers` (a struct of string
+//! fields, one per header name, as polars reads NDJSON objects), `session_id`, `asn`,
+//! `country`, `ja4`, `id` and `label` are optional. Other columns are ignored.
+
+use gatewatch_event::{EventFields, RequestEvent, parse_rfc3339_ms};
+use gatewatch_features::{Config, FeatureEngine, Record, Stats};
+use polars::prelude::*;
+
+/// What was wrong with a DataFrame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// A required column is absent.
+    #[error(
+        "column {column:?} is missing (the event schema needs ts, client_ip, method, path, status)"
+    )]
+    Missing {
+        /// Its name.
+        column: String,
+    },
+    /// A column has a type that cannot be read as the field.
+    #[error("column {column:?} has type {found}, expected {expected}")]
+    Type {
+        /// Its name.
+        column: String,
+        /// What it should be.
+        expected: &'static str,
+        /// What it is.
+        found: String,
+    },
+    /// A required value is null.
+    #[error("column {column:?} is null in row {row}")]
+    Null {
+        /// The column.
+        column: String,
+        /// The row (0-based).
+        row: usize,
+    },
+    /// A value is invalid.
+    #[error("row {row}: {reason}")]
+    Invalid {
+        /// The row (0-based).
+        row: usize,
+        /// Why (names the field).
+        reason: String,
+    },
+    /// polars failed.
+    #[error(transparent)]
+    Polars(#[from] PolarsError),
+    /// The engine's configuration is invalid.
+    #[error(transparent)]
+    Engine(#[from] gatewatch_features::Error),
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, FrameError>;
+
+fn str_col(name: &str, v: Vec<Option<&str>>) -> Column {
+    Column::new(name.into(), v)
+}
+
+/// Request events as a DataFrame: `id` (Int64 when every id is an integer, else the raw
+/// JSON text), `label` (String), `ts` (Datetime[ms, UTC]), and the event fields.
+pub fn events_to_frame(events: &[RequestEvent]) -> Result<DataFrame> {
+    let n = events.len();
+    let mut cols: Vec<Column> = Vec::new();
+    if events.iter().any(|e| e.id.is_some()) {
+        let ints: Option<Vec<Option<i64>>> = events
+            .iter()
+            .map(|e| match &e.id {
+                None => Some(None),
+                Some(raw) => raw.parse::<i64>().ok().map(Some),
+            })
+            .collect();
+        cols.push(match ints {
+            Some(v) => Column::new("id".into(), v),
+            None => str_col("id", events.iter().map(|e| e.id.as_deref()).collect()),
+        });
+    }
+    if events.iter().any(|e| e.label.is_some()) {
+        let labels: Vec<Option<String>> = events
+            .iter()
+            .map(|e| e.label.as_deref().map(unquote))
+            .collect();
+        cols.push(Column::new("label".into(), labels));
+    }
+    let ts = Int64Chunked::from_vec("ts".into(), events.iter().map(|e| e.ts_ms).collect())
+        .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC));
+    cols.push(ts.into_series().into());
+    let ips: Vec<String> = events.iter().map(|e| e.client_ip.to_string()).collect();
+    cols.push(Column::new("client_ip".into(), ips));
+    cols.push(str_col(
+        "method",
+        events.iter().map(|e| Some(&*e.method)).collect(),
+    ));
+    cols.push(str_col(
+        "host",
+        events.iter().map(|e| e.host.as_deref()).collect(),
+    ));
+    let paths: Vec<String> = events
+        .iter()
+        .map(|e| match &e.query {
+            Some(q) => format!("{}?{q}", e.path),
+            None => e.path.to_string(),
+        })
+        .collect();
+    cols.push(Column::new("path".into(), paths));
+    cols.push(Column::new(
+        "status".into(),
+        events
+            .iter()
+            .map(|e| i64::from(e.status))
+            .collect::<Vec<_>>(),
+    ));
+    let opt_u = |f: fn(&RequestEvent) -> Option<u64>| -> Vec<Option<i64>> {
+        events
+            .iter()
+            .map(|e| f(e).map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+            .collect()
+    };
+    cols.push(Column::new("req_bytes".into(), opt_u(|e| e.req_bytes)));
+    cols.push(Column::new("resp_bytes".into(), opt_u(|e| e.resp_bytes)));
+    cols.push(Column::new(
+        "latency_ms".into(),
+        events.iter().map(|e| e.latency_ms).collect::<Vec<_>>(),
+    ));
+    cols.push(str_col(
+        "user_agent",
+        events.iter().map(|e| e.user_agent.as_deref()).collect(),
+    ));
+    let mut names: Vec<&str> = events
+        .iter()
+        .flat_map(|e| e.headers.iter().map(|(k, _)| &**k))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if !names.is_empty() {
+        let fields: Vec<Series> = names
+            .iter()
+            .map(|h| {
+                Series::new(
+                    (*h).into(),
+                    events.iter().map(|e| e.header(h)).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let s = StructChunked::from_series("headers".into(), n, fields.iter())?;
+        cols.push(s.into_series().into());
+    }
+    for (name, f) in [
+        (
+            "session_id",
+            (|e| e.session_id.as_deref()) as fn(&RequestEvent) -> Option<&str>,
+        ),
+        ("asn", |e| e.asn.as_deref()),
+        ("country", |e| e.country.as_deref()),
+        ("ja4", |e| e.ja4.as_deref()),
+    ] {
+        cols.push(str_col(name, events.iter().map(f).collect()));
+    }
+    Ok(DataFrame::new(n, cols)?)
+}
+
+/// The text of a JSON string literal (`"normal"` → `normal`); other JSON as it is.
+fn unquote(raw: &str) -> String {
+    match serde_json::from_str::<String>(raw) {
+        Ok(s) => s,
+        Err(_) => raw.to_string(),
+    }
+}
+
+fn column<'a>(df: &'a DataFrame, name: &str) -> Option<&'a Series> {
+    df.column(name).ok().map(Column::as_materialized_series)
+}
+
+fn required<'a>(df: &'a DataFrame, name: &str) -> Result<&'a Series> {
+    column(df, name).ok_or_else(|| FrameError::Missing {
+        column: name.to_string(),
+    })
+}
+
+fn strings<'a>(s: &'a Series, expected: &'static str) -> Result<Vec<Option<&'a str>>> {
+    let ca = s.str().map_err(|_| FrameError::Type {
+        column: s.name().to_string(),
+        expected,
+        found: s.dtype().to_string(),
+    })?;
+    Ok(ca.iter().collect())
+}
+
+fn ints(s: &Series, expected: &'static str) -> Result<Vec<Option<i64>>> {
+    if !s.dtype().is_integer() {
+        return Err(FrameError::Type {
+            column: s.name().to_string(),
+            expected,
+            found: s.dtype().to_string(),
+        });
+    }
+    let c = s.cast(&DataType::Int64)?;
+    Ok(c.i64()?.iter().collect())
+}
+
+fn floats(s: &Series) -> Result<Vec<Option<f64>>> {
+    if !s.dtype().is_primitive_numeric() {
+        return Err(FrameError::Type {
+            column: s.name().to_string(),
+            expected: "a number",
+            found: s.dtype().to_string(),
+        });
+    }
+    let c = s.cast(&DataType::Float64)?;
+    Ok(c.f64()?.iter().collect())
+}
+
+/// Event times in epoch milliseconds from a datetime, integer (epoch ms) or RFC 3339 column.
+fn times(s: &Series) -> Result<Vec<Option<i64>>> {
+    match s.dtype() {
+        DataType::Datetime(unit, _) => {
+            let div = match unit {
+                TimeUnit::Milliseconds => 1,
+                TimeUnit::Microseconds => 1_000,
+                TimeUnit::Nanoseconds => 1_000_000,
+            };
+            Ok(s.datetime()?
+                .physical()
+                .iter()
+                .map(|v| v.map(|v| v.div_euclid(div)))
+                .collect())
+        }
+        DataType::String => s
+            .str()?
+            .iter()
+            .enumerate()
+            .map(|(row, v)| {
+                v.map(|t| {
+                    parse_rfc3339_ms(t).map_err(|e| FrameError::Invalid {
+                        row,
+                        reason: format!("field `ts`: {e}"),
+                    })
+                })
+                .transpose()
+            })
+            .collect(),
+        d if d.is_integer() => ints(s, "epoch milliseconds"),
+        d => Err(FrameError::Type {
+            column: s.name().to_string(),
+            expected: "a datetime, epoch milliseconds or RFC 3339 text",
+            found: d.to_string(),
+        }),
+    }
+}
+
+fn opt_strings<'a>(df: &'a DataFrame, name: &str) -> Result<Option<Vec<Option<&'a str>>>> {
+    column(df, name).map(|s| strings(s, "text")).transpose()
+}
+
+/// Session ids and ASNs may be text or integers.
+fn text_or_int(df: &DataFrame, name: &str) -> Result<Option<Vec<Option<String>>>> {
+    let Some(s) = column(df, name) else {
+        return Ok(None);
+    };
+    if s.dtype().is_integer() {
+        return Ok(Some(
+            ints(s, "text or an integer")?
+                .into_iter()
+                .map(|v| v.map(|v| v.to_string()))
+                .collect(),
+        ));
+    }
+    Ok(Some(
+        strings(s, "text or an integer")?
+            .into_iter()
+            .map(|v| v.map(String::from))
+            .collect(),
+    ))
+}
+
+fn need<T>(v: Option<T>, column: &str, row: usize) -> Result<T> {
+    v.ok_or_else(|| FrameError::Null {
+        column: column.to_string(),
+        row,
+    })
+}
+
+/// Validated events from a DataFrame, in row order (`id` and `label` are not read: callers
+/// take them from the frame).
+pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
+    let ts = times(required(df, "ts")?)?;
+    let ip = strings(required(df, "client_ip")?, "text")?;
+    let method = strings(required(df, "method")?, "text")?;
+    let path = strings(required(df, "path")?, "text")?;
+    let status = ints(required(df, "status")?, "an integer")?;
+    let host = opt_strings(df, "host")?;
+    let ua = opt_strings(df, "user_agent")?;
+    let country = opt_strings(df, "country")?;
+    let ja4 = opt_strings(df, "ja4")?;
+    let session = text_or_int(df, "session_id")?;
+    let asn = text_or_int(df, "asn")?;
+    let size = |name: &str| -> Result<Option<Vec<Option<i64>>>> {
+        column(df, name).map(|s| ints(s, "an integer")).transpose()
+    };
+    let req_bytes = size("req_bytes")?;
+    let resp_bytes = size("resp_bytes")?;
+    let latency = column(df, "latency_ms").map(floats).transpose()?;
+    let fields: Vec<Series> = match column(df, "headers") {
+        None => Vec::new(),
+        Some(s) => s
+            .struct_()
+            .map_err(|_| FrameError::Type {
+                column: "headers".into(),
+                expected: "a struct of text fields (one per header name)",
+                found: s.dtype().to_string(),
+            })?
+            .fields_as_series(),
+    };
+    let mut headers: Vec<(&str, Vec<Option<&str>>)> = Vec::with_capacity(fields.len());
+    for f in &fields {
+        let ca = f.str().map_err(|_| FrameError::Type {
+            column: format!("headers.{}", f.name()),
+            expected: "text",
+            found: f.dtype().to_string(),
+        })?;
+        headers.push((f.name().as_str(), ca.iter().collect()));
+    }
+    build_events(
+        df.height(),
+        &headers,
+        FrameColumns {
+            ts,
+            ip,
+            method,
+            path,
+            status,
+            host,
+            ua,
+            country,
+            ja4,
+            session,
+            asn,
+            req_bytes,
+            resp_bytes,
+            latency,
+        },
+    )
+}
+
+struct FrameColumns<'a> {
+    ts: Vec<Option<i64>>,
+    ip: Vec<Option<&'a str>>,
+    method: Vec<Option<&'a str>>,
+    path: Vec<Option<&'a str>>,
+    status: Vec<Option<i64>>,
+    host: Option<Vec<Option<&'a str>>>,
+    ua: Option<Vec<Option<&'a str>>>,
+    country: Option<Vec<Option<&'a str>>>,
+    ja4: Option<Vec<Option<&'a str>>>,
+    session: Option<Vec<Option<String>>>,
+    asn: Option<Vec<Option<String>>>,
+    req_bytes: Option<Vec<Option<i64>>>,
+    resp_bytes: Option<Vec<Option<i64>>>,
+    latency: Option<Vec<Option<f64>>>,
+}
+
+fn build_events<'a>(
+    n: usize,
+    headers: &[(&'a str, Vec<Option<&'a str>>)],
+    c: FrameColumns<'a>,
+) -> Result<Vec<RequestEvent>> {
+    fn get<'a>(v: &Option<Vec<Option<&'a str>>>, row: usize) -> Option<&'a str> {
+        v.as_ref().and_then(|v| v[row])
+    }
+    let size = |v: &Option<Vec<Option<i64>>>, row: usize, name: &str| -> Result<Option<u64>> {
+        match v.as_ref().and_then(|v| v[row]) {
+            None => Ok(None),
+            Some(x) => u64::try_from(x).map(Some).map_err(|_| FrameError::Invalid {
+                row,
+                reason: format!("field `{name}`: negative size {x}"),
+            }),
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut hrow: Vec<(&str, &str)> = Vec::new();
+    for row in 0..n {
+        hrow.clear();
+        for (name, vals) in headers {
+            if let Some(v) = vals[row] {
+                hrow.push((name, v));
+            }
+        }
+        let fields = EventFields {
+            ts_ms: need(c.ts[row], "ts", row)?,
+            client_ip: need(c.ip[row], "client_ip", row)?,
+            method: need(c.method[row], "method", row)?,
+            host: get(&c.host, row),
+            path: need(c.path[row], "path", row)?,
+            status: need(c.status[row], "status", row)?,
+            req_bytes: size(&c.req_bytes, row, "req_bytes")?,
+            resp_bytes: size(&c.resp_bytes, row, "resp_bytes")?,
+            latency_ms: c.latency.as_ref().and_then(|v| v[row]),
+            user_agent: get(&c.ua, row),
+            headers: &hrow,
+            session_id: c.session.as_ref().and_then(|v| v[row].as_deref()),
+            asn: c.asn.as_ref().and_then(|v| v[row].as_deref()),
+            country: get(&c.country, row),
+            ja4: get(&c.ja4, row),
+        };
+        out.push(fields.build().map_err(|e| FrameError::Invalid {
+            row,
+            reason: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
+/// Every event's point-in-time features, computed by the engine of `cfg` over the events
+/// in event-time order (rows sorted by `ts`, ties in row order, so no event is late): one
+/// row per event with `id` and `label` (when the frame has them, as they are), `ts`
+/// (Datetime[ms, UTC]), `client`, `endpoint` and every feature (Float64) by registry name.
+/// Returns the engine's run counters too.
+pub fn features_frame(cfg: &Config, df: &DataFrame) -> Result<(DataFrame, Stats)> {
+    let events = frame_to_events(df)?;
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&i| events[i].ts_ms);
+    let mut engine = FeatureEngine::new(cfg)?;
+    let names: Vec<String> = engine.registry().names().map(String::from).collect();
+    let n = events.len();
+    let mut rows: Vec<IdxSize> = Vec::with_capacity(n);
+    let mut ts: Vec<i64> = Vec::with_capacity(n);
+    let mut clients: Vec<String> = Vec::with_capacity(n);
+    let mut endpoints: Vec<String> = Vec::with_capacity(n);
+    let mut feats: Vec<Vec<f64>> = vec![Vec::with_capacity(n); names.len()];
+    let mut events: Vec<Option<RequestEvent>> = events.into_iter().map(Some).collect();
+    {
+        let mut sink = |r: &Record<'_>| {
+            rows.push(r.line as IdxSize);
+            ts.push(r.event.ts_ms);
+            clients.push(r.client.to_string());
+            endpoints.push(r.endpoint.to_string());
+            for (k, v) in r.features.iter().enumerate() {
+                feats[k].push(*v);
+            }
+        };
+        for &i in &order {
+            let e = events[i].take().expect("each row once");
+            engine
+                .push(e, i as u64, &mut sink)
+                .expect("events in time order are never late");
+        }
+        engine.finish(&mut sink);
+    }
+    let mut cols: Vec<Column> = Vec::new();
+    for name in ["id", "label"] {
+        if let Some(s) = column(df, name) {
+            cols.push(s.take_slice(&rows)?.into());
+        }
+    }
+    cols.push(
+        Int64Chunked::from_vec("ts".into(), ts)
+            .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+            .into_series()
+            .into(),
+    );
+    cols.push(Column::new("client".into(), clients));
+    cols.push(Column::new("endpoint".into(), endpoints));
+    for (name, v) in names.iter().zip(feats) {
+        cols.push(Column::new(name.as_str().into(), v));
+    }
+    let stats = engine.stats();
+    Ok((DataFrame::new(rows.len(), cols)?, stats))
+}

@@ -1,0 +1,202 @@
+"""gatewatch: abuse and anomaly detection for API traffic, on polars DataFrames.
+
+The features and scores come from the same Rust engine as the ``gatewatch`` command and
+service, so a notebook computes exactly what production computes.
+
+Examples
+--------
+>>> import gatewatch as gw
+>>> events = gw.simulate(seed=7, duration="2m", users=20)
+>>> features = gw.FeatureExtractor().transform(events)
+>>> features.height == events.height
+True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from gatewatch import _native
+
+__all__ = [
+    "FeatureExtractor",
+    "__version__",
+    "feature_docs",
+    "feature_schema",
+    "read_log",
+    "simulate",
+]
+
+__version__: str = _native.__version__
+
+_FORMATS = {".parquet": "parquet", ".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+
+
+def simulate(
+    seed: int = 1,
+    duration: str = "10m",
+    users: int = 200,
+    scenarios: Sequence[str] | None = None,
+    start: str | None = None,
+) -> pl.DataFrame:
+    """Simulate labelled API traffic.
+
+    Parameters
+    ----------
+    seed : int
+        Random seed; the same arguments give the same frame.
+    duration : str
+        Simulated time span, such as ``"90s"``, ``"10m"`` or ``"2h"``.
+    users : int
+        Normal users.
+    scenarios : sequence of str, optional
+        Abuse scenarios (``credential_stuffing``, ``bola_enumeration``, ``scraping``,
+        ``volumetric``, ``low_and_slow``, ``sequence_abuse``); all of them when ``None``,
+        none for an empty sequence.
+    start : str, optional
+        Start of simulated time (RFC 3339).
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per request in the event schema (``id``, ``label``, ``ts``, ``client_ip``,
+        ``method``, ``host``, ``path``, ``status``, sizes, ``latency_ms``, ``user_agent``,
+        ``headers``, ``session_id``, ``asn``, ``country``, ``ja4``), in time order.
+    """
+    return _native.simulate(
+        seed, duration, users, None if scenarios is None else list(scenarios), start
+    )
+
+
+def read_log(
+    path: str | Path,
+    format: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+) -> pl.DataFrame:
+    """Read a request log into an events frame.
+
+    Parameters
+    ----------
+    path : str or Path
+        A Parquet, CSV or NDJSON file.
+    format : {"parquet", "csv", "ndjson"}, optional
+        The file format; taken from the extension when ``None``.
+    mapping : mapping of str to str, optional
+        Column renames from the file's names to the event schema's (``{"time": "ts"}``).
+
+    Returns
+    -------
+    polars.DataFrame
+        The events, sorted by ``ts``.
+
+    Raises
+    ------
+    ValueError
+        When the format is unknown or a required column is missing after the mapping.
+    """
+    p = Path(path)
+    fmt = format or _FORMATS.get(p.suffix.lower())
+    if fmt == "parquet":
+        df = pl.read_parquet(p)
+    elif fmt == "csv":
+        df = pl.read_csv(p)
+    elif fmt == "ndjson":
+        df = pl.read_ndjson(p)
+    else:
+        raise ValueError(
+            f"{p}: unknown log format {fmt or p.suffix!r} (use parquet, csv or ndjson)"
+        )
+    if mapping:
+        missing = [c for c in mapping if c not in df.columns]
+        if missing:
+            raise ValueError(f"{p}: mapping names columns the file does not have: {missing}")
+        df = df.rename(dict(mapping))
+    required = ["ts", "client_ip", "method", "path", "status"]
+    absent = [c for c in required if c not in df.columns]
+    if absent:
+        raise ValueError(f"{p}: required event columns are missing: {absent}")
+    return df.sort("ts", maintain_order=True)
+
+
+def feature_schema() -> dict[str, Any]:
+    """The feature registry of the default configuration.
+
+    Returns
+    -------
+    dict
+        ``features`` (name, horizon, aggregation, dtype and definition of each), the
+        horizons, the buckets per horizon and the ``hash`` that versions the feature set.
+    """
+    schema: dict[str, Any] = json.loads(_native.feature_schema_json())
+    return schema
+
+
+def feature_docs() -> str:
+    """The feature reference as Markdown (the table of ``docs/FEATURES.md``)."""
+    return _native.feature_docs()
+
+
+class FeatureExtractor:
+    """Point-in-time behaviour features of every request, as ``gatewatch features`` computes.
+
+    Parameters
+    ----------
+    config : str or Path, optional
+        A gatewatch TOML configuration (client keys, endpoint templates, horizons); the
+        defaults when ``None``.
+
+    Raises
+    ------
+    OSError
+        When the configuration file cannot be read.
+    ValueError
+        When the configuration is invalid.
+    """
+
+    def __init__(self, config: str | Path | None = None) -> None:
+        self._native = _native.FeatureExtractor(None if config is None else str(config))
+
+    def transform(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Compute the features of every event.
+
+        Parameters
+        ----------
+        df : polars.DataFrame
+            Events in the event schema (see :func:`simulate`); ``ts`` may be a datetime,
+            epoch milliseconds or RFC 3339 text. Rows are taken in time order (ties in row
+            order) whatever their order in the frame.
+
+        Returns
+        -------
+        polars.DataFrame
+            One row per event in time order: ``id`` and ``label`` when present, ``ts``,
+            ``client``, ``endpoint`` and every feature (Float64).
+
+        Raises
+        ------
+        ValueError
+            Naming the column and row of a missing column, a wrong type, a null or an
+            invalid value.
+        """
+        if not isinstance(df, pl.DataFrame):
+            raise TypeError(f"expected a polars.DataFrame, got {type(df).__name__}")
+        return self._native.transform(df)
+
+    def fit_transform(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Same as :meth:`transform` (the extractor learns nothing ahead of time)."""
+        return self.transform(df)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature names in output order."""
+        return self._native.feature_names()
+
+    @property
+    def feature_set(self) -> str:
+        """The hash that versions this configuration's feature set."""
+        return self._native.feature_set()

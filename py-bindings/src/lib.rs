@@ -1,0 +1,127 @@
+//! `gatewatch._native`: the engine for Python, on polars DataFrames (through pyo3-polars,
+//! which hands frames over with the Arrow C data interface, without copying the columns).
+//! The Python package `gatewatch` wraps it with documented functions and classes.
+
+use std::path::PathBuf;
+
+use gatewatch_features::{Config, FeatureConfig, Registry};
+use gatewatch_sim::{DEFAULT_START_MS, Scenario, SimConfig, parse_duration, simulate as sim};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3_polars::PyDataFrame;
+
+fn value_err(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// Simulated labelled API traffic as a DataFrame of events.
+#[pyfunction]
+#[pyo3(signature = (seed=1, duration="10m", users=200, scenarios=None, start=None))]
+fn simulate(
+    py: Python<'_>,
+    seed: u64,
+    duration: &str,
+    users: usize,
+    scenarios: Option<Vec<String>>,
+    start: Option<&str>,
+) -> PyResult<PyDataFrame> {
+    let scenarios = match scenarios {
+        None => Scenario::ALL.to_vec(),
+        Some(list) => list
+            .iter()
+            .map(|s| Scenario::parse(s.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(value_err)?,
+    };
+    if users > 1_000_000 {
+        return Err(value_err(format!(
+            "users={users} is more than the 1000000 this simulator generates"
+        )));
+    }
+    let cfg = SimConfig {
+        seed,
+        duration_ms: parse_duration(duration).map_err(value_err)?,
+        users,
+        scenarios,
+        start_ms: match start {
+            Some(s) => gatewatch_event::parse_rfc3339_ms(s)
+                .map_err(|e| value_err(format!("start: {e}")))?,
+            None => DEFAULT_START_MS,
+        },
+    };
+    let df = py
+        .detach(|| gatewatch_frames::events_to_frame(&sim(&cfg)))
+        .map_err(value_err)?;
+    Ok(PyDataFrame(df))
+}
+
+/// The feature registry of the default configuration as JSON.
+#[pyfunction]
+fn feature_schema_json() -> PyResult<String> {
+    let r = Registry::new(&FeatureConfig::default());
+    serde_json::to_string(&r).map_err(value_err)
+}
+
+/// The feature reference (Markdown).
+#[pyfunction]
+fn feature_docs() -> String {
+    Registry::new(&FeatureConfig::default()).to_markdown()
+}
+
+/// Point-in-time features of every event, computed by the engine.
+#[pyclass(module = "gatewatch._native")]
+struct FeatureExtractor {
+    cfg: Config,
+}
+
+#[pymethods]
+impl FeatureExtractor {
+    #[new]
+    #[pyo3(signature = (config=None))]
+    fn new(config: Option<PathBuf>) -> PyResult<Self> {
+        let cfg = match config {
+            None => Config::default(),
+            Some(p) => Config::load(&p).map_err(|e| match &e {
+                gatewatch_features::Error::Io(_) => {
+                    PyOSError::new_err(format!("{}: {e}", p.display()))
+                }
+                _ => value_err(e),
+            })?,
+        };
+        gatewatch_features::FeatureEngine::new(&cfg).map_err(value_err)?;
+        Ok(Self { cfg })
+    }
+
+    /// The features, one row per event in event-time order.
+    fn transform(&self, py: Python<'_>, df: PyDataFrame) -> PyResult<PyDataFrame> {
+        let cfg = &self.cfg;
+        let (out, _) = py
+            .detach(|| gatewatch_frames::features_frame(cfg, &df.0))
+            .map_err(value_err)?;
+        Ok(PyDataFrame(out))
+    }
+
+    /// Feature names in output order.
+    fn feature_names(&self) -> Vec<String> {
+        Registry::new(&self.cfg.features)
+            .names()
+            .map(String::from)
+            .collect()
+    }
+
+    /// The hash that versions this configuration's feature set.
+    fn feature_set(&self) -> String {
+        Registry::new(&self.cfg.features).hash
+    }
+}
+
+/// The native module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(feature_schema_json, m)?)?;
+    m.add_function(wrap_pyfunction!(feature_docs, m)?)?;
+    m.add_class::<FeatureExtractor>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
