@@ -14,6 +14,20 @@ fn value_err(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
+/// The configuration file's settings (OSError when it cannot be read, ValueError when it
+/// is invalid), or the defaults.
+fn load_config(path: Option<PathBuf>) -> PyResult<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => {
+            if let Err(e) = std::fs::metadata(&p) {
+                return Err(PyOSError::new_err(format!("{}: {e}", p.display())));
+            }
+            Config::load(&p).map_err(value_err)
+        }
+    }
+}
+
 /// Simulated labelled API traffic as a DataFrame of events.
 #[pyfunction]
 #[pyo3(signature = (seed=1, duration="10m", users=200, scenarios=None, start=None))]
@@ -79,15 +93,7 @@ impl FeatureExtractor {
     #[new]
     #[pyo3(signature = (config=None))]
     fn new(config: Option<PathBuf>) -> PyResult<Self> {
-        let cfg = match config {
-            None => Config::default(),
-            Some(p) => Config::load(&p).map_err(|e| match &e {
-                gatewatch_features::Error::Io(_) => {
-                    PyOSError::new_err(format!("{}: {e}", p.display()))
-                }
-                _ => value_err(e),
-            })?,
-        };
+        let cfg = load_config(config)?;
         gatewatch_features::FeatureEngine::new(&cfg).map_err(value_err)?;
         Ok(Self { cfg })
     }
@@ -115,6 +121,75 @@ impl FeatureExtractor {
     }
 }
 
+/// A model folder (or the built-in default) scoring events.
+#[pyclass(module = "gatewatch._native")]
+struct Model {
+    cfg: Config,
+    scorer: std::sync::Mutex<gatewatch_models::Scorer>,
+    id: String,
+}
+
+#[pymethods]
+impl Model {
+    #[new]
+    #[pyo3(signature = (path=None, config=None))]
+    fn new(path: Option<PathBuf>, config: Option<PathBuf>) -> PyResult<Self> {
+        let cfg = load_config(config)?;
+        let registry = Registry::new(&cfg.features);
+        let scorer = match &path {
+            Some(p) => gatewatch_models::Scorer::load(p, &registry),
+            None => gatewatch_models::Scorer::load_folder(
+                &gatewatch_models::builtin_default(),
+                &registry,
+            ),
+        }
+        .map_err(|e| match &e {
+            gatewatch_models::ModelError::Io { .. } => PyOSError::new_err(e.to_string()),
+            _ => value_err(e),
+        })?;
+        Ok(Self {
+            cfg,
+            id: scorer.id(),
+            scorer: std::sync::Mutex::new(scorer),
+        })
+    }
+
+    /// Scores of every event, one row per event in time order.
+    #[pyo3(signature = (df, reasons=3, batch=256))]
+    fn score(
+        &self,
+        py: Python<'_>,
+        df: PyDataFrame,
+        reasons: usize,
+        batch: usize,
+    ) -> PyResult<PyDataFrame> {
+        let out = py.detach(|| {
+            let mut scorer = self
+                .scorer
+                .lock()
+                .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
+            gatewatch_frames::scores_frame(&self.cfg, &mut scorer, &df.0, reasons, batch)
+                .map_err(value_err)
+        })?;
+        Ok(PyDataFrame(out))
+    }
+
+    /// `name@version`.
+    #[getter]
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    /// Member names.
+    #[getter]
+    fn detectors(&self) -> Vec<String> {
+        self.scorer
+            .lock()
+            .map(|s| s.members.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -122,6 +197,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(feature_schema_json, m)?)?;
     m.add_function(wrap_pyfunction!(feature_docs, m)?)?;
     m.add_class::<FeatureExtractor>()?;
+    m.add_class::<Model>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -10,51 +10,19 @@ use gatewatch_event::write_json_str;
 use gatewatch_features::{FeatureEngine, Record, Registry};
 use gatewatch_models::{
     Alert, Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EndpointMonitor, EnsembleSpec,
-    Folder, MANIFEST_FORMAT, Manifest, MemberSpec, MonitorParams, MultiModel, MultiParams,
-    PeakCollector, RobustModel, RobustParams, Scorer, Training, VolumetricModel, VolumetricParams,
-    volumetric,
+    MANIFEST_FORMAT, Manifest, MemberSpec, MonitorParams, MultiModel, MultiParams, PeakCollector,
+    RobustModel, RobustParams, Scorer, Training, VolumetricModel, VolumetricParams, volumetric,
 };
 
 use crate::pipeline::{Rejects, drive, remember, setup};
 use crate::{ScoreArgs, TrainArgs};
 
-/// The default model, compiled in (trained by `scripts/train-default`).
-const DEFAULT_MODEL: &[(&str, &str)] = &[
-    (
-        "manifest.json",
-        include_str!("../../../models/default/manifest.json"),
-    ),
-    (
-        "robust/manifest.json",
-        include_str!("../../../models/default/robust/manifest.json"),
-    ),
-    (
-        "robust/baseline.json",
-        include_str!("../../../models/default/robust/baseline.json"),
-    ),
-    (
-        "volumetric/manifest.json",
-        include_str!("../../../models/default/volumetric/manifest.json"),
-    ),
-    (
-        "volumetric/limits.json",
-        include_str!("../../../models/default/volumetric/limits.json"),
-    ),
-];
-
 /// The model of `--model DIR`, or the compiled-in default.
 pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
     Ok(match dir {
         Some(d) => Scorer::load(d, registry).with_context(|| format!("model {}", d.display()))?,
-        None => Scorer::load_folder(
-            &Folder::Embedded {
-                files: DEFAULT_MODEL,
-                prefix: String::new(),
-                origin: "models/default".into(),
-            },
-            registry,
-        )
-        .context("the built-in default model")?,
+        None => Scorer::load_folder(&gatewatch_models::builtin_default(), registry)
+            .context("the built-in default model")?,
     })
 }
 

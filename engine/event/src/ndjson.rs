@@ -38,7 +38,7 @@ struct Wire<'a, R> {
     #[serde(default, borrow)]
     user_agent: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    headers: Option<BTreeMap<Cow<'a, str>, Option<Cow<'a, str>>>>,
     #[serde(default, borrow)]
     session_id: Option<StrOrInt<'a>>,
     #[serde(default, borrow)]
@@ -201,7 +201,11 @@ fn from_wire<R: RawJson>(w: Wire<'_, R>) -> Result<RequestEvent, ParseError> {
     let headers: Vec<(&str, &str)> = w
         .headers
         .as_ref()
-        .map(|h| h.iter().map(|(k, v)| (&**k, &**v)).collect())
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| v.as_deref().map(|v| (&**k, v)))
+                .collect()
+        })
         .unwrap_or_default();
     let mut e = EventFields {
         ts_ms,

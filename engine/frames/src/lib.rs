@@ -6,6 +6,7 @@
 //!   and row.
 //! - [`features_frame`]: every event's point-in-time features, computed by the same
 //!   [`FeatureEngine`] as `gatewatch features`, as a DataFrame.
+//! - [`scores_frame`]: every event scored by a model folder, as `gatewatch score` does.
 //!
 //! Event columns: `ts`, `client_ip`, `method`, `path` and `status` are required; `host`,
 //! `req_bytes`, `resp_bytes`, `latency_ms`, `user_agent`, `headers` (a struct of string
@@ -14,6 +15,7 @@
 
 use gatewatch_event::{EventFields, RequestEvent, parse_rfc3339_ms};
 use gatewatch_features::{Config, FeatureEngine, Record, Stats};
+use gatewatch_models::{Batch, BatchScores, Scorer};
 use polars::prelude::*;
 
 /// What was wrong with a DataFrame.
@@ -189,6 +191,9 @@ fn required<'a>(df: &'a DataFrame, name: &str) -> Result<&'a Series> {
 }
 
 fn strings<'a>(s: &'a Series, expected: &'static str) -> Result<Vec<Option<&'a str>>> {
+    if s.dtype() == &DataType::Null {
+        return Ok(vec![None; s.len()]);
+    }
     let ca = s.str().map_err(|_| FrameError::Type {
         column: s.name().to_string(),
         expected,
@@ -198,6 +203,9 @@ fn strings<'a>(s: &'a Series, expected: &'static str) -> Result<Vec<Option<&'a s
 }
 
 fn ints(s: &Series, expected: &'static str) -> Result<Vec<Option<i64>>> {
+    if s.dtype() == &DataType::Null {
+        return Ok(vec![None; s.len()]);
+    }
     if !s.dtype().is_integer() {
         return Err(FrameError::Type {
             column: s.name().to_string(),
@@ -210,6 +218,9 @@ fn ints(s: &Series, expected: &'static str) -> Result<Vec<Option<i64>>> {
 }
 
 fn floats(s: &Series) -> Result<Vec<Option<f64>>> {
+    if s.dtype() == &DataType::Null {
+        return Ok(vec![None; s.len()]);
+    }
     if !s.dtype().is_primitive_numeric() {
         return Err(FrameError::Type {
             column: s.name().to_string(),
@@ -268,7 +279,7 @@ fn text_or_int(df: &DataFrame, name: &str) -> Result<Option<Vec<Option<String>>>
     let Some(s) = column(df, name) else {
         return Ok(None);
     };
-    if s.dtype().is_integer() {
+    if s.dtype().is_integer() || s.dtype() == &DataType::Null {
         return Ok(Some(
             ints(s, "text or an integer")?
                 .into_iter()
@@ -313,6 +324,7 @@ pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
     let latency = column(df, "latency_ms").map(floats).transpose()?;
     let fields: Vec<Series> = match column(df, "headers") {
         None => Vec::new(),
+        Some(s) if s.dtype() == &DataType::Null => Vec::new(),
         Some(s) => s
             .struct_()
             .map_err(|_| FrameError::Type {
@@ -476,4 +488,96 @@ pub fn features_frame(cfg: &Config, df: &DataFrame) -> Result<(DataFrame, Stats)
     }
     let stats = engine.stats();
     Ok((DataFrame::new(rows.len(), cols)?, stats))
+}
+
+/// Every event scored by `scorer` (its features computed as in [`features_frame`]): one row
+/// per event in time order with `id`/`label` (when present), `ts`, `client`, `endpoint`,
+/// `score`, one `score_<member>` column per detector, `flagged`, and the deciding member's
+/// reasons as `reasons` (a JSON array of `{detector, feature, value, baseline,
+/// contribution}`, the same objects `gatewatch score` writes).
+pub fn scores_frame(
+    cfg: &Config,
+    scorer: &mut Scorer,
+    df: &DataFrame,
+    reasons: usize,
+    batch: usize,
+) -> Result<DataFrame> {
+    let (feats, _) = features_frame(cfg, df)?;
+    let registry = gatewatch_features::Registry::new(&cfg.features);
+    let names: Vec<String> = registry.names().map(String::from).collect();
+    let n = feats.height();
+    let cols: Vec<Vec<f64>> = names
+        .iter()
+        .map(|f| -> Result<Vec<f64>> {
+            Ok(feats
+                .column(f)?
+                .f64()?
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    let endpoints: Vec<String> = feats
+        .column("endpoint")?
+        .str()?
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect();
+    let k = scorer.members.len();
+    let mut score = Vec::with_capacity(n);
+    let mut member: Vec<Vec<f64>> = vec![Vec::with_capacity(n); k];
+    let mut flagged = Vec::with_capacity(n);
+    let mut why: Vec<String> = Vec::with_capacity(n);
+    let mut b = Batch::default();
+    let mut out = BatchScores::default();
+    let mut row = vec![0.0; names.len()];
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch.max(1)).min(n);
+        b.clear();
+        for i in start..end {
+            for (j, c) in cols.iter().enumerate() {
+                row[j] = c[i];
+            }
+            b.push(&row, &endpoints[i]);
+        }
+        scorer
+            .score_batch(&b, names.len(), reasons, &mut out)
+            .map_err(|e| FrameError::Invalid {
+                row: start,
+                reason: e.to_string(),
+            })?;
+        for i in 0..b.len() {
+            score.push(out.score[i]);
+            flagged.push(out.flagged[i]);
+            for (j, m) in member.iter_mut().enumerate() {
+                m.push(out.member[i * k + j]);
+            }
+            let d = &scorer.members[out.decided_by[i]].name;
+            let rs: Vec<serde_json::Value> = out.reasons[i]
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "detector": d, "feature": r.feature, "value": r.value,
+                        "baseline": r.baseline, "contribution": r.contribution,
+                    })
+                })
+                .collect();
+            why.push(serde_json::Value::Array(rs).to_string());
+        }
+        start = end;
+    }
+    let mut keep: Vec<Column> = Vec::new();
+    for c in ["id", "label", "ts", "client", "endpoint"] {
+        if let Ok(col) = feats.column(c) {
+            keep.push(col.clone());
+        }
+    }
+    keep.push(Column::new("score".into(), score));
+    for (m, v) in scorer.members.iter().zip(member) {
+        keep.push(Column::new(format!("score_{}", m.name).into(), v));
+    }
+    keep.push(Column::new("flagged".into(), flagged));
+    keep.push(Column::new("reasons".into(), why));
+    Ok(DataFrame::new(n, keep)?)
 }

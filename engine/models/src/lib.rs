@@ -48,3 +48,35 @@ pub(crate) fn check_feature_set(
     }
     Ok(())
 }
+
+/// The built-in default model (`models/default`, trained by `scripts/train-default`),
+/// compiled in.
+pub fn builtin_default() -> Folder {
+    const FILES: &[(&str, &str)] = &[
+        (
+            "manifest.json",
+            include_str!("../../../models/default/manifest.json"),
+        ),
+        (
+            "robust/manifest.json",
+            include_str!("../../../models/default/robust/manifest.json"),
+        ),
+        (
+            "robust/baseline.json",
+            include_str!("../../../models/default/robust/baseline.json"),
+        ),
+        (
+            "volumetric/manifest.json",
+            include_str!("../../../models/default/volumetric/manifest.json"),
+        ),
+        (
+            "volumetric/limits.json",
+            include_str!("../../../models/default/volumetric/limits.json"),
+        ),
+    ];
+    Folder::Embedded {
+        files: FILES,
+        prefix: String::new(),
+        origin: "models/default".into(),
+    }
+}

@@ -25,6 +25,7 @@ from gatewatch import _native
 
 __all__ = [
     "FeatureExtractor",
+    "Model",
     "__version__",
     "feature_docs",
     "feature_schema",
@@ -200,3 +201,96 @@ class FeatureExtractor:
     def feature_set(self) -> str:
         """The hash that versions this configuration's feature set."""
         return self._native.feature_set()
+
+
+class Model:
+    """A gatewatch model: one detector or an ensemble, as ``gatewatch score`` uses.
+
+    Use :meth:`load` for a model folder and :meth:`default` for the built-in default model.
+    """
+
+    def __init__(self, native: _native.Model) -> None:
+        self._native = native
+
+    @classmethod
+    def load(cls, path: str | Path, config: str | Path | None = None) -> Model:
+        """Load a model folder.
+
+        Parameters
+        ----------
+        path : str or Path
+            The folder (``manifest.json`` and its artefacts).
+        config : str or Path, optional
+            The gatewatch configuration the model's features were computed with.
+
+        Raises
+        ------
+        OSError
+            When a file of the folder cannot be read.
+        ValueError
+            When the folder is corrupt, was built for another feature set or names unknown
+            features (the message says which).
+        """
+        return cls(_native.Model(str(path), None if config is None else str(config)))
+
+    @classmethod
+    def default(cls) -> Model:
+        """The built-in default model (``models/default``)."""
+        return cls(_native.Model(None, None))
+
+    @property
+    def id(self) -> str:
+        """``name@version``."""
+        return self._native.id
+
+    @property
+    def detectors(self) -> list[str]:
+        """The names of the model's detectors."""
+        return self._native.detectors
+
+    def score_samples(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Score every event.
+
+        Parameters
+        ----------
+        df : polars.DataFrame
+            Events in the event schema (see :func:`simulate`).
+
+        Returns
+        -------
+        polars.DataFrame
+            One row per event in time order: ``id``/``label`` when present, ``ts``,
+            ``client``, ``endpoint``, ``score`` in [0, 1], ``score_<detector>`` per
+            detector and ``flagged``.
+        """
+        return self._native.score(df, 0).drop("reasons")
+
+    def explain(self, df: pl.DataFrame, top: int = 3) -> pl.DataFrame:
+        """Score every event with its top reasons.
+
+        Parameters
+        ----------
+        df : polars.DataFrame
+            Events in the event schema.
+        top : int
+            Reasons per event.
+
+        Returns
+        -------
+        polars.DataFrame
+            As :meth:`score_samples`, with ``reasons``: a list of structs (``detector``,
+            ``feature``, ``value``, ``baseline``, ``contribution``) per event.
+        """
+        out = self._native.score(df, top)
+        dtype = pl.List(
+            pl.Struct(
+                {
+                    "detector": pl.String,
+                    "feature": pl.String,
+                    "value": pl.Float64,
+                    "baseline": pl.Float64,
+                    "contribution": pl.Float64,
+                }
+            )
+        )
+        return out.with_columns(pl.col("reasons").str.json_decode(dtype))

@@ -1,0 +1,153 @@
+"""The Python module computes exactly what the service computes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import gatewatch as gw
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def gatewatch_bin() -> Path:
+    """The most recently built gatewatch binary (release or debug)."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    built = [b for b in (target / p / "gatewatch" for p in ("release", "debug")) if b.exists()]
+    if not built:
+        pytest.fail(f"the gatewatch binary is not built under {target} (cargo build -p gatewatch)")
+    return max(built, key=lambda b: b.stat().st_mtime)
+
+
+def cli_features(events: Path, out: Path) -> pl.DataFrame:
+    subprocess.run(
+        [gatewatch_bin(), "features", "-i", events, "-o", out],
+        check=True,
+        capture_output=True,
+    )
+    return pl.read_ndjson(out, infer_schema_length=None)
+
+
+def as_cli_table(features: pl.DataFrame) -> pl.DataFrame:
+    """The DataFrame output in the CLI's NDJSON types (ts as RFC 3339 text, floats)."""
+    return features.with_columns(
+        pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
+    )
+
+
+def compare(got: pl.DataFrame, want: pl.DataFrame) -> None:
+    assert sorted(got.columns) == sorted(want.columns)
+    want = want.select(got.columns)
+    names = [c for c in got.columns if c not in ("id", "label", "ts", "client", "endpoint")]
+    assert_frame_equal(
+        as_cli_table(got),
+        want.with_columns(pl.col(names).cast(pl.Float64)),
+        check_dtypes=False,
+        check_exact=True,
+    )
+
+
+def test_golden_fixture_matches_the_stored_table() -> None:
+    events = gw.read_log(GOLDEN / "events.ndjson")
+    got = gw.FeatureExtractor().transform(events)
+    want = pl.read_ndjson(GOLDEN / "features.ndjson", infer_schema_length=None)
+    assert got.height == want.height == 673
+    compare(got, want)
+
+
+def test_transform_equals_gatewatch_features_on_the_same_log(tmp_path: Path) -> None:
+    events = gw.simulate(seed=11, duration="3m", users=25)
+    path = tmp_path / "events.ndjson"
+    events.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")).write_ndjson(path)
+    want = cli_features(path, tmp_path / "features.ndjson")
+    got = gw.FeatureExtractor().transform(events)
+    assert got.height == events.height
+    compare(got, want)
+
+
+def test_features_are_float_columns_named_by_the_registry() -> None:
+    ex = gw.FeatureExtractor()
+    schema = gw.feature_schema()
+    names = [f["name"] for f in schema["features"]]
+    assert ex.feature_names == names
+    assert ex.feature_set == schema["hash"]
+    out = ex.transform(gw.simulate(seed=3, duration="1m", users=5, scenarios=[]))
+    assert out.columns[-len(names) :] == names
+    assert all(out.schema[n] == pl.Float64 for n in names)
+    assert out.schema["ts"] == pl.Datetime("ms", "UTC")
+    assert "| `req_count_<h>` |" in gw.feature_docs()
+
+
+def test_simulate_is_deterministic_and_labelled() -> None:
+    a = gw.simulate(seed=5, duration="2m", users=10, scenarios=["scraping"])
+    b = gw.simulate(seed=5, duration="2m", users=10, scenarios=["scraping"])
+    assert_frame_equal(a, b)
+    assert set(a["label"].unique()) == {"normal", "scraping"}
+    assert a["ts"].is_sorted()
+    with pytest.raises(ValueError, match="unknown scenario"):
+        gw.simulate(scenarios=["teleportation"])
+    with pytest.raises(ValueError, match="duration"):
+        gw.simulate(duration="soon")
+
+
+def test_read_log_reads_parquet_csv_and_ndjson_with_a_mapping(tmp_path: Path) -> None:
+    events = gw.simulate(seed=9, duration="1m", users=5, scenarios=[]).drop("headers")
+    want = gw.FeatureExtractor().transform(events)
+    renamed = events.rename({"ts": "time", "client_ip": "remote_addr"})
+    renamed.write_parquet(tmp_path / "log.parquet")
+    flat = renamed.with_columns(pl.col("time").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
+    flat.write_csv(tmp_path / "log.csv")
+    flat.write_ndjson(tmp_path / "log.jsonl")
+    mapping = {"time": "ts", "remote_addr": "client_ip"}
+    for name in ("log.parquet", "log.csv", "log.jsonl"):
+        df = gw.read_log(tmp_path / name, mapping=mapping)
+        assert_frame_equal(gw.FeatureExtractor().transform(df), want)
+    with pytest.raises(ValueError, match="unknown log format"):
+        gw.read_log(tmp_path / "log.txt")
+    with pytest.raises(ValueError, match=r"required event columns are missing: \['ts'"):
+        gw.read_log(tmp_path / "log.parquet")
+
+
+def test_bad_frames_raise_errors_naming_column_and_row() -> None:
+    events = gw.simulate(seed=2, duration="1m", users=5, scenarios=[]).head(20)
+    ex = gw.FeatureExtractor()
+    with pytest.raises(ValueError, match='column "status" is missing'):
+        ex.transform(events.drop("status"))
+    with pytest.raises(ValueError, match='column "status" has type str'):
+        ex.transform(events.with_columns(pl.lit("OK").alias("status")))
+    ips = events["client_ip"].to_list()
+    ips[4] = None
+    with pytest.raises(ValueError, match='column "client_ip" is null in row 4'):
+        ex.transform(events.with_columns(pl.Series("client_ip", ips)))
+    ips[4] = "nope"
+    with pytest.raises(ValueError, match=r"row 4: .*client_ip"):
+        ex.transform(events.with_columns(pl.Series("client_ip", ips)))
+    with pytest.raises(TypeError, match=r"polars\.DataFrame"):
+        ex.transform(events.to_dicts())  # type: ignore[arg-type]
+    empty = ex.transform(events.head(0))
+    assert empty.height == 0 and "req_count_10s" in empty.columns
+
+
+def test_config_files_are_used_and_bad_ones_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text("[features]\nhorizons_secs = [30, 300]\n")
+    ex = gw.FeatureExtractor(cfg)
+    assert "req_count_30s" in ex.feature_names and "req_count_10s" not in ex.feature_names
+    (tmp_path / "bad.toml").write_text("[features]\nhorizons = 3\n")
+    with pytest.raises(ValueError, match="horizons"):
+        gw.FeatureExtractor(tmp_path / "bad.toml")
+    with pytest.raises(OSError, match=r"missing\.toml"):
+        gw.FeatureExtractor(tmp_path / "missing.toml")
+
+
+def test_the_stored_schema_is_json_of_the_registry() -> None:
+    s = gw.feature_schema()
+    assert json.loads(json.dumps(s)) == s
+    assert len(s["features"]) == 67

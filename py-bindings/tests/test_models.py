@@ -1,0 +1,59 @@
+"""Models score in Python exactly as the service scores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_features import gatewatch_bin
+
+import gatewatch as gw
+
+
+def test_default_model_scores_equal_gatewatch_score(tmp_path: Path) -> None:
+    events = gw.simulate(seed=13, duration="4m", users=30)
+    path = tmp_path / "events.ndjson"
+    events.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")).write_ndjson(path)
+    out = subprocess.run(
+        [gatewatch_bin(), "score", "-i", path], check=True, capture_output=True, text=True
+    )
+    cli = [json.loads(line) for line in out.stdout.splitlines()]
+    model = gw.Model.default()
+    assert model.id == "default@1"
+    assert model.detectors == ["robust", "volumetric"]
+    got = model.explain(events)
+    assert got.height == len(cli) == events.height
+    for row, want in zip(got.iter_rows(named=True), cli, strict=True):
+        assert row["id"] == want["id"]
+        assert row["score"] == want["score"]
+        assert row["score_robust"] == want["scores"]["robust"]
+        assert row["score_volumetric"] == want["scores"]["volumetric"]
+        assert row["flagged"] == want["flagged"]
+        assert row["reasons"] == want["reasons"]
+    plain = model.score_samples(events)
+    assert "reasons" not in plain.columns
+    assert plain["score"].to_list() == got["score"].to_list()
+
+
+def test_a_trained_model_folder_loads_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    events = gw.simulate(seed=4, duration="3m", users=20, scenarios=[])
+    path = tmp_path / "events.ndjson"
+    events.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")).write_ndjson(path)
+    folder = tmp_path / "m"
+    subprocess.run(
+        [gatewatch_bin(), "train", "-i", path, "-o", folder, "--detectors", "robust,pca"],
+        check=True,
+        capture_output=True,
+    )
+    m = gw.Model.load(folder)
+    assert m.detectors == ["robust", "pca"]
+    s = m.score_samples(events)
+    assert s["score"].is_between(0.0, 1.0).all()
+    (folder / "pca" / "params.json").write_text("{")
+    with pytest.raises(ValueError, match=r"pca/params\.json"):
+        gw.Model.load(folder)
+    with pytest.raises(OSError, match="nowhere"):
+        gw.Model.load(tmp_path / "nowhere")
