@@ -190,6 +190,87 @@ impl Model {
     }
 }
 
+/// Scores the events through the Python path (DataFrames) and the service path (NDJSON
+/// through the ingest loop of `gatewatch score`); returns (largest absolute difference,
+/// events scored by Python, events scored by the service, lines the service rejected).
+#[pyfunction]
+#[pyo3(signature = (model_dir, df, config=None))]
+fn check_parity(
+    py: Python<'_>,
+    model_dir: Option<PathBuf>,
+    df: PyDataFrame,
+    config: Option<PathBuf>,
+) -> PyResult<(f64, usize, usize, u64)> {
+    let m = Model::new(model_dir, config)?;
+    py.detach(|| {
+        let mut scorer = m
+            .scorer
+            .lock()
+            .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
+        let ours = gatewatch_frames::scores_frame(&m.cfg, &mut scorer, &df.0, 0, 256)
+            .map_err(value_err)?;
+        let (theirs, rejected) =
+            gatewatch_frames::service_scores(&m.cfg, &mut scorer, &df.0, 256).map_err(value_err)?;
+        let ours: Vec<f64> = ours
+            .column("score")
+            .and_then(|c| {
+                c.f64()
+                    .map(|c| c.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+            })
+            .map_err(value_err)?;
+        let worst = if ours.len() == theirs.len() {
+            ours.iter()
+                .zip(&theirs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max)
+        } else {
+            f64::INFINITY
+        };
+        Ok((worst, ours.len(), theirs.len(), rejected))
+    })
+}
+
+/// Fits a robust baseline on a features frame and writes it as a model folder.
+#[pyfunction]
+#[pyo3(signature = (features, path, name="baseline", top_k=3, threshold=0.999, config=None))]
+fn fit_baseline(
+    py: Python<'_>,
+    features: PyDataFrame,
+    path: PathBuf,
+    name: &str,
+    top_k: usize,
+    threshold: f64,
+    config: Option<PathBuf>,
+) -> PyResult<String> {
+    let cfg = load_config(config)?;
+    py.detach(|| {
+        let registry = Registry::new(&cfg.features);
+        let rows = gatewatch_frames::feature_rows(&registry, &features.0).map_err(value_err)?;
+        let n = registry.len();
+        let training = gatewatch_models::Training {
+            events: 0,
+            clients: 0,
+            source: "a features DataFrame".into(),
+            label_filter: None,
+        };
+        let params = gatewatch_models::RobustParams {
+            top_k,
+            threshold,
+            ..gatewatch_models::RobustParams::default()
+        };
+        let model = gatewatch_models::RobustModel::fit(
+            &registry,
+            &params,
+            rows.chunks_exact(n),
+            name,
+            training,
+        )
+        .map_err(value_err)?;
+        model.save(&path).map_err(value_err)?;
+        Ok(model.id())
+    })
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -198,6 +279,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(feature_docs, m)?)?;
     m.add_class::<FeatureExtractor>()?;
     m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(check_parity, m)?)?;
+    m.add_function(wrap_pyfunction!(fit_baseline, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

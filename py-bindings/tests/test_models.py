@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_series_equal
 from test_features import gatewatch_bin
 
 import gatewatch as gw
@@ -57,3 +58,32 @@ def test_a_trained_model_folder_loads_and_bad_ones_are_refused(tmp_path: Path) -
         gw.Model.load(folder)
     with pytest.raises(OSError, match="nowhere"):
         gw.Model.load(tmp_path / "nowhere")
+
+
+def test_check_parity_reports_no_difference_between_the_two_paths() -> None:
+    events = gw.simulate(seed=8, duration="3m", users=20)
+    r = gw.check_parity(None, events)
+    assert r["events"] == r["service_events"] == events.height
+    assert r["service_rejected"] == 0
+    assert r["max_abs_diff"] == 0.0
+
+
+def test_a_baseline_fitted_in_python_scores_like_one_trained_by_the_cli(tmp_path: Path) -> None:
+    events = gw.simulate(seed=6, duration="3m", users=20, scenarios=[])
+    feats = gw.FeatureExtractor().transform(events)
+    model = gw.Baseline(name="py").fit(feats).save(tmp_path / "py")
+    assert model.id == "py@1"
+    assert model.detectors == ["robust_zscore"]
+    path = tmp_path / "events.ndjson"
+    events.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")).write_ndjson(path)
+    subprocess.run(
+        [gatewatch_bin(), "train", "-i", path, "-o", tmp_path / "cli", "--detectors", "robust"],
+        check=True,
+        capture_output=True,
+    )
+    cli = gw.Model.load(tmp_path / "cli" / "robust")
+    assert_series_equal(model.score_samples(events)["score"], cli.score_samples(events)["score"])
+    with pytest.raises(ValueError, match="req_count_10s"):
+        gw.Baseline().fit(feats.drop("req_count_10s")).save(tmp_path / "bad")
+    with pytest.raises(ValueError, match="fit"):
+        gw.Baseline().save(tmp_path / "none")

@@ -581,3 +581,86 @@ pub fn scores_frame(
     keep.push(Column::new("reasons".into(), why));
     Ok(DataFrame::new(n, keep)?)
 }
+
+/// Scores of the frame's events through the service's own path: the events written as
+/// NDJSON lines and read back by the ingest loop of `gatewatch score`, scored in batches of
+/// `batch`. One score per event, in the order the service emits them (event time, ties in
+/// row order); lines the service rejects are counted in the second value.
+pub fn service_scores(
+    cfg: &Config,
+    scorer: &mut Scorer,
+    df: &DataFrame,
+    batch: usize,
+) -> Result<(Vec<f64>, u64)> {
+    let events = frame_to_events(df)?;
+    let mut text = String::new();
+    for e in &events {
+        gatewatch_event::write_ndjson(e, &mut text);
+    }
+    let mut engine = FeatureEngine::new(cfg)?;
+    let stride = engine.registry().len();
+    let mut ingest = gatewatch_features::Ingest::new(gatewatch_features::Format::Ndjson);
+    let mut pending = Batch::default();
+    let mut scores = Vec::with_capacity(events.len());
+    let mut out = BatchScores::default();
+    let mut failed: Option<gatewatch_models::ModelError> = None;
+    let mut rejected = 0u64;
+    {
+        let mut flush = |b: &mut Batch, scores: &mut Vec<f64>| {
+            if b.is_empty() || failed.is_some() {
+                return;
+            }
+            match scorer.score_batch(b, stride, 0, &mut out) {
+                Ok(()) => scores.extend_from_slice(&out.score),
+                Err(e) => failed = Some(e),
+            }
+            b.clear();
+        };
+        let mut sink = |r: &Record<'_>| {
+            pending.push(r.features, r.endpoint);
+            if pending.len() >= batch.max(1) {
+                flush(&mut pending, &mut scores);
+            }
+        };
+        let mut reject = |_: gatewatch_features::Rejection| rejected += 1;
+        ingest.feed(&mut engine, text.as_bytes(), &mut sink, &mut reject);
+        ingest.finish(&mut engine, &mut sink, &mut reject);
+        flush(&mut pending, &mut scores);
+    }
+    if let Some(e) = failed {
+        return Err(FrameError::Invalid {
+            row: 0,
+            reason: e.to_string(),
+        });
+    }
+    Ok((scores, rejected))
+}
+
+/// Feature rows (registry order) from a features frame, such as [`features_frame`] returns.
+pub fn feature_rows(registry: &gatewatch_features::Registry, df: &DataFrame) -> Result<Vec<f64>> {
+    let names: Vec<&str> = registry.names().collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| df.column(n).is_err())
+        .collect();
+    if !missing.is_empty() {
+        return Err(FrameError::Missing {
+            column: missing.join(", "),
+        });
+    }
+    let cols: Vec<Vec<Option<f64>>> = names
+        .iter()
+        .map(|n| floats(df.column(n).expect("checked").as_materialized_series()))
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::with_capacity(df.height() * names.len());
+    for r in 0..df.height() {
+        for (k, c) in cols.iter().enumerate() {
+            rows.push(c[r].ok_or_else(|| FrameError::Null {
+                column: names[k].to_string(),
+                row: r,
+            })?);
+        }
+    }
+    Ok(rows)
+}

@@ -24,9 +24,11 @@ import polars as pl
 from gatewatch import _native
 
 __all__ = [
+    "Baseline",
     "FeatureExtractor",
     "Model",
     "__version__",
+    "check_parity",
     "feature_docs",
     "feature_schema",
     "read_log",
@@ -294,3 +296,118 @@ class Model:
             )
         )
         return out.with_columns(pl.col("reasons").str.json_decode(dtype))
+
+
+def check_parity(
+    model_dir: str | Path | None, events: pl.DataFrame, config: str | Path | None = None
+) -> dict[str, float | int]:
+    """Score events through the Python path and the service path and compare.
+
+    The Python path computes features and scores on DataFrames; the service path writes the
+    same events as NDJSON lines and reads them back through the ingest loop of
+    ``gatewatch score``.
+
+    Parameters
+    ----------
+    model_dir : str or Path, optional
+        A model folder; the built-in default model when ``None``.
+    events : polars.DataFrame
+        Events in the event schema.
+    config : str or Path, optional
+        The gatewatch configuration.
+
+    Returns
+    -------
+    dict
+        ``max_abs_diff`` (infinite when the two paths scored different numbers of events),
+        ``events`` (scored by Python), ``service_events`` and ``service_rejected``.
+    """
+    worst, ours, theirs, rejected = _native.check_parity(
+        None if model_dir is None else str(model_dir),
+        events,
+        None if config is None else str(config),
+    )
+    return {
+        "max_abs_diff": worst,
+        "events": ours,
+        "service_events": theirs,
+        "service_rejected": rejected,
+    }
+
+
+class Baseline:
+    """The robust baseline (``robust_zscore``), fitted on a features frame.
+
+    Parameters
+    ----------
+    top_k : int
+        Evidence groups averaged into the raw score.
+    threshold : float
+        Flag threshold on the calibrated score.
+    name : str
+        Model name.
+    config : str or Path, optional
+        The gatewatch configuration the features were computed with.
+    """
+
+    def __init__(
+        self,
+        top_k: int = 3,
+        threshold: float = 0.999,
+        name: str = "baseline",
+        config: str | Path | None = None,
+    ) -> None:
+        self.top_k = top_k
+        self.threshold = threshold
+        self.name = name
+        self.config = config
+        self._features: pl.DataFrame | None = None
+
+    def fit(self, features: pl.DataFrame) -> Baseline:
+        """Keep the training features (the model is fitted when saved).
+
+        Parameters
+        ----------
+        features : polars.DataFrame
+            A frame from :meth:`FeatureExtractor.transform` (every feature column).
+
+        Returns
+        -------
+        Baseline
+            ``self``.
+        """
+        if not isinstance(features, pl.DataFrame):
+            raise TypeError(f"expected a polars.DataFrame, got {type(features).__name__}")
+        self._features = features
+        return self
+
+    def save(self, path: str | Path) -> Model:
+        """Fit and write the model folder, and load it.
+
+        Parameters
+        ----------
+        path : str or Path
+            The folder to write.
+
+        Returns
+        -------
+        Model
+            The saved model, ready to score.
+
+        Raises
+        ------
+        ValueError
+            When :meth:`fit` was not called, or a feature column is missing, null or not
+            finite (the message names it).
+        """
+        if self._features is None:
+            raise ValueError("call fit(features) before save(path)")
+        _native.fit_baseline(
+            self._features,
+            str(path),
+            self.name,
+            self.top_k,
+            self.threshold,
+            None if self.config is None else str(self.config),
+        )
+        return Model.load(path, self.config)

@@ -29,3 +29,15 @@ class Model:
     def id(self) -> str: ...
     @property
     def detectors(self) -> list[str]: ...
+
+def check_parity(
+    model_dir: str | Path | None, df: pl.DataFrame, config: str | Path | None = None
+) -> tuple[float, int, int, int]: ...
+def fit_baseline(
+    features: pl.DataFrame,
+    path: str | Path,
+    name: str = "baseline",
+    top_k: int = 3,
+    threshold: float = 0.999,
+    config: str | Path | None = None,
+) -> str: ...
