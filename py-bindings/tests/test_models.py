@@ -87,3 +87,40 @@ def test_a_baseline_fitted_in_python_scores_like_one_trained_by_the_cli(tmp_path
         gw.Baseline().fit(feats.drop("req_count_10s")).save(tmp_path / "bad")
     with pytest.raises(ValueError, match="fit"):
         gw.Baseline().save(tmp_path / "none")
+
+
+def test_an_exported_onnx_model_scores_in_the_service_as_in_onnxruntime(tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    events = gw.simulate(seed=17, duration="3m", users=25)
+    feats = gw.FeatureExtractor().transform(events)
+    names = ["error_ratio_1m", "req_rate_1m", "distinct_ids_10m", "transition_surprise"]
+    x = feats.select(names).to_numpy().astype(np.float32)
+    y = (feats["label"] != "normal").to_numpy().astype(np.int64)
+    clf = GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(x, y)
+    onx = to_onnx(
+        clf,
+        initial_types=[("input", FloatTensorType([None, len(names)]))],
+        options={id(clf): {"zipmap": False}},
+    )
+    (tmp_path / "clf.onnx").write_bytes(onx.SerializeToString())
+    model = gw.export_model(
+        tmp_path / "m", tmp_path / "clf.onnx", names, reference=feats, name="clf"
+    )
+    assert model.id == "clf@1"
+    got = model.explain(events)
+    sess = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
+    want = sess.run(["probabilities"], {"input": x})[0][:, 1]
+    diff = np.abs(got["score"].to_numpy() - want.astype(np.float64)).max()
+    assert diff <= 1e-5
+    flagged = got.filter(pl.col("flagged"))
+    assert flagged.height > 0
+    assert any(len(r) > 0 for r in flagged["reasons"].to_list())
+    with pytest.raises(ValueError, match="unknown"):
+        gw.export_model(tmp_path / "x", tmp_path / "clf.onnx", ["nope"])
+    with pytest.raises(ValueError, match="input"):
+        gw.export_model(tmp_path / "y", tmp_path / "clf.onnx", names[:3])

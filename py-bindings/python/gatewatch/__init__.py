@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "Model",
     "__version__",
     "check_parity",
+    "export_model",
     "feature_docs",
     "feature_schema",
     "read_log",
@@ -411,3 +413,108 @@ class Baseline:
             None if self.config is None else str(self.config),
         )
         return Model.load(path, self.config)
+
+
+def export_model(
+    path: str | Path,
+    onnx_path: str | Path,
+    features: Sequence[str],
+    threshold: float = 0.5,
+    output: str = "probabilities",
+    column: int = 1,
+    negate: bool = False,
+    reference: pl.DataFrame | Sequence[float] | None = None,
+    calibration_scores: Sequence[float] | None = None,
+    name: str = "model",
+    version: str = "1",
+) -> Model:
+    """Write an ONNX model as a gatewatch model folder and load it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder to write (``model.onnx`` and ``manifest.json``).
+    onnx_path : str or Path
+        The exported model: one float input ``[batch, len(features)]``; classifiers exported
+        with ``zipmap`` off.
+    features : sequence of str
+        The registry features the model reads, in input order.
+    threshold : float
+        Flag threshold on the score.
+    output, column : str, int
+        The output and column holding the score (``"probabilities"``, 1 for a binary
+        classifier's positive class; ``"scores"``, 0 with ``negate=True`` for an
+        IsolationForest).
+    negate : bool
+        The output is larger for more normal events.
+    reference : polars.DataFrame or sequence of float, optional
+        Values explanations compare against: a features frame (its medians are taken) or one
+        value per feature. No explanations when ``None``.
+    calibration_scores : sequence of float, optional
+        Raw outputs of the training events; the score becomes their empirical CDF. The raw
+        output clamped to [0, 1] when ``None``.
+    name, version : str
+        The model's name and version.
+
+    Returns
+    -------
+    Model
+        The folder, loaded as the service loads it.
+
+    Raises
+    ------
+    ValueError
+        When a feature is unknown or the reference has the wrong length; the service's own
+        checks (the ONNX input width, the output) apply when the folder is loaded.
+    """
+    schema = feature_schema()
+    known = {f["name"] for f in schema["features"]}
+    unknown = [f for f in features if f not in known]
+    if unknown:
+        raise ValueError(f"features unknown to this engine: {unknown}")
+    ref: list[float] = []
+    if isinstance(reference, pl.DataFrame):
+        ref = [float(reference[f].median()) for f in features]  # type: ignore[arg-type]
+    elif reference is not None:
+        ref = [float(v) for v in reference]
+        if len(ref) != len(features):
+            raise ValueError(f"reference has {len(ref)} values for {len(features)} features")
+    calibration: list[float] = []
+    if calibration_scores is not None:
+        raw = sorted(-v if negate else v for v in calibration_scores)
+        if len(raw) < 2:
+            raise ValueError("calibration_scores needs at least two values")
+        calibration = [raw[(q * (len(raw) - 1)) // 1000] for q in range(1001)]
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, out / "model.onnx")
+    manifest = {
+        "format_version": 1,
+        "name": name,
+        "version": version,
+        "kind": "onnx",
+        "feature_set": schema["hash"],
+        "features": list(features),
+        "outputs": [output],
+        "threshold": threshold,
+        "calibration": "empirical CDF of the training outputs"
+        if calibration
+        else "none: the model's output clamped to [0, 1]",
+        "training": {
+            "events": len(calibration_scores or []),
+            "clients": 0,
+            "source": "gatewatch.export_model",
+            "label_filter": None,
+        },
+        "artefacts": ["model.onnx"],
+        "onnx": {
+            "file": "model.onnx",
+            "output": output,
+            "column": column,
+            "negate": negate,
+            "calibration": calibration,
+            "reference": ref,
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return Model.load(out)
