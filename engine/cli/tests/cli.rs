@@ -8,13 +8,13 @@ fn gw() -> Command {
 }
 
 fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    run_with_stdin_env(args, stdin, ("GATEWATCH_TEST", "1"))
+    run_with_stdin_env(args, stdin, &[])
 }
 
-fn run_with_stdin_env(args: &[&str], stdin: &[u8], env: (&str, &str)) -> Output {
+fn run_with_stdin_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut child = gw()
         .args(args)
-        .env(env.0, env.1)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -722,7 +722,7 @@ fn an_ensemble_can_mix_baselines_and_an_onnx_model() {
     let out = run_with_stdin_env(
         &["score", "--model", ens.join("robust").to_str().unwrap()],
         &events,
-        ("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so"),
+        &[("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so")],
     );
     assert!(out.status.success());
 }

@@ -439,26 +439,89 @@ fn build_events<'a>(
 /// (Datetime[ms, UTC]), `client`, `endpoint` and every feature (Float64) by registry name.
 /// Returns the engine's run counters too.
 pub fn features_frame(cfg: &Config, df: &DataFrame) -> Result<(DataFrame, Stats)> {
+    let mut feats: Vec<Vec<f64>> = Vec::new();
+    let (mut keys, engine) = run(cfg, df, |r| {
+        if feats.is_empty() {
+            feats = vec![Vec::new(); r.features.len()];
+        }
+        for (k, v) in r.features.iter().enumerate() {
+            feats[k].push(*v);
+        }
+        Ok(())
+    })?;
+    feats.resize(engine.registry().len(), Vec::new());
+    let n = keys.rows.len();
+    let mut cols = keys.columns(df)?;
+    for (name, v) in engine.registry().names().zip(feats) {
+        cols.push(Column::new(name.into(), v));
+    }
+    Ok((DataFrame::new(n, cols)?, engine.stats()))
+}
+
+/// The identifying columns of the records, in emission order.
+#[derive(Default)]
+struct Keys {
+    rows: Vec<IdxSize>,
+    ts: Vec<i64>,
+    clients: Vec<String>,
+    endpoints: Vec<String>,
+}
+
+impl Keys {
+    /// `id` and `label` (taken from the frame's rows, as they are), `ts`, `client`,
+    /// `endpoint`.
+    fn columns(&mut self, df: &DataFrame) -> Result<Vec<Column>> {
+        let mut cols: Vec<Column> = Vec::new();
+        for name in ["id", "label"] {
+            if let Some(s) = column(df, name) {
+                cols.push(s.take_slice(&self.rows)?.into());
+            }
+        }
+        cols.push(
+            Int64Chunked::from_vec("ts".into(), std::mem::take(&mut self.ts))
+                .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+                .into_series()
+                .into(),
+        );
+        cols.push(Column::new(
+            "client".into(),
+            std::mem::take(&mut self.clients),
+        ));
+        cols.push(Column::new(
+            "endpoint".into(),
+            std::mem::take(&mut self.endpoints),
+        ));
+        Ok(cols)
+    }
+}
+
+/// Runs the engine of `cfg` over the frame's events in event-time order (rows sorted by
+/// `ts`, ties in row order, so no event is late), records each record's keys and hands it
+/// to `each`; the first error `each` returns stops the run. Returns the keys and the engine
+/// after the last event.
+fn run(
+    cfg: &Config,
+    df: &DataFrame,
+    mut each: impl FnMut(&Record<'_>) -> Result<()>,
+) -> Result<(Keys, FeatureEngine)> {
     let events = frame_to_events(df)?;
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].ts_ms);
     let mut engine = FeatureEngine::new(cfg)?;
-    let names: Vec<String> = engine.registry().names().map(String::from).collect();
-    let n = events.len();
-    let mut rows: Vec<IdxSize> = Vec::with_capacity(n);
-    let mut ts: Vec<i64> = Vec::with_capacity(n);
-    let mut clients: Vec<String> = Vec::with_capacity(n);
-    let mut endpoints: Vec<String> = Vec::with_capacity(n);
-    let mut feats: Vec<Vec<f64>> = vec![Vec::with_capacity(n); names.len()];
+    let mut keys = Keys::default();
+    let mut failed: Option<FrameError> = None;
     let mut events: Vec<Option<RequestEvent>> = events.into_iter().map(Some).collect();
     {
         let mut sink = |r: &Record<'_>| {
-            rows.push(r.line as IdxSize);
-            ts.push(r.event.ts_ms);
-            clients.push(r.client.to_string());
-            endpoints.push(r.endpoint.to_string());
-            for (k, v) in r.features.iter().enumerate() {
-                feats[k].push(*v);
+            if failed.is_some() {
+                return;
+            }
+            keys.rows.push(r.line as IdxSize);
+            keys.ts.push(r.event.ts_ms);
+            keys.clients.push(r.client.to_string());
+            keys.endpoints.push(r.endpoint.to_string());
+            if let Err(e) = each(r) {
+                failed = Some(e);
             }
         };
         for &i in &order {
@@ -469,88 +532,45 @@ pub fn features_frame(cfg: &Config, df: &DataFrame) -> Result<(DataFrame, Stats)
         }
         engine.finish(&mut sink);
     }
-    let mut cols: Vec<Column> = Vec::new();
-    for name in ["id", "label"] {
-        if let Some(s) = column(df, name) {
-            cols.push(s.take_slice(&rows)?.into());
-        }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((keys, engine)),
     }
-    cols.push(
-        Int64Chunked::from_vec("ts".into(), ts)
-            .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
-            .into_series()
-            .into(),
-    );
-    cols.push(Column::new("client".into(), clients));
-    cols.push(Column::new("endpoint".into(), endpoints));
-    for (name, v) in names.iter().zip(feats) {
-        cols.push(Column::new(name.as_str().into(), v));
-    }
-    let stats = engine.stats();
-    Ok((DataFrame::new(rows.len(), cols)?, stats))
 }
 
-/// Every event scored by `scorer` (its features computed as in [`features_frame`]): one row
-/// per event in time order with `id`/`label` (when present), `ts`, `client`, `endpoint`,
-/// `score`, one `score_<member>` column per detector, `flagged`, and the deciding member's
-/// reasons as `reasons` (a JSON array of `{detector, feature, value, baseline,
-/// contribution}`, the same objects `gatewatch score` writes).
-pub fn scores_frame(
-    cfg: &Config,
-    scorer: &mut Scorer,
-    df: &DataFrame,
-    reasons: usize,
-    batch: usize,
-) -> Result<DataFrame> {
-    let (feats, _) = features_frame(cfg, df)?;
-    let registry = gatewatch_features::Registry::new(&cfg.features);
-    let names: Vec<String> = registry.names().map(String::from).collect();
-    let n = feats.height();
-    let cols: Vec<Vec<f64>> = names
-        .iter()
-        .map(|f| -> Result<Vec<f64>> {
-            Ok(feats
-                .column(f)?
-                .f64()?
-                .iter()
-                .map(|v| v.unwrap_or(f64::NAN))
-                .collect())
-        })
-        .collect::<Result<_>>()?;
-    let endpoints: Vec<String> = feats
-        .column("endpoint")?
-        .str()?
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect();
-    let k = scorer.members.len();
-    let mut score = Vec::with_capacity(n);
-    let mut member: Vec<Vec<f64>> = vec![Vec::with_capacity(n); k];
-    let mut flagged = Vec::with_capacity(n);
-    let mut why: Vec<String> = Vec::with_capacity(n);
-    let mut b = Batch::default();
-    let mut out = BatchScores::default();
-    let mut row = vec![0.0; names.len()];
-    let mut start = 0;
-    while start < n {
-        let end = (start + batch.max(1)).min(n);
-        b.clear();
-        for i in start..end {
-            for (j, c) in cols.iter().enumerate() {
-                row[j] = c[i];
-            }
-            b.push(&row, &endpoints[i]);
+/// Scores in the frame's columns: per event, the score, each member's, the flag and the
+/// reasons as JSON.
+struct ScoreColumns {
+    score: Vec<f64>,
+    member: Vec<Vec<f64>>,
+    flagged: Vec<bool>,
+    reasons: Vec<String>,
+}
+
+impl ScoreColumns {
+    /// Scores the batch and appends its events.
+    fn flush(
+        &mut self,
+        scorer: &mut Scorer,
+        batch: &mut Batch,
+        stride: usize,
+        reasons: usize,
+        out: &mut BatchScores,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
         }
         scorer
-            .score_batch(&b, names.len(), reasons, &mut out)
+            .score_batch(batch, stride, reasons, out)
             .map_err(|e| FrameError::Invalid {
-                row: start,
+                row: self.score.len(),
                 reason: e.to_string(),
             })?;
-        for i in 0..b.len() {
-            score.push(out.score[i]);
-            flagged.push(out.flagged[i]);
-            for (j, m) in member.iter_mut().enumerate() {
+        let k = scorer.members.len();
+        for i in 0..batch.len() {
+            self.score.push(out.score[i]);
+            self.flagged.push(out.flagged[i]);
+            for (j, m) in self.member.iter_mut().enumerate() {
                 m.push(out.member[i * k + j]);
             }
             let d = &scorer.members[out.decided_by[i]].name;
@@ -563,22 +583,52 @@ pub fn scores_frame(
                     })
                 })
                 .collect();
-            why.push(serde_json::Value::Array(rs).to_string());
+            self.reasons.push(serde_json::Value::Array(rs).to_string());
         }
-        start = end;
+        batch.clear();
+        Ok(())
     }
-    let mut keep: Vec<Column> = Vec::new();
-    for c in ["id", "label", "ts", "client", "endpoint"] {
-        if let Ok(col) = feats.column(c) {
-            keep.push(col.clone());
+}
+
+/// Every event scored by `scorer` (its features computed as in [`features_frame`], scored
+/// in batches of `batch` as they come out of the engine): one row per event in time order
+/// with `id`/`label` (when present), `ts`, `client`, `endpoint`, `score`, one
+/// `score_<member>` column per detector, `flagged`, and the deciding member's reasons as
+/// `reasons` (a JSON array of `{detector, feature, value, baseline, contribution}`, the
+/// same objects `gatewatch score` writes).
+pub fn scores_frame(
+    cfg: &Config,
+    scorer: &mut Scorer,
+    df: &DataFrame,
+    reasons: usize,
+    batch: usize,
+) -> Result<DataFrame> {
+    let mut cols = ScoreColumns {
+        score: Vec::new(),
+        member: vec![Vec::new(); scorer.members.len()],
+        flagged: Vec::new(),
+        reasons: Vec::new(),
+    };
+    let mut pending = Batch::default();
+    let mut out = BatchScores::default();
+    let mut stride = 0;
+    let (mut keys, _) = run(cfg, df, |r| {
+        stride = r.features.len();
+        pending.push(r.features, r.endpoint);
+        if pending.len() >= batch.max(1) {
+            cols.flush(scorer, &mut pending, stride, reasons, &mut out)?;
         }
-    }
-    keep.push(Column::new("score".into(), score));
-    for (m, v) in scorer.members.iter().zip(member) {
+        Ok(())
+    })?;
+    cols.flush(scorer, &mut pending, stride, reasons, &mut out)?;
+    let n = keys.rows.len();
+    let mut keep = keys.columns(df)?;
+    keep.push(Column::new("score".into(), cols.score));
+    for (m, v) in scorer.members.iter().zip(cols.member) {
         keep.push(Column::new(format!("score_{}", m.name).into(), v));
     }
-    keep.push(Column::new("flagged".into(), flagged));
-    keep.push(Column::new("reasons".into(), why));
+    keep.push(Column::new("flagged".into(), cols.flagged));
+    keep.push(Column::new("reasons".into(), cols.reasons));
     Ok(DataFrame::new(n, keep)?)
 }
 

@@ -32,14 +32,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::manifest::{MANIFEST_FORMAT, Manifest, Training};
-use crate::robust::{Reason, calibrate_open, resolve};
+use crate::robust::{Reason, calibrate_open, calibration_quantiles, resolve, t, t_inv};
 
 /// The kind name of PCA models.
 pub const PCA_KIND: &str = "pca";
 /// The kind name of Gaussian mixtures.
 pub const GMM_KIND: &str = "gmm";
 const PARAMS_FILE: &str = "params.json";
-const QUANTILES: usize = 1000;
 /// The mixture sees standardised values clipped to ±this, so that one extreme value cannot
 /// underflow every component's likelihood.
 const GMM_CLIP: f64 = 12.0;
@@ -114,10 +113,6 @@ pub struct MultiModel {
     chol: Vec<Array2<f64>>,
     /// Per component: ln det L − d/2 · ln 2π.
     log_norm: Vec<f64>,
-}
-
-fn t(x: f64) -> f64 {
-    x.signum() * x.abs().ln_1p()
 }
 
 impl MultiModel {
@@ -249,9 +244,7 @@ impl MultiModel {
         }
         let mut raws = model.raw_standardised(z.view());
         raws.sort_by(f64::total_cmp);
-        model.params.calibration = (0..=QUANTILES)
-            .map(|q| raws[(q * (raws.len() - 1)) / QUANTILES])
-            .collect();
+        model.params.calibration = calibration_quantiles(&raws);
         Ok(model)
     }
 
@@ -504,14 +497,11 @@ impl MultiModel {
             .into_iter()
             .take(k)
             .filter(|&j| contrib[j] != 0.0)
-            .map(|j| {
-                let m = self.params.mean[j];
-                Reason {
-                    feature: self.manifest.features[j].clone(),
-                    value: row[self.idx[j]],
-                    baseline: m.signum() * m.abs().exp_m1(),
-                    contribution: contrib[j],
-                }
+            .map(|j| Reason {
+                feature: self.manifest.features[j].clone(),
+                value: row[self.idx[j]],
+                baseline: t_inv(self.params.mean[j]),
+                contribution: contrib[j],
             })
             .collect()
     }

@@ -269,11 +269,13 @@ fn tail_of(c: &[f64]) -> Tail {
     t
 }
 
-fn t(x: f64) -> f64 {
+/// The transform every baseline works on: `sign(x)·ln(1 + |x|)`.
+pub(crate) fn t(x: f64) -> f64 {
     x.signum() * x.abs().ln_1p()
 }
 
-fn t_inv(y: f64) -> f64 {
+/// The inverse of [`t`].
+pub(crate) fn t_inv(y: f64) -> f64 {
     y.signum() * y.abs().exp_m1()
 }
 
@@ -499,9 +501,7 @@ impl RobustModel {
             })
             .collect();
         raws.sort_by(f64::total_cmp);
-        model.baseline.calibration = (0..=QUANTILES)
-            .map(|q| raws[(q * (raws.len() - 1)) / QUANTILES])
-            .collect();
+        model.baseline.calibration = calibration_quantiles(&raws);
         Ok(model)
     }
 
@@ -696,6 +696,14 @@ fn top_mean(zs: &mut [f64], k: usize) -> f64 {
     let k = k.min(zs.len());
     zs.sort_by(|a, b| b.total_cmp(a));
     zs[..k].iter().sum::<f64>() / k as f64
+}
+
+/// The calibration quantiles of ascending raw scores: `QUANTILES + 1` evenly spaced order
+/// statistics.
+pub(crate) fn calibration_quantiles(sorted: &[f64]) -> Vec<f64> {
+    (0..=QUANTILES)
+        .map(|q| sorted[(q * (sorted.len() - 1)) / QUANTILES])
+        .collect()
 }
 
 /// [`calibrate`] scaled to [0, 1 − 1/(n + 1)] within the quantiles, and growing towards 1
