@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gatewatch_event::KeyKind;
-use gatewatch_features::{FeatureEngine, Format, Ingest, Record};
+use gatewatch_features::{FeatureEngine, Format, Record};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::FeaturesArgs;
@@ -31,7 +31,7 @@ struct LabelStats {
 }
 
 pub fn run(a: FeaturesArgs) -> Result<()> {
-    let (cfg, format) = crate::pipeline::setup(&a.config, a.format)?;
+    let (cfg, source) = crate::pipeline::setup(&a.input)?;
     let mut engine = FeatureEngine::new(&cfg)?;
     if a.list {
         write!(
@@ -55,19 +55,27 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
             .restore_state(&mut std::io::BufReader::new(&mut f))
             .with_context(|| format!("state {}", p.display()))?;
     }
-    let (mut input, size) = crate::io::open_input(&a.input)?;
+    let size = source.size();
     if a.parse_only {
+        let (mut input, format) = source.into_lines()?;
         return parse_only(&mut input, &format);
     }
-    let mut out = if a.no_output {
-        None
-    } else {
-        Some(crate::io::open_output(&a.output)?)
-    };
+    let sink_kind = crate::table::sink(&a.output)?;
+    let mut out = None;
+    let mut table = None;
+    if !a.no_output {
+        match sink_kind {
+            crate::table::Sink::Lines => out = Some(crate::io::open_output(&a.output.output)?),
+            crate::table::Sink::Table(path, format) => {
+                let names = engine.registry().names().map(String::from).collect();
+                table = Some(crate::table::TableOut::new(path, format, names, false));
+            }
+        }
+    }
     let mut rejects = crate::pipeline::Rejects::new(a.rejects.as_deref())?;
     let show_progress = a.progress.unwrap_or_else(|| {
         use std::io::IsTerminal;
-        std::io::stderr().is_terminal() && !crate::io::output_is_terminal(&a.output)
+        std::io::stderr().is_terminal() && !crate::io::output_is_terminal(&a.output.output)
     });
     let bar = if show_progress {
         let b = match size {
@@ -94,18 +102,33 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     let mut writer = RecordWriter::new(engine.registry().names());
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
-    let write_err: std::cell::RefCell<Option<std::io::Error>> = std::cell::RefCell::new(None);
+    let write_err: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
     let started = Instant::now();
 
-    let ingest = {
+    let read = {
         let mut sink = |r: &Record<'_>| {
             if let Some(o) = out.as_mut() {
                 writer.write(r, &mut buf);
                 if buf.len() >= 1 << 16 {
                     if let Err(e) = o.write_all(&buf) {
-                        write_err.borrow_mut().get_or_insert(e);
+                        write_err.borrow_mut().get_or_insert(e.into());
                     }
                     buf.clear();
+                }
+            }
+            if let Some(t) = table.as_mut() {
+                t.push_key(
+                    r.event.id.as_deref(),
+                    r.event.label.as_deref(),
+                    r.event.ts_ms,
+                    r.client,
+                    r.endpoint,
+                );
+                for (c, v) in t.floats.iter_mut().zip(r.features) {
+                    c.push(*v);
+                }
+                if let Err(e) = t.maybe_flush() {
+                    write_err.borrow_mut().get_or_insert(e);
                 }
             }
             if let Some(l) = &r.event.label {
@@ -128,26 +151,22 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 }
             }
         };
-        crate::pipeline::drive(
-            &mut input,
-            &mut engine,
-            format,
-            &mut sink,
-            &mut rejects,
-            |n| {
-                if let Some(b) = &bar {
-                    b.inc(n as u64);
-                }
-                write_err.borrow().is_none()
-            },
-        )?
+        crate::pipeline::drive(source, &mut engine, &mut sink, &mut rejects, |n| {
+            if let Some(b) = &bar {
+                b.inc(n as u64);
+            }
+            write_err.borrow().is_none()
+        })?
     };
     if let Some(e) = write_err.into_inner() {
-        return Err(e.into());
+        return Err(e);
     }
     if let Some(o) = out.as_mut() {
         o.write_all(&buf)?;
         o.flush()?;
+    }
+    if let Some(t) = table {
+        t.finish()?;
     }
     rejects.finish()?;
     if let Some(b) = bar {
@@ -171,14 +190,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         clients = engine.store().len(),
         secs
     );
-    summary(
-        &engine,
-        &ingest,
-        &rejects.counts,
-        &labels,
-        &summary_idx,
-        secs,
-    );
+    summary(&engine, &read, &rejects.counts, &labels, &summary_idx, secs);
     Ok(())
 }
 
@@ -196,7 +208,7 @@ fn thousands(n: u64) -> String {
 
 fn summary(
     engine: &FeatureEngine,
-    ingest: &Ingest,
+    read: &crate::pipeline::Consumed,
     rejected: &BTreeMap<String, u64>,
     labels: &BTreeMap<String, LabelStats>,
     idx: &[(usize, &str)],
@@ -216,8 +228,9 @@ fn summary(
     );
     let _ = write!(
         e,
-        "  lines read: {}; rejected: {}",
-        thousands(ingest.lines()),
+        "  {} read: {}; rejected: {}",
+        if read.rows { "rows" } else { "lines" },
+        thousands(read.units),
         thousands(n_rej)
     );
     if n_rej > 0 {
@@ -227,8 +240,8 @@ fn summary(
             .collect();
         let _ = write!(e, " ({})", parts.join(", "));
     }
-    if ingest.blank_lines > 0 {
-        let _ = write!(e, "; blank lines skipped: {}", ingest.blank_lines);
+    if read.blank > 0 {
+        let _ = write!(e, "; blank lines skipped: {}", read.blank);
     }
     e.push('\n');
     let kinds: Vec<String> = KeyKind::ALL

@@ -6,6 +6,7 @@ mod model_cmd;
 mod output;
 mod pipeline;
 mod simulate_cmd;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,18 +65,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Input file (standard input when absent or `-`).
-    #[arg(long, short)]
-    input: Option<PathBuf>,
+    #[command(flatten)]
+    input: InputArgs,
     /// Model folder to write.
     #[arg(long, short)]
     output: PathBuf,
-    /// Input line format.
-    #[arg(long, value_enum, default_value = "ndjson")]
-    format: InputFormat,
-    /// Configuration file (TOML).
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Fit only on events with this label.
     #[arg(long)]
     label: Option<String>,
@@ -110,21 +104,13 @@ struct TrainArgs {
 
 #[derive(clap::Args)]
 struct ScoreArgs {
-    /// Input file (standard input when absent or `-`).
-    #[arg(long, short)]
-    input: Option<PathBuf>,
-    /// Output file (standard output when absent or `-`).
-    #[arg(long, short)]
-    output: Option<PathBuf>,
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Model folder (the built-in default model when absent).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Input line format.
-    #[arg(long, value_enum, default_value = "ndjson")]
-    format: InputFormat,
-    /// Configuration file (TOML).
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Reasons per record.
     #[arg(long, default_value_t = 3)]
     reasons: usize,
@@ -172,29 +158,67 @@ struct SimulateArgs {
     list_scenarios: bool,
 }
 
-/// Input line format.
+/// Where events come from, and how to read them.
+#[derive(clap::Args)]
+struct InputArgs {
+    /// Input file (standard input when absent or `-`).
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Input format (default: from the input's extension, `.parquet` / `.pq` or `.csv`;
+    /// otherwise NDJSON).
+    #[arg(long, value_enum)]
+    format: Option<InputFormat>,
+    /// Read a table column as an event field: `--map time=ts,remote_addr=client_ip`
+    /// (Parquet and CSV inputs; `headers.NAME` fields are header values).
+    #[arg(long, value_name = "COLUMN=FIELD")]
+    map: Vec<String>,
+    /// Configuration file (TOML; see gatewatch.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Where records go.
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Output file (standard output when absent or `-`).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Output format (default: from the output's extension, `.parquet` / `.pq` or `.csv`;
+    /// otherwise NDJSON). Tables have one column per field and are written in batches.
+    #[arg(long, value_enum)]
+    output_format: Option<OutputFormat>,
+}
+
+/// Input format.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum InputFormat {
     /// One JSON event per line.
     Ndjson,
     /// nginx / Apache combined access-log lines.
     Combined,
+    /// A Parquet file with the event schema's columns.
+    Parquet,
+    /// A CSV file (header line) with the event schema's columns.
+    Csv,
+}
+
+/// Output format.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    /// One JSON record per line.
+    Ndjson,
+    /// A Parquet file.
+    Parquet,
+    /// A CSV file with a header line.
+    Csv,
 }
 
 #[derive(clap::Args)]
 struct FeaturesArgs {
-    /// Input file (standard input when absent or `-`).
-    #[arg(long, short)]
-    input: Option<PathBuf>,
-    /// Output file (standard output when absent or `-`).
-    #[arg(long, short)]
-    output: Option<PathBuf>,
-    /// Input line format.
-    #[arg(long, value_enum, default_value = "ndjson")]
-    format: InputFormat,
-    /// Configuration file (TOML; see gatewatch.example.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Write every rejected line (line number, category, reason) as NDJSON to this file.
     #[arg(long)]
     rejects: Option<PathBuf>,

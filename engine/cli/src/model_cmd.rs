@@ -27,9 +27,8 @@ pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let (cfg, format) = setup(&a.config, a.format)?;
+    let (cfg, source) = setup(&a.input)?;
     let mut engine = FeatureEngine::new(&cfg)?;
-    let (mut input, _) = crate::io::open_input(&a.input)?;
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let n = engine.registry().len();
     let count_at = engine.registry().index_of(volumetric::FEATURE);
@@ -52,17 +51,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             remember(&mut clients, r.client);
         };
-        drive(
-            &mut input,
-            &mut engine,
-            format,
-            &mut sink,
-            &mut rejects,
-            |_| true,
-        )?;
+        drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
     }
     rejects.finish()?;
-    let source = match &a.input {
+    let source = match &a.input.input {
         Some(p) if p != Path::new("-") => p.display().to_string(),
         _ => "standard input".to_string(),
     };
@@ -374,6 +366,8 @@ struct Scoring {
     summary: Summary,
     model_id: String,
     monitor: EndpointMonitor,
+    /// Table output (Parquet, CSV), instead of NDJSON lines.
+    table: Option<crate::table::TableOut>,
 }
 
 impl Scoring {
@@ -389,6 +383,7 @@ impl Scoring {
             summary,
             model_id,
             monitor,
+            table,
         } = self;
         let (stride, reasons, model_id) = (*stride, *reasons, model_id.as_str());
         if p.batch.is_empty() {
@@ -439,6 +434,22 @@ impl Scoring {
                 write_json_str(line, model_id);
                 line.push_str("}\n");
             }
+            if let Some(t) = table.as_mut() {
+                t.floats[0].push(scores.score[i]);
+                for j in 0..k {
+                    t.floats[1 + j].push(scores.member[i * k + j]);
+                }
+                let rs: Vec<serde_json::Value> = rs
+                    .iter()
+                    .map(|x| {
+                        serde_json::json!({
+                            "detector": member, "feature": x.feature, "value": x.value,
+                            "baseline": x.baseline, "contribution": x.contribution,
+                        })
+                    })
+                    .collect();
+                t.push_flag(flagged, serde_json::Value::Array(rs).to_string());
+            }
             let detector = &scorer.members[scores.decided_by[i]].detector;
             summary.add(
                 slice(&p.keys, &p.key_ends, i),
@@ -469,22 +480,31 @@ impl Scoring {
         if let Some(o) = out {
             o.write_all(line.as_bytes())?;
         }
+        if let Some(t) = table.as_mut() {
+            t.maybe_flush()?;
+        }
         p.clear();
         Ok(())
     }
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let (cfg, format) = setup(&a.config, a.format)?;
+    let (cfg, source) = setup(&a.input)?;
     let mut engine = FeatureEngine::new(&cfg)?;
     let scorer = load_model(a.model.as_deref(), engine.registry())?;
     let stride = engine.registry().len();
-    let (mut input, _) = crate::io::open_input(&a.input)?;
-    let mut out = if a.no_output {
-        None
-    } else {
-        Some(crate::io::open_output(&a.output)?)
-    };
+    let mut out = None;
+    let mut table = None;
+    if !a.no_output {
+        match crate::table::sink(&a.output)? {
+            crate::table::Sink::Lines => out = Some(crate::io::open_output(&a.output.output)?),
+            crate::table::Sink::Table(path, format) => {
+                let mut names = vec!["score".to_string()];
+                names.extend(scorer.members.iter().map(|m| format!("score_{}", m.name)));
+                table = Some(crate::table::TableOut::new(path, format, names, true));
+            }
+        }
+    }
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let batch_size = a.batch.max(1);
     let mut st = Scoring {
@@ -497,6 +517,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         line: String::with_capacity(1 << 16),
         summary: Summary::default(),
         monitor: EndpointMonitor::new(MonitorParams::default())?,
+        table,
     };
     let mut failed: Option<anyhow::Error> = None;
     let started = Instant::now();
@@ -505,6 +526,15 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             if failed.is_some() {
                 return;
             }
+            if let Some(t) = st.table.as_mut() {
+                t.push_key(
+                    r.event.id.as_deref(),
+                    r.event.label.as_deref(),
+                    r.event.ts_ms,
+                    r.client,
+                    r.endpoint,
+                );
+            }
             st.pending.push(r);
             if st.pending.batch.len() >= batch_size {
                 if let Err(e) = st.flush(out.as_mut()) {
@@ -512,14 +542,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 }
             }
         };
-        drive(
-            &mut input,
-            &mut engine,
-            format,
-            &mut sink,
-            &mut rejects,
-            |_| true,
-        )?;
+        drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
     }
     if let Some(e) = failed {
         return Err(e);
@@ -527,6 +550,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     st.flush(out.as_mut())?;
     if let Some(o) = out.as_mut() {
         o.flush()?;
+    }
+    if let Some(t) = st.table.take() {
+        t.finish()?;
     }
     rejects.finish()?;
     let secs = started.elapsed().as_secs_f64();

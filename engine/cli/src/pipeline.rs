@@ -5,22 +5,131 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use gatewatch_event::RequestEvent;
 use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record, Rejection};
+use gatewatch_frames::TableFormat;
+use polars::prelude::DataFrame;
 
-use crate::InputFormat;
+use crate::{InputArgs, InputFormat};
 
-/// The configuration (`--config`, or the defaults), and the line format it implies.
-pub fn setup(config: &Option<PathBuf>, format: InputFormat) -> Result<(Config, Format)> {
-    let cfg = match config {
+/// Where events come from: lines (NDJSON, access log) read as a stream, or a table file
+/// (Parquet, CSV) read whole with a lazy scan of the event columns.
+pub enum Source {
+    /// A byte stream of lines, with its size when known.
+    Lines {
+        input: Box<dyn Read>,
+        size: Option<u64>,
+        format: Format,
+    },
+    /// A table file's event columns.
+    Table { df: DataFrame, path: PathBuf },
+}
+
+impl Source {
+    /// Bytes to read, when known (for a progress bar).
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Source::Lines { size, .. } => *size,
+            Source::Table { .. } => None,
+        }
+    }
+
+    /// The line format (parse-only benchmarks).
+    pub fn into_lines(self) -> Result<(Box<dyn Read>, Format)> {
+        match self {
+            Source::Lines { input, format, .. } => Ok((input, format)),
+            Source::Table { path, .. } => {
+                bail!("{}: --parse-only reads line formats only", path.display())
+            }
+        }
+    }
+}
+
+/// The input format: `--format`, else the input file's extension (`.parquet`, `.csv`;
+/// anything else is NDJSON).
+fn input_format(a: &InputArgs) -> InputFormat {
+    if let Some(f) = a.format {
+        return f;
+    }
+    match a.input.as_deref().and_then(TableFormat::from_extension) {
+        Some(TableFormat::Parquet) => InputFormat::Parquet,
+        Some(TableFormat::Csv) => InputFormat::Csv,
+        _ => InputFormat::Ndjson,
+    }
+}
+
+/// `--map COLUMN=FIELD` pairs.
+fn renames(maps: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for m in maps.iter().flat_map(|m| m.split(',')) {
+        let Some((from, to)) = m.split_once('=') else {
+            bail!("--map {m:?}: expected COLUMN=FIELD (a file column read as an event field)");
+        };
+        let (from, to) = (from.trim(), to.trim());
+        if !gatewatch_frames::EVENT_COLUMNS.contains(&to) && !to.starts_with("headers.") {
+            bail!(
+                "--map {m:?}: {to:?} is not an event field (fields: {}, or headers.NAME)",
+                gatewatch_frames::EVENT_COLUMNS.join(", ")
+            );
+        }
+        out.push((from.to_string(), to.to_string()));
+    }
+    Ok(out)
+}
+
+/// The configuration (`--config`, or the defaults) and the input it says how to read.
+pub fn setup(a: &InputArgs) -> Result<(Config, Source)> {
+    let cfg = match &a.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
-    let format = match format {
-        InputFormat::Ndjson => Format::Ndjson,
-        InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
+    let format = input_format(a);
+    let maps = renames(&a.map)?;
+    let table = match format {
+        InputFormat::Ndjson | InputFormat::Combined => None,
+        InputFormat::Parquet => Some(TableFormat::Parquet),
+        InputFormat::Csv => Some(TableFormat::Csv),
     };
-    Ok((cfg, format))
+    let source = match table {
+        None => {
+            if !maps.is_empty() {
+                bail!("--map applies to Parquet and CSV inputs, not to line formats");
+            }
+            let (input, size) = crate::io::open_input(&a.input)?;
+            let format = match format {
+                InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
+                _ => Format::Ndjson,
+            };
+            Source::Lines {
+                input,
+                size,
+                format,
+            }
+        }
+        Some(t) => {
+            let Some(path) = a.input.clone().filter(|p| p != Path::new("-")) else {
+                bail!(
+                    "--format {}: a table is read from a file (--input FILE), not standard input",
+                    t.as_str()
+                );
+            };
+            let df = gatewatch_frames::scan_log(&path, t, &maps)?;
+            Source::Table { df, path }
+        }
+    };
+    Ok((cfg, source))
+}
+
+/// What was read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Consumed {
+    /// Lines (or rows) read.
+    pub units: u64,
+    /// Blank lines skipped.
+    pub blank: u64,
+    /// Whether the units are table rows.
+    pub rows: bool,
 }
 
 /// Adds `key` to `set` unless it is there (without allocating when it is).
@@ -92,9 +201,69 @@ impl Rejects {
     }
 }
 
-/// Reads `input` to its end as `format` lines into `engine` and returns the reader (its line
-/// counts). `progress` is told how many bytes each chunk had and returns false to stop early.
+/// Reads the source to its end into `engine` and says what was read. For lines,
+/// `progress` is told how many bytes each chunk had and returns false to stop early. A
+/// table's rows are checked one by one (a bad row is rejected, naming its row and field)
+/// and go into the engine in event-time order (ties in row order).
 pub fn drive(
+    source: Source,
+    engine: &mut FeatureEngine,
+    sink: &mut impl FnMut(&Record<'_>),
+    rejects: &mut Rejects,
+    progress: impl FnMut(usize) -> bool,
+) -> Result<Consumed> {
+    match source {
+        Source::Lines {
+            mut input, format, ..
+        } => {
+            let ingest = drive_lines(&mut *input, engine, format, sink, rejects, progress)?;
+            Ok(Consumed {
+                units: ingest.lines(),
+                blank: ingest.blank_lines,
+                rows: false,
+            })
+        }
+        Source::Table { df, path } => {
+            let rows = gatewatch_frames::frame_rows(&df, true)
+                .with_context(|| format!("{}", path.display()))?;
+            let n = rows.len() as u64;
+            drop(df);
+            let mut events: Vec<(u64, RequestEvent)> = Vec::with_capacity(rows.len());
+            for (i, r) in rows.into_iter().enumerate() {
+                match r {
+                    Ok(e) => events.push((i as u64, e)),
+                    Err(e) => rejects.report(&Rejection::Row {
+                        row: e.row as u64,
+                        error: e.error,
+                    }),
+                }
+            }
+            drive_rows(events, engine, sink, rejects);
+            Ok(Consumed {
+                units: n,
+                blank: 0,
+                rows: true,
+            })
+        }
+    }
+}
+
+fn drive_rows(
+    mut events: Vec<(u64, RequestEvent)>,
+    engine: &mut FeatureEngine,
+    sink: &mut impl FnMut(&Record<'_>),
+    rejects: &mut Rejects,
+) {
+    events.sort_by_key(|(_, e)| e.ts_ms);
+    for (row, e) in events {
+        if let Err(late) = engine.push(e, row, sink) {
+            rejects.report(&Rejection::LateRow(late));
+        }
+    }
+    engine.finish(sink);
+}
+
+fn drive_lines(
     input: &mut dyn Read,
     engine: &mut FeatureEngine,
     format: Format,

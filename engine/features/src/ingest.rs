@@ -33,24 +33,34 @@ pub enum Rejection {
         /// Why.
         error: ParseError,
     },
+    /// A row of a table (Parquet, CSV) was not an event.
+    Row {
+        /// 0-based row number.
+        row: u64,
+        /// Why.
+        error: ParseError,
+    },
     /// It came later than the allowed lateness.
     Late(LateEvent),
+    /// A table row came later than the allowed lateness (its `line` is the 0-based row).
+    LateRow(LateEvent),
 }
 
 impl Rejection {
-    /// Line number.
+    /// Line number (row number for a table row).
     pub fn line(&self) -> u64 {
         match self {
             Self::Parse { line, .. } => *line,
-            Self::Late(l) => l.line,
+            Self::Row { row, .. } => *row,
+            Self::Late(l) | Self::LateRow(l) => l.line,
         }
     }
 
     /// Short category for summaries.
     pub fn category(&self) -> String {
         match self {
-            Self::Parse { error, .. } => error.category(),
-            Self::Late(_) => "late beyond allowed lateness".into(),
+            Self::Parse { error, .. } | Self::Row { error, .. } => error.category(),
+            Self::Late(_) | Self::LateRow(_) => "late beyond allowed lateness".into(),
         }
     }
 }
@@ -59,7 +69,9 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Parse { line, error } => write!(f, "line {line}: {error}"),
+            Self::Row { row, error } => write!(f, "row {row}: {error}"),
             Self::Late(l) => write!(f, "line {}: {l}", l.line),
+            Self::LateRow(l) => write!(f, "row {}: {l}", l.line),
         }
     }
 }

@@ -13,7 +13,12 @@
 //! fields, one per header name, as polars reads NDJSON objects), `session_id`, `asn`,
 //! `country`, `ja4`, `id` and `label` are optional. Other columns are ignored.
 
-use gatewatch_event::{EventFields, RequestEvent, parse_rfc3339_ms};
+#[cfg(feature = "io")]
+mod io;
+#[cfg(feature = "io")]
+pub use io::{EVENT_COLUMNS, TableFormat, TableWriter, scan_log};
+
+use gatewatch_event::{EventFields, ParseError, RequestEvent, parse_rfc3339_ms};
 use gatewatch_features::{Config, FeatureEngine, Record, Stats};
 use gatewatch_models::{Batch, BatchScores, Scorer};
 use polars::prelude::*;
@@ -53,6 +58,22 @@ pub enum FrameError {
         /// The row (0-based).
         row: usize,
         /// Why (names the field).
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A column mapping does not fit the file.
+    #[error("{}: {reason}", path.display())]
+    Mapping {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What does not fit.
         reason: String,
     },
     /// polars failed.
@@ -232,8 +253,10 @@ fn floats(s: &Series) -> Result<Vec<Option<f64>>> {
     Ok(c.f64()?.iter().collect())
 }
 
-/// Event times in epoch milliseconds from a datetime, integer (epoch ms) or RFC 3339 column.
-fn times(s: &Series) -> Result<Vec<Option<i64>>> {
+/// Event times in epoch milliseconds from a datetime, integer (epoch ms) or RFC 3339 column;
+/// a text value that is not RFC 3339 is that row's error.
+fn times(s: &Series) -> Result<Vec<Option<std::result::Result<i64, String>>>> {
+    let ok = |v: Vec<Option<i64>>| v.into_iter().map(|v| v.map(Ok)).collect();
     match s.dtype() {
         DataType::Datetime(unit, _) => {
             let div = match unit {
@@ -244,24 +267,15 @@ fn times(s: &Series) -> Result<Vec<Option<i64>>> {
             Ok(s.datetime()?
                 .physical()
                 .iter()
-                .map(|v| v.map(|v| v.div_euclid(div)))
+                .map(|v| v.map(|v| Ok(v.div_euclid(div))))
                 .collect())
         }
-        DataType::String => s
+        DataType::String => Ok(s
             .str()?
             .iter()
-            .enumerate()
-            .map(|(row, v)| {
-                v.map(|t| {
-                    parse_rfc3339_ms(t).map_err(|e| FrameError::Invalid {
-                        row,
-                        reason: format!("field `ts`: {e}"),
-                    })
-                })
-                .transpose()
-            })
-            .collect(),
-        d if d.is_integer() => ints(s, "epoch milliseconds"),
+            .map(|v| v.map(|t| parse_rfc3339_ms(t).map_err(|e| e.to_string())))
+            .collect()),
+        d if d.is_integer() || d == &DataType::Null => Ok(ok(ints(s, "epoch milliseconds")?)),
         d => Err(FrameError::Type {
             column: s.name().to_string(),
             expected: "a datetime, epoch milliseconds or RFC 3339 text",
@@ -295,16 +309,64 @@ fn text_or_int(df: &DataFrame, name: &str) -> Result<Option<Vec<Option<String>>>
     ))
 }
 
-fn need<T>(v: Option<T>, column: &str, row: usize) -> Result<T> {
-    v.ok_or_else(|| FrameError::Null {
-        column: column.to_string(),
-        row,
+/// Why one row of an events frame is not an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    /// The row (0-based).
+    pub row: usize,
+    /// The field and what was wrong with its value.
+    pub error: ParseError,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "row {}: {}", self.row, self.error)
+    }
+}
+
+impl From<RowError> for FrameError {
+    fn from(e: RowError) -> Self {
+        match (&e.error.field, e.error.reason.as_str()) {
+            (Some(f), "null") => FrameError::Null {
+                column: f.clone(),
+                row: e.row,
+            },
+            _ => FrameError::Invalid {
+                row: e.row,
+                reason: e.error.to_string(),
+            },
+        }
+    }
+}
+
+fn need<T>(v: Option<T>, column: &str) -> std::result::Result<T, ParseError> {
+    v.ok_or_else(|| ParseError {
+        field: Some(column.to_string()),
+        reason: "null".into(),
     })
 }
 
-/// Validated events from a DataFrame, in row order (`id` and `label` are not read: callers
-/// take them from the frame).
+/// Validated events from a DataFrame, in row order; the first row that is not an event is
+/// the error (`id` and `label` are not read: callers take them from the frame).
 pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
+    frame_rows(df, false)?
+        .into_iter()
+        .map(|r| r.map_err(FrameError::from))
+        .collect()
+}
+
+/// Every row of an events frame as an event or the reason it is not one. Column-level
+/// problems (a required column missing, a column of the wrong type) are the outer error.
+/// With `tags`, `id` and `label` are carried in the events as JSON text (as an NDJSON
+/// event has them), so that records written from them name their event.
+///
+/// Header values come from a `headers` struct column (one text field per header name, as
+/// polars reads NDJSON objects) and from flat text columns named `headers.NAME` (as a CSV
+/// file has them).
+pub fn frame_rows(
+    df: &DataFrame,
+    tags: bool,
+) -> Result<Vec<std::result::Result<RequestEvent, RowError>>> {
     let ts = times(required(df, "ts")?)?;
     let ip = strings(required(df, "client_ip")?, "text")?;
     let method = strings(required(df, "method")?, "text")?;
@@ -343,7 +405,17 @@ pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
         })?;
         headers.push((f.name().as_str(), ca.iter().collect()));
     }
-    build_events(
+    for c in df.columns() {
+        if let Some(name) = c.name().strip_prefix("headers.") {
+            headers.push((name, strings(c.as_materialized_series(), "text")?));
+        }
+    }
+    let (ids, labels) = if tags {
+        (json_texts(df, "id")?, json_texts(df, "label")?)
+    } else {
+        (None, None)
+    };
+    Ok(build_events(
         df.height(),
         &headers,
         FrameColumns {
@@ -361,12 +433,33 @@ pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
             req_bytes,
             resp_bytes,
             latency,
+            ids,
+            labels,
         },
-    )
+    ))
+}
+
+/// A column's values as JSON text: integers as they are, text quoted.
+fn json_texts(df: &DataFrame, name: &str) -> Result<Option<Vec<Option<String>>>> {
+    let Some(s) = column(df, name) else {
+        return Ok(None);
+    };
+    if s.dtype().is_integer() || s.dtype() == &DataType::Null {
+        let v = ints(s, "text or an integer")?;
+        return Ok(Some(
+            v.into_iter().map(|v| v.map(|v| v.to_string())).collect(),
+        ));
+    }
+    let v = strings(s, "text or an integer")?;
+    Ok(Some(
+        v.into_iter()
+            .map(|v| v.map(|t| serde_json::Value::from(t).to_string()))
+            .collect(),
+    ))
 }
 
 struct FrameColumns<'a> {
-    ts: Vec<Option<i64>>,
+    ts: Vec<Option<std::result::Result<i64, String>>>,
     ip: Vec<Option<&'a str>>,
     method: Vec<Option<&'a str>>,
     path: Vec<Option<&'a str>>,
@@ -380,41 +473,63 @@ struct FrameColumns<'a> {
     req_bytes: Option<Vec<Option<i64>>>,
     resp_bytes: Option<Vec<Option<i64>>>,
     latency: Option<Vec<Option<f64>>>,
+    ids: Option<Vec<Option<String>>>,
+    labels: Option<Vec<Option<String>>>,
 }
 
 fn build_events<'a>(
     n: usize,
     headers: &[(&'a str, Vec<Option<&'a str>>)],
     c: FrameColumns<'a>,
-) -> Result<Vec<RequestEvent>> {
+) -> Vec<std::result::Result<RequestEvent, RowError>> {
     fn get<'a>(v: &Option<Vec<Option<&'a str>>>, row: usize) -> Option<&'a str> {
         v.as_ref().and_then(|v| v[row])
     }
-    let size = |v: &Option<Vec<Option<i64>>>, row: usize, name: &str| -> Result<Option<u64>> {
+    fn tag(v: &Option<Vec<Option<String>>>, row: usize) -> Option<Box<str>> {
+        v.as_ref().and_then(|v| v[row].as_deref()).map(Box::from)
+    }
+    let size = |v: &Option<Vec<Option<i64>>>,
+                row: usize,
+                name: &str|
+     -> std::result::Result<Option<u64>, ParseError> {
         match v.as_ref().and_then(|v| v[row]) {
             None => Ok(None),
-            Some(x) => u64::try_from(x).map(Some).map_err(|_| FrameError::Invalid {
-                row,
-                reason: format!("field `{name}`: negative size {x}"),
+            Some(x) => u64::try_from(x).map(Some).map_err(|_| ParseError {
+                field: Some(name.to_string()),
+                reason: format!("negative size {x}"),
             }),
         }
     };
-    let mut out = Vec::with_capacity(n);
     let mut hrow: Vec<(&str, &str)> = Vec::new();
-    for row in 0..n {
+    let mut one = |row: usize| -> std::result::Result<RequestEvent, ParseError> {
         hrow.clear();
         for (name, vals) in headers {
             if let Some(v) = vals[row] {
                 hrow.push((name, v));
             }
         }
+        let ts_ms = match &c.ts[row] {
+            None => {
+                return Err(ParseError {
+                    field: Some("ts".into()),
+                    reason: "null".into(),
+                });
+            }
+            Some(Err(reason)) => {
+                return Err(ParseError {
+                    field: Some("ts".into()),
+                    reason: reason.clone(),
+                });
+            }
+            Some(Ok(v)) => *v,
+        };
         let fields = EventFields {
-            ts_ms: need(c.ts[row], "ts", row)?,
-            client_ip: need(c.ip[row], "client_ip", row)?,
-            method: need(c.method[row], "method", row)?,
+            ts_ms,
+            client_ip: need(c.ip[row], "client_ip")?,
+            method: need(c.method[row], "method")?,
             host: get(&c.host, row),
-            path: need(c.path[row], "path", row)?,
-            status: need(c.status[row], "status", row)?,
+            path: need(c.path[row], "path")?,
+            status: need(c.status[row], "status")?,
             req_bytes: size(&c.req_bytes, row, "req_bytes")?,
             resp_bytes: size(&c.resp_bytes, row, "resp_bytes")?,
             latency_ms: c.latency.as_ref().and_then(|v| v[row]),
@@ -425,12 +540,14 @@ fn build_events<'a>(
             country: get(&c.country, row),
             ja4: get(&c.ja4, row),
         };
-        out.push(fields.build().map_err(|e| FrameError::Invalid {
-            row,
-            reason: e.to_string(),
-        })?);
-    }
-    Ok(out)
+        let mut e = fields.build()?;
+        e.id = tag(&c.ids, row);
+        e.label = tag(&c.labels, row);
+        Ok(e)
+    };
+    (0..n)
+        .map(|row| one(row).map_err(|error| RowError { row, error }))
+        .collect()
 }
 
 /// Every event's point-in-time features, computed by the engine of `cfg` over the events

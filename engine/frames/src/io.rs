@@ -1,0 +1,221 @@
+//! Request logs read from Parquet, CSV and NDJSON files with lazy scans, and tables written
+//! to Parquet and CSV files in batches (feature `io`).
+
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use polars::io::csv::write::{BatchedWriter as CsvBatched, CsvWriter};
+use polars::io::parquet::write::{BatchedWriter as ParquetBatched, ParquetWriter};
+use polars::prelude::*;
+
+use crate::{FrameError, Result};
+
+/// A table file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl TableFormat {
+    /// The format a file name's extension says (`.parquet`/`.pq`, `.csv`,
+    /// `.ndjson`/`.jsonl`/`.json`), if any.
+    pub fn from_extension(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" | "pq" => Some(Self::Parquet),
+            "csv" => Some(Self::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Self::Ndjson),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+            Self::Csv => "csv",
+            Self::Ndjson => "ndjson",
+        }
+    }
+}
+
+/// The event schema's columns (the ones [`scan_log`] keeps, with `headers.NAME` columns).
+pub const EVENT_COLUMNS: [&str; 17] = [
+    "id",
+    "label",
+    "ts",
+    "client_ip",
+    "method",
+    "host",
+    "path",
+    "status",
+    "req_bytes",
+    "resp_bytes",
+    "latency_ms",
+    "user_agent",
+    "headers",
+    "session_id",
+    "asn",
+    "country",
+    "ja4",
+];
+
+/// Rows read to infer a CSV or NDJSON file's column types.
+const INFER_ROWS: usize = 10_000;
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> FrameError {
+    FrameError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// A request log file as an events frame: a lazy scan of `path` in `format`, the file's
+/// columns renamed by `renames` (`(file column, event field)` pairs), only the event
+/// schema's columns read ([`EVENT_COLUMNS`] and `headers.NAME`), in file order. Rows are not
+/// validated here: [`crate::frame_rows`] does that row by row, and the engine runs sort
+/// them by event time.
+pub fn scan_log(
+    path: &Path,
+    format: TableFormat,
+    renames: &[(String, String)],
+) -> Result<DataFrame> {
+    if !path.is_file() {
+        return Err(file_error(path, "no such file"));
+    }
+    let text = path
+        .to_str()
+        .ok_or_else(|| file_error(path, "the path is not valid UTF-8"))?;
+    let src = PlRefPath::new(text);
+    let mut lf = match format {
+        TableFormat::Parquet => LazyFrame::scan_parquet(src, ScanArgsParquet::default()),
+        TableFormat::Csv => LazyCsvReader::new(src)
+            .with_has_header(true)
+            .with_infer_schema_length(Some(INFER_ROWS))
+            .finish(),
+        TableFormat::Ndjson => LazyJsonLineReader::new(src)
+            .with_infer_schema_length(NonZeroUsize::new(INFER_ROWS))
+            .finish(),
+    }
+    .map_err(|e| file_error(path, e))?;
+    let schema = lf.collect_schema().map_err(|e| file_error(path, e))?;
+    let mut names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
+    let mut from = Vec::new();
+    let mut to = Vec::new();
+    for (f, t) in renames {
+        let Some(i) = names.iter().position(|n| n == f) else {
+            return Err(FrameError::Mapping {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "column {f:?} (to be read as {t:?}) is not in the file; its columns: {}",
+                    names.join(", ")
+                ),
+            });
+        };
+        names[i].clone_from(t);
+        from.push(f.clone());
+        to.push(t.clone());
+    }
+    if !from.is_empty() {
+        lf = lf.rename(from, to, true);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let keep: Vec<Expr> = names
+        .iter()
+        .filter(|n| EVENT_COLUMNS.contains(&n.as_str()) || n.starts_with("headers."))
+        .map(|n| {
+            if seen.insert(n.clone()) {
+                Ok(col(n.as_str()))
+            } else {
+                Err(FrameError::Mapping {
+                    path: path.to_path_buf(),
+                    reason: format!("two columns would be read as {n:?}"),
+                })
+            }
+        })
+        .collect::<Result<_>>()?;
+    lf.select(keep).collect().map_err(|e| file_error(path, e))
+}
+
+enum Inner {
+    Parquet(Box<ParquetBatched<File>>),
+    Csv(CsvBatched<File>),
+}
+
+/// Writes a table to a Parquet or CSV file in batches (one row group per batch for
+/// Parquet), so that a run's output need not be held in memory whole.
+pub struct TableWriter {
+    inner: Inner,
+    path: PathBuf,
+    rows: u64,
+}
+
+impl TableWriter {
+    /// A writer of tables with `schema` to a new file at `path`.
+    pub fn create(path: &Path, format: TableFormat, schema: &Schema) -> Result<Self> {
+        // Both writers serialise whole pages / blocks of rows per write: no buffer needed.
+        let w = File::create(path).map_err(|e| file_error(path, format!("cannot create: {e}")))?;
+        let inner = match format {
+            TableFormat::Parquet => Inner::Parquet(Box::new(
+                ParquetWriter::new(w)
+                    .batched(schema)
+                    .map_err(|e| file_error(path, e))?,
+            )),
+            TableFormat::Csv => Inner::Csv(
+                CsvWriter::new(w)
+                    .include_header(true)
+                    .batched(schema)
+                    .map_err(|e| file_error(path, e))?,
+            ),
+            TableFormat::Ndjson => {
+                return Err(file_error(
+                    path,
+                    "NDJSON tables are written record by record, not by this writer",
+                ));
+            }
+        };
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+            rows: 0,
+        })
+    }
+
+    /// Appends a batch of rows (the schema given at creation).
+    pub fn write(&mut self, df: &mut DataFrame) -> Result<()> {
+        if df.height() == 0 {
+            return Ok(());
+        }
+        df.align_chunks();
+        let r = match &mut self.inner {
+            Inner::Parquet(w) => w.write_batch(df),
+            Inner::Csv(w) => w.write_batch(df),
+        };
+        r.map_err(|e| file_error(&self.path, e))?;
+        self.rows += df.height() as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Ends the file (Parquet footer; a CSV header when nothing was written).
+    pub fn finish(self) -> Result<u64> {
+        let path = self.path;
+        match self.inner {
+            Inner::Parquet(w) => {
+                w.finish().map_err(|e| file_error(&path, e))?;
+            }
+            Inner::Csv(mut w) => w.finish().map_err(|e| file_error(&path, e))?,
+        }
+        Ok(self.rows)
+    }
+}
