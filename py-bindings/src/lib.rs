@@ -271,6 +271,105 @@ fn fit_baseline(
     })
 }
 
+/// A univariate streaming detector over a frame of `ts` (Int64, epoch ms) and `value`
+/// (Float64): every value scored against the values before it, then learnt from. Returns
+/// the points (`ts`, `value`, `expected`, `statistic`, `score`; null where the value was
+/// refused) and the refused values as `(index, reason)`.
+#[pyfunction]
+#[pyo3(signature = (df, kind, half_life_secs=600.0, warmup=10, min_std=1e-6, reference=240, recent=30, bins=8))]
+#[allow(clippy::too_many_arguments)]
+fn univariate(
+    py: Python<'_>,
+    df: PyDataFrame,
+    kind: &str,
+    half_life_secs: f64,
+    warmup: usize,
+    min_std: f64,
+    reference: usize,
+    recent: usize,
+    bins: usize,
+) -> PyResult<(PyDataFrame, Vec<(usize, String)>)> {
+    use gatewatch_models::{EwmaParams, RelativeEntropyParams};
+    use polars::prelude::*;
+    enum D {
+        Ewma(gatewatch_models::Ewma),
+        Re(gatewatch_models::RelativeEntropy),
+    }
+    let mut d = match kind {
+        "ewma" => D::Ewma(
+            EwmaParams {
+                half_life_secs,
+                warmup,
+                min_std,
+            }
+            .build()
+            .map_err(value_err)?,
+        ),
+        "relative_entropy" => D::Re(
+            RelativeEntropyParams {
+                reference,
+                recent,
+                bins,
+            }
+            .build()
+            .map_err(value_err)?,
+        ),
+        other => return Err(value_err(format!("unknown detector kind {other:?}"))),
+    };
+    let df = df.0;
+    py.detach(move || -> PyResult<(PyDataFrame, Vec<(usize, String)>)> {
+        let ts = df.column("ts").and_then(|c| c.i64().cloned()).map_err(value_err)?;
+        let values = df
+            .column("value")
+            .and_then(|c| c.f64().cloned())
+            .map_err(value_err)?;
+        let n = df.height();
+        let (mut expected, mut statistic, mut score) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut refused = Vec::new();
+        for (i, (t, v)) in ts.iter().zip(values.iter()).enumerate() {
+            let (Some(t), Some(v)) = (t, v) else {
+                refused.push((i, "null timestamp or value".to_string()));
+                expected.push(None);
+                statistic.push(None);
+                score.push(None);
+                continue;
+            };
+            let r = match &mut d {
+                D::Ewma(e) => e.update(t, v),
+                D::Re(e) => e.update(t, v),
+            };
+            match r {
+                Ok(p) => {
+                    expected.push(Some(p.expected));
+                    statistic.push(Some(p.statistic));
+                    score.push(Some(p.score));
+                }
+                Err(e) => {
+                    refused.push((i, e.to_string()));
+                    expected.push(None);
+                    statistic.push(None);
+                    score.push(None);
+                }
+            }
+        }
+        let cols = vec![
+            ts.into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+                .into_series()
+                .into(),
+            values.into_series().into(),
+            Column::new("expected".into(), expected),
+            Column::new("statistic".into(), statistic),
+            Column::new("score".into(), score),
+        ];
+        let out = DataFrame::new(n, cols).map_err(value_err)?;
+        Ok((PyDataFrame(out), refused))
+    })
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -281,6 +380,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(check_parity, m)?)?;
     m.add_function(wrap_pyfunction!(fit_baseline, m)?)?;
+    m.add_function(wrap_pyfunction!(univariate, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

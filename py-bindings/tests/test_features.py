@@ -151,3 +151,36 @@ def test_the_stored_schema_is_json_of_the_registry() -> None:
     s = gw.feature_schema()
     assert json.loads(json.dumps(s)) == s
     assert len(s["features"]) == 67
+
+
+def latest_first(events: pl.DataFrame) -> pl.DataFrame:
+    """The rows latest first; rows of the same time keep their order."""
+    return events.with_row_index("_row").sort(["ts", "_row"], descending=[True, False]).drop("_row")
+
+
+def test_unsorted_rows_give_the_features_of_sorted_ones() -> None:
+    events = gw.simulate(seed=4, duration="2m", users=15)
+    shuffled = latest_first(events)
+    assert not shuffled["ts"].is_sorted()
+    ex = gw.FeatureExtractor()
+    got = ex.transform(shuffled)
+    assert got["ts"].is_sorted()
+    assert_frame_equal(got.sort("id"), ex.transform(events).sort("id"))
+
+
+def test_csv_with_flat_header_columns_equals_the_cli_table_output(tmp_path: Path) -> None:
+    events = gw.simulate(seed=6, duration="2m", users=20)
+    flat = events.unnest("headers", separator=".").with_columns(
+        pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+    )
+    assert "headers.authorization" in flat.columns
+    path = tmp_path / "log.csv"
+    latest_first(flat).write_csv(path)
+    got = gw.FeatureExtractor().transform(gw.read_log(path))
+    assert_frame_equal(got.sort("id"), gw.FeatureExtractor().transform(events).sort("id"))
+    # The CLI reads the same CSV and writes Parquet: the same table.
+    out = tmp_path / "features.parquet"
+    subprocess.run(
+        [gatewatch_bin(), "features", "-i", path, "-o", out], check=True, capture_output=True
+    )
+    assert_frame_equal(pl.read_parquet(out), got)

@@ -26,8 +26,10 @@ from gatewatch import _native
 
 __all__ = [
     "Baseline",
+    "EwmaDetector",
     "FeatureExtractor",
     "Model",
+    "RelativeEntropyDetector",
     "__version__",
     "check_parity",
     "export_model",
@@ -39,7 +41,36 @@ __all__ = [
 
 __version__: str = _native.__version__
 
-_FORMATS = {".parquet": "parquet", ".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+_FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+}
+
+# The event schema's columns (and ``headers.NAME`` columns): what read_log keeps.
+_EVENT_COLUMNS = frozenset(
+    [
+        "id",
+        "label",
+        "ts",
+        "client_ip",
+        "method",
+        "host",
+        "path",
+        "status",
+        "req_bytes",
+        "resp_bytes",
+        "latency_ms",
+        "user_agent",
+        "headers",
+        "session_id",
+        "asn",
+        "country",
+        "ja4",
+    ]
+)
 
 
 def simulate(
@@ -93,39 +124,53 @@ def read_log(
         The file format; taken from the extension when ``None``.
     mapping : mapping of str to str, optional
         Column renames from the file's names to the event schema's (``{"time": "ts"}``).
+        Header values may come as ``headers.NAME`` text columns (as CSV files have them)
+        instead of a ``headers`` struct.
 
     Returns
     -------
     polars.DataFrame
-        The events, sorted by ``ts``.
+        The event schema's columns (a lazy scan reads only those), sorted by ``ts``.
+        Values are checked when the frame is used: a bad value is an error naming its
+        column and row.
 
     Raises
     ------
     ValueError
         When the format is unknown or a required column is missing after the mapping.
+    FileNotFoundError
+        When there is no such file.
     """
     p = Path(path)
     fmt = format or _FORMATS.get(p.suffix.lower())
-    if fmt == "parquet":
-        df = pl.read_parquet(p)
-    elif fmt == "csv":
-        df = pl.read_csv(p)
-    elif fmt == "ndjson":
-        df = pl.read_ndjson(p)
-    else:
+    if fmt not in ("parquet", "csv", "ndjson"):
         raise ValueError(
             f"{p}: unknown log format {fmt or p.suffix!r} (use parquet, csv or ndjson)"
         )
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    if fmt == "parquet":
+        lf = pl.scan_parquet(p)
+    elif fmt == "csv":
+        lf = pl.scan_csv(p, infer_schema_length=10_000)
+    else:
+        lf = pl.scan_ndjson(p, infer_schema_length=10_000)
+    names = lf.collect_schema().names()
     if mapping:
-        missing = [c for c in mapping if c not in df.columns]
+        missing = [c for c in mapping if c not in names]
         if missing:
-            raise ValueError(f"{p}: mapping names columns the file does not have: {missing}")
-        df = df.rename(dict(mapping))
+            raise ValueError(
+                f"{p}: mapping names columns the file does not have: {missing} "
+                f"(its columns: {names})"
+            )
+        lf = lf.rename(dict(mapping))
+        names = [mapping.get(c, c) for c in names]
     required = ["ts", "client_ip", "method", "path", "status"]
-    absent = [c for c in required if c not in df.columns]
+    absent = [c for c in required if c not in names]
     if absent:
         raise ValueError(f"{p}: required event columns are missing: {absent}")
-    return df.sort("ts", maintain_order=True)
+    keep = [c for c in names if c in _EVENT_COLUMNS or c.startswith("headers.")]
+    return lf.select(keep).sort("ts", maintain_order=True).collect()
 
 
 def feature_schema() -> dict[str, Any]:
@@ -518,3 +563,137 @@ def export_model(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return Model.load(out)
+
+
+def _series_frame(timestamps: Any, values: Any) -> pl.DataFrame:
+    """``ts`` (Int64 epoch ms) and ``value`` (Float64) from array-likes."""
+    ts = timestamps if isinstance(timestamps, pl.Series) else pl.Series("ts", timestamps)
+    vs = values if isinstance(values, pl.Series) else pl.Series("value", values)
+    if ts.len() != vs.len():
+        raise ValueError(f"timestamps has {ts.len()} values and values has {vs.len()}")
+    if isinstance(ts.dtype, (pl.Datetime, pl.Date)):
+        ts = ts.dt.epoch("ms")
+    elif not ts.dtype.is_integer() and ts.dtype != pl.Null:
+        raise TypeError(
+            f"timestamps must be datetimes or integers (epoch milliseconds), not {ts.dtype}"
+        )
+    if not (vs.dtype.is_numeric() or vs.dtype == pl.Null):
+        raise TypeError(f"values must be numbers, not {vs.dtype}")
+    return pl.DataFrame(
+        {"ts": ts.cast(pl.Int64).rename("ts"), "value": vs.cast(pl.Float64).rename("value")}
+    )
+
+
+class _Univariate:
+    _kind: str
+
+    def _params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def score(self, timestamps: Any, values: Any, errors: str = "raise") -> pl.DataFrame:
+        """Score a series value by value, as the service's streaming detector does.
+
+        Each value is scored against the values before it (never against itself or later
+        ones), then learnt from.
+
+        Parameters
+        ----------
+        timestamps : array-like
+            Datetimes (polars, numpy ``datetime64`` or Python) or integers (epoch
+            milliseconds), in time order.
+        values : array-like
+            Numbers, one per timestamp.
+        errors : {"raise", "skip"}
+            What to do with a value that cannot be learnt from (NaN or infinite, null, or a
+            timestamp before the previous one): raise ``ValueError`` naming the first one, or
+            give it a null score and go on (the detector does not learn from it), as the
+            service does.
+
+        Returns
+        -------
+        polars.DataFrame
+            ``ts`` (Datetime[ms, UTC]), ``value``, ``expected`` (what the detector expected),
+            ``statistic`` (its test statistic) and ``score`` in [0, 1] (0 while warming up).
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        frame = _series_frame(timestamps, values)
+        out, refused = _native.univariate(frame, self._kind, **self._params())
+        if refused and errors == "raise":
+            i, why = refused[0]
+            raise ValueError(
+                f"{len(refused)} value(s) cannot be scored; the first, at index {i}: {why} "
+                "(errors='skip' scores the others)"
+            )
+        return out
+
+
+class EwmaDetector(_Univariate):
+    """Level shifts: an exponentially weighted mean and variance over event time.
+
+    A value's score is its two-sided normal tail probability against the mean and standard
+    deviation learnt from the values before it (time-weighted, so irregular series are
+    fine). The service runs this detector on every endpoint's request rate, authentication
+    failures and errors per ten-second bucket.
+
+    Parameters
+    ----------
+    half_life_secs : float
+        Half-life of the weights, in seconds of event time.
+    warmup : int
+        Values learnt before scores are given.
+    min_std : float
+        Floor of the standard deviation, in the series' unit.
+
+    Examples
+    --------
+    >>> import gatewatch as gw
+    >>> out = gw.EwmaDetector(warmup=5).score(list(range(0, 20_000, 1000)), [1.0] * 19 + [9.0])
+    >>> float(out["score"][-1]) > 0.999
+    True
+    """
+
+    _kind = "ewma"
+
+    def __init__(
+        self, half_life_secs: float = 600.0, warmup: int = 10, min_std: float = 1e-6
+    ) -> None:
+        self.half_life_secs = half_life_secs
+        self.warmup = warmup
+        self.min_std = min_std
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "half_life_secs": self.half_life_secs,
+            "warmup": self.warmup,
+            "min_std": self.min_std,
+        }
+
+
+class RelativeEntropyDetector(_Univariate):
+    """Distribution changes: recent values against a reference window.
+
+    The relative entropy (Kullback-Leibler divergence) of the recent window's histogram from
+    the reference window's, over equal-probability bins of the reference; the score is the
+    chi-squared CDF of ``2 * recent * KL`` with ``bins - 1`` degrees of freedom. It catches
+    changes of shape and spread that a mean-based detector misses.
+
+    Parameters
+    ----------
+    reference : int
+        Values in the reference window.
+    recent : int
+        Values in the recent window (at least ``bins``).
+    bins : int
+        Equal-probability bins of the reference (2 to 64).
+    """
+
+    _kind = "relative_entropy"
+
+    def __init__(self, reference: int = 240, recent: int = 30, bins: int = 8) -> None:
+        self.reference = reference
+        self.recent = recent
+        self.bins = bins
+
+    def _params(self) -> dict[str, Any]:
+        return {"reference": self.reference, "recent": self.recent, "bins": self.bins}

@@ -41,3 +41,13 @@ def fit_baseline(
     threshold: float = 0.999,
     config: str | Path | None = None,
 ) -> str: ...
+def univariate(
+    df: pl.DataFrame,
+    kind: str,
+    half_life_secs: float = 600.0,
+    warmup: int = 10,
+    min_std: float = 1e-6,
+    reference: int = 240,
+    recent: int = 30,
+    bins: int = 8,
+) -> tuple[pl.DataFrame, list[tuple[int, str]]]: ...
