@@ -14,7 +14,9 @@ True
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +42,30 @@ __all__ = [
 ]
 
 __version__: str = _native.__version__
+
+
+def _point_at_onnxruntime() -> None:
+    """Let the engine find ONNX Runtime in this interpreter's ``onnxruntime`` package.
+
+    ONNX models run on the ONNX Runtime library, loaded when the first one is. Unless
+    ``ORT_DYLIB_PATH`` names one, the library of the installed ``onnxruntime`` wheel is used
+    (found without importing the package).
+    """
+    if os.environ.get("ORT_DYLIB_PATH"):
+        return
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    for where in spec.submodule_search_locations:
+        capi = Path(where) / "capi"
+        libs = sorted(capi.glob("libonnxruntime.so*")) + sorted(capi.glob("libonnxruntime*.dylib"))
+        libs += sorted(capi.glob("onnxruntime.dll"))
+        if libs:
+            os.environ["ORT_DYLIB_PATH"] = str(libs[-1])
+            return
+
+
+_point_at_onnxruntime()
 
 _FORMATS = {
     ".parquet": "parquet",
