@@ -10,6 +10,11 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3_polars::PyDataFrame;
 
+/// mimalloc for the engine's allocations (per-client state, events, columns), as in the
+/// `gatewatch` binary: measured faster than the system allocator (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn value_err(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
@@ -318,7 +323,10 @@ fn univariate(
     };
     let df = df.0;
     py.detach(move || -> PyResult<(PyDataFrame, Vec<(usize, String)>)> {
-        let ts = df.column("ts").and_then(|c| c.i64().cloned()).map_err(value_err)?;
+        let ts = df
+            .column("ts")
+            .and_then(|c| c.i64().cloned())
+            .map_err(value_err)?;
         let values = df
             .column("value")
             .and_then(|c| c.f64().cloned())
