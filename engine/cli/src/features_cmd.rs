@@ -229,7 +229,7 @@ fn summary(
     let _ = write!(
         e,
         "  {} read: {}; rejected: {}",
-        if read.rows { "rows" } else { "lines" },
+        read.unit(),
         thousands(read.units),
         thousands(n_rej)
     );

@@ -150,7 +150,8 @@ struct SimulateArgs {
     /// Start of simulated time (RFC 3339).
     #[arg(long)]
     start: Option<String>,
-    /// Output file (standard output when absent or `-`).
+    /// Output file (standard output when absent or `-`): NDJSON, or a Parquet / CSV table
+    /// by the extension (`.parquet`, `.pq`, `.csv`; CSV has `headers.NAME` columns).
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// List the scenarios and exit.

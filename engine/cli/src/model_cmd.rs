@@ -37,6 +37,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let mut clients: HashSet<String> = HashSet::new();
     let mut skipped = 0u64;
     let started = Instant::now();
+    let read;
     {
         let mut sink = |r: &Record<'_>| {
             if let Some(want) = &a.label {
@@ -51,7 +52,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             remember(&mut clients, r.client);
         };
-        drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
+        read = drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
     }
     rejects.finish()?;
     let source = match &a.input.input {
@@ -164,13 +165,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     manifest.save(&a.output)?;
     let mut e = format!(
-        "gatewatch train: fitted {}@1 ({}) on {} events of {} clients ({} skipped by the label filter, {} rejected lines) in {:.2} s; wrote {}\n",
+        "gatewatch train: fitted {}@1 ({}) on {} events of {} clients ({} skipped by the label filter, {} rejected {}) in {:.2} s; wrote {}\n",
         a.name,
         fitted.join(", "),
         manifest.training.events,
         clients.len(),
         skipped,
         rejects.total(),
+        read.unit(),
         started.elapsed().as_secs_f64(),
         a.output.display()
     );
@@ -521,6 +523,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     };
     let mut failed: Option<anyhow::Error> = None;
     let started = Instant::now();
+    let read;
     {
         let mut sink = |r: &Record<'_>| {
             if failed.is_some() {
@@ -542,7 +545,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 }
             }
         };
-        drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
+        read = drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
     }
     if let Some(e) = failed {
         return Err(e);
@@ -564,13 +567,14 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .map(|m| format!("{} ≥ {}", m.name, m.threshold))
         .collect();
     let mut e = format!(
-        "gatewatch score: {} events scored with {} (flag at {}) in {:.2} s ({:.0} events/s); {} rejected lines\n",
+        "gatewatch score: {} events scored with {} (flag at {}) in {:.2} s ({:.0} events/s); {} rejected {}\n",
         stats.events_out,
         st.model_id,
         thresholds.join(", "),
         secs,
         stats.events_out as f64 / secs.max(1e-9),
-        rejects.total()
+        rejects.total(),
+        read.unit()
     );
     let Summary { clients, labels } = &st.summary;
     let mut top: Vec<(&String, &ClientSummary)> =

@@ -132,6 +132,13 @@ pub struct Consumed {
     pub rows: bool,
 }
 
+impl Consumed {
+    /// "lines" or "rows".
+    pub fn unit(&self) -> &'static str {
+        if self.rows { "rows" } else { "lines" }
+    }
+}
+
 /// Adds `key` to `set` unless it is there (without allocating when it is).
 pub fn remember(set: &mut HashSet<String>, key: &str) {
     if !set.contains(key) {

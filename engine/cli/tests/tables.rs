@@ -339,3 +339,49 @@ fn table_options_that_cannot_work_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn simulate_writes_parquet_and_csv_logs_that_give_the_same_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sim = |out: &Path| {
+        ok(&run(&[
+            "simulate",
+            "--seed",
+            "5",
+            "--duration",
+            "90s",
+            "--users",
+            "20",
+            "-o",
+            s(out),
+        ]))
+    };
+    let (nd, pq, csv) = (d.join("e.ndjson"), d.join("e.parquet"), d.join("e.csv"));
+    for p in [&nd, &pq, &csv] {
+        sim(p);
+    }
+    let header = std::fs::read_to_string(&csv).unwrap();
+    let header = header.lines().next().unwrap();
+    assert!(header.contains("headers.authorization"), "{header}");
+    let want = d.join("f.ndjson");
+    ok(&run(&["features", "-i", s(&nd), "-o", s(&want)]));
+    let records = lines(&want);
+    assert!(records.len() > 1000);
+    for input in [&pq, &csv] {
+        let out = d.join("f.parquet");
+        ok(&run(&["features", "-i", s(input), "-o", s(&out)]));
+        assert_same_records(
+            &read_parquet(&out),
+            &records,
+            &[
+                "id",
+                "label",
+                "client",
+                "endpoint",
+                "req_rate_1m",
+                "distinct_ids_10m",
+            ],
+        );
+    }
+}

@@ -50,8 +50,9 @@ fn digits(b: &[u8]) -> Option<u32> {
 }
 
 /// Parses an RFC 3339 timestamp (`2026-11-27T08:15:00.123Z`, `…+01:00`; a space instead of
-/// `T` and a lower-case `t`/`z` are accepted) into epoch milliseconds. Fractions beyond
-/// milliseconds are truncated.
+/// `T`, a lower-case `t`/`z` and an offset without its colon, `+0100`, as tools such as
+/// polars write them, are accepted) into epoch milliseconds. Fractions beyond milliseconds
+/// are truncated.
 pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
     let b = s.as_bytes();
     let bad = || format!("not an RFC 3339 timestamp: {:?}", crate::error::snippet(s));
@@ -100,9 +101,12 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
     }
     let offset_secs: i64 = match b.get(i) {
         Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-        Some(&sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
+        Some(&sign @ (b'+' | b'-'))
+            if (i + 6 == b.len() && b[i + 3] == b':') || i + 5 == b.len() =>
+        {
+            let m = b.len() - 2;
             let oh = digits(&b[i + 1..i + 3]).ok_or_else(bad)?;
-            let om = digits(&b[i + 4..i + 6]).ok_or_else(bad)?;
+            let om = digits(&b[m..]).ok_or_else(bad)?;
             if oh > 23 || om > 59 {
                 return Err(bad());
             }
@@ -178,6 +182,10 @@ mod tests {
             parse_rfc3339_ms("2026-11-27T08:15:00.123Z")
         );
         assert_eq!(
+            parse_rfc3339_ms("2026-11-27T07:45:00.123-0030"),
+            parse_rfc3339_ms("2026-11-27T08:15:00.123Z")
+        );
+        assert_eq!(
             parse_rfc3339_ms("2026-11-27 08:15:00.123456789z"),
             parse_rfc3339_ms("2026-11-27T08:15:00.123Z")
         );
@@ -193,7 +201,8 @@ mod tests {
             "2026-11-27T25:00:00Z",
             "2026-11-27T08:15:00",
             "2026-11-27T08:15:00.Z",
-            "2026-11-27T08:15:00+0100",
+            "2026-11-27T08:15:00+01",
+            "2026-11-27T08:15:00+01:0",
             "2026-11-27T08:15:00Zjunk",
             "２０２６-11-27T08:15:00Z",
         ] {

@@ -170,6 +170,8 @@ impl TableWriter {
             TableFormat::Csv => Inner::Csv(
                 CsvWriter::new(w)
                     .include_header(true)
+                    // RFC 3339 (`+00:00`), which every gatewatch reader takes.
+                    .with_datetime_format(Some("%Y-%m-%dT%H:%M:%S%.3f%:z".into()))
                     .batched(schema)
                     .map_err(|e| file_error(path, e))?,
             ),
@@ -218,4 +220,11 @@ impl TableWriter {
         }
         Ok(self.rows)
     }
+}
+
+/// Writes a whole frame as a Parquet or CSV file.
+pub fn write_table(df: &mut DataFrame, path: &Path, format: TableFormat) -> Result<u64> {
+    let mut w = TableWriter::create(path, format, df.schema())?;
+    w.write(df)?;
+    w.finish()
 }

@@ -16,7 +16,7 @@
 #[cfg(feature = "io")]
 mod io;
 #[cfg(feature = "io")]
-pub use io::{EVENT_COLUMNS, TableFormat, TableWriter, scan_log};
+pub use io::{EVENT_COLUMNS, TableFormat, TableWriter, scan_log, write_table};
 
 use gatewatch_event::{EventFields, ParseError, RequestEvent, parse_rfc3339_ms};
 use gatewatch_features::{Config, FeatureEngine, Record, Stats};
@@ -191,6 +191,21 @@ pub fn events_to_frame(events: &[RequestEvent]) -> Result<DataFrame> {
         cols.push(str_col(name, events.iter().map(f).collect()));
     }
     Ok(DataFrame::new(n, cols)?)
+}
+
+/// The frame with its `headers` struct column replaced by one text column per header,
+/// named `headers.NAME` (for formats without nested columns, such as CSV).
+pub fn flatten_headers(mut df: DataFrame) -> Result<DataFrame> {
+    let fields = header_fields(&df)?;
+    if df.column("headers").is_err() {
+        return Ok(df);
+    }
+    df = df.drop("headers")?;
+    for f in fields {
+        let name = format!("headers.{}", f.name());
+        df.with_column(f.with_name(name.as_str().into()).into())?;
+    }
+    Ok(df)
 }
 
 /// The text of a JSON string literal (`"normal"` → `normal`); other JSON as it is.
