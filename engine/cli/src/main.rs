@@ -6,6 +6,10 @@ mod model_cmd;
 mod output;
 mod pipeline;
 mod simulate_cmd;
+#[cfg(feature = "tables")]
+mod table;
+#[cfg(not(feature = "tables"))]
+#[path = "table_stub.rs"]
 mod table;
 
 use std::path::PathBuf;

@@ -6,11 +6,9 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use gatewatch_event::RequestEvent;
 use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record, Rejection};
-use gatewatch_frames::TableFormat;
-use polars::prelude::DataFrame;
 
+use crate::table::TableSource;
 use crate::{InputArgs, InputFormat};
 
 /// Where events come from: lines (NDJSON, access log) read as a stream, or a table file
@@ -23,7 +21,7 @@ pub enum Source {
         format: Format,
     },
     /// A table file's event columns.
-    Table { df: DataFrame, path: PathBuf },
+    Table(TableSource),
 }
 
 impl Source {
@@ -31,7 +29,7 @@ impl Source {
     pub fn size(&self) -> Option<u64> {
         match self {
             Source::Lines { size, .. } => *size,
-            Source::Table { .. } => None,
+            Source::Table(_) => None,
         }
     }
 
@@ -39,8 +37,11 @@ impl Source {
     pub fn into_lines(self) -> Result<(Box<dyn Read>, Format)> {
         match self {
             Source::Lines { input, format, .. } => Ok((input, format)),
-            Source::Table { path, .. } => {
-                bail!("{}: --parse-only reads line formats only", path.display())
+            Source::Table(t) => {
+                bail!(
+                    "{}: --parse-only reads line formats only",
+                    t.path().display()
+                )
             }
         }
     }
@@ -52,10 +53,58 @@ fn input_format(a: &InputArgs) -> InputFormat {
     if let Some(f) = a.format {
         return f;
     }
-    match a.input.as_deref().and_then(TableFormat::from_extension) {
-        Some(TableFormat::Parquet) => InputFormat::Parquet,
-        Some(TableFormat::Csv) => InputFormat::Csv,
-        _ => InputFormat::Ndjson,
+    match a.input.as_deref().and_then(table_extension) {
+        Some(TableKind::Parquet) => InputFormat::Parquet,
+        Some(TableKind::Csv) => InputFormat::Csv,
+        None => InputFormat::Ndjson,
+    }
+}
+
+/// A table file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// Apache Parquet.
+    Parquet,
+    /// CSV with a header line.
+    Csv,
+}
+
+impl TableKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TableKind::Parquet => "parquet",
+            TableKind::Csv => "csv",
+        }
+    }
+}
+
+/// The table format a file name's extension says (`.parquet`, `.pq`, `.csv`), if any.
+pub fn table_extension(p: &Path) -> Option<TableKind> {
+    match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "parquet" | "pq" => Some(TableKind::Parquet),
+        "csv" => Some(TableKind::Csv),
+        _ => None,
+    }
+}
+
+/// The table file records go to: `--output-format`, else the output file's extension; none
+/// for NDJSON.
+pub fn output_table(a: &crate::OutputArgs) -> Result<Option<(PathBuf, TableKind)>> {
+    use crate::OutputFormat;
+    let path = a.output.as_deref().filter(|p| *p != Path::new("-"));
+    let kind = match a.output_format {
+        Some(OutputFormat::Ndjson) => None,
+        Some(OutputFormat::Parquet) => Some(TableKind::Parquet),
+        Some(OutputFormat::Csv) => Some(TableKind::Csv),
+        None => path.and_then(table_extension),
+    };
+    match (kind, path) {
+        (None, _) => Ok(None),
+        (Some(k), Some(p)) => Ok(Some((p.to_path_buf(), k))),
+        (Some(k), None) => bail!(
+            "--output-format {}: a table is written to a file (--output FILE), not standard output",
+            k.name()
+        ),
     }
 }
 
@@ -67,12 +116,6 @@ fn renames(maps: &[String]) -> Result<Vec<(String, String)>> {
             bail!("--map {m:?}: expected COLUMN=FIELD (a file column read as an event field)");
         };
         let (from, to) = (from.trim(), to.trim());
-        if !gatewatch_frames::EVENT_COLUMNS.contains(&to) && !to.starts_with("headers.") {
-            bail!(
-                "--map {m:?}: {to:?} is not an event field (fields: {}, or headers.NAME)",
-                gatewatch_frames::EVENT_COLUMNS.join(", ")
-            );
-        }
         out.push((from.to_string(), to.to_string()));
     }
     Ok(out)
@@ -88,8 +131,8 @@ pub fn setup(a: &InputArgs) -> Result<(Config, Source)> {
     let maps = renames(&a.map)?;
     let table = match format {
         InputFormat::Ndjson | InputFormat::Combined => None,
-        InputFormat::Parquet => Some(TableFormat::Parquet),
-        InputFormat::Csv => Some(TableFormat::Csv),
+        InputFormat::Parquet => Some(TableKind::Parquet),
+        InputFormat::Csv => Some(TableKind::Csv),
     };
     let source = match table {
         None => {
@@ -111,11 +154,10 @@ pub fn setup(a: &InputArgs) -> Result<(Config, Source)> {
             let Some(path) = a.input.clone().filter(|p| p != Path::new("-")) else {
                 bail!(
                     "--format {}: a table is read from a file (--input FILE), not standard input",
-                    t.as_str()
+                    t.name()
                 );
             };
-            let df = gatewatch_frames::scan_log(&path, t, &maps)?;
-            Source::Table { df, path }
+            Source::Table(crate::table::read_source(path, t, &maps)?)
         }
     };
     Ok((cfg, source))
@@ -230,44 +272,8 @@ pub fn drive(
                 rows: false,
             })
         }
-        Source::Table { df, path } => {
-            let rows = gatewatch_frames::frame_rows(&df, true)
-                .with_context(|| format!("{}", path.display()))?;
-            let n = rows.len() as u64;
-            drop(df);
-            let mut events: Vec<(u64, RequestEvent)> = Vec::with_capacity(rows.len());
-            for (i, r) in rows.into_iter().enumerate() {
-                match r {
-                    Ok(e) => events.push((i as u64, e)),
-                    Err(e) => rejects.report(&Rejection::Row {
-                        row: e.row as u64,
-                        error: e.error,
-                    }),
-                }
-            }
-            drive_rows(events, engine, sink, rejects);
-            Ok(Consumed {
-                units: n,
-                blank: 0,
-                rows: true,
-            })
-        }
+        Source::Table(t) => crate::table::drive(t, engine, sink, rejects),
     }
-}
-
-fn drive_rows(
-    mut events: Vec<(u64, RequestEvent)>,
-    engine: &mut FeatureEngine,
-    sink: &mut impl FnMut(&Record<'_>),
-    rejects: &mut Rejects,
-) {
-    events.sort_by_key(|(_, e)| e.ts_ms);
-    for (row, e) in events {
-        if let Err(late) = engine.push(e, row, sink) {
-            rejects.report(&Rejection::LateRow(late));
-        }
-    }
-    engine.finish(sink);
 }
 
 fn drive_lines(

@@ -2,9 +2,8 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use gatewatch_event::{parse_rfc3339_ms, write_ndjson};
-use gatewatch_frames::TableFormat;
 use gatewatch_sim::{Scenario, SimConfig, parse_duration, simulate};
 
 use crate::SimulateArgs;
@@ -46,18 +45,7 @@ pub fn run(a: SimulateArgs) -> Result<()> {
         },
     };
     let events = simulate(&cfg);
-    let table = a
-        .output
-        .as_deref()
-        .and_then(TableFormat::from_extension)
-        .filter(|f| *f != TableFormat::Ndjson);
-    if let (Some(format), Some(path)) = (table, a.output.as_deref()) {
-        let mut df = gatewatch_frames::events_to_frame(&events)?;
-        if format == TableFormat::Csv {
-            df = gatewatch_frames::flatten_headers(df)?;
-        }
-        gatewatch_frames::write_table(&mut df, path, format)
-            .with_context(|| format!("writing {}", path.display()))?;
+    if crate::table::write_events(&events, a.output.as_deref())? {
         return Ok(());
     }
     let mut out = crate::io::open_output(&a.output)?;

@@ -1,13 +1,106 @@
-//! Records written as a table (Parquet, CSV): the columns of `gatewatch_frames`'s feature
-//! and score frames, collected and written in batches.
+//! Tables (feature `tables`): Parquet / CSV logs read into the engine, and records written
+//! as tables with the columns of `gatewatch_frames`'s feature and score frames, in batches.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use gatewatch_event::RequestEvent;
+use gatewatch_features::{FeatureEngine, Record, Rejection};
 use gatewatch_frames::{TableFormat, TableWriter};
 use polars::prelude::*;
 
-use crate::{OutputArgs, OutputFormat};
+use crate::OutputArgs;
+use crate::pipeline::{Consumed, Rejects, TableKind, table_extension};
+
+fn format_of(kind: TableKind) -> TableFormat {
+    match kind {
+        TableKind::Parquet => TableFormat::Parquet,
+        TableKind::Csv => TableFormat::Csv,
+    }
+}
+
+/// A table file's event columns, read.
+pub struct TableSource {
+    df: DataFrame,
+    path: PathBuf,
+}
+
+impl TableSource {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads the event columns of a table file (a lazy scan), the file's columns renamed by
+/// `maps` (`(file column, event field)`).
+pub fn read_source(
+    path: PathBuf,
+    kind: TableKind,
+    maps: &[(String, String)],
+) -> Result<TableSource> {
+    for (m, to) in maps {
+        if !gatewatch_frames::EVENT_COLUMNS.contains(&to.as_str()) && !to.starts_with("headers.") {
+            bail!(
+                "--map {m}={to}: {to:?} is not an event field (fields: {}, or headers.NAME)",
+                gatewatch_frames::EVENT_COLUMNS.join(", ")
+            );
+        }
+    }
+    let df = gatewatch_frames::scan_log(&path, format_of(kind), maps)?;
+    Ok(TableSource { df, path })
+}
+
+/// Checks a table's rows one by one (a bad row is rejected, naming its row and field) and
+/// puts the events into the engine in event-time order (ties in row order).
+pub fn drive(
+    t: TableSource,
+    engine: &mut FeatureEngine,
+    sink: &mut impl FnMut(&Record<'_>),
+    rejects: &mut Rejects,
+) -> Result<Consumed> {
+    let rows = gatewatch_frames::frame_rows(&t.df, true)
+        .with_context(|| format!("{}", t.path.display()))?;
+    let n = rows.len() as u64;
+    drop(t.df);
+    let mut events: Vec<(u64, RequestEvent)> = Vec::with_capacity(rows.len());
+    for (i, r) in rows.into_iter().enumerate() {
+        match r {
+            Ok(e) => events.push((i as u64, e)),
+            Err(e) => rejects.report(&Rejection::Row {
+                row: e.row as u64,
+                error: e.error,
+            }),
+        }
+    }
+    events.sort_by_key(|(_, e)| e.ts_ms);
+    for (row, e) in events {
+        if let Err(late) = engine.push(e, row, sink) {
+            rejects.report(&Rejection::LateRow(late));
+        }
+    }
+    engine.finish(sink);
+    Ok(Consumed {
+        units: n,
+        blank: 0,
+        rows: true,
+    })
+}
+
+/// Writes simulated events as a table when `path` names one (`.parquet`, `.csv`; CSV gets
+/// `headers.NAME` columns); false when it does not.
+pub fn write_events(events: &[RequestEvent], path: Option<&Path>) -> Result<bool> {
+    let Some((path, kind)) = path.and_then(|p| table_extension(p).map(|k| (p, k))) else {
+        return Ok(false);
+    };
+    let mut df = gatewatch_frames::events_to_frame(events)?;
+    if kind == TableKind::Csv {
+        df = gatewatch_frames::flatten_headers(df)?;
+    }
+    gatewatch_frames::write_table(&mut df, path, format_of(kind))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
+}
 
 /// Rows per written batch (a Parquet row group).
 pub const BATCH_ROWS: usize = 65_536;
@@ -22,22 +115,9 @@ pub enum Sink {
 
 /// The output format: `--output-format`, else the output file's extension.
 pub fn sink(a: &OutputArgs) -> Result<Sink> {
-    let path = a.output.as_deref().filter(|p| *p != Path::new("-"));
-    let format = match a.output_format {
-        Some(OutputFormat::Ndjson) => None,
-        Some(OutputFormat::Parquet) => Some(TableFormat::Parquet),
-        Some(OutputFormat::Csv) => Some(TableFormat::Csv),
-        None => path
-            .and_then(TableFormat::from_extension)
-            .filter(|f| *f != TableFormat::Ndjson),
-    };
-    match (format, path) {
-        (None, _) => Ok(Sink::Lines),
-        (Some(f), Some(p)) => Ok(Sink::Table(p.to_path_buf(), f)),
-        (Some(f), None) => bail!(
-            "--output-format {}: a table is written to a file (--output FILE), not standard output",
-            f.as_str()
-        ),
+    match crate::pipeline::output_table(a)? {
+        None => Ok(Sink::Lines),
+        Some((p, kind)) => Ok(Sink::Table(p, format_of(kind))),
     }
 }
 
