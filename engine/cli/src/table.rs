@@ -59,26 +59,22 @@ pub fn drive(
     sink: &mut impl FnMut(&Record<'_>),
     rejects: &mut Rejects,
 ) -> Result<Consumed> {
-    let rows = gatewatch_frames::frame_rows(&t.df, true)
-        .with_context(|| format!("{}", t.path.display()))?;
-    let n = rows.len() as u64;
-    drop(t.df);
-    let mut events: Vec<(u64, RequestEvent)> = Vec::with_capacity(rows.len());
-    for (i, r) in rows.into_iter().enumerate() {
-        match r {
-            Ok(e) => events.push((i as u64, e)),
+    let n = t.df.height() as u64;
+    gatewatch_frames::for_each_event_in_time_order(&t.df, true, |row, e| {
+        match e {
+            Ok(e) => {
+                if let Err(late) = engine.push(e, row as u64, sink) {
+                    rejects.report(&Rejection::LateRow(late));
+                }
+            }
             Err(e) => rejects.report(&Rejection::Row {
                 row: e.row as u64,
                 error: e.error,
             }),
         }
-    }
-    events.sort_by_key(|(_, e)| e.ts_ms);
-    for (row, e) in events {
-        if let Err(late) = engine.push(e, row, sink) {
-            rejects.report(&Rejection::LateRow(late));
-        }
-    }
+        Ok(())
+    })
+    .with_context(|| format!("{}", t.path.display()))?;
     engine.finish(sink);
     Ok(Consumed {
         units: n,

@@ -387,6 +387,35 @@ pub fn frame_rows(
     Ok((0..rows.len()).map(|r| rows.event(r)).collect())
 }
 
+/// Every row of an events frame, as an event or the reason it is not one, handed to `each`
+/// with its row number in event-time order (ties in row order), one at a time: rows without
+/// a valid time first (they cannot be ordered), then the others. `each` stops the walk by
+/// returning an error. Column-level problems are the error before any row is read. With
+/// `tags`, `id` and `label` are carried in the events (see [`frame_rows`]).
+pub fn for_each_event_in_time_order(
+    df: &DataFrame,
+    tags: bool,
+    mut each: impl FnMut(usize, std::result::Result<RequestEvent, RowError>) -> Result<()>,
+) -> Result<()> {
+    let fields = header_fields(df)?;
+    let rows = Rows::open(df, &fields, tags)?;
+    let mut order: Vec<(i64, usize)> = Vec::with_capacity(rows.len());
+    for r in 0..rows.len() {
+        match rows.ts(r) {
+            Some(t) => order.push((t, r)),
+            None => each(r, rows.event(r))?,
+        }
+    }
+    if !order.is_sorted_by_key(|o| o.0) {
+        // Stable: rows of the same time keep their order.
+        order.sort_by_key(|o| o.0);
+    }
+    for (_, r) in order {
+        each(r, rows.event(r))?;
+    }
+    Ok(())
+}
+
 /// The fields of a `headers` struct column.
 fn header_fields(df: &DataFrame) -> Result<Vec<Series>> {
     Ok(match column(df, "headers") {
@@ -680,27 +709,8 @@ fn run(
     df: &DataFrame,
     mut each: impl FnMut(&Record<'_>) -> Result<()>,
 ) -> Result<(Keys, FeatureEngine)> {
-    let fields = header_fields(df)?;
-    let rows = Rows::open(df, &fields, false)?;
-    let n = rows.len();
-    let mut order: Vec<(i64, usize)> = Vec::with_capacity(n);
-    for r in 0..n {
-        match rows.ts(r) {
-            Some(t) => order.push((t, r)),
-            None => {
-                return Err(rows
-                    .event(r)
-                    .expect_err("a row without a valid time")
-                    .into());
-            }
-        }
-    }
-    if !order.is_sorted_by_key(|o| o.0) {
-        // Stable: rows of the same time keep their order.
-        order.sort_by_key(|o| o.0);
-    }
     let mut engine = FeatureEngine::new(cfg)?;
-    let mut keys = Keys::with_capacity(n);
+    let mut keys = Keys::with_capacity(df.height());
     let mut failed: Option<FrameError> = None;
     {
         let mut sink = |r: &Record<'_>| {
@@ -715,12 +725,12 @@ fn run(
                 failed = Some(e);
             }
         };
-        for (_, r) in order {
-            let e = rows.event(r)?;
+        for_each_event_in_time_order(df, false, |row, e| {
             engine
-                .push(e, r as u64, &mut sink)
+                .push(e?, row as u64, &mut sink)
                 .expect("events in time order are never late");
-        }
+            Ok(())
+        })?;
         engine.finish(&mut sink);
     }
     match failed {
