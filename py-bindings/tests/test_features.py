@@ -184,3 +184,16 @@ def test_csv_with_flat_header_columns_equals_the_cli_table_output(tmp_path: Path
         [gatewatch_bin(), "features", "-i", path, "-o", out], check=True, capture_output=True
     )
     assert_frame_equal(pl.read_parquet(out), got)
+
+
+def test_narrow_integer_and_categorical_columns_are_read() -> None:
+    events = gw.simulate(seed=8, duration="1m", users=10)
+    odd = events.with_columns(
+        pl.col("status").cast(pl.UInt16),
+        pl.col("method").cast(pl.Categorical),
+        pl.col("resp_bytes").cast(pl.Int32),
+    )
+    ex = gw.FeatureExtractor()
+    assert_frame_equal(ex.transform(odd), ex.transform(events))
+    scores = gw.Model.default().score_samples(odd)
+    assert_frame_equal(scores, gw.Model.default().score_samples(events))

@@ -385,3 +385,41 @@ fn simulate_writes_parquet_and_csv_logs_that_give_the_same_features() {
         );
     }
 }
+
+#[test]
+fn parquet_columns_of_other_integer_widths_and_types_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, df) = simulated(dir.path());
+    let mut odd = df
+        .lazy()
+        .with_columns([
+            col("status").cast(DataType::UInt16),
+            col("req_bytes").cast(DataType::Int32),
+            col("id").cast(DataType::String),
+        ])
+        .collect()
+        .unwrap();
+    let pq = dir.path().join("odd.parquet");
+    ParquetWriter::new(std::fs::File::create(&pq).unwrap())
+        .finish(&mut odd)
+        .unwrap();
+    let nd = dir.path().join("f.ndjson");
+    ok(&run(&["features", "-i", s(&ev), "-o", s(&nd)]));
+    let fq = dir.path().join("f.parquet");
+    ok(&run(&["features", "-i", s(&pq), "-o", s(&fq)]));
+    let table = read_parquet(&fq);
+    // Text ids stay text; the times were RFC 3339 text in this file.
+    assert_eq!(table.column("id").unwrap().dtype(), &DataType::String);
+    let records: Vec<serde_json::Value> = lines(&nd)
+        .into_iter()
+        .map(|mut r| {
+            r["id"] = serde_json::Value::String(r["id"].to_string());
+            r
+        })
+        .collect();
+    assert_same_records(
+        &table,
+        &records,
+        &["id", "client", "error_ratio_1m", "bytes_mean_10m"],
+    );
+}

@@ -199,6 +199,27 @@ def read_log(
     return lf.select(keep).sort("ts", maintain_order=True).collect()
 
 
+_NARROW_INTS = (pl.Int8, pl.Int16, pl.UInt8, pl.UInt16)
+
+
+def _compatible(df: pl.DataFrame) -> pl.DataFrame:
+    """The frame with narrow integers widened to Int64 and categoricals as text.
+
+    The engine reads integers of any width and text; the narrow integer and categorical
+    types do not cross into it, so they are converted here (the other columns untouched).
+    """
+    if not isinstance(df, pl.DataFrame):
+        return df
+    casts = [
+        pl.col(name).cast(pl.Int64)
+        if isinstance(dtype, _NARROW_INTS)
+        else pl.col(name).cast(pl.String)
+        for name, dtype in df.schema.items()
+        if isinstance(dtype, (*_NARROW_INTS, pl.Categorical, pl.Enum))
+    ]
+    return df.with_columns(casts) if casts else df
+
+
 def feature_schema() -> dict[str, Any]:
     """The feature registry of the default configuration.
 
@@ -261,7 +282,7 @@ class FeatureExtractor:
         """
         if not isinstance(df, pl.DataFrame):
             raise TypeError(f"expected a polars.DataFrame, got {type(df).__name__}")
-        return self._native.transform(df)
+        return self._native.transform(_compatible(df))
 
     def fit_transform(self, df: pl.DataFrame) -> pl.DataFrame:
         """Same as :meth:`transform` (the extractor learns nothing ahead of time)."""
@@ -338,7 +359,7 @@ class Model:
             ``client``, ``endpoint``, ``score`` in [0, 1], ``score_<detector>`` per
             detector and ``flagged``.
         """
-        return self._native.score(df, 0).drop("reasons")
+        return self._native.score(_compatible(df), 0).drop("reasons")
 
     def explain(self, df: pl.DataFrame, top: int = 3) -> pl.DataFrame:
         """Score every event with its top reasons.
@@ -356,7 +377,7 @@ class Model:
             As :meth:`score_samples`, with ``reasons``: a list of structs (``detector``,
             ``feature``, ``value``, ``baseline``, ``contribution``) per event.
         """
-        out = self._native.score(df, top)
+        out = self._native.score(_compatible(df), top)
         dtype = pl.List(
             pl.Struct(
                 {
@@ -397,7 +418,7 @@ def check_parity(
     """
     worst, ours, theirs, rejected = _native.check_parity(
         None if model_dir is None else str(model_dir),
-        events,
+        _compatible(events),
         None if config is None else str(config),
     )
     return {
