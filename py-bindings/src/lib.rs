@@ -390,5 +390,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fit_baseline, m)?)?;
     m.add_function(wrap_pyfunction!(univariate, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("EVENT_COLUMNS", gatewatch_frames::EVENT_COLUMNS.to_vec())?;
     Ok(())
 }

@@ -117,16 +117,8 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 }
             }
             if let Some(t) = table.as_mut() {
-                t.push_key(
-                    r.event.id.as_deref(),
-                    r.event.label.as_deref(),
-                    r.event.ts_ms,
-                    r.client,
-                    r.endpoint,
-                );
-                for (c, v) in t.floats.iter_mut().zip(r.features) {
-                    c.push(*v);
-                }
+                t.push_key(r);
+                t.push_values(r.features);
                 if let Err(e) = t.maybe_flush() {
                     write_err.borrow_mut().get_or_insert(e);
                 }

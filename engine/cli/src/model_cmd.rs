@@ -437,20 +437,9 @@ impl Scoring {
                 line.push_str("}\n");
             }
             if let Some(t) = table.as_mut() {
-                t.floats[0].push(scores.score[i]);
-                for j in 0..k {
-                    t.floats[1 + j].push(scores.member[i * k + j]);
-                }
-                let rs: Vec<serde_json::Value> = rs
-                    .iter()
-                    .map(|x| {
-                        serde_json::json!({
-                            "detector": member, "feature": x.feature, "value": x.value,
-                            "baseline": x.baseline, "contribution": x.contribution,
-                        })
-                    })
-                    .collect();
-                t.push_flag(flagged, serde_json::Value::Array(rs).to_string());
+                t.push_values(&[scores.score[i]]);
+                t.push_values(&scores.member[i * k..(i + 1) * k]);
+                t.push_flag(flagged, member, rs);
             }
             let detector = &scorer.members[scores.decided_by[i]].detector;
             summary.add(
@@ -530,13 +519,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 return;
             }
             if let Some(t) = st.table.as_mut() {
-                t.push_key(
-                    r.event.id.as_deref(),
-                    r.event.label.as_deref(),
-                    r.event.ts_ms,
-                    r.client,
-                    r.endpoint,
-                );
+                t.push_key(r);
             }
             st.pending.push(r);
             if st.pending.batch.len() >= batch_size {

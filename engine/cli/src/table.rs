@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use gatewatch_event::RequestEvent;
 use gatewatch_features::{FeatureEngine, Record, Rejection};
-use gatewatch_frames::{TableFormat, TableWriter};
+use gatewatch_frames::{TableFormat, TableWriter, unquote};
+use gatewatch_models::Reason;
 use polars::prelude::*;
 
 use crate::OutputArgs;
@@ -39,14 +40,6 @@ pub fn read_source(
     kind: TableKind,
     maps: &[(String, String)],
 ) -> Result<TableSource> {
-    for (m, to) in maps {
-        if !gatewatch_frames::EVENT_COLUMNS.contains(&to.as_str()) && !to.starts_with("headers.") {
-            bail!(
-                "--map {m}={to}: {to:?} is not an event field (fields: {}, or headers.NAME)",
-                gatewatch_frames::EVENT_COLUMNS.join(", ")
-            );
-        }
-    }
     let df = gatewatch_frames::scan_log(&path, format_of(kind), maps)?;
     Ok(TableSource { df, path })
 }
@@ -125,22 +118,27 @@ enum IdKind {
     Text,
 }
 
-/// Columns of records not yet written.
+/// The columns a table has besides the fixed ones, decided on its first batch.
+#[derive(Clone, Copy)]
+struct Layout {
+    id: Option<IdKind>,
+    label: bool,
+}
+
+/// Records not yet written: key columns, values row-major (moved into columns when a batch
+/// is written), flags and reasons.
 pub struct TableOut {
     path: PathBuf,
     format: TableFormat,
     writer: Option<TableWriter>,
-    /// Decided on the first batch: whether to have `id` (and its type) and `label`.
-    id: Option<Option<IdKind>>,
-    has_label: bool,
+    layout: Option<Layout>,
     ids: Vec<Option<Box<str>>>,
     labels: Vec<Option<String>>,
     ts: Vec<i64>,
-    clients: Vec<String>,
-    endpoints: Vec<String>,
-    float_names: Vec<String>,
-    /// One vector per float column.
-    pub floats: Vec<Vec<f64>>,
+    clients: StringChunkedBuilder,
+    endpoints: StringChunkedBuilder,
+    value_names: Vec<String>,
+    values: Vec<f64>,
     with_flags: bool,
     flagged: Vec<bool>,
     reasons: Vec<String>,
@@ -149,28 +147,26 @@ pub struct TableOut {
 }
 
 impl TableOut {
-    /// A table of the key columns, then `float_names`, then (`with_flags`) `flagged` and
-    /// `reasons`.
+    /// A table of the key columns, then `value_names` (Float64), then (`with_flags`)
+    /// `flagged` and `reasons`.
     pub fn new(
         path: PathBuf,
         format: TableFormat,
-        float_names: Vec<String>,
+        value_names: Vec<String>,
         with_flags: bool,
     ) -> Self {
-        let floats = vec![Vec::new(); float_names.len()];
         Self {
             path,
             format,
             writer: None,
-            id: None,
-            has_label: false,
+            layout: None,
             ids: Vec::new(),
             labels: Vec::new(),
             ts: Vec::new(),
-            clients: Vec::new(),
-            endpoints: Vec::new(),
-            float_names,
-            floats,
+            clients: StringChunkedBuilder::new("client".into(), BATCH_ROWS),
+            endpoints: StringChunkedBuilder::new("endpoint".into(), BATCH_ROWS),
+            values: Vec::with_capacity(BATCH_ROWS * value_names.len()),
+            value_names,
             with_flags,
             flagged: Vec::new(),
             reasons: Vec::new(),
@@ -178,26 +174,25 @@ impl TableOut {
         }
     }
 
-    /// The identifying columns of one record (`id` and `label` as the event's JSON text).
-    pub fn push_key(
-        &mut self,
-        id: Option<&str>,
-        label: Option<&str>,
-        ts_ms: i64,
-        client: &str,
-        endpoint: &str,
-    ) {
-        self.ids.push(id.map(Box::from));
-        self.labels.push(label.map(unquote));
-        self.ts.push(ts_ms);
-        self.clients.push(client.to_string());
-        self.endpoints.push(endpoint.to_string());
+    /// The identifying columns of a record (`id` and `label` from the event's JSON text).
+    pub fn push_key(&mut self, r: &Record<'_>) {
+        self.ids.push(r.event.id.clone());
+        self.labels.push(r.event.label.as_deref().map(unquote));
+        self.ts.push(r.event.ts_ms);
+        self.clients.append_value(r.client);
+        self.endpoints.append_value(r.endpoint);
     }
 
-    /// The flag and reasons (JSON text) of one record.
-    pub fn push_flag(&mut self, flagged: bool, reasons: String) {
+    /// Values of the current record, in `value_names` order (in one call or several).
+    pub fn push_values(&mut self, values: &[f64]) {
+        self.values.extend_from_slice(values);
+    }
+
+    /// The flag of one record and the reasons of the detector that decided it.
+    pub fn push_flag(&mut self, flagged: bool, detector: &str, reasons: &[Reason]) {
         self.flagged.push(flagged);
-        self.reasons.push(reasons);
+        self.reasons
+            .push(gatewatch_frames::reasons_json(detector, reasons));
     }
 
     /// Writes the pending rows when a batch is full.
@@ -208,26 +203,10 @@ impl TableOut {
         Ok(())
     }
 
-    fn frame(&mut self) -> Result<DataFrame> {
-        let n = self.ts.len();
-        let id = *self.id.get_or_insert_with(|| {
-            let mut any = false;
-            let mut ints = true;
-            for v in self.ids.iter().flatten() {
-                any = true;
-                ints &= v.parse::<i64>().is_ok();
-            }
-            any.then_some(if ints { IdKind::Int } else { IdKind::Text })
-        });
-        if self.written == 0 && self.writer.is_none() {
-            self.has_label = self.labels.iter().any(Option::is_some);
-        }
-        let mut cols: Vec<Column> = Vec::with_capacity(8 + self.floats.len());
-        let ids = std::mem::take(&mut self.ids);
-        match id {
-            None => {}
-            Some(IdKind::Int) => {
-                let mut v: Vec<Option<i64>> = Vec::with_capacity(n);
+    fn id_column(&self, kind: IdKind, ids: &[Option<Box<str>>]) -> Result<Column> {
+        Ok(match kind {
+            IdKind::Int => {
+                let mut v: Vec<Option<i64>> = Vec::with_capacity(ids.len());
                 for (i, x) in ids.iter().enumerate() {
                     v.push(match x {
                         None => None,
@@ -240,34 +219,60 @@ impl TableOut {
                         })?),
                     });
                 }
-                cols.push(Column::new("id".into(), v));
+                Column::new("id".into(), v)
             }
-            Some(IdKind::Text) => {
+            IdKind::Text => {
                 let v: Vec<Option<String>> =
                     ids.iter().map(|x| x.as_deref().map(unquote)).collect();
-                cols.push(Column::new("id".into(), v));
+                Column::new("id".into(), v)
             }
+        })
+    }
+
+    fn frame(&mut self) -> Result<DataFrame> {
+        let n = self.ts.len();
+        let layout = *self.layout.get_or_insert_with(|| {
+            let mut ids = self.ids.iter().flatten().peekable();
+            let id = ids.peek().is_some().then(|| {
+                if ids.all(|v| v.parse::<i64>().is_ok()) {
+                    IdKind::Int
+                } else {
+                    IdKind::Text
+                }
+            });
+            Layout {
+                id,
+                label: self.labels.iter().any(Option::is_some),
+            }
+        });
+        let mut cols: Vec<Column> = Vec::with_capacity(8 + self.value_names.len());
+        let ids = std::mem::take(&mut self.ids);
+        if let Some(kind) = layout.id {
+            cols.push(self.id_column(kind, &ids)?);
         }
         let labels = std::mem::take(&mut self.labels);
-        if self.has_label {
+        if layout.label {
             cols.push(Column::new("label".into(), labels));
         }
-        cols.push(
-            Int64Chunked::from_vec("ts".into(), std::mem::take(&mut self.ts))
-                .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
-                .into_series()
-                .into(),
-        );
-        cols.push(Column::new(
-            "client".into(),
-            std::mem::take(&mut self.clients),
+        cols.push(gatewatch_frames::datetime_ms(
+            "ts",
+            std::mem::take(&mut self.ts),
         ));
-        cols.push(Column::new(
-            "endpoint".into(),
-            std::mem::take(&mut self.endpoints),
-        ));
-        for (name, v) in self.float_names.iter().zip(self.floats.iter_mut()) {
-            cols.push(Column::new(name.as_str().into(), std::mem::take(v)));
+        for (name, b) in [
+            ("client", &mut self.clients),
+            ("endpoint", &mut self.endpoints),
+        ] {
+            let b = std::mem::replace(b, StringChunkedBuilder::new(name.into(), BATCH_ROWS));
+            cols.push(b.finish().into_series().into());
+        }
+        let width = self.value_names.len();
+        let mut values: Vec<Vec<f64>> = (0..width).map(|_| Vec::with_capacity(n)).collect();
+        for block in self.values.chunks(1024 * width.max(1)) {
+            gatewatch_frames::append_columns(&mut values, block, width);
+        }
+        self.values.clear();
+        for (name, v) in self.value_names.iter().zip(values) {
+            cols.push(Column::new(name.as_str().into(), v));
         }
         if self.with_flags {
             cols.push(Column::new(
@@ -284,15 +289,14 @@ impl TableOut {
 
     fn flush(&mut self) -> Result<()> {
         let mut df = self.frame()?;
-        if self.writer.is_none() {
-            self.writer = Some(TableWriter::create(&self.path, self.format, df.schema())?);
-        }
-        let n = df.height();
-        self.writer
-            .as_mut()
-            .expect("created above")
-            .write(&mut df)?;
-        self.written += n;
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => self
+                .writer
+                .insert(TableWriter::create(&self.path, self.format, df.schema())?),
+        };
+        writer.write(&mut df)?;
+        self.written += df.height();
         Ok(())
     }
 
@@ -302,13 +306,5 @@ impl TableOut {
             self.flush()?;
         }
         Ok(self.writer.take().expect("flushed above").finish()?)
-    }
-}
-
-/// The text of a JSON string literal (`"normal"` → `normal`); other JSON as it is.
-fn unquote(raw: &str) -> String {
-    match serde_json::from_str::<String>(raw) {
-        Ok(s) => s,
-        Err(_) => raw.to_string(),
     }
 }

@@ -59,29 +59,30 @@ pub fn sink(a: &OutputArgs) -> Result<Sink> {
     }
 }
 
-pub struct TableOut {
-    never: Never,
-    pub floats: Vec<Vec<f64>>,
-}
+pub struct TableOut(Never);
 
 impl TableOut {
     pub fn new(_: PathBuf, format: Never, _: Vec<String>, _: bool) -> Self {
         match format {}
     }
 
-    pub fn push_key(&mut self, _: Option<&str>, _: Option<&str>, _: i64, _: &str, _: &str) {
-        match self.never {}
+    pub fn push_key(&mut self, _: &Record<'_>) {
+        match self.0 {}
     }
 
-    pub fn push_flag(&mut self, _: bool, _: String) {
-        match self.never {}
+    pub fn push_values(&mut self, _: &[f64]) {
+        match self.0 {}
+    }
+
+    pub fn push_flag(&mut self, _: bool, _: &str, _: &[gatewatch_models::Reason]) {
+        match self.0 {}
     }
 
     pub fn maybe_flush(&mut self) -> Result<()> {
-        match self.never {}
+        match self.0 {}
     }
 
     pub fn finish(self) -> Result<u64> {
-        match self.never {}
+        match self.0 {}
     }
 }

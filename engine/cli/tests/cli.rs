@@ -30,6 +30,30 @@ fn run_with_stdin_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Outp
     out
 }
 
+/// `gatewatch simulate` with a seed, duration, users and scenarios (it must succeed).
+fn simulate(seed: &str, duration: &str, users: &str, scenarios: &str) -> Output {
+    let out = gw()
+        .args([
+            "simulate",
+            "--seed",
+            seed,
+            "--duration",
+            duration,
+            "--users",
+            users,
+            "--scenarios",
+            scenarios,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn lines(b: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(b)
         .lines()
@@ -39,31 +63,8 @@ fn lines(b: &[u8]) -> Vec<serde_json::Value> {
 
 #[test]
 fn simulate_pipes_into_features() {
-    let sim = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "7",
-            "--duration",
-            "3m",
-            "--users",
-            "30",
-        ])
-        .output()
-        .unwrap();
-    assert!(sim.status.success());
-    let again = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "7",
-            "--duration",
-            "3m",
-            "--users",
-            "30",
-        ])
-        .output()
-        .unwrap();
+    let sim = simulate("7", "3m", "30", "all");
+    let again = simulate("7", "3m", "30", "all");
     assert_eq!(sim.stdout, again.stdout, "same seed, same bytes");
     let events = lines(&sim.stdout);
     assert!(events.len() > 500);
@@ -335,18 +336,7 @@ fn openapi_templates_from_the_config_folder() {
 
 #[test]
 fn state_saved_by_one_run_continues_in_the_next() {
-    let sim = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "5",
-            "--duration",
-            "4m",
-            "--users",
-            "20",
-        ])
-        .output()
-        .unwrap();
+    let sim = simulate("5", "4m", "20", "all");
     let all: Vec<&[u8]> = sim.stdout.split_inclusive(|b| *b == b'\n').collect();
     let half = all.len() / 2;
     let (first, second): (Vec<u8>, Vec<u8>) = (all[..half].concat(), all[half..].concat());
@@ -388,20 +378,7 @@ fn state_saved_by_one_run_continues_in_the_next() {
 fn train_then_score_flags_abuse_and_explains_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m");
-    let normal = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "11",
-            "--duration",
-            "20m",
-            "--users",
-            "150",
-            "--scenarios",
-            "none",
-        ])
-        .output()
-        .unwrap();
+    let normal = simulate("11", "20m", "150", "none");
     let out = run_with_stdin(
         &[
             "train",
@@ -440,20 +417,7 @@ fn train_then_score_flags_abuse_and_explains_it() {
         assert_eq!(e["recommended"], e["p99"]["high"]);
     }
 
-    let mixed = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "12",
-            "--duration",
-            "10m",
-            "--users",
-            "100",
-            "--scenarios",
-            "credential_stuffing,bola_enumeration",
-        ])
-        .output()
-        .unwrap();
+    let mixed = simulate("12", "10m", "100", "credential_stuffing,bola_enumeration");
     let out = run_with_stdin(
         &["score", "--model", model.to_str().unwrap()],
         &mixed.stdout,
@@ -510,18 +474,7 @@ fn train_then_score_flags_abuse_and_explains_it() {
 
 #[test]
 fn score_uses_the_built_in_default_model() {
-    let sim = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "3",
-            "--duration",
-            "2m",
-            "--users",
-            "10",
-        ])
-        .output()
-        .unwrap();
+    let sim = simulate("3", "2m", "10", "all");
     let out = run_with_stdin(&["score"], &sim.stdout);
     assert!(
         out.status.success(),
@@ -567,19 +520,7 @@ fn python() -> std::path::PathBuf {
 /// A labelled log, its features and schema, and a classifier trained on them in Python
 /// (tests/onnx/train_on_features.py) in `dir/gbdt`.
 fn python_trained_model(dir: &std::path::Path) -> Vec<u8> {
-    let sim = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "21",
-            "--duration",
-            "3m",
-            "--users",
-            "40",
-        ])
-        .output()
-        .unwrap();
-    assert!(sim.status.success());
+    let sim = simulate("21", "3m", "40", "all");
     let feats = run_with_stdin(&["features"], &sim.stdout);
     assert!(feats.status.success());
     std::fs::write(dir.join("features.ndjson"), &feats.stdout).unwrap();
@@ -730,18 +671,7 @@ fn an_ensemble_can_mix_baselines_and_an_onnx_model() {
 #[test]
 fn train_fits_the_named_detectors_and_refuses_unknown_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "5",
-            "--duration",
-            "4m",
-            "--users",
-            "60",
-        ])
-        .output()
-        .unwrap();
+    let sim = simulate("5", "4m", "60", "all");
     let m = dir.path().join("m");
     let out = run_with_stdin(
         &[
@@ -786,20 +716,7 @@ fn train_fits_the_named_detectors_and_refuses_unknown_ones() {
 #[test]
 fn score_alerts_on_endpoints_under_a_spread_out_attack() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "31",
-            "--duration",
-            "30m",
-            "--users",
-            "100",
-            "--scenarios",
-            "credential_stuffing",
-        ])
-        .output()
-        .unwrap();
+    let sim = simulate("31", "30m", "100", "credential_stuffing");
     let alerts = dir.path().join("alerts.ndjson");
     let out = run_with_stdin(
         &["score", "--no-output", "--alerts", alerts.to_str().unwrap()],

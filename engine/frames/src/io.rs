@@ -9,7 +9,7 @@ use polars::io::csv::write::{BatchedWriter as CsvBatched, CsvWriter};
 use polars::io::parquet::write::{BatchedWriter as ParquetBatched, ParquetWriter};
 use polars::prelude::*;
 
-use crate::{FrameError, Result};
+use crate::{FrameError, Result, is_event_column};
 
 /// A table file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,27 +45,6 @@ impl TableFormat {
     }
 }
 
-/// The event schema's columns (the ones [`scan_log`] keeps, with `headers.NAME` columns).
-pub const EVENT_COLUMNS: [&str; 17] = [
-    "id",
-    "label",
-    "ts",
-    "client_ip",
-    "method",
-    "host",
-    "path",
-    "status",
-    "req_bytes",
-    "resp_bytes",
-    "latency_ms",
-    "user_agent",
-    "headers",
-    "session_id",
-    "asn",
-    "country",
-    "ja4",
-];
-
 /// Rows read to infer a CSV or NDJSON file's column types.
 const INFER_ROWS: usize = 10_000;
 
@@ -78,9 +57,9 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> FrameError {
 
 /// A request log file as an events frame: a lazy scan of `path` in `format`, the file's
 /// columns renamed by `renames` (`(file column, event field)` pairs), only the event
-/// schema's columns read ([`EVENT_COLUMNS`] and `headers.NAME`), in file order. Rows are not
-/// validated here: [`crate::frame_rows`] does that row by row, and the engine runs sort
-/// them by event time.
+/// schema's columns read ([`crate::EVENT_COLUMNS`] and `headers.NAME`), in file order. A
+/// rename to a name that is not an event field is refused. Rows are not validated here:
+/// [`crate::for_each_event_in_time_order`] does that row by row, in event-time order.
 pub fn scan_log(
     path: &Path,
     format: TableFormat,
@@ -109,6 +88,15 @@ pub fn scan_log(
     let mut from = Vec::new();
     let mut to = Vec::new();
     for (f, t) in renames {
+        if !is_event_column(t) {
+            return Err(FrameError::Mapping {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{f}={t}: {t:?} is not an event field (fields: {}, or headers.NAME)",
+                    crate::EVENT_COLUMNS.join(", ")
+                ),
+            });
+        }
         let Some(i) = names.iter().position(|n| n == f) else {
             return Err(FrameError::Mapping {
                 path: path.to_path_buf(),
@@ -128,7 +116,7 @@ pub fn scan_log(
     let mut seen = std::collections::HashSet::new();
     let keep: Vec<Expr> = names
         .iter()
-        .filter(|n| EVENT_COLUMNS.contains(&n.as_str()) || n.starts_with("headers."))
+        .filter(|n| is_event_column(n))
         .map(|n| {
             if seen.insert(n.clone()) {
                 Ok(col(n.as_str()))
@@ -202,11 +190,6 @@ impl TableWriter {
         r.map_err(|e| file_error(&self.path, e))?;
         self.rows += df.height() as u64;
         Ok(())
-    }
-
-    /// Rows written so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
     }
 
     /// Ends the file (Parquet footer; a CSV header when nothing was written).

@@ -16,7 +16,7 @@
 #[cfg(feature = "io")]
 mod io;
 #[cfg(feature = "io")]
-pub use io::{EVENT_COLUMNS, TableFormat, TableWriter, scan_log, write_table};
+pub use io::{TableFormat, TableWriter, scan_log, write_table};
 
 use gatewatch_event::{EventFields, ParseError, RequestEvent, parse_rfc3339_ms};
 use gatewatch_features::{Config, FeatureEngine, Record, Stats};
@@ -91,6 +91,55 @@ fn str_col(name: &str, v: Vec<Option<&str>>) -> Column {
     Column::new(name.into(), v)
 }
 
+/// A Datetime[ms, UTC] column of epoch milliseconds.
+pub fn datetime_ms(name: &str, ms: Vec<i64>) -> Column {
+    Int64Chunked::from_vec(name.into(), ms)
+        .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+        .into_series()
+        .into()
+}
+
+/// An event's reasons as the JSON array `gatewatch score` writes: objects of `detector`,
+/// `feature`, `value`, `baseline` and `contribution`.
+pub fn reasons_json(detector: &str, reasons: &[gatewatch_models::Reason]) -> String {
+    let rs: Vec<serde_json::Value> = reasons
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "detector": detector, "feature": r.feature, "value": r.value,
+                "baseline": r.baseline, "contribution": r.contribution,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rs).to_string()
+}
+
+/// The event schema's columns (with `headers.NAME` columns, what a log file is read for).
+pub const EVENT_COLUMNS: [&str; 17] = [
+    "id",
+    "label",
+    "ts",
+    "client_ip",
+    "method",
+    "host",
+    "path",
+    "status",
+    "req_bytes",
+    "resp_bytes",
+    "latency_ms",
+    "user_agent",
+    "headers",
+    "session_id",
+    "asn",
+    "country",
+    "ja4",
+];
+
+/// Whether a column name is an event field (`headers.NAME` included).
+pub fn is_event_column(name: &str) -> bool {
+    EVENT_COLUMNS.contains(&name) || name.starts_with("headers.")
+}
+
 /// Request events as a DataFrame: `id` (Int64 when every id is an integer, else the raw
 /// JSON text), `label` (String), `ts` (Datetime[ms, UTC]), and the event fields.
 pub fn events_to_frame(events: &[RequestEvent]) -> Result<DataFrame> {
@@ -116,9 +165,7 @@ pub fn events_to_frame(events: &[RequestEvent]) -> Result<DataFrame> {
             .collect();
         cols.push(Column::new("label".into(), labels));
     }
-    let ts = Int64Chunked::from_vec("ts".into(), events.iter().map(|e| e.ts_ms).collect())
-        .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC));
-    cols.push(ts.into_series().into());
+    cols.push(datetime_ms("ts", events.iter().map(|e| e.ts_ms).collect()));
     let ips: Vec<String> = events.iter().map(|e| e.client_ip.to_string()).collect();
     cols.push(Column::new("client_ip".into(), ips));
     cols.push(str_col(
@@ -209,7 +256,7 @@ pub fn flatten_headers(mut df: DataFrame) -> Result<DataFrame> {
 }
 
 /// The text of a JSON string literal (`"normal"` → `normal`); other JSON as it is.
-fn unquote(raw: &str) -> String {
+pub fn unquote(raw: &str) -> String {
     match serde_json::from_str::<String>(raw) {
         Ok(s) => s,
         Err(_) => raw.to_string(),
@@ -342,7 +389,7 @@ impl std::fmt::Display for RowError {
 impl From<RowError> for FrameError {
     fn from(e: RowError) -> Self {
         match (&e.error.field, e.error.reason.as_str()) {
-            (Some(f), "null") => FrameError::Null {
+            (Some(f), NULL) => FrameError::Null {
                 column: f.clone(),
                 row: e.row,
             },
@@ -354,44 +401,41 @@ impl From<RowError> for FrameError {
     }
 }
 
-fn need<T>(v: Option<T>, column: &str) -> std::result::Result<T, ParseError> {
-    v.ok_or_else(|| ParseError {
+/// The reason of a row error for a required value that is null.
+const NULL: &str = "null";
+
+fn null(column: &str) -> ParseError {
+    ParseError {
         field: Some(column.to_string()),
-        reason: "null".into(),
-    })
+        reason: NULL.into(),
+    }
+}
+
+fn need<T>(v: Option<T>, column: &str) -> std::result::Result<T, ParseError> {
+    v.ok_or_else(|| null(column))
 }
 
 /// Validated events from a DataFrame, in row order; the first row that is not an event is
 /// the error (`id` and `label` are not read: callers take them from the frame).
-pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
-    frame_rows(df, false)?
-        .into_iter()
-        .map(|r| r.map_err(FrameError::from))
-        .collect()
-}
-
-/// Every row of an events frame as an event or the reason it is not one. Column-level
-/// problems (a required column missing, a column of the wrong type) are the outer error.
-/// With `tags`, `id` and `label` are carried in the events as JSON text (as an NDJSON
-/// event has them), so that records written from them name their event.
 ///
 /// Header values come from a `headers` struct column (one text field per header name, as
 /// polars reads NDJSON objects) and from flat text columns named `headers.NAME` (as a CSV
 /// file has them).
-pub fn frame_rows(
-    df: &DataFrame,
-    tags: bool,
-) -> Result<Vec<std::result::Result<RequestEvent, RowError>>> {
+pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
     let fields = header_fields(df)?;
-    let rows = Rows::open(df, &fields, tags)?;
-    Ok((0..rows.len()).map(|r| rows.event(r)).collect())
+    let rows = Rows::open(df, &fields, false)?;
+    (0..rows.len())
+        .map(|r| rows.event(r).map_err(FrameError::from))
+        .collect()
 }
 
 /// Every row of an events frame, as an event or the reason it is not one, handed to `each`
 /// with its row number in event-time order (ties in row order), one at a time: rows without
 /// a valid time first (they cannot be ordered), then the others. `each` stops the walk by
-/// returning an error. Column-level problems are the error before any row is read. With
-/// `tags`, `id` and `label` are carried in the events (see [`frame_rows`]).
+/// returning an error. Column-level problems (a required column missing, a column of the
+/// wrong type) are the error before any row is read. With `tags`, `id` and `label` are
+/// carried in the events as JSON text (as an NDJSON event has them), so that records written
+/// from them name their event. Headers are read as [`frame_to_events`] reads them.
 pub fn for_each_event_in_time_order(
     df: &DataFrame,
     tags: bool,
@@ -536,12 +580,7 @@ impl<'a> Rows<'a> {
             }
         }
         let ts_ms = match &c.ts[row] {
-            None => {
-                return Err(ParseError {
-                    field: Some("ts".into()),
-                    reason: "null".into(),
-                });
-            }
+            None => return Err(null("ts")),
             Some(Err(reason)) => {
                 return Err(ParseError {
                     field: Some("ts".into()),
@@ -576,21 +615,15 @@ impl<'a> Rows<'a> {
 
 /// A column's values as JSON text: integers as they are, text quoted.
 fn json_texts(df: &DataFrame, name: &str) -> Result<Option<Vec<Option<String>>>> {
-    let Some(s) = column(df, name) else {
-        return Ok(None);
-    };
-    if s.dtype().is_integer() || s.dtype() == &DataType::Null {
-        let v = ints(s, "text or an integer")?;
-        return Ok(Some(
-            v.into_iter().map(|v| v.map(|v| v.to_string())).collect(),
-        ));
-    }
-    let v = strings(s, "text or an integer")?;
-    Ok(Some(
+    let text = column(df, name).is_some_and(|s| s.dtype() == &DataType::String);
+    Ok(text_or_int(df, name)?.map(|v| {
+        if !text {
+            return v;
+        }
         v.into_iter()
-            .map(|v| v.map(|t| serde_json::Value::from(t).to_string()))
-            .collect(),
-    ))
+            .map(|t| t.map(|t| serde_json::Value::from(t).to_string()))
+            .collect()
+    }))
 }
 
 struct FrameColumns<'a> {
@@ -644,8 +677,9 @@ pub fn features_frame(cfg: &Config, df: &DataFrame) -> Result<(DataFrame, Stats)
     Ok((DataFrame::new(n, out)?, engine.stats()))
 }
 
-/// Appends the rows of a row-major block with `width` columns to the columns.
-fn append_columns(cols: &mut [Vec<f64>], block: &[f64], width: usize) {
+/// Appends the rows of a row-major block with `width` columns to the columns (a block small
+/// enough to stay in cache moves far faster than one push per column per row).
+pub fn append_columns(cols: &mut [Vec<f64>], block: &[f64], width: usize) {
     for (k, col) in cols.iter_mut().enumerate() {
         col.extend(block.chunks_exact(width).map(|r| r[k]));
     }
@@ -678,12 +712,7 @@ impl Keys {
                 cols.push(s.take_slice(&self.rows)?.into());
             }
         }
-        cols.push(
-            Int64Chunked::from_vec("ts".into(), std::mem::take(&mut self.ts))
-                .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
-                .into_series()
-                .into(),
-        );
+        cols.push(datetime_ms("ts", std::mem::take(&mut self.ts)));
         let n = self.rows.len();
         for (name, b) in [
             ("client", &mut self.clients),
@@ -775,16 +804,7 @@ impl ScoreColumns {
                 m.push(out.member[i * k + j]);
             }
             let d = &scorer.members[out.decided_by[i]].name;
-            let rs: Vec<serde_json::Value> = out.reasons[i]
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "detector": d, "feature": r.feature, "value": r.value,
-                        "baseline": r.baseline, "contribution": r.contribution,
-                    })
-                })
-                .collect();
-            self.reasons.push(serde_json::Value::Array(rs).to_string());
+            self.reasons.push(reasons_json(d, &out.reasons[i]));
         }
         batch.clear();
         Ok(())

@@ -1,9 +1,10 @@
 //! PCA and Gaussian-mixture models (linfa): fitting, scores, explanations, folders, errors.
 
-use gatewatch_features::{FeatureConfig, Registry};
-use gatewatch_models::{
-    Batch, BatchScores, GMM_KIND, MultiModel, MultiParams, PCA_KIND, Scorer, Training,
-};
+mod common;
+
+use common::{registry, training, uniform};
+use gatewatch_features::Registry;
+use gatewatch_models::{Batch, BatchScores, GMM_KIND, MultiModel, MultiParams, PCA_KIND, Scorer};
 
 const F: [&str; 4] = [
     "req_count_1m",
@@ -12,34 +13,11 @@ const F: [&str; 4] = [
     "distinct_endpoints_1m",
 ];
 
-fn registry() -> Registry {
-    Registry::new(&FeatureConfig::default())
-}
-
-fn training() -> Training {
-    Training {
-        events: 0,
-        clients: 0,
-        source: "test rows".into(),
-        label_filter: None,
-    }
-}
-
-fn noise() -> impl FnMut() -> f64 {
-    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Rows where bytes follow the request count (strongly correlated), in two groups: light
 /// clients (a few requests) and heavy ones (hundreds).
 fn rows(reg: &Registry, n: usize) -> Vec<Vec<f64>> {
     let at: Vec<usize> = F.iter().map(|f| reg.index_of(f).unwrap()).collect();
-    let mut u = noise();
+    let mut u = uniform(0x9e37_79b9_7f4a_7c15);
     (0..n)
         .map(|i| {
             let mut r = vec![0.0; reg.len()];

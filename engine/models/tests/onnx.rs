@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use gatewatch_features::{FeatureConfig, Registry};
+mod common;
+
+use common::registry;
 use gatewatch_models::{Manifest, ModelError, OnnxModel, OnnxSpec, Training};
 use serde_json::Value;
 
@@ -46,10 +48,6 @@ fn cases() -> &'static (tempfile::TempDir, Value, Vec<Vec<f64>>) {
                 .unwrap();
         (dir, cases, inputs)
     })
-}
-
-fn registry() -> Registry {
-    Registry::new(&FeatureConfig::default())
 }
 
 /// A model folder for case `name`, with `edit` applied to its spec.

@@ -1,30 +1,14 @@
 //! Robust z-score models: fitting, explanations, model folders and their errors.
 
-use gatewatch_features::{FeatureConfig, Registry};
-use gatewatch_models::{ModelError, RobustModel, RobustParams, Training};
+mod common;
 
-fn registry() -> Registry {
-    Registry::new(&FeatureConfig::default())
-}
-
-fn training() -> Training {
-    Training {
-        events: 0,
-        clients: 0,
-        source: "test rows".into(),
-        label_filter: None,
-    }
-}
+use common::{registry, training, uniform};
+use gatewatch_features::Registry;
+use gatewatch_models::{ModelError, RobustModel, RobustParams};
 
 /// Rows of noisy features around 10 (deterministic), and one feature that never varies.
 fn rows(reg: &Registry, n: usize) -> Vec<Vec<f64>> {
-    let mut s: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut u = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut u = uniform(0x2545_f491_4f6c_dd1d);
     (0..n)
         .map(|_| {
             (0..reg.len())

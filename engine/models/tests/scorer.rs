@@ -3,25 +3,15 @@
 
 use std::path::Path;
 
-use gatewatch_features::{FeatureConfig, Registry};
+mod common;
+
+use common::{registry, training};
+use gatewatch_features::Registry;
 use gatewatch_models::{
     Batch, BatchScores, Combine, ENSEMBLE_KIND, EnsembleSpec, MANIFEST_FORMAT, Manifest,
-    MemberSpec, ModelError, PeakCollector, RobustModel, RobustParams, Scorer, Training,
-    VolumetricModel, VolumetricParams,
+    MemberSpec, ModelError, PeakCollector, RobustModel, RobustParams, Scorer, VolumetricModel,
+    VolumetricParams,
 };
-
-fn registry() -> Registry {
-    Registry::new(&FeatureConfig::default())
-}
-
-fn training() -> Training {
-    Training {
-        events: 0,
-        clients: 0,
-        source: "test rows".into(),
-        label_filter: None,
-    }
-}
 
 /// Peaks: endpoint `busy` seen by 500 clients with peaks 1..=10 (client c peaks at
 /// 1 + c % 10), endpoint `rare` by 5 clients peaking at 100.

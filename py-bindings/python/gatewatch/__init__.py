@@ -76,27 +76,7 @@ _FORMATS = {
 }
 
 # The event schema's columns (and ``headers.NAME`` columns): what read_log keeps.
-_EVENT_COLUMNS = frozenset(
-    [
-        "id",
-        "label",
-        "ts",
-        "client_ip",
-        "method",
-        "host",
-        "path",
-        "status",
-        "req_bytes",
-        "resp_bytes",
-        "latency_ms",
-        "user_agent",
-        "headers",
-        "session_id",
-        "asn",
-        "country",
-        "ja4",
-    ]
-)
+_EVENT_COLUMNS = frozenset(_native.EVENT_COLUMNS)
 
 
 def simulate(

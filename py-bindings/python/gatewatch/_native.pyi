@@ -3,6 +3,7 @@ from pathlib import Path
 import polars as pl
 
 __version__: str
+EVENT_COLUMNS: list[str]
 
 def simulate(
     seed: int = 1,
