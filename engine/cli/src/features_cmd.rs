@@ -170,7 +170,8 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         engine
             .save_state(&mut w)
             .with_context(|| format!("saving state to {}", p.display()))?;
-        w.flush()?;
+        w.flush()
+            .with_context(|| format!("saving state to {}", p.display()))?;
     }
     let secs = started.elapsed().as_secs_f64();
     let st = engine.stats();
@@ -287,7 +288,7 @@ fn summary(
             e.push('\n');
         }
     }
-    eprint!("{e}");
+    say_raw!("{e}");
 }
 
 /// Parses every line and counts: the ceiling the full pipeline is measured against.
@@ -306,7 +307,7 @@ fn parse_only(input: &mut dyn Read, format: &Format) -> Result<()> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    say!(
         "gatewatch features --parse-only: {ok} events, {bad} rejected in {secs:.2} s ({:.0} events/s)",
         ok as f64 / secs.max(1e-9)
     );

@@ -1,5 +1,22 @@
 //! `gatewatch`: the command-line interface.
 
+/// Writes a line to standard error. A failed write (standard error closed or full) is
+/// ignored: diagnostics never stop or abort a run.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// Writes text (no newline added) to standard error, ignoring a failed write like [`say!`].
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod features_cmd;
 mod io;
 mod model_cmd;
@@ -268,12 +285,14 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            {
+            // The reader of the output went away (`gatewatch … | head`): stop quietly.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("gatewatch: error: {e:#}");
+            say!("gatewatch: error: {e:#}");
             ExitCode::from(2)
         }
     }

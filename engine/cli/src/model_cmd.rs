@@ -179,7 +179,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if let Some(v) = &vol {
         e.push_str(&limits_table(&v.limits, a.top));
     }
-    eprint!("{e}");
+    say_raw!("{e}");
     Ok(())
 }
 
@@ -616,7 +616,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         w.flush()?;
     }
     e.push_str(&alerts_summary(&alerts, st.monitor.buckets(), a.top));
-    eprint!("{e}");
+    say_raw!("{e}");
     Ok(())
 }
 

@@ -196,15 +196,20 @@ pub struct Rejects {
     /// Count per category.
     pub counts: BTreeMap<String, u64>,
     shown: usize,
-    file: Option<BufWriter<File>>,
+    file: Option<crate::io::Named<BufWriter<File>>>,
+    /// The first failed write to the file.
+    failed: Option<std::io::Error>,
 }
 
 impl Rejects {
     /// Reports to standard error, and to `path` as NDJSON when given.
     pub fn new(path: Option<&Path>) -> Result<Self> {
         let file = match path {
-            Some(p) => Some(BufWriter::new(
-                File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+            Some(p) => Some(crate::io::Named::new(
+                BufWriter::new(
+                    File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                ),
+                p.display().to_string(),
             )),
             None => None,
         };
@@ -212,6 +217,7 @@ impl Rejects {
             counts: BTreeMap::new(),
             shown: 0,
             file,
+            failed: None,
         })
     }
 
@@ -219,7 +225,7 @@ impl Rejects {
     pub fn report(&mut self, e: &Rejection) {
         *self.counts.entry(e.category()).or_insert(0) += 1;
         if self.shown < SHOWN_REJECTS {
-            eprintln!("gatewatch: rejected {e}");
+            say!("gatewatch: rejected {e}");
             self.shown += 1;
             if self.shown == SHOWN_REJECTS {
                 let more = if self.file.is_some() {
@@ -227,12 +233,16 @@ impl Rejects {
                 } else {
                     "; --rejects FILE lists them all"
                 };
-                eprintln!("gatewatch: (further rejected lines are counted in the summary{more})");
+                say!("gatewatch: (further rejected lines are counted in the summary{more})");
             }
         }
         if let Some(w) = self.file.as_mut() {
-            let line = serde_json::json!({"line": e.line(), "category": e.category(), "reason": e.to_string()});
-            let _ = writeln!(w, "{line}");
+            if self.failed.is_none() {
+                let line = serde_json::json!({"line": e.line(), "category": e.category(), "reason": e.to_string()});
+                if let Err(err) = writeln!(w, "{line}") {
+                    self.failed = Some(err);
+                }
+            }
         }
     }
 
@@ -243,6 +253,9 @@ impl Rejects {
 
     /// Flushes the file.
     pub fn finish(&mut self) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e.into());
+        }
         if let Some(w) = self.file.as_mut() {
             w.flush()?;
         }
@@ -296,7 +309,10 @@ fn drive_lines(
         };
         ingest.feed(engine, &chunk[..n], sink, &mut reject);
         if !progress(n) {
-            break;
+            // The output failed: what is left of the input is not read, and the line cut at
+            // the end of this chunk is not a malformed line.
+            ingest.stop();
+            return Ok(ingest);
         }
     }
     ingest.finish(engine, sink, &mut reject);

@@ -55,11 +55,9 @@ pub fn drive(
     let n = t.df.height() as u64;
     gatewatch_frames::for_each_event_in_time_order(&t.df, true, |row, e| {
         match e {
-            Ok(e) => {
-                if let Err(late) = engine.push(e, row as u64, sink) {
-                    rejects.report(&Rejection::LateRow(late));
-                }
-            }
+            Ok(e) => engine.push(e, row as u64, sink, &mut |late| {
+                rejects.report(&Rejection::LateRow(late));
+            }),
             Err(e) => rejects.report(&Rejection::Row {
                 row: e.row as u64,
                 error: e.error,

@@ -29,6 +29,29 @@ pub struct CombinedConfig {
     pub user_as_session: bool,
 }
 
+/// Highest position an extra field may have.
+pub const MAX_EXTRA_FIELD: usize = 64;
+
+impl CombinedConfig {
+    /// Checks the positions (1..=64); the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("session_field", self.session_field),
+            ("host_field", self.host_field),
+            ("latency_secs_field", self.latency_secs_field),
+        ] {
+            if let Some(p) = v {
+                if !(1..=MAX_EXTRA_FIELD).contains(&p) {
+                    return Err(format!(
+                        "{name}: positions start at 1 (the first field after the user agent) and go up to {MAX_EXTRA_FIELD}, got {p}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Cursor<'a> {
     s: &'a str,
     pos: usize,
@@ -104,7 +127,9 @@ fn dash(s: &str) -> Option<&str> {
     (s != "-" && !s.is_empty()).then_some(s)
 }
 
-/// Unescapes `\"`, `\\` and nginx's `\xHH` for quoted fields.
+/// Unescapes `\"`, `\\` and nginx's `\xHH` for quoted fields. Works on bytes, so an escape
+/// next to a multi-byte character never splits it; bytes that do not form UTF-8 after
+/// unescaping become U+FFFD.
 fn unescape(s: &str) -> String {
     if !s.contains('\\') {
         return s.to_string();
@@ -115,18 +140,39 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\' && i + 1 < b.len() {
             match b[i + 1] {
-                b'x' if i + 3 < b.len() => {
-                    if let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
-                        out.push(v);
+                b'x' => {
+                    if let (Some(h), Some(l)) = (
+                        b.get(i + 2).copied().and_then(hex_digit),
+                        b.get(i + 3).copied().and_then(hex_digit),
+                    ) {
+                        out.push(h << 4 | l);
                         i += 4;
                         continue;
                     }
                     out.push(b'\\');
                     i += 1;
                 }
-                c => {
+                c @ (b'"' | b'\\') => {
                     out.push(c);
                     i += 2;
+                }
+                // Apache's C escapes for control characters.
+                c @ (b'n' | b't' | b'r' | b'b' | b'v' | b'f') => {
+                    out.push(match c {
+                        b'n' => b'\n',
+                        b't' => b'\t',
+                        b'r' => b'\r',
+                        b'b' => 0x08,
+                        b'v' => 0x0b,
+                        _ => 0x0c,
+                    });
+                    i += 2;
+                }
+                // Any other escaped byte is kept with its backslash (it may start a
+                // multi-byte character).
+                _ => {
+                    out.push(b'\\');
+                    i += 1;
                 }
             }
         } else {
@@ -135,6 +181,15 @@ fn unescape(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
 }
 
 const MONTHS: [&str; 12] = [
@@ -156,7 +211,8 @@ fn parse_clf_time(t: &str) -> Result<i64, ParseError> {
             .map_err(|_| bad())
     };
     let day = num(0..2)?;
-    let month = MONTHS.iter().position(|m| *m == &t[3..6]).ok_or_else(bad)? as u32 + 1;
+    let mon = t.get(3..6).ok_or_else(bad)?;
+    let month = MONTHS.iter().position(|m| *m == mon).ok_or_else(bad)? as u32 + 1;
     let year = num(7..11)?;
     let (h, mi, s) = (num(12..14)?, num(15..17)?, num(18..20)?);
     let (oh, om) = (num(22..24)?, num(24..26)?);
@@ -371,5 +427,29 @@ mod tests {
         }
         let e = parse_combined(b"1.1.1.1 \xff\xfe", &cfg).unwrap_err();
         assert!(e.reason.contains("UTF-8"), "{e}");
+        // A multi-byte character where the month's three bytes are.
+        let e = parse_combined(
+            "1.1.1.1 - - [01/J\u{e9}n/2026:00:00:00 +0000] \"GET / HTTP/1.1\" 200 5".as_bytes(),
+            &cfg,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("time"), "{e}");
+    }
+
+    #[test]
+    fn escapes_next_to_multibyte_characters() {
+        let cfg = CombinedConfig::default();
+        for req in ["GET /a\\x1\u{e9} HTTP/1.1", "GET /a\\\u{e9} HTTP/1.1", "GET /\\x\u{e9}\u{e9} HTTP/1.1"] {
+            let line = format!("1.2.3.7 - - [05/Jan/2026:09:00:06 +0000] \"{req}\" 200 5 \"-\" \"ua\"");
+            let e = parse_combined(line.as_bytes(), &cfg).unwrap();
+            assert!(e.path.starts_with('/'), "{req}: {}", e.path);
+            assert!(e.path.contains('\u{e9}'), "{req}: {}", e.path);
+        }
+        let e = parse_combined(
+            br#"1.2.3.7 - - [05/Jan/2026:09:00:06 +0000] "GET /a\x41\x4 HTTP/1.1" 200 5 "-" "ua""#,
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(&*e.path, "/aA\\x4");
     }
 }

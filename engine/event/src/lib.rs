@@ -20,6 +20,6 @@ pub use combined::{CombinedConfig, parse_combined};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointNormalizer, IdKind, PathId};
 pub use error::{Error, ParseError, Result};
 pub use event::{Header, RequestEvent};
-pub use ndjson::{EventFields, parse_ndjson};
-pub use time::{format_rfc3339_ms, parse_rfc3339_ms, write_rfc3339_ms};
+pub use ndjson::{EventFields, MAX_JSON_DEPTH, parse_ndjson};
+pub use time::{MAX_TS_MS, MIN_TS_MS, format_rfc3339_ms, parse_rfc3339_ms, write_rfc3339_ms};
 pub use write::{write_json_str, write_ndjson};

@@ -130,6 +130,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrOrInt<'a> {
 /// BENCHMARKS.md); a line it refuses is parsed again with serde_json and path tracking, which
 /// names the field that was wrong.
 pub fn parse_ndjson(line: &[u8]) -> Result<RequestEvent, ParseError> {
+    check_shape(line)?;
     match sonic_rs::from_slice::<Wire<'_, LazyValue<'_>>>(line) {
         Ok(w) => from_wire(w),
         Err(_) => match serde_json::from_slice::<Wire<'_, &RawValue>>(line) {
@@ -137,6 +138,52 @@ pub fn parse_ndjson(line: &[u8]) -> Result<RequestEvent, ParseError> {
             Err(_) => Err(explain(line)),
         },
     }
+}
+
+/// Deepest nesting of arrays and objects accepted in a line (the event itself is level 1).
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Refuses, before any parser recurses into it, a line that is not a JSON object or that
+/// nests deeper than [`MAX_JSON_DEPTH`]. Cheap for ordinary events: the exact depth is
+/// computed only when the line has more brackets than the limit.
+fn check_shape(line: &[u8]) -> Result<(), ParseError> {
+    match line.iter().find(|c| !c.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => return Err(ParseError::line("not JSON: empty line")),
+        Some(b'[') => return Err(ParseError::line("not a JSON object: an array")),
+        // Not an object or array: the parsers stop at once and say what it is.
+        Some(_) => return Ok(()),
+    }
+    if memchr::memchr2_iter(b'[', b'{', line).nth(MAX_JSON_DEPTH).is_none() {
+        return Ok(());
+    }
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for (i, &c) in line.iter().enumerate() {
+        if in_str {
+            match c {
+                _ if esc => esc = false,
+                b'\\' => esc = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(ParseError::line(format!(
+                        "JSON nested deeper than {MAX_JSON_DEPTH} levels (column {})",
+                        i + 1
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Re-parses a failed line with path tracking to say which field was wrong.
@@ -284,6 +331,15 @@ fn nonempty(s: Option<&str>) -> Option<Box<str>> {
 impl EventFields<'_> {
     /// The validated, normalised event (without `id` and `label`).
     pub fn build(&self) -> Result<RequestEvent, ParseError> {
+        if !(crate::time::MIN_TS_MS..=crate::time::MAX_TS_MS).contains(&self.ts_ms) {
+            return Err(ParseError::field(
+                "ts",
+                format!(
+                    "out of range: {} ms (event times lie between the years 1 and 9999)",
+                    self.ts_ms
+                ),
+            ));
+        }
         let client_ip = parse_ip(self.client_ip)?;
         let method = normalise_method(self.method).map_err(|e| ParseError::field("method", e))?;
         if !(100..=599).contains(&self.status) {
@@ -432,6 +488,13 @@ mod tests {
         assert!(e.reason.starts_with("not JSON"), "{e}");
         let e = err("[1,2,3]");
         assert!(e.reason.contains("not a JSON object"), "{e}");
+        // A positional array that a struct deserializer would take field by field.
+        let e = err(r#"["2026-01-01T00:00:00Z","1.2.3.4","GET","/x",200]"#);
+        assert_eq!(e.reason, "not a JSON object: an array");
+        let e = err("  42");
+        assert_eq!(e.reason, "not a JSON object");
+        let e = err("this is not json");
+        assert!(e.reason.starts_with("not JSON"), "{e}");
         let e = err("");
         assert!(e.reason.starts_with("not JSON"), "{e}");
         let mut bad = br#"{"ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/"#.to_vec();
@@ -444,5 +507,21 @@ mod tests {
         );
         let e = err(r#"{"ts":1,"client_ip":null,"method":"GET","path":"/","status":200}"#);
         assert_eq!(e.field.as_deref(), Some("client_ip"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursing() {
+        let head = r#"{"ts":0,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"x":"#;
+        let deep = format!("{head}{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse_ndjson(deep.as_bytes()).unwrap_err();
+        assert!(e.reason.contains("nested deeper than 32 levels"), "{e}");
+        assert!(e.reason.contains(&format!("column {}", head.len() + 32)), "{e}");
+        // Brackets inside strings do not count; 31 levels inside the event are fine.
+        let ok = format!("{head}{}{}}}", "[".repeat(31), "]".repeat(31));
+        parse_ndjson(ok.as_bytes()).unwrap();
+        let s = format!("{head}\"{}\"}}", "[{".repeat(5000));
+        parse_ndjson(s.as_bytes()).unwrap();
+        let s = format!("{head}\"\\\"{}\"}}", "[".repeat(5000));
+        parse_ndjson(s.as_bytes()).unwrap();
     }
 }

@@ -120,6 +120,12 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
     Ok(secs * 1000 + i64::from(ms))
 }
 
+/// The earliest event time accepted: 0001-01-01T00:00:00Z (epoch milliseconds).
+pub const MIN_TS_MS: i64 = -62_135_596_800_000;
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z (epoch milliseconds). With
+/// timestamps in this range, no time arithmetic of the engine can overflow.
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+
 /// Formats epoch milliseconds as RFC 3339 in UTC with millisecond precision
 /// (`2026-11-27T08:15:00.123Z`).
 pub fn format_rfc3339_ms(ms: i64) -> String {

@@ -69,15 +69,14 @@ fn bench(c: &mut Criterion) {
             || {
                 let mut eng = FeatureEngine::new(&cfg).unwrap();
                 for (i, e) in evs[..EVENTS].iter().cloned().enumerate() {
-                    eng.push(e, i as u64, &mut |_| {}).unwrap();
+                    eng.push(e, i as u64, &mut |_| {}, &mut |_| {});
                 }
                 (eng, evs[EVENTS..].to_vec())
             },
             |(mut eng, evs)| {
                 let mut acc = 0.0;
                 for (i, e) in evs.into_iter().enumerate() {
-                    eng.push(e, i as u64, &mut |r| acc += r.features[0])
-                        .unwrap();
+                    eng.push(e, i as u64, &mut |r| acc += r.features[0], &mut |_| {});
                 }
                 eng.finish(&mut |r| acc += r.features[0]);
                 (black_box(acc), eng)

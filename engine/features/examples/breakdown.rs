@@ -89,13 +89,12 @@ fn main() {
         )
         .unwrap();
         for (i, e) in evs[..n].iter().cloned().enumerate() {
-            eng.push(e, i as u64, &mut |_| {}).unwrap();
+            eng.push(e, i as u64, &mut |_| {}, &mut |_| {});
         }
         let rest: Vec<RequestEvent> = evs[n..].to_vec();
         let t = Instant::now();
         for (i, e) in rest.into_iter().enumerate() {
-            eng.push(e, i as u64, &mut |r| acc += r.features.len())
-                .unwrap();
+            eng.push(e, i as u64, &mut |r| acc += r.features.len(), &mut |_| {});
         }
         println!(
             "engine.push (lateness {lateness} ms): {:.0} ns/event",

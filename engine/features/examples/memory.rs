@@ -49,7 +49,7 @@ fn main() {
             let mut e =
                 RequestEvent::new(ts, ip, "GET", &path, if c % 17 == 0 { 404 } else { 200 });
             e.host = Some("api.shop.example".into());
-            eng.push(e, n, &mut |_| {}).expect("in order");
+            eng.push(e, n, &mut |_| {}, &mut |_| {});
             n += 1;
         }
     }

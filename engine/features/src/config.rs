@@ -52,6 +52,17 @@ pub struct FeatureConfig {
     /// and are still placed in order; events later than that are counted and reported.
     #[serde(default = "default_lateness")]
     pub allowed_lateness_ms: u64,
+    /// One event may move event time at most this far (milliseconds) ahead of the newest
+    /// event time on its own. An event further ahead is held until `future_confirm`
+    /// consecutive events agree with it (event time then jumps and nothing is lost); when an
+    /// event that fits the old event time comes first, the held events are refused as
+    /// "future" and counted.
+    #[serde(default = "default_max_future")]
+    pub max_future_ms: u64,
+    /// Consecutive events (the wild one included) that confirm a jump of event time beyond
+    /// `max_future_ms`; 1 follows every event.
+    #[serde(default = "default_future_confirm")]
+    pub future_confirm: usize,
     /// At most this many clients are tracked; the least recently seen is evicted first.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
@@ -77,6 +88,12 @@ fn default_buckets() -> u32 {
 fn default_lateness() -> u64 {
     5_000
 }
+fn default_max_future() -> u64 {
+    300_000
+}
+fn default_future_confirm() -> usize {
+    4
+}
 fn default_max_clients() -> usize {
     1_000_000
 }
@@ -93,6 +110,8 @@ impl Default for FeatureConfig {
             horizons_secs: default_horizons(),
             buckets_per_horizon: default_buckets(),
             allowed_lateness_ms: default_lateness(),
+            max_future_ms: default_max_future(),
+            future_confirm: default_future_confirm(),
             max_clients: default_max_clients(),
             client_idle_ttl_secs: None,
             max_endpoints: default_max_endpoints(),
@@ -154,6 +173,27 @@ impl FeatureConfig {
         if self.client_idle_ttl_secs == Some(0) {
             return bad("client_idle_ttl_secs: must be positive".into());
         }
+        if self.client_idle_ttl_secs.is_some_and(|s| s > 366 * 86_400) {
+            return bad("client_idle_ttl_secs: at most 366 days".into());
+        }
+        if self.allowed_lateness_ms > 86_400_000 {
+            return bad(format!(
+                "allowed_lateness_ms: at most 86400000 (one day), got {}",
+                self.allowed_lateness_ms
+            ));
+        }
+        if self.max_future_ms > 366 * 86_400_000 {
+            return bad(format!(
+                "max_future_ms: at most 366 days, got {}",
+                self.max_future_ms
+            ));
+        }
+        if !(1..=64).contains(&self.future_confirm) {
+            return bad(format!(
+                "future_confirm: must be 1..=64, got {}",
+                self.future_confirm
+            ));
+        }
         Ok(())
     }
 
@@ -187,6 +227,10 @@ impl Config {
         let cfg: Self = toml::from_str(text)
             .map_err(|e| Error::Config(e.to_string().trim_end().to_string()))?;
         cfg.features.validate()?;
+        cfg.input
+            .combined
+            .validate()
+            .map_err(|e| Error::Config(format!("input.combined.{e}")))?;
         Ok(cfg)
     }
 }
@@ -220,6 +264,10 @@ mod tests {
             ("[features]\nmax_clients = 0", "max_clients"),
             ("[client_key]\nsources = 5", "sources"),
             ("[nope]", "unknown field `nope`"),
+            ("[input.combined]\nsession_field = 0", "input.combined.session_field"),
+            ("[input.combined]\nhost_field = 100000", "input.combined.host_field"),
+            ("[features]\nfuture_confirm = 0", "features.future_confirm"),
+            ("[features]\nallowed_lateness_ms = 99999999999", "allowed_lateness_ms"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

@@ -31,24 +31,53 @@ pub struct Record<'a> {
     pub features: &'a [f64],
 }
 
-/// An event that arrived later than the allowed lateness.
+/// Why the engine refused an event: it came too late, or too far ahead of event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedKind {
+    /// Later than the allowed lateness behind the newest event time.
+    Late {
+        /// How far behind the newest event time it was (ms).
+        behind_ms: i64,
+    },
+    /// More than `max_future_ms` ahead of event time, and the events after it did not follow
+    /// it there.
+    Future {
+        /// How far ahead of event time it was (ms).
+        ahead_ms: i64,
+    },
+}
+
+/// An event the engine did not process, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LateEvent {
     /// Its line number.
     pub line: u64,
     /// Its timestamp.
     pub ts_ms: i64,
-    /// How far behind the newest event seen it was (ms).
-    pub behind_ms: i64,
+    /// Why.
+    pub kind: RefusedKind,
+}
+
+impl LateEvent {
+    /// Whether it was refused for being ahead of event time.
+    pub fn is_future(&self) -> bool {
+        matches!(self.kind, RefusedKind::Future { .. })
+    }
 }
 
 impl std::fmt::Display for LateEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "event {} ms behind the newest event, beyond the allowed lateness",
-            self.behind_ms
-        )
+        match self.kind {
+            RefusedKind::Late { behind_ms } => write!(
+                f,
+                "event {behind_ms} ms behind the newest event, beyond the allowed lateness"
+            ),
+            RefusedKind::Future { ahead_ms } => write!(
+                f,
+                "event {ahead_ms} ms ahead of event time, beyond max_future_ms, and the events \
+                 after it did not follow"
+            ),
+        }
     }
 }
 
@@ -61,6 +90,10 @@ pub struct Stats {
     pub events_out: u64,
     /// Events later than the allowed lateness (not processed).
     pub late: u64,
+    /// Events too far ahead of event time that the events after them did not confirm (not
+    /// processed).
+    #[serde(default)]
+    pub future: u64,
     /// Emitted events per client-key kind (jwt, header, cookie, session, ip).
     pub keys_by_kind: [u64; 5],
     /// Bearer tokens that were not readable JWTs.
@@ -90,6 +123,15 @@ pub struct FeatureEngine {
     /// Events not yet released, sorted by (timestamp, arrival).
     pending: VecDeque<Pending>,
     max_ts: i64,
+    /// How far (ms) one event may move event time ahead on its own.
+    max_future_ms: i64,
+    /// Consecutive events that confirm a jump of event time.
+    future_confirm: usize,
+    /// Events ahead of event time, held until the events after them confirm the jump
+    /// (arrival order; at most `future_confirm - 1`).
+    ahead: Vec<Pending>,
+    /// The newest timestamp among `ahead`.
+    ahead_max: i64,
     stats: Stats,
     buf: Vec<f64>,
     key_buf: String,
@@ -126,6 +168,10 @@ impl FeatureEngine {
             population: Population::new(cfg.features.max_endpoints),
             pending: VecDeque::new(),
             max_ts: i64::MIN,
+            max_future_ms: i64::try_from(cfg.features.max_future_ms).unwrap_or(i64::MAX),
+            future_confirm: cfg.features.future_confirm,
+            ahead: Vec::new(),
+            ahead_max: i64::MIN,
             stats: Stats::default(),
             buf: vec![0.0; n],
             key_buf: String::with_capacity(64),
@@ -166,24 +212,112 @@ impl FeatureEngine {
 
     /// Adds an event; emits every event the watermark has passed. An event later than the
     /// allowed lateness is refused (and counted).
+    ///
+    /// Event time is guarded against single wild timestamps: an event more than
+    /// `max_future_ms` ahead of the newest event time is held, not processed, until
+    /// `future_confirm` consecutive arrivals (it included) agree with it — each at most the
+    /// allowed lateness behind the newest of them. Then event time jumps and the held events
+    /// are processed in arrival order, so a log that resumes after a gap loses nothing. An
+    /// arrival that fits the old event time instead refuses the held events as "future" and
+    /// goes on as usual. Refused events go to `refused` (the one pushed now or the held ones).
+    /// The first events anchor event time the same way: they are held until `future_confirm`
+    /// of them agree; meanwhile an event behind them by more than the lateness is late, and
+    /// one behind them by more than `max_future_ms` refuses them instead.
     pub fn push(
         &mut self,
         event: RequestEvent,
         line: u64,
         sink: &mut impl FnMut(&Record<'_>),
-    ) -> std::result::Result<(), LateEvent> {
+        refused: &mut impl FnMut(LateEvent),
+    ) {
         self.stats.events_in += 1;
         let ts = event.ts_ms;
-        if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
+        let anchored = self.max_ts != i64::MIN;
+        let in_bound = anchored && ts <= self.max_ts.saturating_add(self.max_future_ms);
+        if self.ahead.is_empty() && in_bound {
+            self.accept(Pending { ts, line, event }, sink, refused);
+            return;
+        }
+        if !self.ahead.is_empty() && ts >= self.ahead_max.saturating_sub(self.lateness_ms) {
+            // Follows the held events.
+            self.ahead_max = self.ahead_max.max(ts);
+            self.ahead.push(Pending { ts, line, event });
+        } else if !anchored
+            && !self.ahead.is_empty()
+            && ts >= self.ahead_max.saturating_sub(self.max_future_ms)
+        {
+            // Before event time has an anchor, the held events stand for it: an event behind
+            // them by more than the lateness, but not by a jump, is late.
             self.stats.late += 1;
-            return Err(LateEvent {
+            refused(LateEvent {
                 line,
                 ts_ms: ts,
-                behind_ms: self.max_ts - ts,
+                kind: RefusedKind::Late {
+                    behind_ms: self.ahead_max.saturating_sub(ts),
+                },
+            });
+            return;
+        } else if in_bound || (anchored && ts < self.max_ts) {
+            // Fits the current event time (or is late for it): the held events were wild.
+            self.refuse_ahead(Some(ts), refused);
+            self.accept(Pending { ts, line, event }, sink, refused);
+            return;
+        } else {
+            // Ahead of event time, and not after the held events: a new candidate.
+            self.refuse_ahead(Some(ts), refused);
+            self.ahead_max = ts;
+            self.ahead.push(Pending { ts, line, event });
+        }
+        if self.ahead.len() >= self.future_confirm {
+            self.confirm_ahead(sink, refused);
+        }
+    }
+
+    /// Event time follows the held events.
+    fn confirm_ahead(&mut self, sink: &mut impl FnMut(&Record<'_>), refused: &mut impl FnMut(LateEvent)) {
+        let held = std::mem::take(&mut self.ahead);
+        self.ahead_max = i64::MIN;
+        for p in held {
+            self.accept(p, sink, refused);
+        }
+    }
+
+    /// Refuses the held events; `now` is the timestamp that did not follow them (for the
+    /// report when event time has no anchor yet).
+    fn refuse_ahead(&mut self, now: Option<i64>, refused: &mut impl FnMut(LateEvent)) {
+        let reference = if self.max_ts != i64::MIN {
+            Some(self.max_ts)
+        } else {
+            now
+        };
+        for p in self.ahead.drain(..) {
+            self.stats.future += 1;
+            refused(LateEvent {
+                line: p.line,
+                ts_ms: p.ts,
+                kind: RefusedKind::Future {
+                    ahead_ms: reference.map_or(0, |r| p.ts.saturating_sub(r)),
+                },
             });
         }
+        self.ahead_max = i64::MIN;
+    }
+
+    /// The lateness check and the reorder buffer.
+    fn accept(&mut self, p: Pending, sink: &mut impl FnMut(&Record<'_>), refused: &mut impl FnMut(LateEvent)) {
+        let ts = p.ts;
+        if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
+            self.stats.late += 1;
+            refused(LateEvent {
+                line: p.line,
+                ts_ms: ts,
+                kind: RefusedKind::Late {
+                    behind_ms: self.max_ts.saturating_sub(ts),
+                },
+            });
+            return;
+        }
         self.max_ts = self.max_ts.max(ts);
-        let p = Pending { ts, line, event };
         if self.pending.back().is_none_or(|b| b.ts <= ts) {
             self.pending.push_back(p);
         } else {
@@ -196,11 +330,15 @@ impl FeatureEngine {
             let p = self.pending.pop_front().expect("non-empty");
             self.process(&p.event, p.line, sink);
         }
-        Ok(())
     }
 
-    /// Emits every buffered event (end of input).
+    /// Emits every buffered event (end of input). Events still held ahead of event time are
+    /// processed too: nothing comes after them that they could disturb.
     pub fn finish(&mut self, sink: &mut impl FnMut(&Record<'_>)) {
+        if !self.ahead.is_empty() {
+            // Each held event is within the allowed lateness of those before it: none is late.
+            self.confirm_ahead(sink, &mut |_| {});
+        }
         while let Some(p) = self.pending.pop_front() {
             self.process(&p.event, p.line, sink);
         }
@@ -315,6 +453,8 @@ impl FeatureEngine {
         self.stats = snap.stats;
         self.max_ts = snap.max_ts;
         self.pending.clear();
+        self.ahead.clear();
+        self.ahead_max = i64::MIN;
         Ok(())
     }
 
@@ -330,6 +470,8 @@ impl FeatureEngine {
             store,
             population,
             max_ts,
+            max_future_ms,
+            future_confirm,
             stats,
             buf,
             key_buf,
@@ -350,6 +492,10 @@ impl FeatureEngine {
                 population: population.clone(),
                 pending: VecDeque::new(),
                 max_ts,
+                max_future_ms,
+                future_confirm,
+                ahead: Vec::new(),
+                ahead_max: i64::MIN,
                 stats: if i == 0 { stats } else { Stats::default() },
                 buf: buf.clone(),
                 key_buf: key_buf.clone(),

@@ -60,6 +60,9 @@ impl Rejection {
     pub fn category(&self) -> String {
         match self {
             Self::Parse { error, .. } | Self::Row { error, .. } => error.category(),
+            Self::Late(l) | Self::LateRow(l) if l.is_future() => {
+                "ahead of event time (future)".into()
+            }
             Self::Late(_) | Self::LateRow(_) => "late beyond allowed lateness".into(),
         }
     }
@@ -130,6 +133,12 @@ impl Ingest {
         append_capped(&mut self.partial, rest);
     }
 
+    /// Stops reading early (the output is gone): an incomplete line read so far is dropped,
+    /// not reported as malformed. [`finish`](Self::finish) may follow.
+    pub fn stop(&mut self) {
+        self.partial.clear();
+    }
+
     /// Ends the input: a last line without a newline is processed, buffered events are emitted.
     pub fn finish(
         &mut self,
@@ -153,6 +162,12 @@ impl Ingest {
     ) {
         self.line += 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        // A UTF-8 byte-order mark before the first line (editors on Windows write one).
+        let raw = if self.line == 1 {
+            raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
+        } else {
+            raw
+        };
         if raw.iter().all(u8::is_ascii_whitespace) {
             self.blank_lines += 1;
             return;
@@ -168,11 +183,9 @@ impl Ingest {
             return;
         }
         match self.format.parse(raw) {
-            Ok(ev) => {
-                if let Err(late) = engine.push(ev, self.line, sink) {
-                    reject(Rejection::Late(late));
-                }
-            }
+            Ok(ev) => engine.push(ev, self.line, sink, &mut |late| {
+                reject(Rejection::Late(late));
+            }),
             Err(error) => reject(Rejection::Parse {
                 line: self.line,
                 error,

@@ -16,7 +16,7 @@ mod state;
 mod store;
 
 pub use config::{Config, FeatureConfig, InputConfig};
-pub use engine::{FeatureEngine, LateEvent, Record, SNAPSHOT_VERSION, Stats};
+pub use engine::{FeatureEngine, LateEvent, Record, RefusedKind, SNAPSHOT_VERSION, Stats};
 pub use error::{Error, Result};
 pub use ingest::{Format, Ingest, MAX_LINE_BYTES, Rejection};
 pub use population::{OVERFLOW_TEMPLATE, Population};

@@ -3,7 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use gatewatch_event::RequestEvent;
-use gatewatch_features::{Config, FeatureEngine, Format, Ingest, OVERFLOW_TEMPLATE, Rejection};
+use gatewatch_features::{
+    Config, FeatureEngine, Format, Ingest, OVERFLOW_TEMPLATE, Rejection, RefusedKind,
+};
 
 fn engine(extra: &str) -> FeatureEngine {
     FeatureEngine::new(&Config::parse(&format!("[features]\n{extra}")).unwrap()).unwrap()
@@ -20,7 +22,7 @@ fn a_million_rotating_addresses_stay_under_the_cap() {
     for i in 0..1_000_000u32 {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i));
         let ev = RequestEvent::new(t0 + i64::from(i / 50), ip, "POST", "/login", 401);
-        eng.push(ev, u64::from(i), &mut |_| emitted += 1).unwrap();
+        eng.push(ev, u64::from(i), &mut |_| emitted += 1, &mut |l| panic!("refused: {l}"));
         if i % 10_000 == 0 {
             max_len = max_len.max(eng.store().len());
             max_mem = max_mem.max(eng.store().memory_bytes());
@@ -48,18 +50,14 @@ fn idle_clients_expire_by_event_time() {
         eng.push(
             RequestEvent::new(i64::from(i) * 1000, ip(i), "GET", "/", 200),
             0,
-            &mut sink,
-        )
-        .unwrap();
+            &mut sink, &mut |l| panic!("refused: {l}"));
     }
     assert_eq!(eng.store().len(), 10);
     // 65 s later: clients last seen before 5 s are idle more than 60 s.
     eng.push(
         RequestEvent::new(65_500, ip(99), "GET", "/", 200),
         0,
-        &mut sink,
-    )
-    .unwrap();
+        &mut sink, &mut |l| panic!("refused: {l}"));
     assert_eq!(eng.store().evictions.idle, 6);
     assert_eq!(eng.store().len(), 5);
 }
@@ -96,7 +94,10 @@ fn late_events_are_refused_with_their_line_and_lag() {
     assert_eq!(rejected.len(), 1);
     match &rejected[0] {
         Rejection::Late(l) => {
-            assert_eq!((l.line, l.ts_ms, l.behind_ms), (3, 8000, 2000));
+            assert_eq!(
+                (l.line, l.ts_ms, l.kind),
+                (3, 8000, RefusedKind::Late { behind_ms: 2000 })
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -119,8 +120,7 @@ fn endpoint_table_is_capped() {
             &format!("/random-{}", (b'a' + i as u8) as char),
             404,
         );
-        eng.push(ev, 0, &mut |r| endpoints.push(r.endpoint.to_string()))
-            .unwrap();
+        eng.push(ev, 0, &mut |r| endpoints.push(r.endpoint.to_string()), &mut |l| panic!("refused: {l}"));
     }
     assert_eq!(
         eng.population().endpoints(),
@@ -142,9 +142,7 @@ fn corrupt_or_foreign_snapshots_are_refused() {
     a.push(
         RequestEvent::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST), "GET", "/", 200),
         0,
-        &mut |_| {},
-    )
-    .unwrap();
+        &mut |_| {}, &mut |l| panic!("refused: {l}"));
     a.finish(&mut |_| {});
     a.save_state(&mut bytes).unwrap();
     let msg = |r: gatewatch_features::Result<()>| r.unwrap_err().to_string();
@@ -183,12 +181,11 @@ fn split_parts_continue_their_clients_windows() {
                     r.client.to_string(),
                     r.features[..4 * WindowFeature::COUNT].to_vec(),
                 ))
-            })
-            .unwrap();
+            }, &mut |l| panic!("refused: {l}"));
     }
     let mut first = engine("allowed_lateness_ms = 0");
     for i in 0..1000 {
-        first.push(ev(i), i as u64, &mut |_| {}).unwrap();
+        first.push(ev(i), i as u64, &mut |_| {}, &mut |l| panic!("refused: {l}"));
     }
     let mut parts = first.split(3);
     let mut got = vec![None; 2000];
@@ -202,8 +199,7 @@ fn split_parts_continue_their_clients_windows() {
                     r.client.to_string(),
                     r.features[..4 * WindowFeature::COUNT].to_vec(),
                 ))
-            })
-            .unwrap();
+            }, &mut |l| panic!("refused: {l}"));
     }
     // Client windows carry over exactly; `surprise_mean` rests on each part's own copy of the
     // population model, which diverges after the split.
@@ -247,4 +243,120 @@ fn over_long_lines_are_rejected_without_being_kept() {
         rejected,
         [format!("line 1: line longer than {MAX_LINE_BYTES} bytes")]
     );
+}
+
+/// Ten minutes of traffic from 20 clients (one request each per second, in order), with
+/// `wild` inserted after event `at`; returns the processed event ids and the rejections.
+fn run_with(extra: &str, events: &[(i64, u32)]) -> (Vec<u64>, Vec<Rejection>, FeatureEngine) {
+    let mut eng = engine(extra);
+    let mut ing = Ingest::new(Format::Ndjson);
+    let mut text = String::new();
+    for (ts, client) in events {
+        text.push_str(&format!(
+            "{{\"ts\":{ts},\"client_ip\":\"10.0.0.{client}\",\"method\":\"GET\",\"path\":\"/a\",\"status\":200}}\n"
+        ));
+    }
+    let (mut done, mut rejected) = (Vec::new(), Vec::new());
+    ing.feed(&mut eng, text.as_bytes(), &mut |r| done.push(r.line), &mut |e| {
+        rejected.push(e)
+    });
+    ing.finish(&mut eng, &mut |r| done.push(r.line), &mut |e| rejected.push(e));
+    (done, rejected, eng)
+}
+
+fn normal_log() -> Vec<(i64, u32)> {
+    let t0 = 1_767_225_600_000; // 2026-01-01
+    (0..1200).map(|i| (t0 + i * 500, (i % 20) as u32)).collect()
+}
+
+#[test]
+fn one_event_a_year_ahead_does_not_move_event_time() {
+    let mut log = normal_log();
+    let year = 365 * 86_400_000;
+    log.insert(100, (log[99].0 + year, 3));
+    let (done, rejected, eng) = run_with("", &log);
+    assert_eq!(done.len(), 1200, "every normal event processed");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].line(), 101);
+    assert_eq!(rejected[0].category(), "ahead of event time (future)");
+    assert!(
+        rejected[0]
+            .to_string()
+            .starts_with(&format!("line 101: event {year} ms ahead of event time")),
+        "{}",
+        rejected[0]
+    );
+    assert_eq!((eng.stats().future, eng.stats().late), (1, 0));
+    assert_eq!(eng.store().evictions.idle, 0, "nobody evicted by the wild time");
+}
+
+#[test]
+fn a_handful_of_wild_events_from_one_client_among_others_are_refused() {
+    let mut log = normal_log();
+    let t = log[500].0;
+    // Three wild events from one client, each followed by others' normal traffic.
+    for (k, at) in [500usize, 520, 540].iter().enumerate() {
+        log.insert(*at + k, (t + 86_400_000 + k as i64, 7));
+    }
+    let (done, rejected, eng) = run_with("", &log);
+    assert_eq!(done.len(), 1200);
+    assert_eq!(eng.stats().future, 3);
+    assert!(rejected.iter().all(|r| r.category() == "ahead of event time (future)"));
+}
+
+#[test]
+fn a_log_that_resumes_a_day_later_is_followed_and_loses_nothing() {
+    let mut log = normal_log();
+    let day = 86_400_000;
+    let later: Vec<(i64, u32)> = normal_log().iter().map(|(t, c)| (t + day, *c)).collect();
+    log.extend(later);
+    let (done, rejected, eng) = run_with("", &log);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(done, (1..=2400).collect::<Vec<u64>>(), "all, in order");
+    assert_eq!(eng.stats().future, 0);
+    // A sparse log of one client, an hour between requests, is followed too.
+    let sparse: Vec<(i64, u32)> = (0..10).map(|i| (i * 3_600_000, 1)).collect();
+    let (done, rejected, _) = run_with("", &sparse);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(done, (1..=10).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_wild_first_event_does_not_anchor_event_time() {
+    let mut log = normal_log();
+    log.insert(0, (log[0].0 + 86_400_000, 5));
+    let (done, rejected, _) = run_with("", &log);
+    assert_eq!(done.len(), 1200);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].line(), 1);
+}
+
+#[test]
+fn future_confirm_1_follows_every_event() {
+    let mut log = normal_log();
+    log.insert(100, (log[99].0 + 86_400_000, 3));
+    let (done, rejected, _) = run_with("future_confirm = 1", &log);
+    // The old behaviour: the wild event moves event time and the rest come late.
+    assert_eq!(done.len(), 101);
+    assert_eq!(rejected.len(), 1100);
+    assert!(rejected.iter().all(|r| r.category() == "late beyond allowed lateness"));
+}
+
+#[test]
+fn extreme_timestamps_are_refused_by_the_parser_and_never_overflow() {
+    let mut log = normal_log();
+    log.insert(10, (i64::MAX, 1));
+    log.insert(20, (i64::MIN + 1, 1));
+    let (done, rejected, _) = run_with("", &log);
+    assert_eq!(done.len(), 1200);
+    assert_eq!(rejected.len(), 2);
+    for r in &rejected {
+        assert_eq!(r.category(), "invalid field `ts`", "{r}");
+        assert!(r.to_string().contains("out of range"), "{r}");
+    }
+    // Within the range, the extremes of event time work too.
+    let edge = [(gatewatch_event::MIN_TS_MS, 1), (gatewatch_event::MAX_TS_MS, 1)];
+    let (done, rejected, _) = run_with("future_confirm = 1", &edge);
+    assert_eq!(done.len(), 2);
+    assert!(rejected.is_empty(), "{rejected:?}");
 }

@@ -15,8 +15,13 @@ const PATHS: [&str; 6] = ["/a", "/b/{}", "/c/{}/d", "/e", "/f/{}", "/login"];
 const STATUSES: [u16; 8] = [200, 200, 201, 401, 403, 404, 429, 503];
 
 fn config(lateness: u64) -> Config {
+    config_with(lateness, 3)
+}
+
+/// Event time may move 2 s ahead on its own; `confirm` consecutive events confirm a jump.
+fn config_with(lateness: u64, confirm: usize) -> Config {
     Config::parse(&format!(
-        "[features]\nhorizons_secs = [1, 5, 20]\nbuckets_per_horizon = 5\nallowed_lateness_ms = {lateness}\nclient_idle_ttl_secs = 100000\n"
+        "[features]\nhorizons_secs = [1, 5, 20]\nbuckets_per_horizon = 5\nallowed_lateness_ms = {lateness}\nclient_idle_ttl_secs = 100000\nmax_future_ms = 2000\nfuture_confirm = {confirm}\n"
     ))
     .unwrap()
 }
@@ -62,16 +67,26 @@ fn stream() -> impl Strategy<Value = Vec<Raw>> {
             0u64..8,
             0usize..8,
             0u64..5000,
+            0u8..40,
         ),
         1..150,
     )
     .prop_map(|v| {
         let mut t = 1_700_000_000_000i64;
         v.into_iter()
-            .map(|(dt, jitter, client, path, id, st, bytes)| {
+            .map(|(dt, jitter, client, path, id, st, bytes, jump)| {
                 t += dt;
+                // Now and then the log resumes after a gap, or one event carries a wild time.
+                let wild = match jump {
+                    0 => 50_000_000,
+                    1 => {
+                        t += 4_000;
+                        0
+                    }
+                    _ => 0,
+                };
                 Raw {
-                    ts: t - jitter,
+                    ts: t - jitter + wild,
                     client,
                     path,
                     id,
@@ -88,15 +103,41 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
     let lateness = cfg.features.allowed_lateness_ms as i64;
     let reg = Registry::new(&cfg.features);
     let b = i64::from(cfg.features.buckets_per_horizon);
-    // Acceptance by arrival, then processing order by (ts, arrival).
-    let mut max_ts = i64::MIN;
+    // Acceptance by arrival (events far ahead are held until enough consecutive ones follow
+    // them), then processing order by (ts, arrival).
+    let future = cfg.features.max_future_ms as i64;
+    let confirm = cfg.features.future_confirm;
+    let mut max_ts: Option<i64> = None;
     let mut order: Vec<usize> = Vec::new();
-    for (i, r) in raw.iter().enumerate() {
-        if max_ts != i64::MIN && r.ts < max_ts - lateness {
-            continue;
+    let mut accept = |i: usize, max_ts: &mut Option<i64>| {
+        if max_ts.is_some_and(|m| raw[i].ts < m - lateness) {
+            return;
         }
-        max_ts = max_ts.max(r.ts);
+        *max_ts = Some(max_ts.map_or(raw[i].ts, |m| m.max(raw[i].ts)));
         order.push(i);
+    };
+    let mut held: Vec<usize> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let in_bound = max_ts.is_some_and(|m| r.ts <= m + future);
+        let held_max = held.iter().map(|&h| raw[h].ts).max();
+        if held_max.is_some_and(|h| r.ts >= h - lateness) {
+            held.push(i);
+        } else if max_ts.is_none() && held_max.is_some_and(|h| r.ts >= h - future) {
+            // late for the held events that stand for event time before it has an anchor
+        } else if in_bound || max_ts.is_some_and(|m| r.ts < m) {
+            held.clear();
+            accept(i, &mut max_ts);
+        } else {
+            held = vec![i];
+        }
+        if held.len() >= confirm {
+            for h in std::mem::take(&mut held) {
+                accept(h, &mut max_ts);
+            }
+        }
+    }
+    for h in held {
+        accept(h, &mut max_ts);
     }
     order.sort_by_key(|&i| (raw[i].ts, i));
     let max_ms = i64::from(*cfg.features.horizons_secs.last().unwrap()) * 1000;
@@ -274,7 +315,7 @@ fn run(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
     let mut sink =
         |r: &gatewatch_features::Record<'_>| out.push((r.line as usize, r.features.to_vec()));
     for (i, r) in raw.iter().enumerate() {
-        let _ = eng.push(r.event(), i as u64, &mut sink);
+        let _ = eng.push(r.event(), i as u64, &mut sink, &mut |_| {});
     }
     eng.finish(&mut sink);
     out
@@ -288,8 +329,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn features_equal_naive_recomputation(raw in stream(), lateness in prop::sample::select(vec![0u64, 150, 300, 10_000])) {
-        let cfg = config(lateness);
+    fn features_equal_naive_recomputation(raw in stream(), lateness in prop::sample::select(vec![0u64, 150, 300, 10_000]), confirm in 1usize..5) {
+        let cfg = config_with(lateness, confirm);
         let names: Vec<String> = Registry::new(&cfg.features).names().map(String::from).collect();
         let got = run(&raw, &cfg);
         let want = reference(&raw, &cfg);
@@ -371,7 +412,7 @@ proptest! {
         let mut out = Vec::new();
         let mut sink = |r: &gatewatch_features::Record<'_>| out.push((r.line as usize, r.features.to_vec()));
         for (i, r) in sorted[..at].iter().enumerate() {
-            a.push(r.event(), i as u64, &mut sink).unwrap();
+            a.push(r.event(), i as u64, &mut sink, &mut |l| panic!("refused: {l}"));
         }
         a.finish(&mut sink);
         let mut bytes = Vec::new();
@@ -379,7 +420,7 @@ proptest! {
         let mut b = FeatureEngine::new(&cfg).unwrap();
         b.restore_state(&mut bytes.as_slice()).unwrap();
         for (i, r) in sorted.iter().enumerate().skip(at) {
-            b.push(r.event(), i as u64, &mut sink).unwrap();
+            b.push(r.event(), i as u64, &mut sink, &mut |l| panic!("refused: {l}"));
         }
         b.finish(&mut sink);
         prop_assert_eq!(out, full);
