@@ -439,8 +439,13 @@ mod tests {
     #[test]
     fn escapes_next_to_multibyte_characters() {
         let cfg = CombinedConfig::default();
-        for req in ["GET /a\\x1\u{e9} HTTP/1.1", "GET /a\\\u{e9} HTTP/1.1", "GET /\\x\u{e9}\u{e9} HTTP/1.1"] {
-            let line = format!("1.2.3.7 - - [05/Jan/2026:09:00:06 +0000] \"{req}\" 200 5 \"-\" \"ua\"");
+        for req in [
+            "GET /a\\x1\u{e9} HTTP/1.1",
+            "GET /a\\\u{e9} HTTP/1.1",
+            "GET /\\x\u{e9}\u{e9} HTTP/1.1",
+        ] {
+            let line =
+                format!("1.2.3.7 - - [05/Jan/2026:09:00:06 +0000] \"{req}\" 200 5 \"-\" \"ua\"");
             let e = parse_combined(line.as_bytes(), &cfg).unwrap();
             assert!(e.path.starts_with('/'), "{req}: {}", e.path);
             assert!(e.path.contains('\u{e9}'), "{req}: {}", e.path);

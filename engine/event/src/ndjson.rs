@@ -154,7 +154,10 @@ fn check_shape(line: &[u8]) -> Result<(), ParseError> {
         // Not an object or array: the parsers stop at once and say what it is.
         Some(_) => return Ok(()),
     }
-    if memchr::memchr2_iter(b'[', b'{', line).nth(MAX_JSON_DEPTH).is_none() {
+    if memchr::memchr2_iter(b'[', b'{', line)
+        .nth(MAX_JSON_DEPTH)
+        .is_none()
+    {
         return Ok(());
     }
     let (mut depth, mut in_str, mut esc) = (0usize, false, false);
@@ -515,7 +518,10 @@ mod tests {
         let deep = format!("{head}{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         let e = parse_ndjson(deep.as_bytes()).unwrap_err();
         assert!(e.reason.contains("nested deeper than 32 levels"), "{e}");
-        assert!(e.reason.contains(&format!("column {}", head.len() + 32)), "{e}");
+        assert!(
+            e.reason.contains(&format!("column {}", head.len() + 32)),
+            "{e}"
+        );
         // Brackets inside strings do not count; 31 levels inside the event are fine.
         let ok = format!("{head}{}{}}}", "[".repeat(31), "]".repeat(31));
         parse_ndjson(ok.as_bytes()).unwrap();

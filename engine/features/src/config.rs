@@ -264,10 +264,19 @@ mod tests {
             ("[features]\nmax_clients = 0", "max_clients"),
             ("[client_key]\nsources = 5", "sources"),
             ("[nope]", "unknown field `nope`"),
-            ("[input.combined]\nsession_field = 0", "input.combined.session_field"),
-            ("[input.combined]\nhost_field = 100000", "input.combined.host_field"),
+            (
+                "[input.combined]\nsession_field = 0",
+                "input.combined.session_field",
+            ),
+            (
+                "[input.combined]\nhost_field = 100000",
+                "input.combined.host_field",
+            ),
             ("[features]\nfuture_confirm = 0", "features.future_confirm"),
-            ("[features]\nallowed_lateness_ms = 99999999999", "allowed_lateness_ms"),
+            (
+                "[features]\nallowed_lateness_ms = 99999999999",
+                "allowed_lateness_ms",
+            ),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

@@ -139,12 +139,23 @@ pub struct FeatureEngine {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
-/// Version of the snapshot format.
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// Version of the snapshot format: 2 adds the body's length and CRC-32 and the window shape.
+pub const SNAPSHOT_VERSION: u16 = 2;
+/// Bytes before the body: magic, version, body length (u64), CRC-32 of the body (u32).
+const SNAPSHOT_HEADER: usize = 8 + 2 + 8 + 4;
+
+/// The window shape a state was built with (beyond the feature-set hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Shape {
+    horizons_secs: Vec<u32>,
+    buckets_per_horizon: u32,
+    endpoint_slots: usize,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     registry_hash: String,
+    shape: Shape,
     max_ts: i64,
     stats: Stats,
     evictions: Evictions,
@@ -274,7 +285,11 @@ impl FeatureEngine {
     }
 
     /// Event time follows the held events.
-    fn confirm_ahead(&mut self, sink: &mut impl FnMut(&Record<'_>), refused: &mut impl FnMut(LateEvent)) {
+    fn confirm_ahead(
+        &mut self,
+        sink: &mut impl FnMut(&Record<'_>),
+        refused: &mut impl FnMut(LateEvent),
+    ) {
         let held = std::mem::take(&mut self.ahead);
         self.ahead_max = i64::MIN;
         for p in held {
@@ -304,7 +319,12 @@ impl FeatureEngine {
     }
 
     /// The lateness check and the reorder buffer.
-    fn accept(&mut self, p: Pending, sink: &mut impl FnMut(&Record<'_>), refused: &mut impl FnMut(LateEvent)) {
+    fn accept(
+        &mut self,
+        p: Pending,
+        sink: &mut impl FnMut(&Record<'_>),
+        refused: &mut impl FnMut(LateEvent),
+    ) {
         let ts = p.ts;
         if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
             self.stats.late += 1;
@@ -393,12 +413,27 @@ impl FeatureEngine {
         self.endpoint = endpoint;
     }
 
+    fn shape(&self) -> Shape {
+        Shape {
+            horizons_secs: self
+                .windows
+                .horizons_ms
+                .iter()
+                .map(|h| (h / 1000) as u32)
+                .collect(),
+            buckets_per_horizon: self.windows.buckets,
+            endpoint_slots: self.windows.slots,
+        }
+    }
+
     /// Saves the engine's state (clients, population, counters) in the versioned binary format:
-    /// `GWSTATE\0`, format version (u16 LE), then a postcard body. Buffered events are not
-    /// part of a snapshot: call [`finish`](Self::finish) first.
+    /// `GWSTATE\0`, format version (u16 LE), body length (u64 LE), CRC-32 of the body (u32
+    /// LE), then a postcard body. Buffered events are not part of a snapshot: call
+    /// [`finish`](Self::finish) first.
     pub fn save_state(&self, w: &mut impl Write) -> Result<()> {
         let snap = Snapshot {
             registry_hash: self.registry.hash.clone(),
+            shape: self.shape(),
             max_ts: self.max_ts,
             stats: self.stats,
             evictions: self.store.evictions,
@@ -413,43 +448,120 @@ impl FeatureEngine {
         let body = postcard::to_stdvec(&snap).map_err(|e| Error::Snapshot(e.to_string()))?;
         w.write_all(SNAPSHOT_MAGIC)?;
         w.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
+        w.write_all(&(body.len() as u64).to_le_bytes())?;
+        w.write_all(&crc32fast::hash(&body).to_le_bytes())?;
         w.write_all(&body)?;
         Ok(())
     }
 
     /// Restores a state saved by [`save_state`](Self::save_state) into this engine, replacing
-    /// its state. Refused when the format version or the feature set differs.
+    /// its state. Refused, with what was wrong, when the file is not a snapshot, is truncated,
+    /// fails its checksum, has another format version, feature set or window shape, or holds
+    /// values this engine could not have written (indices, lengths, counts, times). The
+    /// configured caps apply: clients beyond `max_clients` are evicted, least recently used
+    /// first (counted as capacity evictions). On error the engine keeps its state.
     pub fn restore_state(&mut self, r: &mut impl Read) -> Result<()> {
-        let mut bytes = Vec::new();
-        r.read_to_end(&mut bytes)?;
-        if bytes.len() < 10 || &bytes[..8] != SNAPSHOT_MAGIC {
-            return Err(Error::Snapshot(
-                "not a gatewatch state snapshot (bad magic)".into(),
+        let bad = |m: String| Err(Error::Snapshot(m));
+        let mut head = [0u8; SNAPSHOT_HEADER];
+        let mut got = 0;
+        while got < head.len() {
+            match r.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if got < 10 || &head[..8] != SNAPSHOT_MAGIC {
+            return bad("not a gatewatch state snapshot (bad magic)".into());
+        }
+        let version = u16::from_le_bytes([head[8], head[9]]);
+        if version != SNAPSHOT_VERSION {
+            return bad(format!(
+                "format version {version} is not supported (this build reads {SNAPSHOT_VERSION})"
             ));
         }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != SNAPSHOT_VERSION {
-            return Err(Error::Snapshot(format!(
-                "format version {version} is not supported (this build reads {SNAPSHOT_VERSION})"
-            )));
+        if got < SNAPSHOT_HEADER {
+            return bad(format!("truncated: {got} bytes, shorter than the header"));
         }
-        let snap: Snapshot = postcard::from_bytes(&bytes[10..])
+        let len = u64::from_le_bytes(head[10..18].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(head[18..22].try_into().expect("4 bytes"));
+        let mut body = Vec::new();
+        // Never more than the header announces (plus one byte, to see trailing data).
+        r.take(len.saturating_add(1)).read_to_end(&mut body)?;
+        if (body.len() as u64) < len {
+            return bad(format!(
+                "truncated: the body has {} of its {len} bytes",
+                body.len()
+            ));
+        }
+        if body.len() as u64 > len {
+            return bad(format!("trailing bytes after the {len}-byte body"));
+        }
+        let actual = crc32fast::hash(&body);
+        if actual != crc {
+            return bad(format!(
+                "checksum mismatch (CRC-32 {actual:08x}, the header says {crc:08x}): the file is corrupt"
+            ));
+        }
+        let snap: Snapshot = postcard::from_bytes(&body)
             .map_err(|e| Error::Snapshot(format!("corrupt body: {e}")))?;
         if snap.registry_hash != self.registry.hash {
-            return Err(Error::Snapshot(format!(
+            return bad(format!(
                 "feature set {} differs from this engine's {}",
                 snap.registry_hash, self.registry.hash
-            )));
+            ));
         }
+        let shape = self.shape();
+        if snap.shape != shape {
+            return bad(format!(
+                "saved with horizons_secs = {:?}, buckets_per_horizon = {}, endpoint_slots = {}; \
+                 this configuration has {:?}, {}, {}",
+                snap.shape.horizons_secs,
+                snap.shape.buckets_per_horizon,
+                snap.shape.endpoint_slots,
+                shape.horizons_secs,
+                shape.buckets_per_horizon,
+                shape.endpoint_slots
+            ));
+        }
+        let in_range =
+            |t: i64| (gatewatch_event::MIN_TS_MS..=gatewatch_event::MAX_TS_MS).contains(&t);
+        if snap.max_ts != i64::MIN && !in_range(snap.max_ts) {
+            return bad(format!("event time {} out of range", snap.max_ts));
+        }
+        let mut population = snap.population;
+        population.reindex();
+        population
+            .validate(self.population.max_endpoints())
+            .map_err(|e| Error::Snapshot(format!("population: {e}")))?;
+        population.set_max_endpoints(self.population.max_endpoints());
+        let n_endpoints = population.endpoints();
         let mut store = ClientStore::new(self.store.capacity(), self.store.ttl_ms());
-        for (k, s) in snap.clients {
-            store.push_restored(k, s);
-        }
         store.evictions = snap.evictions;
         store.created = snap.created;
+        // Least recently used first: keep the most recent `capacity` clients.
+        let skip = snap.clients.len().saturating_sub(store.capacity());
+        for (i, (k, s)) in snap.clients.into_iter().enumerate() {
+            if k.is_empty() {
+                return bad(format!("client {i} has an empty key"));
+            }
+            s.validate(&self.windows, n_endpoints)
+                .map_err(|e| Error::Snapshot(format!("client {i}: {e}")))?;
+            if s.last_ts() > snap.max_ts {
+                return bad(format!("client {i} was seen after the state's event time"));
+            }
+            if store.get(&k).is_some() {
+                return bad(format!("client {i}: key {:?} appears twice", &*k));
+            }
+            if i < skip {
+                store.evictions.capacity += 1;
+                continue;
+            }
+            store.push_restored(k, s);
+        }
         self.store = store;
-        self.population = snap.population;
-        self.population.reindex();
+        self.population = population;
         self.stats = snap.stats;
         self.max_ts = snap.max_ts;
         self.pending.clear();
@@ -502,5 +614,82 @@ impl FeatureEngine {
                 endpoint: endpoint.clone(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    fn saved() -> (FeatureEngine, Snapshot) {
+        let mut e = FeatureEngine::new(&Config::default()).unwrap();
+        for i in 0..6 {
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i % 3));
+            let ev = RequestEvent::new(i64::from(i) * 1000, ip, "GET", &format!("/a/{i}"), 200);
+            e.push(ev, 0, &mut |_| {}, &mut |l| panic!("{l}"));
+        }
+        e.finish(&mut |_| {});
+        let mut bytes = Vec::new();
+        e.save_state(&mut bytes).unwrap();
+        let snap = postcard::from_bytes(&bytes[SNAPSHOT_HEADER..]).unwrap();
+        (e, snap)
+    }
+
+    /// A snapshot file with a valid checksum around `snap`.
+    fn file(snap: &Snapshot) -> Vec<u8> {
+        let body = postcard::to_stdvec(snap).unwrap();
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn snapshots_with_a_valid_checksum_are_still_checked_value_by_value() {
+        let (e, snap) = saved();
+        let refused = |f: &dyn Fn(&mut Snapshot)| -> String {
+            let (_, mut s) = saved();
+            f(&mut s);
+            let mut fresh = FeatureEngine::new(&Config::default()).unwrap();
+            let err = fresh.restore_state(&mut file(&s).as_slice()).unwrap_err();
+            assert_eq!(fresh.store().len(), 0);
+            err.to_string()
+        };
+        let mut ok = FeatureEngine::new(&Config::default()).unwrap();
+        ok.restore_state(&mut file(&snap).as_slice()).unwrap();
+        assert_eq!(ok.store().len(), e.store().len());
+
+        let m = refused(&|s| s.clients[0].1.prev_ep = 999);
+        assert!(m.contains("client 0: previous endpoint 999"), "{m}");
+        let m = refused(&|s| s.clients[1].1.slots[0].ep = 77);
+        assert!(m.contains("client 1: endpoint slot for endpoint 77"), "{m}");
+        let m = refused(&|s| s.clients[0].1.buckets[0].tag |= 7 << 29);
+        assert!(m.contains("bucket of horizon 7"), "{m}");
+        let m = refused(&|s| s.clients[0].1.buckets[0].err = 1000);
+        assert!(m.contains("inconsistent counts"), "{m}");
+        let m = refused(&|s| s.clients[0].1.first_ts = i64::MAX);
+        assert!(m.contains("out of range"), "{m}");
+        let m = refused(&|s| {
+            let c = s.clients[0].clone();
+            s.clients.push(c);
+        });
+        assert!(m.contains("appears twice"), "{m}");
+        let m = refused(&|s| s.population.templates[1] = "GET /elsewhere".into());
+        assert!(m.contains("does not match its hash"), "{m}");
+        let m = refused(&|s| {
+            s.population.templates.pop();
+        });
+        assert!(m.contains("endpoint templates but"), "{m}");
+        let m = refused(&|s| s.max_ts = i64::MAX);
+        assert!(m.contains("event time"), "{m}");
+        let m = refused(&|s| {
+            let b = s.clients[0].1.buckets[0];
+            s.clients[0].1.buckets.extend([b; 40]);
+        });
+        assert!(m.contains("buckets, at most 20"), "{m}");
     }
 }

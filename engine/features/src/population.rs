@@ -30,7 +30,7 @@ pub(crate) struct EndpointStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Population {
     max_endpoints: u32,
-    templates: Vec<Box<str>>,
+    pub(crate) templates: Vec<Box<str>>,
     #[serde(skip)]
     index: HashMap<Box<str>, u32>,
     pub(crate) endpoints: Vec<EndpointStats>,
@@ -91,6 +91,66 @@ impl Population {
             return 0;
         }
         self.push(template)
+    }
+
+    /// Checks a restored population: the overflow endpoint first, one statistics entry per
+    /// template, no template twice, the configured cap, transitions between known endpoints.
+    pub(crate) fn validate(&self, max_endpoints: u32) -> Result<(), String> {
+        if self.templates.first().map(|t| &**t) != Some(OVERFLOW_TEMPLATE) {
+            return Err("endpoint table without its overflow entry".into());
+        }
+        if self.templates.len() != self.endpoints.len() {
+            return Err(format!(
+                "{} endpoint templates but {} endpoint statistics",
+                self.templates.len(),
+                self.endpoints.len()
+            ));
+        }
+        if self.templates.len() as u64 > u64::from(max_endpoints) + 1 {
+            return Err(format!(
+                "{} endpoint templates, above this configuration's max_endpoints = {max_endpoints}",
+                self.templates.len() - 1
+            ));
+        }
+        if self.index.len() != self.templates.len() {
+            return Err("an endpoint template appears twice".into());
+        }
+        for (t, e) in self.templates.iter().zip(&self.endpoints) {
+            if e.hash != fnv1a(t.as_bytes()) {
+                return Err(format!("endpoint {t:?} does not match its hash"));
+            }
+            if !(e.baseline_ln.is_nan() || (e.baseline_ln.is_finite() && e.baseline_ln >= 0.0)) {
+                return Err(format!(
+                    "endpoint {t:?} has a baseline of {}",
+                    e.baseline_ln
+                ));
+            }
+        }
+        let n = self.templates.len() as u32;
+        if self.transitions.len() > MAX_TRANSITIONS {
+            return Err(format!(
+                "{} transitions, above the cap of {MAX_TRANSITIONS}",
+                self.transitions.len()
+            ));
+        }
+        if let Some((f, t)) = self
+            .transitions
+            .keys()
+            .find(|(f, t)| (*f != NONE && *f >= n) || *t >= n)
+        {
+            return Err(format!("transition {f} → {t} between unknown endpoints"));
+        }
+        Ok(())
+    }
+
+    /// The cap on templates.
+    pub(crate) fn max_endpoints(&self) -> u32 {
+        self.max_endpoints
+    }
+
+    /// Applies a configured cap (after a restore).
+    pub(crate) fn set_max_endpoints(&mut self, m: u32) {
+        self.max_endpoints = m;
     }
 
     /// Number of interned templates (overflow included).

@@ -219,6 +219,72 @@ impl ClientState {
         }
     }
 
+    /// Checks a restored state against the window arithmetic of this configuration and the
+    /// number of endpoint templates: what [`update`](Self::update) relies on.
+    pub(crate) fn validate(&self, w: &Windows, endpoints: usize) -> Result<(), String> {
+        use gatewatch_event::{MAX_TS_MS, MIN_TS_MS};
+        let in_range = |t: i64| (MIN_TS_MS..=MAX_TS_MS).contains(&t);
+        if !in_range(self.first_ts) || (self.last_ts != i64::MIN && !in_range(self.last_ts)) {
+            return Err(format!(
+                "timestamps out of range (first {}, last {})",
+                self.first_ts, self.last_ts
+            ));
+        }
+        if self.last_ts != i64::MIN && self.last_ts < self.first_ts {
+            return Err("last seen before first seen".into());
+        }
+        if self.prev_ep != NONE && self.prev_ep as usize >= endpoints {
+            return Err(format!("previous endpoint {} of {endpoints}", self.prev_ep));
+        }
+        if self.slots.len() > w.slots {
+            return Err(format!(
+                "{} endpoint slots, the configuration has {}",
+                self.slots.len(),
+                w.slots
+            ));
+        }
+        if let Some(s) = self.slots.iter().find(|s| s.ep as usize >= endpoints) {
+            return Err(format!(
+                "endpoint slot for endpoint {} of {endpoints}",
+                s.ep
+            ));
+        }
+        let nh = w.widths_ms.len();
+        if self.buckets.len() > nh * w.buckets as usize {
+            return Err(format!(
+                "{} buckets, at most {} in this configuration",
+                self.buckets.len(),
+                nh * w.buckets as usize
+            ));
+        }
+        let mut per_h = [0u64; 8];
+        for (i, b) in self.buckets.iter().enumerate() {
+            let h = b.h();
+            if h >= nh {
+                return Err(format!("bucket of horizon {h}, the configuration has {nh}"));
+            }
+            if self.buckets[..i].iter().any(|o| o.tag == b.tag) {
+                return Err("two buckets for the same time".into());
+            }
+            let counts = [b.err, b.auth, b.nf, b.rl, b.s5, b.seq];
+            let bound = u64::from(w.widths_ms[h].unsigned_abs()) + w.horizons_ms[h].unsigned_abs();
+            if b.n == 0
+                || counts.iter().any(|c| *c > b.n)
+                || u64::from(b.gap_sum) > bound
+                || (b.gap_min != u32::MAX && i64::from(b.gap_min) > w.horizons_ms[h])
+                || !b.surprise.is_finite()
+                || b.surprise < 0.0
+            {
+                return Err(format!("bucket {i} has inconsistent counts"));
+            }
+            per_h[h] += u64::from(b.n);
+        }
+        if per_h.iter().any(|n| *n > u64::from(u32::MAX / 2)) {
+            return Err("request counts too large".into());
+        }
+        Ok(())
+    }
+
     /// Last time this client was seen.
     pub fn last_ts(&self) -> i64 {
         self.last_ts

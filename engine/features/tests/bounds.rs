@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use gatewatch_event::RequestEvent;
 use gatewatch_features::{
-    Config, FeatureEngine, Format, Ingest, OVERFLOW_TEMPLATE, Rejection, RefusedKind,
+    Config, FeatureEngine, Format, Ingest, OVERFLOW_TEMPLATE, RefusedKind, Rejection,
 };
 
 fn engine(extra: &str) -> FeatureEngine {
@@ -22,7 +22,9 @@ fn a_million_rotating_addresses_stay_under_the_cap() {
     for i in 0..1_000_000u32 {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i));
         let ev = RequestEvent::new(t0 + i64::from(i / 50), ip, "POST", "/login", 401);
-        eng.push(ev, u64::from(i), &mut |_| emitted += 1, &mut |l| panic!("refused: {l}"));
+        eng.push(ev, u64::from(i), &mut |_| emitted += 1, &mut |l| {
+            panic!("refused: {l}")
+        });
         if i % 10_000 == 0 {
             max_len = max_len.max(eng.store().len());
             max_mem = max_mem.max(eng.store().memory_bytes());
@@ -50,14 +52,18 @@ fn idle_clients_expire_by_event_time() {
         eng.push(
             RequestEvent::new(i64::from(i) * 1000, ip(i), "GET", "/", 200),
             0,
-            &mut sink, &mut |l| panic!("refused: {l}"));
+            &mut sink,
+            &mut |l| panic!("refused: {l}"),
+        );
     }
     assert_eq!(eng.store().len(), 10);
     // 65 s later: clients last seen before 5 s are idle more than 60 s.
     eng.push(
         RequestEvent::new(65_500, ip(99), "GET", "/", 200),
         0,
-        &mut sink, &mut |l| panic!("refused: {l}"));
+        &mut sink,
+        &mut |l| panic!("refused: {l}"),
+    );
     assert_eq!(eng.store().evictions.idle, 6);
     assert_eq!(eng.store().len(), 5);
 }
@@ -120,7 +126,12 @@ fn endpoint_table_is_capped() {
             &format!("/random-{}", (b'a' + i as u8) as char),
             404,
         );
-        eng.push(ev, 0, &mut |r| endpoints.push(r.endpoint.to_string()), &mut |l| panic!("refused: {l}"));
+        eng.push(
+            ev,
+            0,
+            &mut |r| endpoints.push(r.endpoint.to_string()),
+            &mut |l| panic!("refused: {l}"),
+        );
     }
     assert_eq!(
         eng.population().endpoints(),
@@ -135,28 +146,105 @@ fn endpoint_table_is_capped() {
     assert_eq!(eng.population().template(0), OVERFLOW_TEMPLATE);
 }
 
+/// A state of `n` clients, a few requests each on a few endpoints.
+fn state_of(n: u8) -> (Vec<u8>, FeatureEngine) {
+    let mut a = engine("");
+    for i in 0..u32::from(n) * 3 {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, (i % u32::from(n)) as u8));
+        let ev = RequestEvent::new(
+            i64::from(i) * 100,
+            ip,
+            "GET",
+            &format!("/e{}/{i}", i % 4),
+            200,
+        );
+        a.push(ev, 0, &mut |_| {}, &mut |l| panic!("refused: {l}"));
+    }
+    a.finish(&mut |_| {});
+    let mut bytes = Vec::new();
+    a.save_state(&mut bytes).unwrap();
+    (bytes, a)
+}
+
 #[test]
 fn corrupt_or_foreign_snapshots_are_refused() {
-    let mut a = engine("");
-    let mut bytes = Vec::new();
-    a.push(
-        RequestEvent::new(0, IpAddr::V4(Ipv4Addr::LOCALHOST), "GET", "/", 200),
-        0,
-        &mut |_| {}, &mut |l| panic!("refused: {l}"));
-    a.finish(&mut |_| {});
-    a.save_state(&mut bytes).unwrap();
+    let (bytes, _) = state_of(1);
     let msg = |r: gatewatch_features::Result<()>| r.unwrap_err().to_string();
     assert!(msg(engine("").restore_state(&mut &b"nope"[..])).contains("bad magic"));
     let mut v2 = bytes.clone();
     v2[8] = 9;
     assert!(msg(engine("").restore_state(&mut v2.as_slice())).contains("format version 9"));
     let cut = &bytes[..bytes.len() / 2];
-    assert!(msg(engine("").restore_state(&mut &cut[..])).contains("corrupt body"));
+    let m = msg(engine("").restore_state(&mut &cut[..]));
+    assert!(m.contains("truncated: the body has"), "{m}");
     let other = msg(engine("buckets_per_horizon = 10").restore_state(&mut bytes.as_slice()));
     assert!(other.contains("feature set"), "{other}");
+    let other = msg(engine("endpoint_slots = 4").restore_state(&mut bytes.as_slice()));
+    assert!(other.contains("endpoint_slots = 8"), "{other}");
+    let mut longer = bytes.clone();
+    longer.push(0);
+    let m = msg(engine("").restore_state(&mut longer.as_slice()));
+    assert!(m.contains("trailing bytes"), "{m}");
     let mut b = engine("");
     b.restore_state(&mut bytes.as_slice()).unwrap();
     assert_eq!(b.store().len(), 1);
+}
+
+#[test]
+fn every_flipped_byte_and_every_truncation_is_refused() {
+    let (bytes, _) = state_of(20);
+    let mut checksum = 0;
+    for i in 0..bytes.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut b = bytes.clone();
+            b[i] ^= flip;
+            let mut e = engine("");
+            let err = e.restore_state(&mut b.as_slice()).unwrap_err().to_string();
+            assert!(err.starts_with("state snapshot: "), "byte {i}: {err}");
+            checksum += usize::from(err.contains("checksum mismatch"));
+            assert_eq!(e.store().len(), 0, "byte {i}: nothing loaded");
+        }
+    }
+    assert!(
+        checksum > 3 * (bytes.len() - 30),
+        "the body is covered by the checksum"
+    );
+    for n in 0..bytes.len() {
+        let err = engine("").restore_state(&mut &bytes[..n]).unwrap_err();
+        assert!(err.to_string().contains("snapshot"), "{n}: {err}");
+    }
+}
+
+#[test]
+fn restoring_applies_the_configured_caps() {
+    let (bytes, saved) = state_of(58);
+    assert_eq!(saved.store().len(), 58);
+    let mut small = engine("max_clients = 10");
+    small.restore_state(&mut bytes.as_slice()).unwrap();
+    assert_eq!(small.store().len(), 10);
+    assert_eq!(small.store().evictions.capacity, 48);
+    // The ten most recently seen are kept.
+    let newest: Vec<String> = saved
+        .store()
+        .iter_lru()
+        .skip(48)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let kept: Vec<String> = small
+        .store()
+        .iter_lru()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(kept, newest);
+    // Four endpoint templates do not fit a table of three.
+    let err = engine("max_endpoints = 3")
+        .restore_state(&mut bytes.as_slice())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4 endpoint templates, above this configuration's max_endpoints = 3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -175,17 +263,23 @@ fn split_parts_continue_their_clients_windows() {
     let mut whole = engine("allowed_lateness_ms = 0");
     let mut want = Vec::new();
     for i in 0..2000 {
-        whole
-            .push(ev(i), i as u64, &mut |r| {
+        whole.push(
+            ev(i),
+            i as u64,
+            &mut |r| {
                 want.push((
                     r.client.to_string(),
                     r.features[..4 * WindowFeature::COUNT].to_vec(),
                 ))
-            }, &mut |l| panic!("refused: {l}"));
+            },
+            &mut |l| panic!("refused: {l}"),
+        );
     }
     let mut first = engine("allowed_lateness_ms = 0");
     for i in 0..1000 {
-        first.push(ev(i), i as u64, &mut |_| {}, &mut |l| panic!("refused: {l}"));
+        first.push(ev(i), i as u64, &mut |_| {}, &mut |l| {
+            panic!("refused: {l}")
+        });
     }
     let mut parts = first.split(3);
     let mut got = vec![None; 2000];
@@ -193,13 +287,17 @@ fn split_parts_continue_their_clients_windows() {
         let e = ev(i);
         let key = format!("ip:{}", e.client_ip);
         let p = part_of(&key, 3) as usize;
-        parts[p]
-            .push(e, i as u64, &mut |r| {
+        parts[p].push(
+            e,
+            i as u64,
+            &mut |r| {
                 got[r.line as usize] = Some((
                     r.client.to_string(),
                     r.features[..4 * WindowFeature::COUNT].to_vec(),
                 ))
-            }, &mut |l| panic!("refused: {l}"));
+            },
+            &mut |l| panic!("refused: {l}"),
+        );
     }
     // Client windows carry over exactly; `surprise_mean` rests on each part's own copy of the
     // population model, which diverges after the split.
@@ -257,10 +355,15 @@ fn run_with(extra: &str, events: &[(i64, u32)]) -> (Vec<u64>, Vec<Rejection>, Fe
         ));
     }
     let (mut done, mut rejected) = (Vec::new(), Vec::new());
-    ing.feed(&mut eng, text.as_bytes(), &mut |r| done.push(r.line), &mut |e| {
+    ing.feed(
+        &mut eng,
+        text.as_bytes(),
+        &mut |r| done.push(r.line),
+        &mut |e| rejected.push(e),
+    );
+    ing.finish(&mut eng, &mut |r| done.push(r.line), &mut |e| {
         rejected.push(e)
     });
-    ing.finish(&mut eng, &mut |r| done.push(r.line), &mut |e| rejected.push(e));
     (done, rejected, eng)
 }
 
@@ -287,7 +390,11 @@ fn one_event_a_year_ahead_does_not_move_event_time() {
         rejected[0]
     );
     assert_eq!((eng.stats().future, eng.stats().late), (1, 0));
-    assert_eq!(eng.store().evictions.idle, 0, "nobody evicted by the wild time");
+    assert_eq!(
+        eng.store().evictions.idle,
+        0,
+        "nobody evicted by the wild time"
+    );
 }
 
 #[test]
@@ -301,7 +408,11 @@ fn a_handful_of_wild_events_from_one_client_among_others_are_refused() {
     let (done, rejected, eng) = run_with("", &log);
     assert_eq!(done.len(), 1200);
     assert_eq!(eng.stats().future, 3);
-    assert!(rejected.iter().all(|r| r.category() == "ahead of event time (future)"));
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.category() == "ahead of event time (future)")
+    );
 }
 
 #[test]
@@ -339,7 +450,11 @@ fn future_confirm_1_follows_every_event() {
     // The old behaviour: the wild event moves event time and the rest come late.
     assert_eq!(done.len(), 101);
     assert_eq!(rejected.len(), 1100);
-    assert!(rejected.iter().all(|r| r.category() == "late beyond allowed lateness"));
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.category() == "late beyond allowed lateness")
+    );
 }
 
 #[test]
@@ -355,7 +470,10 @@ fn extreme_timestamps_are_refused_by_the_parser_and_never_overflow() {
         assert!(r.to_string().contains("out of range"), "{r}");
     }
     // Within the range, the extremes of event time work too.
-    let edge = [(gatewatch_event::MIN_TS_MS, 1), (gatewatch_event::MAX_TS_MS, 1)];
+    let edge = [
+        (gatewatch_event::MIN_TS_MS, 1),
+        (gatewatch_event::MAX_TS_MS, 1),
+    ];
     let (done, rejected, _) = run_with("future_confirm = 1", &edge);
     assert_eq!(done.len(), 2);
     assert!(rejected.is_empty(), "{rejected:?}");
