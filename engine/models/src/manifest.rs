@@ -57,6 +57,29 @@ pub struct Training {
     pub label_filter: Option<String>,
 }
 
+/// Checks that a path named by a manifest stays inside the model folder: relative, without
+/// `..`, not empty.
+pub fn confined(p: &str) -> std::result::Result<(), String> {
+    use std::path::Component;
+    let path = Path::new(p);
+    if p.is_empty() {
+        return Err("empty path".into());
+    }
+    if p.contains('\0') {
+        return Err(format!("{p:?} contains a NUL byte"));
+    }
+    if path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{p:?} leaves the model folder (paths must be relative, without `..`)"
+        ))
+    }
+}
+
 impl Manifest {
     /// Reads `dir/manifest.json`.
     pub fn load(dir: &Path) -> Result<Self> {
@@ -81,6 +104,36 @@ impl Manifest {
                 m.format_version
             )));
         }
+        if !(m.threshold.is_finite() && (0.0..=1.0).contains(&m.threshold)) {
+            return Err(corrupt(format!(
+                "threshold: {} is not a score in [0, 1]",
+                m.threshold
+            )));
+        }
+        if m.name.trim().is_empty() {
+            return Err(corrupt("name: empty".into()));
+        }
+        for a in &m.artefacts {
+            confined(a).map_err(|e| corrupt(format!("artefacts: {e}")))?;
+        }
+        if let Some(o) = &m.onnx {
+            confined(&o.file).map_err(|e| corrupt(format!("onnx.file: {e}")))?;
+        }
+        if let Some(e) = &m.ensemble {
+            for member in &e.members {
+                confined(&member.path).map_err(|err| {
+                    corrupt(format!("ensemble member {:?}: path {err}", member.name))
+                })?;
+            }
+        }
+        if let Some(dup) = m
+            .features
+            .iter()
+            .enumerate()
+            .find(|(i, f)| m.features[..*i].contains(f))
+        {
+            return Err(corrupt(format!("features: {:?} appears twice", dup.1)));
+        }
         Ok(m)
     }
 
@@ -96,5 +149,20 @@ impl Manifest {
             path: path.display().to_string(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_folder() {
+        for ok in ["a", "a/b.json", "./m/model.onnx"] {
+            confined(ok).unwrap();
+        }
+        for bad in ["", "../x", "a/../../x", "/etc/passwd", "a/..", "x\0y"] {
+            assert!(confined(bad).is_err(), "{bad:?}");
+        }
     }
 }

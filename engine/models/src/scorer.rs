@@ -331,6 +331,19 @@ impl Scorer {
                 return Err(corrupt(format!("member name {:?} appears twice", m.name)));
             }
             let sub = folder.join(&m.path);
+            if let (Folder::Disk(root), Folder::Disk(dir)) = (folder, &sub) {
+                // A symbolic link may still lead out of the folder.
+                if let (Ok(r), Ok(d)) = (root.canonicalize(), dir.canonicalize()) {
+                    if !d.starts_with(&r) {
+                        return Err(corrupt(format!(
+                            "member {:?}: path {:?} leads out of the model folder (to {})",
+                            m.name,
+                            m.path,
+                            d.display()
+                        )));
+                    }
+                }
+            }
             let (_, d) = load_detector(&sub, registry)?;
             let Some(d) = d else {
                 return Err(corrupt(format!(

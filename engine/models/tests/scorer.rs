@@ -285,6 +285,67 @@ fn broken_ensembles_are_refused_naming_what_is_wrong() {
 }
 
 #[test]
+fn thresholds_out_of_range_and_paths_out_of_the_folder_are_refused() {
+    let reg = registry();
+    for t in [-1.0, 2.5, f64::NAN] {
+        let dir = tempfile::tempdir().unwrap();
+        ensemble(dir.path(), &reg, Combine::Max, two());
+        let mut m = Manifest::load(&dir.path().join("robust")).unwrap();
+        m.threshold = t;
+        // NaN does not survive JSON: write it as text.
+        let text = serde_json::to_string(&m)
+            .unwrap()
+            .replace("\"threshold\":null", "\"threshold\":NaN");
+        std::fs::write(dir.path().join("robust/manifest.json"), text).unwrap();
+        let e = load_err(dir.path());
+        if t.is_nan() {
+            assert!(e.contains("robust/manifest.json"), "{e}");
+        } else {
+            assert!(
+                e.contains(&format!("threshold: {t} is not a score in [0, 1]")),
+                "{e}"
+            );
+        }
+    }
+    // The ensemble's own threshold.
+    let dir = tempfile::tempdir().unwrap();
+    ensemble(dir.path(), &reg, Combine::WeightedMean, two());
+    let mut m = Manifest::load(dir.path()).unwrap();
+    m.threshold = 1.5;
+    m.save(dir.path()).unwrap();
+    assert!(load_err(dir.path()).contains("threshold: 1.5"));
+
+    // A member path with `..`, an absolute one, and a link that leads out.
+    let outside = tempfile::tempdir().unwrap();
+    robust(&reg).save(&outside.path().join("r")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let up = format!(
+        "../{}/r",
+        outside.path().file_name().unwrap().to_str().unwrap()
+    );
+    for (path, needle) in [
+        (up.as_str(), "leaves the model folder"),
+        (
+            outside.path().join("r").to_str().unwrap(),
+            "leaves the model folder",
+        ),
+    ] {
+        ensemble(dir.path(), &reg, Combine::Max, vec![member("x", path, 1.0)]);
+        let e = load_err(dir.path());
+        assert!(e.contains(needle), "{path}: {e}");
+    }
+    std::os::unix::fs::symlink(outside.path().join("r"), dir.path().join("link")).unwrap();
+    ensemble(
+        dir.path(),
+        &reg,
+        Combine::Max,
+        vec![member("x", "link", 1.0)],
+    );
+    let e = load_err(dir.path());
+    assert!(e.contains("leads out of the model folder"), "{e}");
+}
+
+#[test]
 fn single_detector_folders_load_as_scorers() {
     let reg = registry();
     let dir = tempfile::tempdir().unwrap();
