@@ -1,13 +1,13 @@
 //! `gatewatch features`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gatewatch_event::KeyKind;
-use gatewatch_features::{FeatureEngine, Format, Record};
+use gatewatch_features::{DistinctCount, FeatureEngine, Format, Record};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::FeaturesArgs;
@@ -26,7 +26,7 @@ const SUMMARY_FEATURES: [&str; 6] = [
 #[derive(Default)]
 struct LabelStats {
     events: u64,
-    clients: HashSet<String>,
+    clients: DistinctCount,
     sums: Vec<f64>,
 }
 
@@ -125,19 +125,12 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
             }
             if let Some(l) = &r.event.label {
                 let l = l.trim_matches('"');
-                if !labels.contains_key(l) {
-                    let sums = vec![0.0; summary_idx.len()];
-                    labels.insert(
-                        l.to_string(),
-                        LabelStats {
-                            sums,
-                            ..LabelStats::default()
-                        },
-                    );
-                }
-                let st = labels.get_mut(l).expect("inserted above");
+                let st = crate::pipeline::label_entry(&mut labels, l, || LabelStats {
+                    sums: vec![0.0; summary_idx.len()],
+                    ..LabelStats::default()
+                });
                 st.events += 1;
-                crate::pipeline::remember(&mut st.clients, r.client);
+                st.clients.add(r.client);
                 for (k, (i, _)) in summary_idx.iter().enumerate() {
                     st.sums[k] += r.features[*i];
                 }
@@ -281,7 +274,13 @@ fn summary(
         }
         e.push('\n');
         for (l, s) in labels {
-            let _ = write!(e, "    {:<20} {:>8} {:>7}", l, s.events, s.clients.len());
+            let _ = write!(
+                e,
+                "    {:<20} {:>8} {:>7}",
+                l,
+                s.events,
+                crate::pipeline::distinct(&s.clients)
+            );
             for v in &s.sums {
                 let _ = write!(e, " {:>19.3}", v / s.events.max(1) as f64);
             }

@@ -1,20 +1,20 @@
 //! `gatewatch train` and `gatewatch score`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gatewatch_event::write_json_str;
-use gatewatch_features::{FeatureEngine, Record, Registry};
+use gatewatch_features::{DistinctCount, FeatureEngine, Record, Registry, TopKeys};
 use gatewatch_models::{
     Alert, Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EndpointMonitor, EnsembleSpec,
     MANIFEST_FORMAT, Manifest, MemberSpec, MonitorParams, MultiModel, MultiParams, PeakCollector,
     RobustModel, RobustParams, Scorer, Training, VolumetricModel, VolumetricParams, volumetric,
 };
 
-use crate::pipeline::{Rejects, drive, remember, setup};
+use crate::pipeline::{Rejects, distinct, drive, label_entry, setup};
 use crate::{ScoreArgs, TrainArgs};
 
 /// The model of `--model DIR`, or the compiled-in default.
@@ -34,7 +34,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let count_at = engine.registry().index_of(volumetric::FEATURE);
     let mut rows: Vec<f64> = Vec::new();
     let mut peaks = PeakCollector::default();
-    let mut clients: HashSet<String> = HashSet::new();
+    let mut clients = DistinctCount::default();
     let mut skipped = 0u64;
     let started = Instant::now();
     let read;
@@ -50,7 +50,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             if let Some(i) = count_at {
                 peaks.add(r.endpoint, r.client, r.features[i]);
             }
-            remember(&mut clients, r.client);
+            clients.add(r.client);
         };
         read = drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
     }
@@ -61,7 +61,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let training = Training {
         events: (rows.len() / n.max(1)) as u64,
-        clients: clients.len() as u64,
+        clients: clients.count(),
         source,
         label_filter: a.label.clone(),
     };
@@ -169,7 +169,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.name,
         fitted.join(", "),
         manifest.training.events,
-        clients.len(),
+        distinct(&clients),
         skipped,
         rejects.total(),
         read.unit(),
@@ -241,8 +241,8 @@ struct ClientSummary {
 struct LabelSummary {
     events: u64,
     flagged: u64,
-    clients: HashSet<String>,
-    clients_flagged: HashSet<String>,
+    clients: DistinctCount,
+    clients_flagged: DistinctCount,
 }
 
 /// Events waiting to be scored: their features and endpoints, the head of each record
@@ -308,11 +308,28 @@ impl Pending {
     }
 }
 
-/// What the score summary keeps.
-#[derive(Default)]
+/// Clients whose summaries `score` keeps (the most flagged and highest scoring stay).
+const SUMMARY_CLIENTS: usize = 10_000;
+
+/// What the score summary keeps, in memory bounded whatever the input: per-client summaries
+/// of at most [`SUMMARY_CLIENTS`] clients, distinct counts that turn into estimates beyond
+/// a thousand keys, at most [`crate::pipeline::MAX_LABELS`] labels.
 struct Summary {
-    clients: HashMap<String, ClientSummary>,
+    clients: TopKeys<ClientSummary>,
+    seen: DistinctCount,
+    flagged: DistinctCount,
     labels: BTreeMap<String, LabelSummary>,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            clients: TopKeys::new(SUMMARY_CLIENTS),
+            seen: DistinctCount::default(),
+            flagged: DistinctCount::default(),
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 impl Summary {
@@ -326,11 +343,13 @@ impl Summary {
         flagged: bool,
         reason: impl FnOnce(&mut String),
     ) {
-        if !self.clients.contains_key(client) {
-            self.clients
-                .insert(client.to_string(), ClientSummary::default());
+        self.seen.add(client);
+        if flagged {
+            self.flagged.add(client);
         }
-        let c = self.clients.get_mut(client).expect("inserted above");
+        let c = self
+            .clients
+            .entry(client, ClientSummary::default, |c| (c.flagged, c.max));
         c.events += 1;
         c.flagged += u64::from(flagged);
         if score > c.max || c.events == 1 {
@@ -342,16 +361,12 @@ impl Summary {
             if c.label != label {
                 c.label = label.to_string();
             }
-            if !self.labels.contains_key(label) {
-                self.labels
-                    .insert(label.to_string(), LabelSummary::default());
-            }
-            let ls = self.labels.get_mut(label).expect("inserted above");
+            let ls = label_entry(&mut self.labels, label, LabelSummary::default);
             ls.events += 1;
             ls.flagged += u64::from(flagged);
-            remember(&mut ls.clients, client);
+            ls.clients.add(client);
             if flagged {
-                remember(&mut ls.clients_flagged, client);
+                ls.clients_flagged.add(client);
             }
         }
     }
@@ -559,8 +574,13 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         rejects.total(),
         read.unit()
     );
-    let Summary { clients, labels } = &st.summary;
-    let mut top: Vec<(&String, &ClientSummary)> =
+    let Summary {
+        clients,
+        seen,
+        flagged,
+        labels,
+    } = &st.summary;
+    let mut top: Vec<(&str, &ClientSummary)> =
         clients.iter().filter(|(_, c)| c.flagged > 0).collect();
     top.sort_by(|x, y| {
         y.1.flagged
@@ -570,8 +590,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     });
     e.push_str(&format!(
         "  clients flagged: {} of {}; most flagged:\n",
-        top.len(),
-        clients.len()
+        distinct(flagged),
+        distinct(seen)
     ));
     for (k, c) in top.iter().take(a.top) {
         let label = if c.label.is_empty() {
@@ -592,11 +612,19 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 l,
                 s.events,
                 100.0 * s.flagged as f64 / s.events.max(1) as f64,
-                s.clients.len(),
-                s.clients_flagged.len(),
-                100.0 * s.clients_flagged.len() as f64 / s.clients.len().max(1) as f64
+                distinct(&s.clients),
+                distinct(&s.clients_flagged),
+                100.0 * s.clients_flagged.count() as f64 / s.clients.count().max(1) as f64
             ));
         }
+    }
+    if clients.dropped() > 0 {
+        e.push_str(&format!(
+            "  client summaries: {} kept (cap {}), {} of the least flagged dropped on the way\n",
+            clients.len(),
+            clients.capacity(),
+            clients.dropped()
+        ));
     }
     let alerts = st.monitor.finish();
     if let Some(path) = &a.alerts {
@@ -616,6 +644,17 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         w.flush()?;
     }
     e.push_str(&alerts_summary(&alerts, st.monitor.buckets(), a.top));
+    if st.monitor.overflowed() > 0 || st.monitor.alerts_dropped() > 0 {
+        e.push_str(&format!(
+            "  endpoint monitor: {} series (cap {}), {} requests in the shared {} series, {} alerts beyond the cap of {} not kept\n",
+            st.monitor.endpoints(),
+            MonitorParams::default().max_endpoints,
+            st.monitor.overflowed(),
+            gatewatch_models::OVERFLOW_ENDPOINT,
+            st.monitor.alerts_dropped(),
+            MonitorParams::default().max_alerts
+        ));
+    }
     say_raw!("{e}");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The read → engine loop shared by the verbs, and the reporting of rejected lines.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -181,10 +181,38 @@ impl Consumed {
     }
 }
 
-/// Adds `key` to `set` unless it is there (without allocating when it is).
-pub fn remember(set: &mut HashSet<String>, key: &str) {
-    if !set.contains(key) {
-        set.insert(key.to_string());
+/// Distinct labels a summary keeps apart; events of further labels share [`OTHER_LABELS`].
+pub const MAX_LABELS: usize = 256;
+/// The summary row of labels beyond [`MAX_LABELS`].
+pub const OTHER_LABELS: &str = "(other labels)";
+
+/// The summary entry of `label`, created by `new`; beyond [`MAX_LABELS`] labels, new ones
+/// share the [`OTHER_LABELS`] entry, so a summary's memory does not grow with the input.
+pub fn label_entry<'a, V>(
+    map: &'a mut BTreeMap<String, V>,
+    label: &str,
+    new: impl FnOnce() -> V,
+) -> &'a mut V {
+    if !map.contains_key(label) {
+        let key = if map.len() >= MAX_LABELS {
+            OTHER_LABELS
+        } else {
+            label
+        };
+        if !map.contains_key(key) {
+            map.insert(key.to_string(), new());
+        }
+        return map.get_mut(key).expect("inserted above");
+    }
+    map.get_mut(label).expect("present")
+}
+
+/// A distinct count for a summary column: `≈N` once it is an estimate.
+pub fn distinct(d: &gatewatch_features::DistinctCount) -> String {
+    if d.is_exact() {
+        d.count().to_string()
+    } else {
+        format!("≈{}", d.count())
     }
 }
 

@@ -14,6 +14,7 @@ mod registry;
 mod sketch;
 mod state;
 mod store;
+mod summary;
 
 pub use config::{Config, FeatureConfig, InputConfig};
 pub use engine::{FeatureEngine, LateEvent, Record, RefusedKind, SNAPSHOT_VERSION, Stats};
@@ -27,3 +28,4 @@ pub use registry::{
 pub use sketch::{bit, fnv1a, linear_count, murmur2, part_of};
 pub use state::ClientState;
 pub use store::{ClientStore, Evictions};
+pub use summary::{DistinctCount, EXACT_DISTINCT, TopKeys};

@@ -19,7 +19,7 @@ pub mod volumetric;
 
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
-pub use monitor::{Alert, EndpointMonitor, Metric, MonitorParams};
+pub use monitor::{Alert, EndpointMonitor, Metric, MonitorParams, OVERFLOW_ENDPOINT};
 pub use multivariate::{GMM_KIND, MultiModel, MultiParams, PCA_KIND};
 pub use onnx::{OnnxModel, OnnxSpec};
 pub use robust::{

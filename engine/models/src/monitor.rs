@@ -25,7 +25,16 @@ pub struct MonitorParams {
     pub threshold: f64,
     /// A longer silence restarts the endpoint's detectors.
     pub max_gap_buckets: i64,
+    /// At most this many endpoints get series of their own; requests to further ones share
+    /// the [`OVERFLOW_ENDPOINT`] series (counted in [`EndpointMonitor::overflowed`]).
+    pub max_endpoints: usize,
+    /// At most this many alerts are kept until [`EndpointMonitor::finish`]; later ones are
+    /// counted in [`EndpointMonitor::alerts_dropped`].
+    pub max_alerts: usize,
 }
+
+/// The series shared by endpoints beyond `max_endpoints`.
+pub const OVERFLOW_ENDPOINT: &str = "{other}";
 
 impl Default for MonitorParams {
     fn default() -> Self {
@@ -38,6 +47,8 @@ impl Default for MonitorParams {
             },
             threshold: 0.9999,
             max_gap_buckets: 360,
+            max_endpoints: 10_000,
+            max_alerts: 100_000,
         }
     }
 }
@@ -101,16 +112,24 @@ pub struct EndpointMonitor {
     endpoints: HashMap<String, Series>,
     alerts: Vec<Alert>,
     buckets: u64,
+    overflowed: u64,
+    alerts_dropped: u64,
 }
 
 impl EndpointMonitor {
     /// A monitor; the detector parameters are checked here.
     pub fn new(p: MonitorParams) -> Result<Self, crate::univariate::DetectorError> {
         p.ewma.build()?;
-        if p.bucket_ms <= 0 || !(0.0..=1.0).contains(&p.threshold) || p.max_gap_buckets < 1 {
+        if p.bucket_ms <= 0
+            || !(0.0..=1.0).contains(&p.threshold)
+            || p.max_gap_buckets < 1
+            || p.max_endpoints < 1
+        {
             return Err(crate::univariate::DetectorError::Param {
                 name: "monitor",
-                reason: "bucket_ms > 0, threshold in [0, 1] and max_gap_buckets ≥ 1".into(),
+                reason:
+                    "bucket_ms > 0, threshold in [0, 1], max_gap_buckets ≥ 1 and max_endpoints ≥ 1"
+                        .into(),
             });
         }
         Ok(Self {
@@ -118,6 +137,8 @@ impl EndpointMonitor {
             endpoints: HashMap::new(),
             alerts: Vec::new(),
             buckets: 0,
+            overflowed: 0,
+            alerts_dropped: 0,
         })
     }
 
@@ -138,9 +159,16 @@ impl EndpointMonitor {
     /// bucket).
     pub fn add(&mut self, endpoint: &str, ts_ms: i64, status: u16) {
         let start = ts_ms.div_euclid(self.p.bucket_ms) * self.p.bucket_ms;
+        let mut endpoint = endpoint;
         if !self.endpoints.contains_key(endpoint) {
-            let s = self.fresh(start);
-            self.endpoints.insert(endpoint.to_string(), s);
+            if self.endpoints.len() >= self.p.max_endpoints {
+                self.overflowed += 1;
+                endpoint = OVERFLOW_ENDPOINT;
+            }
+            if !self.endpoints.contains_key(endpoint) {
+                let s = self.fresh(start);
+                self.endpoints.insert(endpoint.to_string(), s);
+            }
         }
         let p = self.p;
         let s = self.endpoints.get_mut(endpoint).expect("inserted above");
@@ -162,6 +190,10 @@ impl EndpointMonitor {
             }
             (s.requests, s.auth, s.errors) = (0, 0, 0);
         }
+        if self.alerts.len() > p.max_alerts {
+            self.alerts_dropped += (self.alerts.len() - p.max_alerts) as u64;
+            self.alerts.truncate(p.max_alerts);
+        }
         s.requests += 1;
         match status {
             401 | 403 => s.auth += 1,
@@ -181,6 +213,10 @@ impl EndpointMonitor {
                 (s.requests, s.auth, s.errors) = (0, 0, 0);
             }
         }
+        if self.alerts.len() > p.max_alerts {
+            self.alerts_dropped += (self.alerts.len() - p.max_alerts) as u64;
+            self.alerts.truncate(p.max_alerts);
+        }
         let mut a = std::mem::take(&mut self.alerts);
         a.sort_by(|x, y| {
             x.bucket_start_ms
@@ -194,6 +230,21 @@ impl EndpointMonitor {
     /// Buckets closed so far (over all endpoints).
     pub fn buckets(&self) -> u64 {
         self.buckets
+    }
+
+    /// Requests counted in the shared overflow series because `max_endpoints` was reached.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed
+    }
+
+    /// Alerts not kept because `max_alerts` was reached.
+    pub fn alerts_dropped(&self) -> u64 {
+        self.alerts_dropped
+    }
+
+    /// Endpoints with series of their own (the overflow series included).
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.len()
     }
 }
 
@@ -260,6 +311,38 @@ mod tests {
         );
         assert!(alerts.iter().any(|a| a.metric == Metric::AuthFailures));
         assert!(m.buckets() >= 2 * 190);
+    }
+
+    #[test]
+    fn endpoints_and_alerts_are_capped() {
+        let p = MonitorParams {
+            max_endpoints: 100,
+            max_alerts: 5,
+            ewma: EwmaParams {
+                warmup: 2,
+                ..MonitorParams::default().ewma
+            },
+            ..MonitorParams::default()
+        };
+        let mut m = EndpointMonitor::new(p).unwrap();
+        for i in 0..100_000i64 {
+            m.add(&format!("GET /raw-{i}"), i * 10, 200);
+        }
+        assert_eq!(m.endpoints(), 101, "100 endpoints and the shared series");
+        assert_eq!(m.overflowed(), 100_000 - 100);
+        // A steady endpoint, then a burst: more alerts than are kept.
+        let mut m = EndpointMonitor::new(p).unwrap();
+        for i in 0..200i64 {
+            m.add("POST /login", i * 10_000, 200);
+        }
+        for i in 0..200i64 {
+            for k in 0..50 {
+                m.add("POST /login", 2_000_000 + i * 10_000 + k, 401);
+            }
+        }
+        let alerts = m.finish();
+        assert_eq!(alerts.len(), 5);
+        assert!(m.alerts_dropped() > 0);
     }
 
     #[test]
