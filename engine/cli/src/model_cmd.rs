@@ -313,7 +313,7 @@ const SUMMARY_CLIENTS: usize = 10_000;
 
 /// What the score summary keeps, in memory bounded whatever the input: per-client summaries
 /// of at most [`SUMMARY_CLIENTS`] clients, distinct counts that turn into estimates beyond
-/// a thousand keys, at most [`crate::pipeline::MAX_LABELS`] labels.
+/// [`gatewatch_features::EXACT_DISTINCT`] keys, at most [`crate::pipeline::MAX_LABELS`] labels.
 struct Summary {
     clients: TopKeys<ClientSummary>,
     seen: DistinctCount,

@@ -6,7 +6,7 @@ use hashbrown::{HashMap, HashSet};
 use crate::sketch::{fnv1a, mix};
 
 /// Keys counted exactly before a [`DistinctCount`] switches to its sketch.
-pub const EXACT_DISTINCT: usize = 1024;
+pub const EXACT_DISTINCT: usize = 64;
 /// HyperLogLog precision: 2^12 registers (4 KiB), relative standard error 1.04/√4096 ≈ 1.6%.
 const HLL_BITS: u32 = 12;
 
