@@ -131,6 +131,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrOrInt<'a> {
 /// names the field that was wrong.
 pub fn parse_ndjson(line: &[u8]) -> Result<RequestEvent, ParseError> {
     check_shape(line)?;
+    // JSON text is UTF-8 (RFC 8259). Checked here, for the whole line, because sonic-rs takes
+    // the raw text of `id` and `label` (lazy values) as UTF-8 without checking it.
+    if let Err(e) = std::str::from_utf8(line) {
+        return Err(ParseError::line(format!(
+            "line is not valid UTF-8 (byte {})",
+            e.valid_up_to() + 1
+        )));
+    }
     match sonic_rs::from_slice::<Wire<'_, LazyValue<'_>>>(line) {
         Ok(w) => from_wire(w),
         Err(_) => match serde_json::from_slice::<Wire<'_, &RawValue>>(line) {
@@ -508,6 +516,14 @@ mod tests {
             e.to_string().contains("UTF-8") || e.to_string().contains("unicode"),
             "{e}"
         );
+        // Invalid UTF-8 inside a raw value (`id`, `label`) and outside strings.
+        let mut bad = br#"{"id":"#.to_vec();
+        bad.extend_from_slice(&[b'"', 0xc3, b'"']);
+        bad.extend_from_slice(
+            br#","ts":1,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#,
+        );
+        let e = parse_ndjson(&bad).unwrap_err();
+        assert_eq!(e.reason, "line is not valid UTF-8 (byte 8)");
         let e = err(r#"{"ts":1,"client_ip":null,"method":"GET","path":"/","status":200}"#);
         assert_eq!(e.field.as_deref(), Some("client_ip"));
     }
