@@ -267,7 +267,7 @@ impl ClientState {
                 return Err("two buckets for the same time".into());
             }
             let counts = [b.err, b.auth, b.nf, b.rl, b.s5, b.seq];
-            let bound = u64::from(w.widths_ms[h].unsigned_abs()) + w.horizons_ms[h].unsigned_abs();
+            let bound = w.widths_ms[h].unsigned_abs() + w.horizons_ms[h].unsigned_abs();
             if b.n == 0
                 || counts.iter().any(|c| *c > b.n)
                 || u64::from(b.gap_sum) > bound

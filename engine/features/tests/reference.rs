@@ -315,7 +315,7 @@ fn run(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
     let mut sink =
         |r: &gatewatch_features::Record<'_>| out.push((r.line as usize, r.features.to_vec()));
     for (i, r) in raw.iter().enumerate() {
-        let _ = eng.push(r.event(), i as u64, &mut sink, &mut |_| {});
+        eng.push(r.event(), i as u64, &mut sink, &mut |_| {});
     }
     eng.finish(&mut sink);
     out

@@ -17,8 +17,11 @@ use gatewatch_models::{Batch, BatchScores, Detector, Manifest, Scorer};
 
 pub use gatewatch_features::SNAPSHOT_VERSION;
 
+/// A fuzz target's body.
+pub type Body = fn(&[u8]);
+
 /// The fuzz targets by name: (name, body).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("ndjson", ndjson),
     ("combined", combined),
     ("client_key", client_key),
