@@ -135,6 +135,30 @@ def test_bad_frames_raise_errors_naming_column_and_row() -> None:
     assert empty.height == 0 and "req_count_10s" in empty.columns
 
 
+def test_hostile_frames_raise_or_pass_through_never_crash() -> None:
+    events = gw.simulate(seed=2, duration="1m", users=5, scenarios=[]).head(20)
+    ex = gw.FeatureExtractor()
+    ms = events.with_columns(pl.col("ts").dt.epoch("ms").alias("ts"))
+    ts = ms["ts"].to_list()
+    ts[3] = 2**63 - 1
+    with pytest.raises(ValueError, match=r"row 3: field `ts`: out of range"):
+        ex.transform(ms.with_columns(pl.Series("ts", ts)))
+    # Hostile paths are templated, not refused; a day's gap in one client's rows keeps every
+    # row (a sorted frame is never held back by the event-time rule).
+    paths = events["path"].to_list()
+    paths[0] = "/a\\x1\u00e9/" + "[" * 5000
+    paths[1] = "/%00/\u202e/" + "x" * 10_000
+    keyless = events.drop([c for c in ("headers", "session_id") if c in events.columns])
+    one = keyless.with_columns(
+        pl.Series("path", paths),
+        pl.lit("198.51.100.9").alias("client_ip"),
+        pl.col("ts") + pl.duration(days=pl.int_range(0, pl.len())),
+    )
+    out = ex.transform(one)
+    assert out.height == one.height
+    assert out["client"].n_unique() == 1
+
+
 def test_config_files_are_used_and_bad_ones_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text("[features]\nhorizons_secs = [30, 300]\n")

@@ -346,3 +346,20 @@ fn drive_lines(
     ingest.finish(engine, sink, &mut reject);
     Ok(ingest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_beyond_the_cap_share_one_entry() {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for i in 0..10_000 {
+            *label_entry(&mut m, &format!("label-{}", i % 1000), || 0) += 1;
+        }
+        assert_eq!(m.len(), MAX_LABELS + 1);
+        assert_eq!(m["label-0"], 10);
+        assert_eq!(m[OTHER_LABELS], 10 * (1000 - MAX_LABELS as u64));
+        assert_eq!(m.values().sum::<u64>(), 10_000);
+    }
+}

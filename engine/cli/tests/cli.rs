@@ -1,34 +1,11 @@
 //! The `gatewatch` binary end to end: real processes, real pipes, real files.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-fn gw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-}
-
-fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    run_with_stdin_env(args, stdin, &[])
-}
-
-fn run_with_stdin_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
-    let mut child = gw()
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
+use common::{gw, run_with_stdin, run_with_stdin_env};
 
 /// `gatewatch simulate` with a seed, duration, users and scenarios (it must succeed).
 fn simulate(seed: &str, duration: &str, users: &str, scenarios: &str) -> Output {

@@ -1,29 +1,15 @@
 //! Hostile input never stops a run: the cases a user hit, end to end with the real binary.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-fn gw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-}
+use common::{gw, run_with_stdin};
 
 fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = gw()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    run_with_stdin(args, stdin)
 }
 
 fn stderr(o: &Output) -> String {

@@ -214,3 +214,25 @@ impl Population {
         &self.templates[id as usize]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_stop_being_counted_at_the_cap() {
+        let mut p = Population::new(2000);
+        let ids: Vec<u32> = (0..1100).map(|i| p.intern(&format!("GET /e{i}"))).collect();
+        for &from in &ids {
+            for &to in &ids[..1000] {
+                p.count_transition(from, to);
+            }
+        }
+        assert_eq!(p.transitions.len(), MAX_TRANSITIONS);
+        // Counted pairs keep counting; pairs over the cap count as unseen.
+        p.count_transition(ids[0], ids[0]);
+        assert_eq!(p.transitions[&(ids[0], ids[0])], 2);
+        assert!(!p.transitions.contains_key(&(ids[1099], ids[999])));
+        p.validate(2000).unwrap();
+    }
+}
