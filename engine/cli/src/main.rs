@@ -94,6 +94,10 @@ struct TrainArgs {
     /// Fit only on events with this label.
     #[arg(long)]
     label: Option<String>,
+    /// Fit on at most this many events: beyond it, a uniform sample of this many (reservoir
+    /// sampling with a fixed seed), so memory stays bounded (67 features × 8 bytes each).
+    #[arg(long, default_value_t = 1_000_000)]
+    max_train_events: usize,
     /// Model name.
     #[arg(long, default_value = "model")]
     name: String,

@@ -32,7 +32,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let n = engine.registry().len();
     let count_at = engine.registry().index_of(volumetric::FEATURE);
-    let mut rows: Vec<f64> = Vec::new();
+    let mut rows = Reservoir::new(a.max_train_events.max(1), n);
     let mut peaks = PeakCollector::default();
     let mut clients = DistinctCount::default();
     let mut skipped = 0u64;
@@ -46,7 +46,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     return;
                 }
             }
-            rows.extend_from_slice(r.features);
+            rows.offer(r.features);
             if let Some(i) = count_at {
                 peaks.add(r.endpoint, r.client, r.features[i]);
             }
@@ -55,10 +55,20 @@ pub fn train(a: TrainArgs) -> Result<()> {
         read = drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
     }
     rejects.finish()?;
-    let source = match &a.input.input {
+    let mut source = match &a.input.input {
         Some(p) if p != Path::new("-") => p.display().to_string(),
         _ => "standard input".to_string(),
     };
+    if rows.seen > rows.len() as u64 {
+        use std::fmt::Write as _;
+        let _ = write!(
+            source,
+            " (a uniform sample of {} of {} events, --max-train-events)",
+            rows.len(),
+            rows.seen
+        );
+    }
+    let rows = rows.rows;
     let training = Training {
         events: (rows.len() / n.max(1)) as u64,
         clients: clients.count(),
@@ -176,11 +186,75 @@ pub fn train(a: TrainArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         a.output.display()
     );
+    if manifest.training.source.contains("uniform sample") {
+        e.push_str(&format!(
+            "  training events: {}\n",
+            manifest.training.source
+        ));
+    }
+    if peaks.dropped() > 0 {
+        e.push_str(&format!(
+            "  rate limits: {} requests of endpoints or clients beyond the collector's caps ({} endpoints, {} pairs) not collected\n",
+            peaks.dropped(),
+            volumetric::MAX_PEAK_ENDPOINTS,
+            volumetric::MAX_PEAK_PAIRS
+        ));
+    }
     if let Some(v) = &vol {
         e.push_str(&limits_table(&v.limits, a.top));
     }
     say_raw!("{e}");
     Ok(())
+}
+
+/// The training rows: all of them up to `cap`, then a uniform sample of `cap` (reservoir
+/// sampling, algorithm R, with a fixed seed: the same log gives the same sample), so that
+/// `train`'s memory has a bound the operator chose.
+struct Reservoir {
+    rows: Vec<f64>,
+    width: usize,
+    cap: usize,
+    seen: u64,
+    state: u64,
+}
+
+impl Reservoir {
+    fn new(cap: usize, width: usize) -> Self {
+        Self {
+            rows: Vec::new(),
+            width,
+            cap,
+            seen: 0,
+            state: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Rows kept.
+    fn len(&self) -> usize {
+        self.rows.len() / self.width.max(1)
+    }
+
+    /// splitmix64.
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn offer(&mut self, row: &[f64]) {
+        self.seen += 1;
+        if self.len() < self.cap {
+            self.rows.extend_from_slice(row);
+            return;
+        }
+        // Keep the new row with probability cap / seen, in place of a uniform victim.
+        let j = ((u128::from(self.next()) * u128::from(self.seen)) >> 64) as usize;
+        if j < self.cap {
+            self.rows[j * self.width..(j + 1) * self.width].copy_from_slice(row);
+        }
+    }
 }
 
 fn q(x: &gatewatch_models::volumetric::Quantile) -> String {
@@ -705,5 +779,41 @@ fn num(out: &mut String, v: f64) {
         out.push_str(b.format_finite(v));
     } else {
         out.push_str("null");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reservoir;
+
+    #[test]
+    fn the_reservoir_keeps_a_uniform_sample_of_its_size() {
+        let sample = || {
+            let mut r = Reservoir::new(1000, 2);
+            for i in 0..100_000u32 {
+                r.offer(&[f64::from(i), -f64::from(i)]);
+            }
+            r
+        };
+        let r = sample();
+        assert_eq!((r.len(), r.seen), (1000, 100_000));
+        assert_eq!(
+            r.rows,
+            sample().rows,
+            "the same input gives the same sample"
+        );
+        let firsts: Vec<f64> = r.rows.chunks(2).map(|c| c[0]).collect();
+        assert!(r.rows.chunks(2).all(|c| c[1] == -c[0]), "rows stay whole");
+        // Uniform over the input: as many from each half, the mean near the middle.
+        let early = firsts.iter().filter(|v| **v < 50_000.0).count();
+        assert!((400..600).contains(&early), "{early}");
+        let mean = firsts.iter().sum::<f64>() / 1000.0;
+        assert!((45_000.0..55_000.0).contains(&mean), "{mean}");
+        // Under the cap, every row in order.
+        let mut small = Reservoir::new(10, 1);
+        for i in 0..7 {
+            small.offer(&[f64::from(i)]);
+        }
+        assert_eq!(small.rows, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     }
 }

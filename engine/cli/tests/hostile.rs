@@ -239,6 +239,40 @@ fn models_with_thresholds_out_of_range_or_paths_outside_are_refused() {
 }
 
 #[test]
+fn train_fits_on_a_bounded_sample_of_a_long_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    let log = normal_log();
+    let n = count_lines(&log);
+    let out = run(
+        &[
+            "train",
+            "--max-train-events",
+            "500",
+            "-o",
+            model.to_str().unwrap(),
+        ],
+        &log,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["training"]["events"], 500);
+    let source = m["training"]["source"].as_str().unwrap();
+    assert!(
+        source.contains(&format!("a uniform sample of 500 of {n} events")),
+        "{source}"
+    );
+    // The model scores the whole log.
+    let out = run(
+        &["score", "--model", model.to_str().unwrap(), "--no-output"],
+        &log,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn config_values_out_of_range_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");

@@ -141,34 +141,78 @@ fn limits_of(endpoint: &str, peaks: &mut [f64], requests: u64) -> EndpointLimits
     }
 }
 
-/// Collects per-session peaks while a log streams through the engine.
-#[derive(Debug, Default)]
+/// Collects per-session peaks while a log streams through the engine, in bounded memory:
+/// at most [`MAX_PEAK_ENDPOINTS`] endpoints and [`MAX_PEAK_PAIRS`] (endpoint, client) pairs
+/// are tracked; requests of further ones are not collected and counted in
+/// [`dropped`](Self::dropped) (the pairs already tracked keep their peaks up to date).
+#[derive(Debug)]
 pub struct PeakCollector {
     peaks: HashMap<String, HashMap<String, f64>>,
     requests: HashMap<String, u64>,
+    pairs: usize,
+    max_endpoints: usize,
+    max_pairs: usize,
+    dropped: u64,
+}
+
+/// Endpoints a [`PeakCollector`] tracks at most.
+pub const MAX_PEAK_ENDPOINTS: usize = 10_000;
+/// (endpoint, client) pairs a [`PeakCollector`] tracks at most.
+pub const MAX_PEAK_PAIRS: usize = 1_000_000;
+
+impl Default for PeakCollector {
+    fn default() -> Self {
+        Self::with_caps(MAX_PEAK_ENDPOINTS, MAX_PEAK_PAIRS)
+    }
 }
 
 impl PeakCollector {
+    /// A collector with its own caps.
+    pub fn with_caps(max_endpoints: usize, max_pairs: usize) -> Self {
+        Self {
+            peaks: HashMap::new(),
+            requests: HashMap::new(),
+            pairs: 0,
+            max_endpoints,
+            max_pairs,
+            dropped: 0,
+        }
+    }
+
+    /// Requests not collected because a cap was reached.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
     /// One request: its endpoint, client and `endpoint_count_1m`.
     pub fn add(&mut self, endpoint: &str, client: &str, count: f64) {
         if !count.is_finite() {
             return;
         }
         if !self.peaks.contains_key(endpoint) {
+            if self.peaks.len() >= self.max_endpoints || self.pairs >= self.max_pairs {
+                self.dropped += 1;
+                return;
+            }
             self.peaks.insert(endpoint.to_string(), HashMap::new());
             self.requests.insert(endpoint.to_string(), 0);
+        }
+        let per = self.peaks.get_mut(endpoint).expect("checked above");
+        match per.get_mut(client) {
+            Some(p) => *p = p.max(count),
+            None if self.pairs < self.max_pairs => {
+                per.insert(client.to_string(), count);
+                self.pairs += 1;
+            }
+            None => {
+                self.dropped += 1;
+                return;
+            }
         }
         *self
             .requests
             .get_mut(endpoint)
             .expect("inserted with peaks") += 1;
-        let per = self.peaks.get_mut(endpoint).expect("checked above");
-        match per.get_mut(client) {
-            Some(p) => *p = p.max(count),
-            None => {
-                per.insert(client.to_string(), count);
-            }
-        }
     }
 
     /// Requests added.

@@ -386,3 +386,20 @@ fn non_finite_features_at_scoring_time_give_finite_scores() {
         }
     }
 }
+
+#[test]
+fn the_peak_collector_stays_under_its_caps() {
+    let mut p = PeakCollector::with_caps(3, 50);
+    for e in 0..100 {
+        for c in 0..100 {
+            p.add(&format!("GET /e{e}"), &format!("ip:{c}"), f64::from(c % 7));
+        }
+    }
+    assert_eq!(p.requests(), 50, "the first 50 pairs, once each");
+    assert_eq!(p.dropped(), 100 * 100 - 50);
+    // A tracked pair keeps its peak up to date.
+    p.add("GET /e0", "ip:0", 99.0);
+    let limits = p.limits(1).unwrap();
+    assert_eq!(limits.endpoints.len(), 1);
+    assert_eq!(limits.endpoints[0].max_peak, 99.0);
+}
