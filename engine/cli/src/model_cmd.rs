@@ -215,7 +215,7 @@ struct Reservoir {
     width: usize,
     cap: usize,
     seen: u64,
-    state: u64,
+    rng: gatewatch_sim::Rng,
 }
 
 impl Reservoir {
@@ -225,22 +225,13 @@ impl Reservoir {
             width,
             cap,
             seen: 0,
-            state: 0x9e37_79b9_7f4a_7c15,
+            rng: gatewatch_sim::Rng::new(0x5eed, 0),
         }
     }
 
     /// Rows kept.
     fn len(&self) -> usize {
         self.rows.len() / self.width.max(1)
-    }
-
-    /// splitmix64.
-    fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 
     fn offer(&mut self, row: &[f64]) {
@@ -250,7 +241,7 @@ impl Reservoir {
             return;
         }
         // Keep the new row with probability cap / seen, in place of a uniform victim.
-        let j = ((u128::from(self.next()) * u128::from(self.seen)) >> 64) as usize;
+        let j = self.rng.below(self.seen) as usize;
         if j < self.cap {
             self.rows[j * self.width..(j + 1) * self.width].copy_from_slice(row);
         }

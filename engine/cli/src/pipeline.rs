@@ -193,18 +193,15 @@ pub fn label_entry<'a, V>(
     label: &str,
     new: impl FnOnce() -> V,
 ) -> &'a mut V {
-    if !map.contains_key(label) {
-        let key = if map.len() >= MAX_LABELS {
-            OTHER_LABELS
-        } else {
-            label
-        };
-        if !map.contains_key(key) {
-            map.insert(key.to_string(), new());
-        }
-        return map.get_mut(key).expect("inserted above");
+    let key = if map.len() < MAX_LABELS || map.contains_key(label) {
+        label
+    } else {
+        OTHER_LABELS
+    };
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), new());
     }
-    map.get_mut(label).expect("present")
+    map.get_mut(key).expect("inserted above")
 }
 
 /// A distinct count for a summary column: `≈N` once it is an estimate.

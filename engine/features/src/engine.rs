@@ -130,8 +130,6 @@ pub struct FeatureEngine {
     /// Events ahead of event time, held until the events after them confirm the jump
     /// (arrival order; at most `future_confirm - 1`).
     ahead: Vec<Pending>,
-    /// The newest timestamp among `ahead`.
-    ahead_max: i64,
     stats: Stats,
     buf: Vec<f64>,
     key_buf: String,
@@ -182,7 +180,6 @@ impl FeatureEngine {
             max_future_ms: i64::try_from(cfg.features.max_future_ms).unwrap_or(i64::MAX),
             future_confirm: cfg.features.future_confirm,
             ahead: Vec::new(),
-            ahead_max: i64::MIN,
             stats: Stats::default(),
             buf: vec![0.0; n],
             key_buf: String::with_capacity(64),
@@ -245,40 +242,43 @@ impl FeatureEngine {
         let ts = event.ts_ms;
         let anchored = self.max_ts != i64::MIN;
         let in_bound = anchored && ts <= self.max_ts.saturating_add(self.max_future_ms);
-        if self.ahead.is_empty() && in_bound {
-            self.accept(Pending { ts, line, event }, sink, refused);
+        let p = Pending { ts, line, event };
+        // The newest held event stands for the time the held events would move to.
+        let Some(held) = self.ahead.iter().map(|h| h.ts).max() else {
+            if in_bound {
+                self.accept(p, sink, refused);
+            } else {
+                self.ahead.push(p);
+                self.confirm_if_due(sink, refused);
+            }
             return;
-        }
-        if !self.ahead.is_empty() && ts >= self.ahead_max.saturating_sub(self.lateness_ms) {
+        };
+        if ts >= held.saturating_sub(self.lateness_ms) {
             // Follows the held events.
-            self.ahead_max = self.ahead_max.max(ts);
-            self.ahead.push(Pending { ts, line, event });
-        } else if !anchored
-            && !self.ahead.is_empty()
-            && ts >= self.ahead_max.saturating_sub(self.max_future_ms)
-        {
+            self.ahead.push(p);
+            self.confirm_if_due(sink, refused);
+        } else if !anchored && ts >= held.saturating_sub(self.max_future_ms) {
             // Before event time has an anchor, the held events stand for it: an event behind
             // them by more than the lateness, but not by a jump, is late.
-            self.stats.late += 1;
-            refused(LateEvent {
-                line,
-                ts_ms: ts,
-                kind: RefusedKind::Late {
-                    behind_ms: self.ahead_max.saturating_sub(ts),
-                },
-            });
-            return;
+            self.refuse_late(&p, held, refused);
         } else if in_bound || (anchored && ts < self.max_ts) {
             // Fits the current event time (or is late for it): the held events were wild.
-            self.refuse_ahead(Some(ts), refused);
-            self.accept(Pending { ts, line, event }, sink, refused);
-            return;
+            self.refuse_ahead(ts, refused);
+            self.accept(p, sink, refused);
         } else {
             // Ahead of event time, and not after the held events: a new candidate.
-            self.refuse_ahead(Some(ts), refused);
-            self.ahead_max = ts;
-            self.ahead.push(Pending { ts, line, event });
+            self.refuse_ahead(ts, refused);
+            self.ahead.push(p);
+            self.confirm_if_due(sink, refused);
         }
+    }
+
+    /// Event time follows the held events once `future_confirm` of them agree.
+    fn confirm_if_due(
+        &mut self,
+        sink: &mut impl FnMut(&Record<'_>),
+        refused: &mut impl FnMut(LateEvent),
+    ) {
         if self.ahead.len() >= self.future_confirm {
             self.confirm_ahead(sink, refused);
         }
@@ -290,18 +290,16 @@ impl FeatureEngine {
         sink: &mut impl FnMut(&Record<'_>),
         refused: &mut impl FnMut(LateEvent),
     ) {
-        let held = std::mem::take(&mut self.ahead);
-        self.ahead_max = i64::MIN;
-        for p in held {
+        for p in std::mem::take(&mut self.ahead) {
             self.accept(p, sink, refused);
         }
     }
 
-    /// Refuses the held events; `now` is the timestamp that did not follow them (for the
-    /// report when event time has no anchor yet).
-    fn refuse_ahead(&mut self, now: Option<i64>, refused: &mut impl FnMut(LateEvent)) {
+    /// Refuses the held events; `now` is the timestamp that did not follow them (the
+    /// reference of the report when event time has no anchor yet).
+    fn refuse_ahead(&mut self, now: i64, refused: &mut impl FnMut(LateEvent)) {
         let reference = if self.max_ts != i64::MIN {
-            Some(self.max_ts)
+            self.max_ts
         } else {
             now
         };
@@ -311,11 +309,22 @@ impl FeatureEngine {
                 line: p.line,
                 ts_ms: p.ts,
                 kind: RefusedKind::Future {
-                    ahead_ms: reference.map_or(0, |r| p.ts.saturating_sub(r)),
+                    ahead_ms: p.ts.saturating_sub(reference),
                 },
             });
         }
-        self.ahead_max = i64::MIN;
+    }
+
+    /// Refuses an event as later than the allowed lateness behind `newest`.
+    fn refuse_late(&mut self, p: &Pending, newest: i64, refused: &mut impl FnMut(LateEvent)) {
+        self.stats.late += 1;
+        refused(LateEvent {
+            line: p.line,
+            ts_ms: p.ts,
+            kind: RefusedKind::Late {
+                behind_ms: newest.saturating_sub(p.ts),
+            },
+        });
     }
 
     /// The lateness check and the reorder buffer.
@@ -327,14 +336,7 @@ impl FeatureEngine {
     ) {
         let ts = p.ts;
         if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
-            self.stats.late += 1;
-            refused(LateEvent {
-                line: p.line,
-                ts_ms: ts,
-                kind: RefusedKind::Late {
-                    behind_ms: self.max_ts.saturating_sub(ts),
-                },
-            });
+            self.refuse_late(&p, self.max_ts, refused);
             return;
         }
         self.max_ts = self.max_ts.max(ts);
@@ -566,7 +568,6 @@ impl FeatureEngine {
         self.max_ts = snap.max_ts;
         self.pending.clear();
         self.ahead.clear();
-        self.ahead_max = i64::MIN;
         Ok(())
     }
 
@@ -607,7 +608,6 @@ impl FeatureEngine {
                 max_future_ms,
                 future_confirm,
                 ahead: Vec::new(),
-                ahead_max: i64::MIN,
                 stats: if i == 0 { stats } else { Stats::default() },
                 buf: buf.clone(),
                 key_buf: key_buf.clone(),

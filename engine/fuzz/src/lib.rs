@@ -189,7 +189,7 @@ pub fn snapshot(data: &[u8]) {
     let mut with_header = b"GWSTATE\0".to_vec();
     with_header.extend_from_slice(&gatewatch_features::SNAPSHOT_VERSION.to_le_bytes());
     with_header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    with_header.extend_from_slice(&crc32(data).to_le_bytes());
+    with_header.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
     with_header.extend_from_slice(data);
     for bytes in [data, &with_header] {
         let mut eng = small_engine();
@@ -213,22 +213,6 @@ pub fn snapshot(data: &[u8]) {
             eng.save_state(&mut out).expect("saves");
         }
     }
-}
-
-/// CRC-32 (IEEE), as the snapshot header carries it.
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
 }
 
 /// A model folder's texts (manifest, then the detector's artefact after a NUL byte): loaded

@@ -190,10 +190,7 @@ impl EndpointMonitor {
             }
             (s.requests, s.auth, s.errors) = (0, 0, 0);
         }
-        if self.alerts.len() > p.max_alerts {
-            self.alerts_dropped += (self.alerts.len() - p.max_alerts) as u64;
-            self.alerts.truncate(p.max_alerts);
-        }
+        cap_alerts(&mut self.alerts, p.max_alerts, &mut self.alerts_dropped);
         s.requests += 1;
         match status {
             401 | 403 => s.auth += 1,
@@ -213,10 +210,7 @@ impl EndpointMonitor {
                 (s.requests, s.auth, s.errors) = (0, 0, 0);
             }
         }
-        if self.alerts.len() > p.max_alerts {
-            self.alerts_dropped += (self.alerts.len() - p.max_alerts) as u64;
-            self.alerts.truncate(p.max_alerts);
-        }
+        cap_alerts(&mut self.alerts, p.max_alerts, &mut self.alerts_dropped);
         let mut a = std::mem::take(&mut self.alerts);
         a.sort_by(|x, y| {
             x.bucket_start_ms
@@ -245,6 +239,14 @@ impl EndpointMonitor {
     /// Endpoints with series of their own (the overflow series included).
     pub fn endpoints(&self) -> usize {
         self.endpoints.len()
+    }
+}
+
+/// Keeps at most `max` alerts, counting the others in `dropped`.
+fn cap_alerts(alerts: &mut Vec<Alert>, max: usize, dropped: &mut u64) {
+    if alerts.len() > max {
+        *dropped += (alerts.len() - max) as u64;
+        alerts.truncate(max);
     }
 }
 
