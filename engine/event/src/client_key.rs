@@ -179,10 +179,11 @@ impl ClientKeyExtractor {
         if !sources.contains(&KeySource::Ip) {
             sources.push(KeySource::Ip);
         }
-        if cfg.max_value_bytes < 8 {
-            return Err(Error::Config(
-                "client_key.max_value_bytes must be at least 8".into(),
-            ));
+        if !(8..=1024).contains(&cfg.max_value_bytes) {
+            return Err(Error::Config(format!(
+                "client_key.max_value_bytes must be 8..=1024, got {}",
+                cfg.max_value_bytes
+            )));
         }
         Ok(Self {
             sources,

@@ -154,10 +154,10 @@ impl EndpointNormalizer {
     pub fn new(cfg: &EndpointConfig) -> Result<Self> {
         if cfg.max_segments == 0
             || cfg.max_segments > MAX_SEGMENTS_LIMIT
-            || cfg.max_segment_bytes < 8
+            || !(8..=1024).contains(&cfg.max_segment_bytes)
         {
             return Err(Error::Config(format!(
-                "endpoints.max_segments must be 1..={MAX_SEGMENTS_LIMIT} and endpoints.max_segment_bytes ≥ 8"
+                "endpoints.max_segments must be 1..={MAX_SEGMENTS_LIMIT} and endpoints.max_segment_bytes 8..=1024"
             )));
         }
         let templates = match &cfg.openapi {

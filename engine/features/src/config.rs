@@ -254,6 +254,21 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_key() {
+        // Limits the engine checks when it is built from a parsed file.
+        for (text, needle) in [
+            (
+                "[client_key]\nmax_value_bytes = 100000",
+                "client_key.max_value_bytes must be 8..=1024",
+            ),
+            (
+                "[endpoints]\nmax_segment_bytes = 100000",
+                "endpoints.max_segment_bytes 8..=1024",
+            ),
+        ] {
+            let cfg = Config::parse(text).unwrap();
+            let err = crate::FeatureEngine::new(&cfg).err().unwrap().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
         for (text, needle) in [
             ("[features]\nhorizon = [1]", "unknown field `horizon`"),
             ("[features]\nhorizons_secs = [60, 10]", "strictly ascending"),
