@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::population::Population;
+use crate::population::{Delta, Ep, Population, START, epoch_of};
 use crate::registry::{PointFeature, Registry};
-use crate::sketch::fnv1a;
+use crate::sketch::{fnv1a, part_of};
 use crate::state::{ClientState, Obs, Windows};
 use crate::store::{ClientStore, Evictions};
 
@@ -106,20 +106,31 @@ struct Pending {
     event: RequestEvent,
 }
 
+/// One part of the clients: their states and their contributions to the current epoch's
+/// population statistics.
+struct Part {
+    store: ClientStore,
+    delta: Delta,
+}
+
 /// Computes point-in-time features for a stream of events.
 ///
 /// Events go in with [`push`](Self::push) in arrival order; they come out, with features, in
 /// event-time order (ties in arrival order) once the watermark (newest timestamp seen minus
 /// the allowed lateness) has passed them, and all at [`finish`](Self::finish). The output
-/// depends only on the sequence of events, not on how it was split into calls.
+/// depends only on the sequence of events, not on how it was split into calls, nor on how
+/// many parts the clients are split into ([`with_parts`](Self::with_parts)): population
+/// statistics advance in epochs merged from every part (see [`Population`]).
 pub struct FeatureEngine {
     registry: Registry,
     windows: Windows,
     lateness_ms: i64,
     keys: ClientKeyExtractor,
     endpoints: EndpointNormalizer,
-    store: ClientStore,
+    parts: Vec<Part>,
     population: Population,
+    /// The population epoch open now (`i64::MIN` before the first event).
+    epoch: i64,
     /// Events not yet released, sorted by (timestamp, arrival).
     pending: VecDeque<Pending>,
     max_ts: i64,
@@ -159,12 +170,22 @@ struct Snapshot {
     evictions: Evictions,
     created: u64,
     population: Population,
+    epoch: i64,
+    delta: Delta,
     clients: Vec<(Box<str>, ClientState)>,
 }
 
 impl FeatureEngine {
     /// An engine for a configuration (validated here).
     pub fn new(cfg: &Config) -> Result<Self> {
+        Self::with_parts(cfg, 1)
+    }
+
+    /// An engine whose clients are split into `parts` parts by Kafka's partitioner on the
+    /// client key (as the service's instances own them). Its output is the same for every
+    /// number of parts while no part evicts a client for capacity (`max_clients` applies to
+    /// each part).
+    pub fn with_parts(cfg: &Config, parts: u32) -> Result<Self> {
         cfg.features.validate()?;
         let registry = Registry::new(&cfg.features);
         let n = registry.len();
@@ -173,8 +194,14 @@ impl FeatureEngine {
             lateness_ms: i64::try_from(cfg.features.allowed_lateness_ms).unwrap_or(i64::MAX),
             keys: ClientKeyExtractor::new(&cfg.client_key)?,
             endpoints: EndpointNormalizer::new(&cfg.endpoints)?,
-            store: ClientStore::new(cfg.features.max_clients, cfg.features.idle_ttl_ms()),
+            parts: (0..parts.max(1))
+                .map(|_| Part {
+                    store: ClientStore::new(cfg.features.max_clients, cfg.features.idle_ttl_ms()),
+                    delta: Delta::default(),
+                })
+                .collect(),
             population: Population::new(cfg.features.max_endpoints),
+            epoch: i64::MIN,
             pending: VecDeque::new(),
             max_ts: i64::MIN,
             max_future_ms: i64::try_from(cfg.features.max_future_ms).unwrap_or(i64::MAX),
@@ -203,12 +230,32 @@ impl FeatureEngine {
         s
     }
 
-    /// The client store.
+    /// The client store (of the first part).
     pub fn store(&self) -> &ClientStore {
-        &self.store
+        &self.parts[0].store
     }
 
-    /// The population statistics.
+    /// The number of parts.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Clients tracked in all parts.
+    pub fn clients(&self) -> usize {
+        self.parts.iter().map(|p| p.store.len()).sum()
+    }
+
+    /// Clients evicted so far, in all parts.
+    pub fn evictions(&self) -> Evictions {
+        let mut e = Evictions::default();
+        for p in &self.parts {
+            e.idle += p.store.evictions.idle;
+            e.capacity += p.store.evictions.capacity;
+        }
+        e
+    }
+
+    /// The population statistics (as of the last merged epoch).
     pub fn population(&self) -> &Population {
         &self.population
     }
@@ -371,8 +418,23 @@ impl FeatureEngine {
         let kind = self.keys.key_into(ev, &mut key);
         let mut endpoint = std::mem::take(&mut self.endpoint);
         self.endpoints.normalize_into(ev, &mut endpoint);
-        let ep = self.population.intern(&endpoint.template);
-        let ep_hash = self.population.endpoints[ep as usize].hash;
+        let ep_hash = fnv1a(endpoint.template.as_bytes());
+        let epoch = epoch_of(ev.ts_ms);
+        if epoch != self.epoch {
+            if self.epoch != i64::MIN {
+                self.population
+                    .merge(self.epoch, self.parts.iter_mut().map(|p| &mut p.delta));
+            }
+            self.epoch = epoch;
+        }
+        let n = self.parts.len() as u32;
+        let part = &mut self.parts[if n == 1 { 0 } else { part_of(&key, n) as usize }];
+        let pop = &self.population;
+        let ep = pop.lookup(ep_hash, &endpoint.template);
+        let to = match ep {
+            Ep::Known(i) => i,
+            Ep::New(..) => 0,
+        };
         let (id_hash, num_id) = match endpoint.ids.last() {
             Some(id) => (
                 Some(fnv1a(id.value.as_bytes()) ^ ep_hash.rotate_left(17)),
@@ -380,13 +442,12 @@ impl FeatureEngine {
             ),
             None => (None, None),
         };
-        self.store.expire(ev.ts_ms);
-        let state = self.store.get_or_insert(&key, ev.ts_ms);
-        let prev_ep = state.prev_ep;
-        let surprise = self.population.surprise(prev_ep, ep);
+        part.store.expire(ev.ts_ms);
+        let state = part.store.get_or_insert(&key, ev.ts_ms);
+        let from = state.prev_ep.map_or(START, |h| pop.index_of(h));
+        let surprise = pop.surprise(from, to);
         let obs = Obs {
             ts: ev.ts_ms,
-            ep,
             ep_hash,
             status: ev.status,
             bytes: ev.bytes(),
@@ -394,13 +455,14 @@ impl FeatureEngine {
             num_id,
             surprise,
         };
-        let endpoint_count = state.update(&obs, &self.windows, &self.registry, &mut self.buf);
-        self.population.count_transition(prev_ep, ep);
-        let pop = self.population.count_request(ep, ev.ts_ms);
-        let ratio = self.population.rate_ratio(ep, endpoint_count);
+        let (count, repeat) = state.update(&obs, &self.windows, &self.registry, &mut self.buf);
+        part.delta.count(pop, from, to, ep, count, repeat);
+        let recent = pop.recent_requests(to, epoch);
         self.buf[self.registry.point_index(PointFeature::TransitionSurprise)] = surprise;
-        self.buf[self.registry.point_index(PointFeature::EndpointRateRatio)] = ratio;
-        self.buf[self.registry.point_index(PointFeature::EndpointPopRate)] = f64::from(pop) / 60.0;
+        self.buf[self.registry.point_index(PointFeature::EndpointRateRatio)] =
+            pop.rate_ratio(to, count);
+        self.buf[self.registry.point_index(PointFeature::EndpointPopRate)] =
+            f64::from(recent) / 60.0;
         self.stats.events_out += 1;
         self.stats.keys_by_kind[kind as usize] += 1;
         sink(&Record {
@@ -433,17 +495,24 @@ impl FeatureEngine {
     /// LE), then a postcard body. Buffered events are not part of a snapshot: call
     /// [`finish`](Self::finish) first.
     pub fn save_state(&self, w: &mut impl Write) -> Result<()> {
+        let mut delta = Delta::default();
+        for p in &self.parts {
+            delta.absorb(&self.population, p.delta.clone());
+        }
         let snap = Snapshot {
             registry_hash: self.registry.hash.clone(),
             shape: self.shape(),
             max_ts: self.max_ts,
             stats: self.stats,
-            evictions: self.store.evictions,
-            created: self.store.created,
+            evictions: self.evictions(),
+            created: self.parts.iter().map(|p| p.store.created).sum(),
             population: self.population.clone(),
+            epoch: self.epoch,
+            delta,
             clients: self
-                .store
-                .iter_lru()
+                .parts
+                .iter()
+                .flat_map(|p| p.store.iter_lru())
                 .map(|(k, s)| (k.into(), s.clone()))
                 .collect(),
         };
@@ -538,32 +607,54 @@ impl FeatureEngine {
             .validate(self.population.max_endpoints())
             .map_err(|e| Error::Snapshot(format!("population: {e}")))?;
         population.set_max_endpoints(self.population.max_endpoints());
-        let n_endpoints = population.endpoints();
-        let mut store = ClientStore::new(self.store.capacity(), self.store.ttl_ms());
-        store.evictions = snap.evictions;
-        store.created = snap.created;
-        // Least recently used first: keep the most recent `capacity` clients.
-        let skip = snap.clients.len().saturating_sub(store.capacity());
+        if snap.epoch != i64::MIN
+            && (snap.epoch <= population.epoch
+                || snap.max_ts == i64::MIN
+                || snap.epoch > epoch_of(snap.max_ts))
+        {
+            return bad(format!(
+                "open epoch {} does not follow the merged epoch {} and event time {}",
+                snap.epoch, population.epoch, snap.max_ts
+            ));
+        }
+        let mut delta = snap.delta;
+        delta.reindex(&population);
+        delta
+            .validate(&population)
+            .map_err(|e| Error::Snapshot(format!("population delta: {e}")))?;
+        let (cap, ttl) = (self.parts[0].store.capacity(), self.parts[0].store.ttl_ms());
+        let mut stores: Vec<ClientStore> = (0..self.parts.len())
+            .map(|_| ClientStore::new(cap, ttl))
+            .collect();
+        stores[0].evictions = snap.evictions;
+        stores[0].created = snap.created;
+        let n = stores.len() as u32;
         for (i, (k, s)) in snap.clients.into_iter().enumerate() {
             if k.is_empty() {
                 return bad(format!("client {i} has an empty key"));
             }
-            s.validate(&self.windows, n_endpoints)
+            s.validate(&self.windows)
                 .map_err(|e| Error::Snapshot(format!("client {i}: {e}")))?;
             if s.last_ts() > snap.max_ts {
                 return bad(format!("client {i} was seen after the state's event time"));
             }
+            let store = &mut stores[if n == 1 { 0 } else { part_of(&k, n) as usize }];
             if store.get(&k).is_some() {
                 return bad(format!("client {i}: key {:?} appears twice", &*k));
             }
-            if i < skip {
-                store.evictions.capacity += 1;
-                continue;
-            }
+            // Least recently used first: over the cap, the oldest are evicted.
             store.push_restored(k, s);
         }
-        self.store = store;
+        for (i, (p, store)) in self.parts.iter_mut().zip(stores).enumerate() {
+            p.store = store;
+            p.delta = if i == 0 {
+                std::mem::take(&mut delta)
+            } else {
+                Delta::default()
+            };
+        }
         self.population = population;
+        self.epoch = snap.epoch;
         self.stats = snap.stats;
         self.max_ts = snap.max_ts;
         self.pending.clear();
@@ -571,49 +662,39 @@ impl FeatureEngine {
         Ok(())
     }
 
-    /// Splits this engine's clients into `parts` engines by Kafka's partitioner on the client
-    /// key; each part gets a copy of the population statistics.
-    pub fn split(self, parts: u32) -> Vec<FeatureEngine> {
-        let FeatureEngine {
-            registry,
-            windows,
-            lateness_ms,
-            keys,
-            endpoints,
-            store,
-            population,
-            max_ts,
-            max_future_ms,
-            future_confirm,
-            stats,
-            buf,
-            key_buf,
-            endpoint,
-            ..
-        } = self;
-        store
+    /// The same engine with its clients split into `parts` parts by Kafka's partitioner on
+    /// the client key (each part's contributions to the open epoch are joined first). Buffered
+    /// events are kept.
+    pub fn repartition(mut self, parts: u32) -> Self {
+        let mut delta = Delta::default();
+        let mut stores = Vec::new();
+        for p in std::mem::take(&mut self.parts) {
+            delta.absorb(&self.population, p.delta);
+            stores.push(p.store);
+        }
+        let mut all = stores.remove(0);
+        for s in stores {
+            all.evictions.idle += s.evictions.idle;
+            all.evictions.capacity += s.evictions.capacity;
+            all.created += s.created;
+            for (k, st) in s.iter_lru() {
+                all.push_restored(k.into(), st.clone());
+            }
+        }
+        self.parts = all
             .split(parts)
             .into_iter()
             .enumerate()
-            .map(|(i, store)| FeatureEngine {
-                registry: registry.clone(),
-                windows: windows.clone(),
-                lateness_ms,
-                keys: keys.clone(),
-                endpoints: endpoints.clone(),
+            .map(|(i, store)| Part {
                 store,
-                population: population.clone(),
-                pending: VecDeque::new(),
-                max_ts,
-                max_future_ms,
-                future_confirm,
-                ahead: Vec::new(),
-                stats: if i == 0 { stats } else { Stats::default() },
-                buf: buf.clone(),
-                key_buf: key_buf.clone(),
-                endpoint: endpoint.clone(),
+                delta: if i == 0 {
+                    std::mem::take(&mut delta)
+                } else {
+                    Delta::default()
+                },
             })
-            .collect()
+            .collect();
+        self
     }
 }
 
@@ -627,7 +708,7 @@ mod tests {
         let mut e = FeatureEngine::new(&Config::default()).unwrap();
         for i in 0..6 {
             let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i % 3));
-            let ev = RequestEvent::new(i64::from(i) * 1000, ip, "GET", &format!("/a/{i}"), 200);
+            let ev = RequestEvent::new(i64::from(i) * 10_000, ip, "GET", &format!("/a/{i}"), 200);
             e.push(ev, 0, &mut |_| {}, &mut |l| panic!("{l}"));
         }
         e.finish(&mut |_| {});
@@ -663,10 +744,13 @@ mod tests {
         ok.restore_state(&mut file(&snap).as_slice()).unwrap();
         assert_eq!(ok.store().len(), e.store().len());
 
-        let m = refused(&|s| s.clients[0].1.prev_ep = 999);
-        assert!(m.contains("client 0: previous endpoint 999"), "{m}");
-        let m = refused(&|s| s.clients[1].1.slots[0].ep = 77);
-        assert!(m.contains("client 1: endpoint slot for endpoint 77"), "{m}");
+        let m = refused(&|s| {
+            let slot = s.clients[1].1.slots[0];
+            s.clients[1].1.slots.push(slot);
+        });
+        assert!(m.contains("client 1: endpoint slot 1 repeats"), "{m}");
+        let m = refused(&|s| s.epoch = s.population.epoch);
+        assert!(m.contains("open epoch"), "{m}");
         let m = refused(&|s| s.clients[0].1.buckets[0].tag |= 7 << 29);
         assert!(m.contains("bucket of horizon 7"), "{m}");
         let m = refused(&|s| s.clients[0].1.buckets[0].err = 1000);

@@ -1,42 +1,385 @@
-//! Population statistics: endpoint templates, per-endpoint rates and baselines, and the
-//! endpoint-transition model shared by all clients.
+//! Population statistics: endpoint templates, per-endpoint request counts, typical
+//! per-client rates and the endpoint-transition model shared by all clients.
+//!
+//! They advance in event-time epochs of [`EPOCH_MS`]. During an epoch they are read-only:
+//! every request reads the statistics of all earlier epochs, and what it contributes goes
+//! into its part's [`Delta`]. At the end of an epoch the deltas of every part are merged in,
+//! with integer sums and a fixed order of floating-point operations, so the statistics, and
+//! the features read from them, do not depend on how clients were split into parts (see
+//! `docs/POPULATION.md`).
+
+use std::collections::{BTreeMap, BinaryHeap};
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::ENDPOINT_BUCKET_MS;
 use crate::sketch::fnv1a;
-use crate::state::{NONE, TwoBuckets, bucket_of};
 
-/// Weight of a new observation in an endpoint's baseline.
-const BASELINE_ALPHA: f64 = 1.0 / 64.0;
+/// Length of a population epoch (ms): the endpoint bucket, 30 s.
+pub const EPOCH_MS: i64 = ENDPOINT_BUCKET_MS;
+/// Weight of one epoch's votes after another epoch: a half-life of 120 epochs (one hour).
+pub const VOTE_DECAY: f64 = 0.994_240_423_817_547_3;
 /// At most this many distinct (from, to) transitions are counted; later new pairs count as 0.
-const MAX_TRANSITIONS: usize = 1 << 20;
+pub const MAX_TRANSITIONS: usize = 1 << 20;
+/// Bins of the per-client count histogram: exact for 1–7, then four per octave up to 4095.
+pub(crate) const VOTE_BINS: usize = 40;
+
+/// No endpoint: the start of a client's requests.
+pub(crate) const START: u32 = u32::MAX;
+
+/// The epoch of a timestamp.
+pub fn epoch_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(EPOCH_MS)
+}
+
+/// The histogram bin of a per-client count (≥ 1).
+pub(crate) fn vote_bin(c: u32) -> usize {
+    if c < 8 {
+        return c.max(1) as usize - 1;
+    }
+    let l = 31 - c.leading_zeros() as usize;
+    (7 + (l - 3) * 4 + ((c >> (l - 2)) & 3) as usize).min(VOTE_BINS - 1)
+}
+
+/// The smallest count of a bin.
+pub(crate) fn bin_floor(b: usize) -> u32 {
+    if b < 7 {
+        return b as u32 + 1;
+    }
+    let (l, m) = (3 + (b - 7) / 4, (b - 7) % 4);
+    (4 + m as u32) << (l - 2)
+}
+
+/// `VOTE_DECAY` to the power `epochs`, by squaring (the same operations everywhere).
+pub(crate) fn decay_over(epochs: u64) -> f64 {
+    let (mut r, mut b, mut e) = (1.0f64, VOTE_DECAY, epochs);
+    while e > 0 {
+        if e & 1 == 1 {
+            r *= b;
+        }
+        b *= b;
+        e >>= 1;
+    }
+    r
+}
+
+/// 1 + the count of the weighted median bin of `votes`; NaN when there are no votes.
+pub(crate) fn typical_of(votes: &[f64; VOTE_BINS]) -> f64 {
+    let total: f64 = votes.iter().sum();
+    if total.is_nan() || total <= 0.0 {
+        return f64::NAN;
+    }
+    let half = total * 0.5;
+    let mut cum = 0.0;
+    for (b, v) in votes.iter().enumerate() {
+        cum += v;
+        if cum >= half {
+            return 1.0 + f64::from(bin_floor(b));
+        }
+    }
+    1.0 + f64::from(bin_floor(VOTE_BINS - 1))
+}
+
+/// Serde for the fixed-size bin arrays (serde derives arrays up to 32 only).
+mod bins {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::VOTE_BINS;
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        v: &[T; VOTE_BINS],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_slice().serialize(s)
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<[T; VOTE_BINS], D::Error> {
+        let v = Vec::<T>::deserialize(d)?;
+        let n = v.len();
+        v.try_into()
+            .map_err(|_| D::Error::custom(format!("{n} vote bins, expected {VOTE_BINS}")))
+    }
+}
 
 /// One endpoint's population statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct EndpointStats {
-    /// FNV-1a of the template (stable across runs, unlike the id).
+    /// FNV-1a of the template.
     pub hash: u64,
-    /// Requests of all clients in the endpoint window.
-    pub win: TwoBuckets,
-    /// EWMA of ln(1 + per-client endpoint count); NaN until the first observation.
-    pub baseline_ln: f64,
+    /// Requests of the two newest epochs with requests: (epoch, count), newest first.
+    pub recent: [(i64, u32); 2],
+    /// Per-client peak counts (`endpoint_count_1m`), one vote per client and epoch, decayed.
+    #[serde(with = "bins")]
+    pub votes: [f64; VOTE_BINS],
+    /// The epoch `votes` was last updated in.
+    pub votes_epoch: i64,
+    /// 1 + the weighted median count of `votes` (NaN without votes).
+    pub typical: f64,
     /// Transitions out of this endpoint.
     pub out_total: u64,
 }
 
-/// Endpoint templates and the statistics of the whole population.
+impl EndpointStats {
+    fn new(hash: u64) -> Self {
+        Self {
+            hash,
+            recent: [(i64::MIN, 0); 2],
+            votes: [0.0; VOTE_BINS],
+            votes_epoch: i64::MIN,
+            typical: f64::NAN,
+            out_total: 0,
+        }
+    }
+
+    fn apply(&mut self, epoch: i64, d: &EpDelta) {
+        if d.requests > 0 {
+            self.recent = [(epoch, d.requests), self.recent[0]];
+        }
+        self.out_total = self.out_total.saturating_add(u64::from(d.out));
+        if d.votes.iter().any(|v| *v != 0) {
+            let f = if self.votes_epoch == i64::MIN {
+                1.0
+            } else {
+                decay_over(epoch.saturating_sub(self.votes_epoch).unsigned_abs())
+            };
+            for (v, n) in self.votes.iter_mut().zip(&d.votes) {
+                *v = (*v * f + f64::from(*n)).max(0.0);
+            }
+            self.votes_epoch = epoch;
+            self.typical = typical_of(&self.votes);
+        }
+    }
+}
+
+/// What one part's requests add to one endpoint in an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EpDelta {
+    requests: u32,
+    out: u32,
+    #[serde(with = "bins")]
+    votes: [i32; VOTE_BINS],
+}
+
+impl Default for EpDelta {
+    fn default() -> Self {
+        Self {
+            requests: 0,
+            out: 0,
+            votes: [0; VOTE_BINS],
+        }
+    }
+}
+
+impl EpDelta {
+    fn add(&mut self, o: &EpDelta) {
+        self.requests = self.requests.saturating_add(o.requests);
+        self.out = self.out.saturating_add(o.out);
+        for (a, b) in self.votes.iter_mut().zip(&o.votes) {
+            *a = a.saturating_add(*b);
+        }
+    }
+}
+
+/// One part's contributions to the population statistics in the current epoch.
+///
+/// Bounded: new templates beyond the room left in the endpoint table, and new transition
+/// pairs beyond the room left under [`MAX_TRANSITIONS`], are dropped largest first (a new
+/// template's counts go to the overflow endpoint). The merge admits the smallest of all parts'
+/// new keys, so what a part drops could never have been admitted: the bound changes nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Delta {
+    known: HashMap<u32, EpDelta>,
+    new: HashMap<u64, (Box<str>, EpDelta)>,
+    transitions: HashMap<(u32, u32), u32>,
+    start: u64,
+    #[serde(skip)]
+    new_heap: BinaryHeap<u64>,
+    #[serde(skip)]
+    pair_heap: BinaryHeap<(u32, u32)>,
+}
+
+impl Delta {
+    /// The entry of endpoint `idx` (known) or of the new template `hash`.
+    fn entry(&mut self, pop: &Population, ep: Ep<'_>) -> &mut EpDelta {
+        match ep {
+            Ep::Known(i) => self.known.entry(i).or_default(),
+            Ep::New(hash, template) => {
+                if !self.new.contains_key(&hash) {
+                    self.new.insert(hash, (template.into(), EpDelta::default()));
+                    self.new_heap.push(hash);
+                    if self.new_heap.len() > pop.template_room() {
+                        let drop = self.new_heap.pop().expect("non-empty");
+                        let (_, d) = self.new.remove(&drop).expect("in the map");
+                        self.known.entry(0).or_default().add(&d);
+                        if drop == hash {
+                            return self.known.entry(0).or_default();
+                        }
+                    }
+                }
+                &mut self.new.get_mut(&hash).expect("inserted").1
+            }
+        }
+    }
+
+    /// Counts one request: the transition `from` → `to` (indices at this epoch), the request
+    /// on its endpoint, and the client's vote: its count `c` on the endpoint, replacing its
+    /// vote `c - 1` of this epoch when `repeat`.
+    pub(crate) fn count(
+        &mut self,
+        pop: &Population,
+        from: u32,
+        to: u32,
+        ep: Ep<'_>,
+        c: u32,
+        repeat: bool,
+    ) {
+        if from == START {
+            self.start += 1;
+        } else {
+            let o = &mut self.known.entry(from).or_default().out;
+            *o = o.saturating_add(1);
+        }
+        let pair = (from, to);
+        if let Some(n) = self.transitions.get_mut(&pair) {
+            *n = n.saturating_add(1);
+        } else {
+            let known = pop.transitions.contains_key(&pair);
+            self.transitions.insert(pair, 1);
+            if !known {
+                self.pair_heap.push(pair);
+                if self.pair_heap.len() > MAX_TRANSITIONS - pop.transitions.len() {
+                    let drop = self.pair_heap.pop().expect("non-empty");
+                    self.transitions.remove(&drop);
+                }
+            }
+        }
+        let e = self.entry(pop, ep);
+        e.requests = e.requests.saturating_add(1);
+        let b = vote_bin(c);
+        if repeat && c > 1 {
+            let p = vote_bin(c - 1);
+            if p != b {
+                e.votes[p] -= 1;
+                e.votes[b] += 1;
+            }
+        } else {
+            e.votes[b] += 1;
+        }
+    }
+
+    /// Rebuilds the bounds' heaps after deserialisation, and applies them (a configuration
+    /// with a smaller endpoint table sends the largest new templates to the overflow endpoint).
+    pub(crate) fn reindex(&mut self, pop: &Population) {
+        self.new_heap = self.new.keys().copied().collect();
+        while self.new_heap.len() > pop.template_room() {
+            let drop = self.new_heap.pop().expect("non-empty");
+            if let Some((_, d)) = self.new.remove(&drop) {
+                self.known.entry(0).or_default().add(&d);
+            }
+        }
+        self.pair_heap = self
+            .transitions
+            .keys()
+            .filter(|p| !pop.transitions.contains_key(*p))
+            .copied()
+            .collect();
+    }
+
+    /// Adds another part's delta of the same epoch (when parts are joined), with the bounds.
+    pub(crate) fn absorb(&mut self, pop: &Population, other: Delta) {
+        self.start += other.start;
+        for (i, d) in other.known {
+            self.known.entry(i).or_default().add(&d);
+        }
+        for (h, (t, d)) in other.new {
+            if let Some(e) = self.new.get_mut(&h) {
+                e.1.add(&d);
+                continue;
+            }
+            self.new.insert(h, (t, d));
+            self.new_heap.push(h);
+            if self.new_heap.len() > pop.template_room() {
+                let drop = self.new_heap.pop().expect("non-empty");
+                let (_, d) = self.new.remove(&drop).expect("in the map");
+                self.known.entry(0).or_default().add(&d);
+            }
+        }
+        for (p, n) in other.transitions {
+            if let Some(c) = self.transitions.get_mut(&p) {
+                *c = c.saturating_add(n);
+                continue;
+            }
+            self.transitions.insert(p, n);
+            if !pop.transitions.contains_key(&p) {
+                self.pair_heap.push(p);
+                if self.pair_heap.len() > MAX_TRANSITIONS - pop.transitions.len() {
+                    let drop = self.pair_heap.pop().expect("non-empty");
+                    self.transitions.remove(&drop);
+                }
+            }
+        }
+    }
+
+    /// Checks a restored delta against its population.
+    pub(crate) fn validate(&self, pop: &Population) -> Result<(), String> {
+        let n = pop.templates.len() as u32;
+        if let Some(i) = self.known.keys().find(|i| **i >= n) {
+            return Err(format!("contribution to unknown endpoint {i}"));
+        }
+        if self.new.len() > pop.template_room() {
+            return Err(format!(
+                "{} new templates, more than the {} the endpoint table has room for",
+                self.new.len(),
+                pop.template_room()
+            ));
+        }
+        for (h, (t, _)) in &self.new {
+            if *h != fnv1a(t.as_bytes()) || pop.index.contains_key(h) {
+                return Err(format!(
+                    "new template {t:?} is known or does not match its hash"
+                ));
+            }
+        }
+        if self.transitions.len() > MAX_TRANSITIONS {
+            return Err(format!("{} transitions", self.transitions.len()));
+        }
+        if let Some((f, t)) = self
+            .transitions
+            .keys()
+            .find(|(f, t)| (*f != START && *f >= n) || *t >= n)
+        {
+            return Err(format!("transition {f} → {t} between unknown endpoints"));
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint as a request sees it: in the table, or new this epoch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ep<'a> {
+    Known(u32),
+    New(u64, &'a str),
+}
+
+/// Endpoint templates and the statistics of the whole population, as of the end of the last
+/// merged epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Population {
     max_endpoints: u32,
     pub(crate) templates: Vec<Box<str>>,
     #[serde(skip)]
-    index: HashMap<Box<str>, u32>,
+    index: HashMap<u64, u32>,
     pub(crate) endpoints: Vec<EndpointStats>,
     transitions: HashMap<(u32, u32), u32>,
     start_total: u64,
-    /// Templates mapped to the overflow endpoint because the table was full.
+    /// The last epoch merged in (`i64::MIN` before the first).
+    pub(crate) epoch: i64,
+    /// Requests on templates not admitted because the table was full (they share the
+    /// overflow endpoint's statistics).
     pub overflowed: u64,
 }
 
@@ -52,45 +395,49 @@ impl Population {
             endpoints: Vec::new(),
             transitions: HashMap::new(),
             start_total: 0,
+            epoch: i64::MIN,
             overflowed: 0,
         };
-        p.push(OVERFLOW_TEMPLATE);
+        p.push(OVERFLOW_TEMPLATE, fnv1a(OVERFLOW_TEMPLATE.as_bytes()));
         p
     }
 
-    fn push(&mut self, t: &str) -> u32 {
+    fn push(&mut self, t: &str, hash: u64) -> u32 {
         let id = self.templates.len() as u32;
         self.templates.push(t.into());
-        self.index.insert(t.into(), id);
-        self.endpoints.push(EndpointStats {
-            hash: fnv1a(t.as_bytes()),
-            win: TwoBuckets::default(),
-            baseline_ln: f64::NAN,
-            out_total: 0,
-        });
+        self.index.insert(hash, id);
+        self.endpoints.push(EndpointStats::new(hash));
         id
+    }
+
+    /// Templates the table can still admit.
+    fn template_room(&self) -> usize {
+        (self.max_endpoints as usize + 1).saturating_sub(self.templates.len())
     }
 
     /// Rebuilds the lookup index after deserialisation.
     pub(crate) fn reindex(&mut self) {
         self.index = self
-            .templates
+            .endpoints
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
+            .map(|(i, e)| (e.hash, i as u32))
             .collect();
     }
 
-    /// The id of a template, interning it when there is room (id 0 is the overflow endpoint).
-    pub(crate) fn intern(&mut self, template: &str) -> u32 {
-        if let Some(&id) = self.index.get(template) {
-            return id;
+    /// The endpoint a template is in this epoch: its index, or new (the overflow endpoint's
+    /// statistics stand for it until it is admitted).
+    pub(crate) fn lookup<'a>(&self, hash: u64, template: &'a str) -> Ep<'a> {
+        match self.index.get(&hash) {
+            Some(&i) => Ep::Known(i),
+            None => Ep::New(hash, template),
         }
-        if self.templates.len() as u64 > u64::from(self.max_endpoints) {
-            self.overflowed += 1;
-            return 0;
-        }
-        self.push(template)
+    }
+
+    /// The index statistics are read from for a template hash (0, the overflow endpoint, when
+    /// it is not in the table).
+    pub(crate) fn index_of(&self, hash: u64) -> u32 {
+        self.index.get(&hash).copied().unwrap_or(0)
     }
 
     /// Checks a restored population: the overflow endpoint first, one statistics entry per
@@ -119,11 +466,16 @@ impl Population {
             if e.hash != fnv1a(t.as_bytes()) {
                 return Err(format!("endpoint {t:?} does not match its hash"));
             }
-            if !(e.baseline_ln.is_nan() || (e.baseline_ln.is_finite() && e.baseline_ln >= 0.0)) {
-                return Err(format!(
-                    "endpoint {t:?} has a baseline of {}",
-                    e.baseline_ln
-                ));
+            let typical_ok = e.typical.is_nan() || (e.typical.is_finite() && e.typical >= 1.0);
+            if !typical_ok || e.votes.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err(format!("endpoint {t:?} has invalid votes"));
+            }
+            if e.votes_epoch != i64::MIN && e.votes_epoch > self.epoch
+                || e.recent
+                    .iter()
+                    .any(|(ep, _)| *ep != i64::MIN && *ep > self.epoch)
+            {
+                return Err(format!("endpoint {t:?} has counts after the state's epoch"));
             }
         }
         let n = self.templates.len() as u32;
@@ -136,7 +488,7 @@ impl Population {
         if let Some((f, t)) = self
             .transitions
             .keys()
-            .find(|(f, t)| (*f != NONE && *f >= n) || *t >= n)
+            .find(|(f, t)| (*f != START && *f >= n) || *t >= n)
         {
             return Err(format!("transition {f} → {t} between unknown endpoints"));
         }
@@ -153,15 +505,15 @@ impl Population {
         self.max_endpoints = m;
     }
 
-    /// Number of interned templates (overflow included).
+    /// Number of templates in the table (overflow included).
     pub fn endpoints(&self) -> usize {
         self.templates.len()
     }
 
     /// Surprise of moving `from` → `to` (−log2 of the add-one smoothed probability) under the
-    /// transitions counted so far.
+    /// transitions of the merged epochs.
     pub(crate) fn surprise(&self, from: u32, to: u32) -> f64 {
-        let total = if from == NONE {
+        let total = if from == START {
             self.start_total
         } else {
             self.endpoints[from as usize].out_total
@@ -171,45 +523,87 @@ impl Population {
         -((f64::from(c) + 1.0) / (total as f64 + v)).log2()
     }
 
-    pub(crate) fn count_transition(&mut self, from: u32, to: u32) {
-        if from == NONE {
-            self.start_total += 1;
+    /// Requests on endpoint `i` in the two epochs before `epoch`.
+    pub(crate) fn recent_requests(&self, i: u32, epoch: i64) -> u32 {
+        self.endpoints[i as usize]
+            .recent
+            .iter()
+            .filter(|(e, _)| *e != i64::MIN && (1..=2).contains(&(epoch - e)))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// (1 + a client count) / the endpoint's typical (1 + count); 1 without votes.
+    pub(crate) fn rate_ratio(&self, i: u32, client_count: u32) -> f64 {
+        let t = self.endpoints[i as usize].typical;
+        if t.is_nan() {
+            1.0
         } else {
-            self.endpoints[from as usize].out_total += 1;
+            (1.0 + f64::from(client_count)) / t
         }
-        let len = self.transitions.len();
-        match self.transitions.get_mut(&(from, to)) {
-            Some(c) => *c = c.saturating_add(1),
-            None if len < MAX_TRANSITIONS => {
-                self.transitions.insert((from, to), 1);
+    }
+
+    /// Merges every part's delta of `epoch` (then empties them): new templates admitted in
+    /// the order of their hashes while there is room, counts summed, votes decayed and added,
+    /// new transition pairs admitted in index order while there is room.
+    pub(crate) fn merge<'a>(
+        &mut self,
+        epoch: i64,
+        deltas: impl IntoIterator<Item = &'a mut Delta>,
+    ) {
+        let mut known: BTreeMap<u32, EpDelta> = BTreeMap::new();
+        let mut new: BTreeMap<u64, (Box<str>, EpDelta)> = BTreeMap::new();
+        let mut pairs: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+        let mut start = 0u64;
+        for d in deltas {
+            let d = std::mem::take(d);
+            start += d.start;
+            for (i, e) in d.known {
+                known.entry(i).or_default().add(&e);
             }
-            None => {}
+            for (h, (t, e)) in d.new {
+                let slot = new
+                    .entry(h)
+                    .or_insert_with(|| (t.clone(), EpDelta::default()));
+                if t < slot.0 {
+                    slot.0 = t;
+                }
+                slot.1.add(&e);
+            }
+            for (p, n) in d.transitions {
+                let c = pairs.entry(p).or_default();
+                *c = c.saturating_add(n);
+            }
         }
-    }
-
-    /// Counts a request on `ep` and returns the population's requests on it in the endpoint
-    /// window (this one included).
-    pub(crate) fn count_request(&mut self, ep: u32, ts: i64) -> u32 {
-        self.endpoints[ep as usize]
-            .win
-            .add(bucket_of(ts, ENDPOINT_BUCKET_MS))
-    }
-
-    /// The rate ratio of a client count against the endpoint's baseline, then folds the count
-    /// into the baseline.
-    pub(crate) fn rate_ratio(&mut self, ep: u32, client_count: u32) -> f64 {
-        let e = &mut self.endpoints[ep as usize];
-        let x = f64::from(client_count).ln_1p();
-        if e.baseline_ln.is_nan() {
-            e.baseline_ln = x;
-            return 1.0;
+        for (h, (t, e)) in new {
+            if self.template_room() > 0 {
+                let i = self.push(&t, h) as usize;
+                self.endpoints[i].apply(epoch, &e);
+            } else {
+                known.entry(0).or_default().add(&e);
+            }
         }
-        let ratio = (x - e.baseline_ln).exp();
-        e.baseline_ln += BASELINE_ALPHA * (x - e.baseline_ln);
-        ratio
+        if let Some(o) = known.get(&0) {
+            self.overflowed += u64::from(o.requests);
+        }
+        for (i, e) in &known {
+            self.endpoints[*i as usize].apply(epoch, e);
+        }
+        for (p, n) in pairs {
+            let len = self.transitions.len();
+            match self.transitions.get_mut(&p) {
+                Some(c) => *c = c.saturating_add(n),
+                None if len < MAX_TRANSITIONS => {
+                    self.transitions.insert(p, n);
+                }
+                None => {}
+            }
+        }
+        self.start_total = self.start_total.saturating_add(start);
+        self.epoch = epoch;
     }
 
-    /// The template of an id.
+    /// The template of an index.
     pub fn template(&self, id: u32) -> &str {
         &self.templates[id as usize]
     }
@@ -220,19 +614,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vote_bins_are_exact_then_four_per_octave() {
+        for c in 1..8 {
+            assert_eq!(bin_floor(vote_bin(c)), c);
+        }
+        let mut last = 0;
+        for c in 1..5000u32 {
+            let b = vote_bin(c);
+            assert!(b >= last && b < VOTE_BINS, "{c}");
+            assert!(bin_floor(b) <= c, "{c}");
+            if b + 1 < VOTE_BINS {
+                assert!(bin_floor(b + 1) > c, "{c}");
+            }
+            last = b;
+        }
+        assert_eq!(vote_bin(u32::MAX), VOTE_BINS - 1);
+        assert!((decay_over(120) - 0.5).abs() < 1e-12);
+        assert_eq!(decay_over(0), 1.0);
+        assert_eq!(decay_over(3), VOTE_DECAY * VOTE_DECAY * VOTE_DECAY);
+    }
+
+    #[test]
+    fn the_typical_count_is_the_weighted_median() {
+        let mut v = [0.0; VOTE_BINS];
+        assert!(typical_of(&v).is_nan());
+        v[0] = 3.0; // three clients with 1 request
+        v[vote_bin(500)] = 1.0; // one client with 500
+        assert_eq!(typical_of(&v), 2.0);
+        v[vote_bin(500)] = 4.0;
+        assert_eq!(typical_of(&v), 1.0 + f64::from(bin_floor(vote_bin(500))));
+    }
+
+    #[test]
     fn transitions_stop_being_counted_at_the_cap() {
         let mut p = Population::new(2000);
-        let ids: Vec<u32> = (0..1100).map(|i| p.intern(&format!("GET /e{i}"))).collect();
-        for &from in &ids {
-            for &to in &ids[..1000] {
-                p.count_transition(from, to);
+        let mut d = Delta::default();
+        for i in 0..1100u32 {
+            let t = format!("GET /e{i}");
+            d.count(&p, START, 0, p.lookup(fnv1a(t.as_bytes()), &t), 1, false);
+        }
+        p.merge(1, [&mut d]);
+        assert_eq!(p.endpoints(), 1101);
+        for from in 1..=1100u32 {
+            for to in 1..=1000u32 {
+                d.count(&p, from, to, Ep::Known(to), 1, false);
             }
         }
+        assert_eq!(d.transitions.len(), MAX_TRANSITIONS - p.transitions.len());
+        p.merge(2, [&mut d]);
         assert_eq!(p.transitions.len(), MAX_TRANSITIONS);
         // Counted pairs keep counting; pairs over the cap count as unseen.
-        p.count_transition(ids[0], ids[0]);
-        assert_eq!(p.transitions[&(ids[0], ids[0])], 2);
-        assert!(!p.transitions.contains_key(&(ids[1099], ids[999])));
+        d.count(&p, 1, 1, Ep::Known(1), 1, false);
+        p.merge(3, [&mut d]);
+        assert_eq!(p.transitions[&(1, 1)], 2);
+        assert!(!p.transitions.contains_key(&(1100, 1000)));
         p.validate(2000).unwrap();
     }
 }

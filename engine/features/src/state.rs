@@ -6,8 +6,7 @@ use crate::config::FeatureConfig;
 use crate::registry::{ENDPOINT_BUCKET_MS, PointFeature, Registry, WindowFeature};
 use crate::sketch::{bit, linear_count};
 
-/// No endpoint / no id.
-pub(crate) const NONE: u32 = u32::MAX;
+/// No id.
 const NO_ID: u64 = u64::MAX;
 
 /// The window arithmetic of a configuration.
@@ -177,6 +176,7 @@ impl TwoBuckets {
 /// A client's state for one endpoint (a small LRU of slots per client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Slot {
+    /// The endpoint template's hash (its low 32 bits).
     pub ep: u32,
     pub win: TwoBuckets,
     /// Last numeric id used on this endpoint.
@@ -188,7 +188,8 @@ pub(crate) struct Slot {
 pub struct ClientState {
     pub(crate) first_ts: i64,
     pub(crate) last_ts: i64,
-    pub(crate) prev_ep: u32,
+    /// Hash of the template of the client's previous request.
+    pub(crate) prev_ep: Option<u64>,
     pub(crate) buckets: Vec<Bucket>,
     pub(crate) slots: Vec<Slot>,
 }
@@ -197,7 +198,6 @@ pub struct ClientState {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Obs {
     pub ts: i64,
-    pub ep: u32,
     pub ep_hash: u64,
     pub status: u16,
     pub bytes: u64,
@@ -213,15 +213,15 @@ impl ClientState {
         Self {
             first_ts: ts,
             last_ts: i64::MIN,
-            prev_ep: NONE,
+            prev_ep: None,
             buckets: Vec::new(),
             slots: Vec::new(),
         }
     }
 
     /// Checks a restored state against the window arithmetic of this configuration and the
-    /// number of endpoint templates: what [`update`](Self::update) relies on.
-    pub(crate) fn validate(&self, w: &Windows, endpoints: usize) -> Result<(), String> {
+    /// what [`update`](Self::update) relies on.
+    pub(crate) fn validate(&self, w: &Windows) -> Result<(), String> {
         use gatewatch_event::{MAX_TS_MS, MIN_TS_MS};
         let in_range = |t: i64| (MIN_TS_MS..=MAX_TS_MS).contains(&t);
         if !in_range(self.first_ts) || (self.last_ts != i64::MIN && !in_range(self.last_ts)) {
@@ -233,9 +233,6 @@ impl ClientState {
         if self.last_ts != i64::MIN && self.last_ts < self.first_ts {
             return Err("last seen before first seen".into());
         }
-        if self.prev_ep != NONE && self.prev_ep as usize >= endpoints {
-            return Err(format!("previous endpoint {} of {endpoints}", self.prev_ep));
-        }
         if self.slots.len() > w.slots {
             return Err(format!(
                 "{} endpoint slots, the configuration has {}",
@@ -243,11 +240,13 @@ impl ClientState {
                 w.slots
             ));
         }
-        if let Some(s) = self.slots.iter().find(|s| s.ep as usize >= endpoints) {
-            return Err(format!(
-                "endpoint slot for endpoint {} of {endpoints}",
-                s.ep
-            ));
+        if let Some((i, _)) = self
+            .slots
+            .iter()
+            .enumerate()
+            .find(|(i, s)| self.slots[..*i].iter().any(|o| o.ep == s.ep))
+        {
+            return Err(format!("endpoint slot {i} repeats an endpoint"));
         }
         let nh = w.widths_ms.len();
         if self.buckets.len() > nh * w.buckets as usize {
@@ -299,16 +298,27 @@ impl ClientState {
     /// Adds one request and writes the client's features into `out` (window features of every
     /// horizon, then `secs_since_prev`, `client_age_secs`, `endpoint_count_1m` and
     /// `endpoint_entropy_1m`; the population features are written by the caller). Returns the
-    /// client's count on this endpoint in the endpoint window, for the population baseline.
-    pub(crate) fn update(&mut self, o: &Obs, w: &Windows, reg: &Registry, out: &mut [f64]) -> u32 {
+    /// client's count on this endpoint in the endpoint window, and whether its previous
+    /// request on the endpoint was in the same endpoint bucket (population epoch): what the
+    /// population's per-client vote needs.
+    pub(crate) fn update(
+        &mut self,
+        o: &Obs,
+        w: &Windows,
+        reg: &Registry,
+        out: &mut [f64],
+    ) -> (u32, bool) {
+        let ep = o.ep_hash as u32;
         let gap = (self.last_ts != i64::MIN).then(|| (o.ts - self.last_ts).max(0));
 
         // Endpoint slots.
         let eidx = bucket_of(o.ts, ENDPOINT_BUCKET_MS);
         let mut seq_step = false;
-        let pos = match self.slots.iter().position(|s| s.ep == o.ep) {
+        let mut repeat = false;
+        let pos = match self.slots.iter().position(|s| s.ep == ep) {
             Some(i) => {
                 let s = &mut self.slots[i];
+                repeat = s.win.idx == eidx;
                 s.win.add(eidx);
                 if let (Some(n), true) = (o.num_id, s.last_id != NO_ID) {
                     let d = n.abs_diff(s.last_id);
@@ -323,7 +333,7 @@ impl ClientState {
                 let mut win = TwoBuckets::default();
                 win.add(eidx);
                 let slot = Slot {
-                    ep: o.ep,
+                    ep,
                     win,
                     last_id: o.num_id.unwrap_or(NO_ID),
                 };
@@ -459,8 +469,8 @@ impl ClientState {
         out[reg.point_index(PointFeature::EndpointEntropy)] = entropy;
 
         self.last_ts = o.ts;
-        self.prev_ep = o.ep;
-        endpoint_count
+        self.prev_ep = Some(o.ep_hash);
+        (endpoint_count, repeat)
     }
 }
 

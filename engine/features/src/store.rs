@@ -245,8 +245,14 @@ impl ClientStore {
         })
     }
 
-    /// Appends a client as the most recently used (used when restoring and splitting).
+    /// Appends a client as the most recently used (used when restoring and splitting); when
+    /// the store is full, the least recently used is evicted (counted).
     pub(crate) fn push_restored(&mut self, key: Box<str>, state: ClientState) {
+        if self.len >= self.cap && self.tail != NIL {
+            let t = self.tail;
+            self.remove(t);
+            self.evictions.capacity += 1;
+        }
         let hash = self.hasher.hash_one(&*key);
         self.insert_front(key, state, hash);
     }

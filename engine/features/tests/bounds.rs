@@ -118,12 +118,13 @@ fn late_events_are_refused_with_their_line_and_lag() {
 fn endpoint_table_is_capped() {
     let mut eng = engine("max_endpoints = 5\nallowed_lateness_ms = 0");
     let mut endpoints = Vec::new();
-    for i in 0..20 {
+    // Twenty new templates in one epoch; the next epoch's first request merges them.
+    for i in 0..21 {
         let ev = RequestEvent::new(
-            i,
+            if i < 20 { i } else { gatewatch_features::EPOCH_MS },
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             "GET",
-            &format!("/random-{}", (b'a' + i as u8) as char),
+            &format!("/random-{}", (b'a' + (i % 20) as u8) as char),
             404,
         );
         eng.push(
@@ -152,7 +153,7 @@ fn state_of(n: u8) -> (Vec<u8>, FeatureEngine) {
     for i in 0..u32::from(n) * 3 {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, (i % u32::from(n)) as u8));
         let ev = RequestEvent::new(
-            i64::from(i) * 100,
+            i64::from(i) * 2000,
             ip,
             "GET",
             &format!("/e{}/{i}", i % 4),
@@ -248,8 +249,7 @@ fn restoring_applies_the_configured_caps() {
 }
 
 #[test]
-fn split_parts_continue_their_clients_windows() {
-    use gatewatch_features::{WindowFeature, part_of};
+fn repartitioned_parts_continue_exactly() {
     let ev = |i: i64| {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, (i % 7) as u8, (i % 13) as u8));
         RequestEvent::new(
@@ -260,57 +260,49 @@ fn split_parts_continue_their_clients_windows() {
             if i % 9 == 0 { 404 } else { 200 },
         )
     };
+    let record = |out: &mut Vec<(u64, String, Vec<u64>)>, r: &gatewatch_features::Record<'_>| {
+        out.push((
+            r.line,
+            r.client.to_string(),
+            r.features.iter().map(|f| f.to_bits()).collect(),
+        ))
+    };
     let mut whole = engine("allowed_lateness_ms = 0");
     let mut want = Vec::new();
     for i in 0..2000 {
-        whole.push(
-            ev(i),
-            i as u64,
-            &mut |r| {
-                want.push((
-                    r.client.to_string(),
-                    r.features[..4 * WindowFeature::COUNT].to_vec(),
-                ))
-            },
-            &mut |l| panic!("refused: {l}"),
-        );
-    }
-    let mut first = engine("allowed_lateness_ms = 0");
-    for i in 0..1000 {
-        first.push(ev(i), i as u64, &mut |_| {}, &mut |l| {
+        whole.push(ev(i), i as u64, &mut |r| record(&mut want, r), &mut |l| {
             panic!("refused: {l}")
         });
     }
-    let mut parts = first.split(3);
-    let mut got = vec![None; 2000];
-    for i in 1000..2000 {
-        let e = ev(i);
-        let key = format!("ip:{}", e.client_ip);
-        let p = part_of(&key, 3) as usize;
-        parts[p].push(
-            e,
-            i as u64,
-            &mut |r| {
-                got[r.line as usize] = Some((
-                    r.client.to_string(),
-                    r.features[..4 * WindowFeature::COUNT].to_vec(),
-                ))
-            },
-            &mut |l| panic!("refused: {l}"),
-        );
+    let mut first = engine("allowed_lateness_ms = 0");
+    let mut got = Vec::new();
+    for i in 0..1000 {
+        first.push(ev(i), i as u64, &mut |r| record(&mut got, r), &mut |l| {
+            panic!("refused: {l}")
+        });
     }
-    // Client windows carry over exactly; `surprise_mean` rests on each part's own copy of the
-    // population model, which diverges after the split.
-    let own = |v: &Vec<f64>| -> Vec<f64> {
-        v.iter()
-            .enumerate()
-            .filter(|(k, _)| k % WindowFeature::COUNT != WindowFeature::SurpriseMean as usize)
-            .map(|(_, x)| *x)
-            .collect()
-    };
-    for i in 1000..2000 {
-        let (gc, gv) = got[i].as_ref().expect("emitted");
-        assert_eq!((gc, own(gv)), (&want[i].0, own(&want[i].1)), "event {i}");
+    // Split in three mid-epoch, then saved and restored into two parts.
+    let mut parts = first.repartition(3);
+    assert_eq!(parts.parts(), 3);
+    for i in 1000..1500 {
+        parts.push(ev(i), i as u64, &mut |r| record(&mut got, r), &mut |l| {
+            panic!("refused: {l}")
+        });
+    }
+    let mut bytes = Vec::new();
+    parts.save_state(&mut bytes).unwrap();
+    let cfg = Config::parse("[features]\nallowed_lateness_ms = 0").unwrap();
+    let mut two = FeatureEngine::with_parts(&cfg, 2).unwrap();
+    two.restore_state(&mut bytes.as_slice()).unwrap();
+    assert_eq!(two.clients(), parts.clients());
+    for i in 1500..2000 {
+        two.push(ev(i), i as u64, &mut |r| record(&mut got, r), &mut |l| {
+            panic!("refused: {l}")
+        });
+    }
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "event {}", w.0);
     }
 }
 

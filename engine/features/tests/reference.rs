@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use gatewatch_event::RequestEvent;
 use gatewatch_features::{
-    Config, ENDPOINT_BUCKET_MS, FeatureEngine, Format, Ingest, PointFeature, Registry,
-    WindowFeature, bit, fnv1a, linear_count,
+    Config, ENDPOINT_BUCKET_MS, EPOCH_MS, FeatureEngine, Format, Ingest, PointFeature, Registry,
+    VOTE_DECAY, WindowFeature, bit, fnv1a, linear_count,
 };
 use proptest::prelude::*;
 
@@ -60,7 +60,7 @@ impl Raw {
 fn stream() -> impl Strategy<Value = Vec<Raw>> {
     prop::collection::vec(
         (
-            0i64..600,
+            0i64..1500,
             0i64..400,
             0u8..4,
             0usize..6,
@@ -96,6 +96,51 @@ fn stream() -> impl Strategy<Value = Vec<Raw>> {
             })
             .collect()
     })
+}
+
+/// The histogram bin of a count: exact for 1–7, then four per octave.
+fn vote_bin(c: u32) -> usize {
+    if c < 8 {
+        return c as usize - 1;
+    }
+    let l = (c as f64).log2().floor() as usize;
+    (7 + (l - 3) * 4 + ((c >> (l - 2)) & 3) as usize).min(39)
+}
+
+fn bin_floor(b: usize) -> f64 {
+    if b < 7 {
+        (b + 1) as f64
+    } else {
+        ((4 + (b - 7) % 4) << (3 + (b - 7) / 4 - 2)) as f64
+    }
+}
+
+fn decay_over(n: u64) -> f64 {
+    let (mut r, mut b, mut e) = (1.0f64, VOTE_DECAY, n);
+    while e > 0 {
+        if e & 1 == 1 {
+            r *= b;
+        }
+        b *= b;
+        e >>= 1;
+    }
+    r
+}
+
+/// 1 + the weighted median count.
+fn typical(v: &[f64; 40]) -> Option<f64> {
+    let total: f64 = v.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut cum = 0.0;
+    for (b, x) in v.iter().enumerate() {
+        cum += x;
+        if cum >= total * 0.5 {
+            return Some(1.0 + bin_floor(b));
+        }
+    }
+    Some(1.0 + bin_floor(39))
 }
 
 /// The naive reference: every feature of every accepted event, recomputed from the raw list.
@@ -142,8 +187,6 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
     order.sort_by_key(|&i| (raw[i].ts, i));
     let max_ms = i64::from(*cfg.features.horizons_secs.last().unwrap()) * 1000;
     let mut out = Vec::new();
-    let mut templates: Vec<String> = vec!["{other}".into()];
-    let mut baseline: std::collections::HashMap<String, f64> = Default::default();
     let ep_count = |p: usize, q: usize, order: &[usize]| -> u32 {
         // events of q's client on q's endpoint in the endpoint window ending at q, up to p
         let e = &raw[order[q]];
@@ -158,31 +201,55 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             })
             .count() as u32
     };
-    // Surprise of each processed event (sequential population model).
+    // The population model: statistics of the epochs before each event's epoch.
+    let epoch = |q: usize| raw[order[q]].ts.div_euclid(EPOCH_MS);
+    let prev = |q: usize| -> Option<String> {
+        let c = raw[order[q]].client;
+        (0..q)
+            .rev()
+            .find(|&k| raw[order[k]].client == c)
+            .map(|k| raw[order[k]].template())
+    };
+    // A template is in the endpoint table from the epoch after its first request; before,
+    // the overflow endpoint (None) stands for it. Transitions are keyed as they were seen.
+    let admitted = |t: &str, e: i64| (0..order.len()).any(|q| epoch(q) < e && raw[order[q]].template() == t);
+    #[derive(PartialEq)]
+    enum From {
+        Start,
+        Ep(Option<String>),
+    }
+    let key_at = |q: usize, e: i64| -> (From, Option<String>) {
+        let from = match prev(q) {
+            None => From::Start,
+            Some(t) => From::Ep(admitted(&t, e).then_some(t)),
+        };
+        let t = raw[order[q]].template();
+        (from, admitted(&t, e).then_some(t))
+    };
     let mut surprises = vec![0.0; order.len()];
     for p in 0..order.len() {
-        let e = &raw[order[p]];
-        if !templates.contains(&e.template()) {
-            templates.push(e.template());
-        }
-        let prev = |q: usize| -> Option<String> {
-            let c = raw[order[q]].client;
-            (0..q)
-                .rev()
-                .find(|&k| raw[order[k]].client == c)
-                .map(|k| raw[order[k]].template())
-        };
-        let from = prev(p);
+        let e = epoch(p);
+        let (from, to) = key_at(p, e);
         let (mut c, mut total) = (0u32, 0u32);
-        for q in 0..p {
-            if prev(q) == from {
+        for q in (0..order.len()).filter(|&q| epoch(q) < e) {
+            let (fq, tq) = key_at(q, epoch(q));
+            if fq == from {
                 total += 1;
-                if raw[order[q]].template() == e.template() {
+                if tq == to {
                     c += 1;
                 }
             }
         }
-        surprises[p] = -((f64::from(c) + 1.0) / (f64::from(total) + templates.len() as f64)).log2();
+        let templates = 1 + {
+            let mut seen: Vec<String> = (0..order.len())
+                .filter(|&q| epoch(q) < e)
+                .map(|q| raw[order[q]].template())
+                .collect();
+            seen.sort();
+            seen.dedup();
+            seen.len()
+        };
+        surprises[p] = -((f64::from(c) + 1.0) / (f64::from(total) + templates as f64)).log2();
     }
     for p in 0..order.len() {
         let e = &raw[order[p]];
@@ -283,26 +350,36 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
         let t: f64 = per.values().sum();
         f[reg.point_index(PointFeature::EndpointEntropy)] =
             -per.values().map(|c| (c / t) * (c / t).log2()).sum::<f64>();
-        let pop = order[..=p]
-            .iter()
-            .filter(|&&j| {
-                raw[j].template() == e.template()
-                    && cur - raw[j].ts.div_euclid(ENDPOINT_BUCKET_MS) <= 1
-            })
+        let e_p = epoch(p);
+        let pop = (0..order.len())
+            .filter(|&q| raw[order[q]].template() == e.template() && (1..=2).contains(&(e_p - epoch(q))))
             .count();
         f[reg.point_index(PointFeature::EndpointPopRate)] = pop as f64 / 60.0;
-        let x = f64::from(count).ln_1p();
-        f[reg.point_index(PointFeature::EndpointRateRatio)] = match baseline.get_mut(&e.template())
-        {
-            None => {
-                baseline.insert(e.template(), x);
-                1.0
+        // Votes: per client and earlier epoch, the bin of its count at its last request to
+        // this endpoint in that epoch; folded epoch by epoch with the decay.
+        let mut votes = [0.0f64; 40];
+        let mut last_epoch: Option<i64> = None;
+        for ve in (0..order.len()).map(epoch).filter(|&x| x < e_p).collect::<std::collections::BTreeSet<_>>() {
+            let mut add = [0i32; 40];
+            for client in 0..=255u8 {
+                let last = (0..order.len()).rev().find(|&q| {
+                    epoch(q) == ve && raw[order[q]].client == client && raw[order[q]].template() == e.template()
+                });
+                if let Some(q) = last {
+                    add[vote_bin(ep_count(q, q, &order))] += 1;
+                }
             }
-            Some(bl) => {
-                let r = (x - *bl).exp();
-                *bl += (x - *bl) / 64.0;
-                r
+            if add.iter().any(|v| *v != 0) {
+                let d = last_epoch.map_or(1.0, |l| decay_over((ve - l) as u64));
+                for (v, n) in votes.iter_mut().zip(add) {
+                    *v = (*v * d + f64::from(n)).max(0.0);
+                }
+                last_epoch = Some(ve);
             }
+        }
+        f[reg.point_index(PointFeature::EndpointRateRatio)] = match typical(&votes) {
+            Some(t) => (1.0 + f64::from(count)) / t,
+            None => 1.0,
         };
         out.push((order[p], f));
     }

@@ -1,0 +1,152 @@
+//! Partitioned runs equal the single-part run bit for bit, whatever the number of parts, with
+//! and without a full endpoint table; the population baseline of an endpoint resists one
+//! client's flood.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use gatewatch_event::RequestEvent;
+use gatewatch_features::{Config, FeatureEngine, PointFeature, Record, Registry};
+use proptest::prelude::*;
+
+type Out = Vec<(u64, String, Vec<u64>)>;
+
+fn config(extra: &str) -> Config {
+    Config::parse(&format!(
+        "[features]\nhorizons_secs = [5, 60]\nbuckets_per_horizon = 5\nallowed_lateness_ms = 2000\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn run(events: &[RequestEvent], cfg: &Config, parts: u32, cut: usize) -> (Out, usize) {
+    let mut eng = FeatureEngine::with_parts(cfg, 1).unwrap();
+    let mut out = Vec::new();
+    let mut sink = |r: &Record<'_>| {
+        out.push((
+            r.line,
+            r.client.to_string(),
+            r.features.iter().map(|f| f.to_bits()).collect(),
+        ))
+    };
+    let mut late = 0;
+    for (i, e) in events.iter().enumerate() {
+        if i == cut {
+            eng = eng.repartition(parts);
+        }
+        eng.push(e.clone(), i as u64, &mut sink, &mut |_| late += 1);
+    }
+    eng.finish(&mut sink);
+    assert_eq!(eng.parts(), if cut < events.len() { parts as usize } else { 1 });
+    (out, late)
+}
+
+fn log() -> impl Strategy<Value = Vec<RequestEvent>> {
+    prop::collection::vec(
+        (0i64..4000, 0i64..1500, 0u8..24, 0u8..12, 0u16..50, 0usize..4),
+        1..400,
+    )
+    .prop_map(|v| {
+        let mut t = 1_700_000_000_000i64;
+        v.into_iter()
+            .map(|(dt, jitter, client, path, id, st)| {
+                t += dt;
+                let path = match path {
+                    0..=5 => format!("/api/p{path}/{id}"),
+                    6..=8 => format!("/static/s{path}.js"),
+                    _ => format!("/x{id}"),
+                };
+                RequestEvent::new(
+                    t - jitter,
+                    IpAddr::V4(Ipv4Addr::new(10, 1, client % 5, client)),
+                    "GET",
+                    &path,
+                    [200, 200, 404, 401][st],
+                )
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// N ∈ {1, 2, 3, 8} parts from the start, or from a point mid-stream, give the same
+    /// records bit for bit; also with an endpoint table too small for the log's templates.
+    #[test]
+    fn n_parts_equal_one_part(events in log(), cut in 0usize..400, small in any::<bool>()) {
+        let cfg = config(if small { "max_endpoints = 4" } else { "" });
+        let (one, late) = run(&events, &cfg, 1, usize::MAX);
+        prop_assert_eq!(one.len() + late, events.len());
+        for parts in [2, 3, 8] {
+            for at in [0, cut.min(events.len())] {
+                let (got, _) = run(&events, &cfg, parts, at);
+                prop_assert_eq!(&got, &one, "{} parts from event {}", parts, at);
+            }
+        }
+    }
+}
+
+/// 60 clients use an endpoint a few times a minute for an hour; then one client sends 600
+/// requests a minute to it for an hour. Each client has one vote per epoch in the endpoint's
+/// typical count, so the flood does not move the baseline: the flooder's rate ratio stays
+/// two orders of magnitude above a normal client's.
+#[test]
+fn one_client_flooding_an_endpoint_does_not_become_its_baseline() {
+    let cfg = Config::default();
+    let reg = Registry::new(&cfg.features);
+    let ratio = reg.point_index(PointFeature::EndpointRateRatio);
+    let pop = reg.point_index(PointFeature::EndpointPopRate);
+    let mut eng = FeatureEngine::new(&cfg).unwrap();
+    let t0 = 1_700_000_000_000i64;
+    let normal = |c: u8| IpAddr::V4(Ipv4Addr::new(10, 0, 0, c));
+    let flooder = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    let mut events = Vec::new();
+    for minute in 0..120i64 {
+        for c in 0..60u8 {
+            // Two requests a minute each, spread over the minute.
+            for k in 0..2i64 {
+                let ts = t0 + minute * 60_000 + i64::from(c) * 900 + k * 29_000;
+                events.push(RequestEvent::new(ts, normal(c), "POST", "/login", 200));
+            }
+        }
+        if minute >= 60 {
+            for k in 0..600i64 {
+                let ts = t0 + minute * 60_000 + k * 100;
+                events.push(RequestEvent::new(ts, flooder, "POST", "/login", 401));
+            }
+        }
+    }
+    events.sort_by_key(|e| e.ts_ms);
+    let last_minute = t0 + 119 * 60_000;
+    let (mut normal_ratio, mut flood_ratio, mut pop_rate) = (Vec::new(), Vec::new(), 0.0);
+    for (i, e) in events.into_iter().enumerate() {
+        eng.push(
+            e,
+            i as u64,
+            &mut |r| {
+                if r.event.ts_ms >= last_minute {
+                    if r.event.client_ip == flooder {
+                        flood_ratio.push(r.features[ratio]);
+                        pop_rate = r.features[pop];
+                    } else {
+                        normal_ratio.push(r.features[ratio]);
+                    }
+                }
+            },
+            &mut |l| panic!("refused: {l}"),
+        );
+    }
+    let max_normal = normal_ratio.iter().copied().fold(0.0, f64::max);
+    let min_flood = flood_ratio.iter().copied().fold(f64::INFINITY, f64::min);
+    // The typical client sends 1–3 requests in the 30–60 s window: 1 + 2 or 1 + 3.
+    assert!(max_normal <= 4.0 / 3.0 + 1e-9, "normal clients' ratio {max_normal}");
+    // The flooder sends 300–600 in the same window.
+    assert!(min_flood > 50.0, "the flooder's ratio {min_flood}");
+    let median_flood = {
+        let mut v = flood_ratio.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    assert!(median_flood > 100.0, "the flooder's median ratio {median_flood}");
+    // The population rate still counts every request (600 + 120 a minute).
+    assert!((pop_rate - 720.0 / 60.0).abs() < 1.0, "population rate {pop_rate}");
+}
