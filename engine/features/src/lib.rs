@@ -20,7 +20,9 @@ pub use config::{Config, FeatureConfig, InputConfig};
 pub use engine::{FeatureEngine, LateEvent, Record, RefusedKind, SNAPSHOT_VERSION, Stats};
 pub use error::{Error, Result};
 pub use ingest::{Format, Ingest, MAX_LINE_BYTES, Rejection};
-pub use population::{EPOCH_MS, MAX_TRANSITIONS, OVERFLOW_TEMPLATE, Population, VOTE_DECAY, epoch_of};
+pub use population::{
+    EPOCH_MS, MAX_TRANSITIONS, OVERFLOW_TEMPLATE, Population, VOTE_DECAY, epoch_of,
+};
 pub use registry::{
     DEFINITIONS_VERSION, ENDPOINT_BUCKET_MS, FeatureDef, PointFeature, Registry, WindowFeature,
     horizon_suffix,

@@ -9,7 +9,7 @@ use crate::config::FeatureConfig;
 
 /// Version of the feature definitions' code; part of the registry hash, raised whenever a
 /// definition changes meaning.
-pub const DEFINITIONS_VERSION: u32 = 2;
+pub const DEFINITIONS_VERSION: u32 = 3;
 
 /// Width of the per-endpoint windows of one client and of the population (milliseconds).
 pub const ENDPOINT_BUCKET_MS: i64 = 30_000;
@@ -191,7 +191,7 @@ impl PointFeature {
             Self::TransitionSurprise => (
                 "transition_surprise",
                 "population model",
-                "−log2 P(endpoint | client's previous endpoint, or the start of its session) with add-one smoothing, from the transition counts of all clients' earlier requests (this one excluded).",
+                "−log2 P(endpoint | client's previous endpoint, or the start of its session) with add-one smoothing over the endpoint table, from the transition counts of all clients' requests in earlier 30-second population epochs (the current epoch excluded). A template enters the table at the end of the epoch of its first request; until then, and when the table is full, the shared overflow endpoint stands for it.",
             ),
             Self::EndpointCount => (
                 "endpoint_count_1m",
@@ -201,7 +201,7 @@ impl PointFeature {
             Self::EndpointRateRatio => (
                 "endpoint_rate_ratio",
                 "population-relative",
-                "(1 + `endpoint_count_1m`) / (1 + typical count), the typical count being the endpoint's exponentially weighted (α = 1/64) geometric mean of `endpoint_count_1m` over earlier requests; 1 for an endpoint's first request.",
+                "(1 + `endpoint_count_1m`) / (1 + typical count). The typical count is the weighted median of one vote per client and earlier 30-second epoch — the client's highest `endpoint_count_1m` on this endpoint in that epoch, binned exactly up to 7 and in quarter-octaves above — each epoch's votes weighted 2^(−age/1 h). One client is one vote, however many requests it sends. 1 while the endpoint has no votes.",
             ),
             Self::EndpointEntropy => (
                 "endpoint_entropy_1m",
@@ -211,7 +211,7 @@ impl PointFeature {
             Self::EndpointPopRate => (
                 "endpoint_pop_rate_1m",
                 "count / 60 s",
-                "Requests of all clients to this endpoint in the same 30–60 s window, per second of a minute (count / 60).",
+                "Requests of all clients to this endpoint in the two 30-second population epochs before the current one, per second (count / 60).",
             ),
         }
     }

@@ -121,7 +121,11 @@ fn endpoint_table_is_capped() {
     // Twenty new templates in one epoch; the next epoch's first request merges them.
     for i in 0..21 {
         let ev = RequestEvent::new(
-            if i < 20 { i } else { gatewatch_features::EPOCH_MS },
+            if i < 20 {
+                i
+            } else {
+                gatewatch_features::EPOCH_MS
+            },
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             "GET",
             &format!("/random-{}", (b'a' + (i % 20) as u8) as char),

@@ -35,13 +35,27 @@ fn run(events: &[RequestEvent], cfg: &Config, parts: u32, cut: usize) -> (Out, u
         eng.push(e.clone(), i as u64, &mut sink, &mut |_| late += 1);
     }
     eng.finish(&mut sink);
-    assert_eq!(eng.parts(), if cut < events.len() { parts as usize } else { 1 });
+    assert_eq!(
+        eng.parts(),
+        if cut < events.len() {
+            parts as usize
+        } else {
+            1
+        }
+    );
     (out, late)
 }
 
 fn log() -> impl Strategy<Value = Vec<RequestEvent>> {
     prop::collection::vec(
-        (0i64..4000, 0i64..1500, 0u8..24, 0u8..12, 0u16..50, 0usize..4),
+        (
+            0i64..4000,
+            0i64..1500,
+            0u8..24,
+            0u8..12,
+            0u16..50,
+            0usize..4,
+        ),
         1..400,
     )
     .prop_map(|v| {
@@ -138,7 +152,10 @@ fn one_client_flooding_an_endpoint_does_not_become_its_baseline() {
     let max_normal = normal_ratio.iter().copied().fold(0.0, f64::max);
     let min_flood = flood_ratio.iter().copied().fold(f64::INFINITY, f64::min);
     // The typical client sends 1–3 requests in the 30–60 s window: 1 + 2 or 1 + 3.
-    assert!(max_normal <= 4.0 / 3.0 + 1e-9, "normal clients' ratio {max_normal}");
+    assert!(
+        max_normal <= 4.0 / 3.0 + 1e-9,
+        "normal clients' ratio {max_normal}"
+    );
     // The flooder sends 300–600 in the same window.
     assert!(min_flood > 50.0, "the flooder's ratio {min_flood}");
     let median_flood = {
@@ -146,7 +163,13 @@ fn one_client_flooding_an_endpoint_does_not_become_its_baseline() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    assert!(median_flood > 100.0, "the flooder's median ratio {median_flood}");
+    assert!(
+        median_flood > 100.0,
+        "the flooder's median ratio {median_flood}"
+    );
     // The population rate still counts every request (600 + 120 a minute).
-    assert!((pop_rate - 720.0 / 60.0).abs() < 1.0, "population rate {pop_rate}");
+    assert!(
+        (pop_rate - 720.0 / 60.0).abs() < 1.0,
+        "population rate {pop_rate}"
+    );
 }

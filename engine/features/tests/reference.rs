@@ -212,7 +212,8 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
     };
     // A template is in the endpoint table from the epoch after its first request; before,
     // the overflow endpoint (None) stands for it. Transitions are keyed as they were seen.
-    let admitted = |t: &str, e: i64| (0..order.len()).any(|q| epoch(q) < e && raw[order[q]].template() == t);
+    let admitted =
+        |t: &str, e: i64| (0..order.len()).any(|q| epoch(q) < e && raw[order[q]].template() == t);
     #[derive(PartialEq)]
     enum From {
         Start,
@@ -352,18 +353,26 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             -per.values().map(|c| (c / t) * (c / t).log2()).sum::<f64>();
         let e_p = epoch(p);
         let pop = (0..order.len())
-            .filter(|&q| raw[order[q]].template() == e.template() && (1..=2).contains(&(e_p - epoch(q))))
+            .filter(|&q| {
+                raw[order[q]].template() == e.template() && (1..=2).contains(&(e_p - epoch(q)))
+            })
             .count();
         f[reg.point_index(PointFeature::EndpointPopRate)] = pop as f64 / 60.0;
         // Votes: per client and earlier epoch, the bin of its count at its last request to
         // this endpoint in that epoch; folded epoch by epoch with the decay.
         let mut votes = [0.0f64; 40];
         let mut last_epoch: Option<i64> = None;
-        for ve in (0..order.len()).map(epoch).filter(|&x| x < e_p).collect::<std::collections::BTreeSet<_>>() {
+        for ve in (0..order.len())
+            .map(epoch)
+            .filter(|&x| x < e_p)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             let mut add = [0i32; 40];
             for client in 0..=255u8 {
                 let last = (0..order.len()).rev().find(|&q| {
-                    epoch(q) == ve && raw[order[q]].client == client && raw[order[q]].template() == e.template()
+                    epoch(q) == ve
+                        && raw[order[q]].client == client
+                        && raw[order[q]].template() == e.template()
                 });
                 if let Some(q) = last {
                     add[vote_bin(ep_count(q, q, &order))] += 1;
