@@ -128,6 +128,15 @@ pub struct FeatureEngine {
     keys: ClientKeyExtractor,
     endpoints: EndpointNormalizer,
     parts: Vec<Part>,
+    /// Threads used by `flush` (1: events are processed as they are released).
+    threads: usize,
+    /// Released events waiting for the next parallel batch.
+    ready: Vec<Pending>,
+    /// Per-thread key extractors of the parallel path.
+    key_workers: Vec<ClientKeyExtractor>,
+    prepared: Vec<Prep>,
+    /// Per-part feature rows of the current parallel batch.
+    rows: Vec<Vec<f64>>,
     population: Population,
     /// The population epoch open now (`i64::MIN` before the first event).
     epoch: i64,
@@ -175,6 +184,78 @@ struct Snapshot {
     clients: Vec<(Box<str>, ClientState)>,
 }
 
+/// Events a threaded engine processes together.
+const BATCH: usize = 16_384;
+
+/// An event's client key and endpoint, worked out before its part processes it.
+struct Prep {
+    key: String,
+    kind: KeyKind,
+    endpoint: Endpoint,
+    hash: u64,
+    part: u32,
+}
+
+impl Default for Prep {
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            kind: KeyKind::Ip,
+            endpoint: Endpoint::default(),
+            hash: 0,
+            part: 0,
+        }
+    }
+}
+
+/// One request's features: the client's windows in its part, the population features from
+/// the merged statistics, and the part's contributions to the open epoch.
+#[allow(clippy::too_many_arguments)]
+fn compute(
+    part: &mut Part,
+    pop: &Population,
+    windows: &Windows,
+    registry: &Registry,
+    ev: &RequestEvent,
+    key: &str,
+    endpoint: &Endpoint,
+    ep_hash: u64,
+    epoch: i64,
+    out: &mut [f64],
+) {
+    let ep = pop.lookup(ep_hash, &endpoint.template);
+    let to = match ep {
+        Ep::Known(i) => i,
+        Ep::New(..) => 0,
+    };
+    let (id_hash, num_id) = match endpoint.ids.last() {
+        Some(id) => (
+            Some(fnv1a(id.value.as_bytes()) ^ ep_hash.rotate_left(17)),
+            id.as_u64(),
+        ),
+        None => (None, None),
+    };
+    part.store.expire(ev.ts_ms);
+    let state = part.store.get_or_insert(key, ev.ts_ms);
+    let from = state.prev_ep.map_or(START, |h| pop.index_of(h));
+    let surprise = pop.surprise(from, to);
+    let obs = Obs {
+        ts: ev.ts_ms,
+        ep_hash,
+        status: ev.status,
+        bytes: ev.bytes(),
+        id_hash,
+        num_id,
+        surprise,
+    };
+    let (count, repeat) = state.update(&obs, windows, registry, out);
+    part.delta.count(pop, from, to, ep, count, repeat);
+    out[registry.point_index(PointFeature::TransitionSurprise)] = surprise;
+    out[registry.point_index(PointFeature::EndpointRateRatio)] = pop.rate_ratio(to, count);
+    out[registry.point_index(PointFeature::EndpointPopRate)] =
+        f64::from(pop.recent_requests(to, epoch)) / 60.0;
+}
+
 impl FeatureEngine {
     /// An engine for a configuration (validated here).
     pub fn new(cfg: &Config) -> Result<Self> {
@@ -186,13 +267,31 @@ impl FeatureEngine {
     /// number of parts while no part evicts a client for capacity (`max_clients` applies to
     /// each part).
     pub fn with_parts(cfg: &Config, parts: u32) -> Result<Self> {
+        Self::build(cfg, parts, 1)
+    }
+
+    /// An engine that uses `threads` cores: its clients are split into as many parts, each
+    /// processed on its own thread, in batches of released events (so records come out in
+    /// bursts; [`flush`](Self::flush) forces one). Same output as one thread.
+    pub fn with_threads(cfg: &Config, threads: usize) -> Result<Self> {
+        let t = threads.clamp(1, 256);
+        Self::build(cfg, t as u32, t)
+    }
+
+    fn build(cfg: &Config, parts: u32, threads: usize) -> Result<Self> {
         cfg.features.validate()?;
+        let keys = ClientKeyExtractor::new(&cfg.client_key)?;
         let registry = Registry::new(&cfg.features);
         let n = registry.len();
         Ok(Self {
             windows: Windows::new(&cfg.features),
             lateness_ms: i64::try_from(cfg.features.allowed_lateness_ms).unwrap_or(i64::MAX),
-            keys: ClientKeyExtractor::new(&cfg.client_key)?,
+            key_workers: vec![keys.clone(); threads.max(1)],
+            keys,
+            threads,
+            ready: Vec::new(),
+            prepared: Vec::new(),
+            rows: vec![Vec::new(); parts.max(1) as usize],
             endpoints: EndpointNormalizer::new(&cfg.endpoints)?,
             parts: (0..parts.max(1))
                 .map(|_| Part {
@@ -226,7 +325,12 @@ impl FeatureEngine {
     /// Run counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats;
-        s.malformed_jwt = self.keys.malformed_jwt;
+        s.malformed_jwt = self.keys.malformed_jwt
+            + self
+                .key_workers
+                .iter()
+                .map(|k| k.malformed_jwt)
+                .sum::<u64>();
         s
     }
 
@@ -397,7 +501,7 @@ impl FeatureEngine {
         let watermark = self.max_ts.saturating_sub(self.lateness_ms);
         while self.pending.front().is_some_and(|p| p.ts <= watermark) {
             let p = self.pending.pop_front().expect("non-empty");
-            self.process(&p.event, p.line, sink);
+            self.release(p, sink);
         }
     }
 
@@ -409,7 +513,128 @@ impl FeatureEngine {
             self.confirm_ahead(sink, &mut |_| {});
         }
         while let Some(p) = self.pending.pop_front() {
+            self.release(p, sink);
+        }
+        self.flush(sink);
+    }
+
+    /// Processes an event the watermark has passed: now, or in the next parallel batch.
+    fn release(&mut self, p: Pending, sink: &mut impl FnMut(&Record<'_>)) {
+        if self.threads <= 1 {
             self.process(&p.event, p.line, sink);
+        } else {
+            self.ready.push(p);
+            if self.ready.len() >= BATCH {
+                self.flush(sink);
+            }
+        }
+    }
+
+    /// Processes the events released so far and not yet processed (an engine with threads
+    /// works in batches; [`finish`](Self::finish) flushes too). Records come out in the same
+    /// order, with the same values, as without threads.
+    pub fn flush(&mut self, sink: &mut impl FnMut(&Record<'_>)) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let ready = std::mem::take(&mut self.ready);
+        let mut start = 0;
+        while start < ready.len() {
+            let epoch = epoch_of(ready[start].ts);
+            let len = ready[start..].partition_point(|p| epoch_of(p.ts) == epoch);
+            self.run_segment(&ready[start..start + len], epoch, sink);
+            start += len;
+        }
+        self.ready = ready;
+        self.ready.clear();
+    }
+
+    /// Merges the open epoch's deltas when event time enters another epoch.
+    fn enter_epoch(&mut self, epoch: i64) {
+        if epoch != self.epoch {
+            if self.epoch != i64::MIN {
+                self.population
+                    .merge(self.epoch, self.parts.iter_mut().map(|p| &mut p.delta));
+            }
+            self.epoch = epoch;
+        }
+    }
+
+    /// One epoch's events on all cores: keys and templates by chunks of events, then
+    /// features part by part, then the records in order.
+    fn run_segment(&mut self, events: &[Pending], epoch: i64, sink: &mut impl FnMut(&Record<'_>)) {
+        self.enter_epoch(epoch);
+        let n_parts = self.parts.len() as u32;
+        if self.prepared.len() < events.len() {
+            self.prepared.resize_with(events.len(), Prep::default);
+        }
+        let prepared = &mut self.prepared[..events.len()];
+        let chunk = events.len().div_ceil(self.key_workers.len()).max(1);
+        let endpoints = &self.endpoints;
+        std::thread::scope(|s| {
+            for ((evs, preps), keys) in events
+                .chunks(chunk)
+                .zip(prepared.chunks_mut(chunk))
+                .zip(self.key_workers.iter_mut())
+            {
+                s.spawn(move || {
+                    for (p, prep) in evs.iter().zip(preps) {
+                        prep.kind = keys.key_into(&p.event, &mut prep.key);
+                        endpoints.normalize_into(&p.event, &mut prep.endpoint);
+                        prep.hash = fnv1a(prep.endpoint.template.as_bytes());
+                        prep.part = if n_parts == 1 {
+                            0
+                        } else {
+                            part_of(&prep.key, n_parts)
+                        };
+                    }
+                });
+            }
+        });
+        let prepared = &self.prepared[..events.len()];
+        let nf = self.registry.len();
+        let (pop, windows, registry) = (&self.population, &self.windows, &self.registry);
+        std::thread::scope(|s| {
+            for (i, (part, rows)) in self.parts.iter_mut().zip(&mut self.rows).enumerate() {
+                s.spawn(move || {
+                    rows.clear();
+                    for (p, prep) in events.iter().zip(prepared) {
+                        if prep.part as usize != i {
+                            continue;
+                        }
+                        let at = rows.len();
+                        rows.resize(at + nf, 0.0);
+                        compute(
+                            part,
+                            pop,
+                            windows,
+                            registry,
+                            &p.event,
+                            &prep.key,
+                            &prep.endpoint,
+                            prep.hash,
+                            epoch,
+                            &mut rows[at..],
+                        );
+                    }
+                });
+            }
+        });
+        let mut cursor = vec![0usize; self.parts.len()];
+        for (p, prep) in events.iter().zip(prepared) {
+            let part = prep.part as usize;
+            let at = cursor[part];
+            cursor[part] += nf;
+            self.stats.events_out += 1;
+            self.stats.keys_by_kind[prep.kind as usize] += 1;
+            sink(&Record {
+                event: &p.event,
+                line: p.line,
+                client: &prep.key,
+                client_kind: prep.kind,
+                endpoint: &prep.endpoint.template,
+                features: &self.rows[part][at..at + nf],
+            });
         }
     }
 
@@ -420,49 +645,21 @@ impl FeatureEngine {
         self.endpoints.normalize_into(ev, &mut endpoint);
         let ep_hash = fnv1a(endpoint.template.as_bytes());
         let epoch = epoch_of(ev.ts_ms);
-        if epoch != self.epoch {
-            if self.epoch != i64::MIN {
-                self.population
-                    .merge(self.epoch, self.parts.iter_mut().map(|p| &mut p.delta));
-            }
-            self.epoch = epoch;
-        }
+        self.enter_epoch(epoch);
         let n = self.parts.len() as u32;
         let part = &mut self.parts[if n == 1 { 0 } else { part_of(&key, n) as usize }];
-        let pop = &self.population;
-        let ep = pop.lookup(ep_hash, &endpoint.template);
-        let to = match ep {
-            Ep::Known(i) => i,
-            Ep::New(..) => 0,
-        };
-        let (id_hash, num_id) = match endpoint.ids.last() {
-            Some(id) => (
-                Some(fnv1a(id.value.as_bytes()) ^ ep_hash.rotate_left(17)),
-                id.as_u64(),
-            ),
-            None => (None, None),
-        };
-        part.store.expire(ev.ts_ms);
-        let state = part.store.get_or_insert(&key, ev.ts_ms);
-        let from = state.prev_ep.map_or(START, |h| pop.index_of(h));
-        let surprise = pop.surprise(from, to);
-        let obs = Obs {
-            ts: ev.ts_ms,
+        compute(
+            part,
+            &self.population,
+            &self.windows,
+            &self.registry,
+            ev,
+            &key,
+            &endpoint,
             ep_hash,
-            status: ev.status,
-            bytes: ev.bytes(),
-            id_hash,
-            num_id,
-            surprise,
-        };
-        let (count, repeat) = state.update(&obs, &self.windows, &self.registry, &mut self.buf);
-        part.delta.count(pop, from, to, ep, count, repeat);
-        let recent = pop.recent_requests(to, epoch);
-        self.buf[self.registry.point_index(PointFeature::TransitionSurprise)] = surprise;
-        self.buf[self.registry.point_index(PointFeature::EndpointRateRatio)] =
-            pop.rate_ratio(to, count);
-        self.buf[self.registry.point_index(PointFeature::EndpointPopRate)] =
-            f64::from(recent) / 60.0;
+            epoch,
+            &mut self.buf,
+        );
         self.stats.events_out += 1;
         self.stats.keys_by_kind[kind as usize] += 1;
         sink(&Record {
@@ -659,6 +856,7 @@ impl FeatureEngine {
         self.max_ts = snap.max_ts;
         self.pending.clear();
         self.ahead.clear();
+        self.ready.clear();
         Ok(())
     }
 
@@ -694,6 +892,7 @@ impl FeatureEngine {
                 },
             })
             .collect();
+        self.rows = vec![Vec::new(); self.parts.len()];
         self
     }
 }

@@ -46,6 +46,28 @@ fn run(events: &[RequestEvent], cfg: &Config, parts: u32, cut: usize) -> (Out, u
     (out, late)
 }
 
+/// The same through an engine with `threads` threads, flushed every `every` events.
+fn run_threaded(events: &[RequestEvent], cfg: &Config, threads: usize, every: usize) -> Out {
+    let mut eng = FeatureEngine::with_threads(cfg, threads).unwrap();
+    assert_eq!(eng.parts(), threads);
+    let mut out = Vec::new();
+    let mut sink = |r: &Record<'_>| {
+        out.push((
+            r.line,
+            r.client.to_string(),
+            r.features.iter().map(|f| f.to_bits()).collect(),
+        ))
+    };
+    for (i, e) in events.iter().enumerate() {
+        eng.push(e.clone(), i as u64, &mut sink, &mut |_| {});
+        if i % every == every - 1 {
+            eng.flush(&mut sink);
+        }
+    }
+    eng.finish(&mut sink);
+    out
+}
+
 fn log() -> impl Strategy<Value = Vec<RequestEvent>> {
     prop::collection::vec(
         (
@@ -95,6 +117,10 @@ proptest! {
                 let (got, _) = run(&events, &cfg, parts, at);
                 prop_assert_eq!(&got, &one, "{} parts from event {}", parts, at);
             }
+        }
+        for threads in [2, 3] {
+            let got = run_threaded(&events, &cfg, threads, cut.max(1));
+            prop_assert_eq!(&got, &one, "{} threads", threads);
         }
     }
 }
