@@ -228,7 +228,7 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
         (from, admitted(&t, e).then_some(t))
     };
     let mut surprises = vec![0.0; order.len()];
-    for p in 0..order.len() {
+    for (p, surprise) in surprises.iter_mut().enumerate() {
         let e = epoch(p);
         let (from, to) = key_at(p, e);
         let (mut c, mut total) = (0u32, 0u32);
@@ -250,7 +250,7 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             seen.dedup();
             seen.len()
         };
-        surprises[p] = -((f64::from(c) + 1.0) / (f64::from(total) + templates as f64)).log2();
+        *surprise = -((f64::from(c) + 1.0) / (f64::from(total) + templates as f64)).log2();
     }
     for p in 0..order.len() {
         let e = &raw[order[p]];
