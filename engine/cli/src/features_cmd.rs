@@ -32,7 +32,7 @@ struct LabelStats {
 
 pub fn run(a: FeaturesArgs) -> Result<()> {
     let (cfg, source) = crate::pipeline::setup(&a.input)?;
-    let mut engine = FeatureEngine::new(&cfg)?;
+    let mut engine = FeatureEngine::with_threads(&cfg, a.input.threads())?;
     if a.list {
         write!(
             std::io::stdout().lock(),
@@ -173,7 +173,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         events = st.events_out,
         rejected = rejects.total(),
         late = st.late,
-        clients = engine.store().len(),
+        clients = engine.clients(),
         secs
     );
     summary(&engine, &read, &rejects.counts, &labels, &summary_idx, secs);
@@ -201,7 +201,7 @@ fn summary(
     secs: f64,
 ) {
     let st = engine.stats();
-    let store = engine.store();
+    let evicted = engine.evictions();
     let n_rej: u64 = rejected.values().sum();
     let mut e = String::new();
     use std::fmt::Write as _;
@@ -238,12 +238,17 @@ fn summary(
         .collect();
     let _ = writeln!(
         e,
-        "  clients: {} tracked at the end (cap {}), {} seen, evicted {} idle + {} over capacity; keys used: {}",
-        thousands(store.len() as u64),
-        thousands(store.capacity() as u64),
-        thousands(store.created),
-        thousands(store.evictions.idle),
-        thousands(store.evictions.capacity),
+        "  clients: {} tracked at the end (cap {}{}), {} seen, evicted {} idle + {} over capacity; keys used: {}",
+        thousands(engine.clients() as u64),
+        thousands(engine.store().capacity() as u64),
+        if engine.parts() > 1 {
+            format!(" per part, {} parts", engine.parts())
+        } else {
+            String::new()
+        },
+        thousands(engine.created()),
+        thousands(evicted.idle),
+        thousands(evicted.capacity),
         if kinds.is_empty() {
             "-".into()
         } else {

@@ -201,6 +201,21 @@ struct InputArgs {
     /// Configuration file (TOML; see gatewatch.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Threads computing features (default: the machine's cores). Clients are split into as
+    /// many parts by Kafka's partitioner on the client key; the records are the same, in the
+    /// same order, for any number.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+}
+
+impl InputArgs {
+    /// The threads to use.
+    fn threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        )
+    }
 }
 
 /// Where records go.

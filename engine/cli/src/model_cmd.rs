@@ -28,7 +28,7 @@ pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
 
 pub fn train(a: TrainArgs) -> Result<()> {
     let (cfg, source) = setup(&a.input)?;
-    let mut engine = FeatureEngine::new(&cfg)?;
+    let mut engine = FeatureEngine::with_threads(&cfg, a.input.threads())?;
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let n = engine.registry().len();
     let count_at = engine.registry().index_of(volumetric::FEATURE);
@@ -561,7 +561,7 @@ impl Scoring {
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     let (cfg, source) = setup(&a.input)?;
-    let mut engine = FeatureEngine::new(&cfg)?;
+    let mut engine = FeatureEngine::with_threads(&cfg, a.input.threads())?;
     let scorer = load_model(a.model.as_deref(), engine.registry())?;
     let stride = engine.registry().len();
     let mut out = None;

@@ -333,6 +333,9 @@ fn drive_lines(
             Err(e) => return Err(e).context("reading input"),
         };
         ingest.feed(engine, &chunk[..n], sink, &mut reject);
+        // A threaded engine works in batches: what was read so far goes out now, so a slow
+        // stream (a pipe from a live log) is not held back.
+        engine.flush(sink);
         if !progress(n) {
             // The output failed: what is left of the input is not read, and the line cut at
             // the end of this chunk is not a malformed line.

@@ -723,3 +723,49 @@ fn score_alerts_on_endpoints_under_a_spread_out_attack() {
         assert!(r["score"].as_f64().unwrap() >= 0.9999);
     }
 }
+
+#[test]
+fn any_number_of_threads_writes_the_same_records() {
+    let sim = simulate("8", "3m", "40", "all");
+    for verb in ["features", "score"] {
+        let one = run_with_stdin(&[verb, "--threads", "1"], &sim.stdout);
+        assert!(
+            one.status.success(),
+            "{}",
+            String::from_utf8_lossy(&one.stderr)
+        );
+        assert!(one.stdout.len() > 10_000);
+        for t in ["2", "5"] {
+            let many = run_with_stdin(&[verb, "--threads", t], &sim.stdout);
+            assert!(
+                many.status.success(),
+                "{}",
+                String::from_utf8_lossy(&many.stderr)
+            );
+            assert!(many.stdout == one.stdout, "{verb} --threads {t} differs");
+        }
+    }
+    // A state saved by a run on three threads continues on one.
+    let all: Vec<&[u8]> = sim.stdout.split_inclusive(|b| *b == b'\n').collect();
+    let half = all.len() / 2;
+    let whole = run_with_stdin(&["features", "--threads", "1"], &sim.stdout).stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let state = state.to_str().unwrap();
+    let a = run_with_stdin(
+        &["features", "--threads", "3", "--save-state", state],
+        &all[..half].concat(),
+    );
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = run_with_stdin(
+        &["features", "--threads", "1", "--load-state", state],
+        &all[half..].concat(),
+    );
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert!(
+        [a.stdout, b.stdout].concat() == whole,
+        "the resumed run continues the three-thread run exactly"
+    );
+    let bad = run_with_stdin(&["features", "--threads", "0"], b"");
+    assert_eq!(bad.status.code(), Some(2));
+}

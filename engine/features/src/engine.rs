@@ -349,6 +349,11 @@ impl FeatureEngine {
         self.parts.iter().map(|p| p.store.len()).sum()
     }
 
+    /// Clients created so far, in all parts.
+    pub fn created(&self) -> u64 {
+        self.parts.iter().map(|p| p.store.created).sum()
+    }
+
     /// Clients evicted so far, in all parts.
     pub fn evictions(&self) -> Evictions {
         let mut e = Evictions::default();
