@@ -726,6 +726,12 @@ impl Keys {
     }
 }
 
+/// A feature engine on all the machine's cores (the records do not depend on their number).
+fn engine_for(cfg: &Config) -> Result<FeatureEngine> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    Ok(FeatureEngine::with_threads(cfg, threads)?)
+}
+
 /// Runs the engine of `cfg` over the frame's events in event-time order (rows sorted by
 /// `ts`, ties in row order, so no event is late), records each record's keys and hands it
 /// to `each`; the first error `each` returns stops the run. Returns the keys and the engine
@@ -738,7 +744,7 @@ fn run(
     df: &DataFrame,
     mut each: impl FnMut(&Record<'_>) -> Result<()>,
 ) -> Result<(Keys, FeatureEngine)> {
-    let mut engine = FeatureEngine::new(cfg)?;
+    let mut engine = engine_for(cfg)?;
     let mut keys = Keys::with_capacity(df.height());
     let mut failed: Option<FrameError> = None;
     {
@@ -867,7 +873,7 @@ pub fn service_scores(
     for e in &events {
         gatewatch_event::write_ndjson(e, &mut text);
     }
-    let mut engine = FeatureEngine::new(cfg)?;
+    let mut engine = engine_for(cfg)?;
     let stride = engine.registry().len();
     let mut ingest = gatewatch_features::Ingest::new(gatewatch_features::Format::Ndjson);
     let mut pending = Batch::default();
