@@ -240,9 +240,13 @@ fn summary(
         e,
         "  clients: {} tracked at the end (cap {}{}), {} seen, evicted {} idle + {} over capacity; keys used: {}",
         thousands(engine.clients() as u64),
-        thousands(engine.store().capacity() as u64),
+        thousands(engine.max_clients() as u64),
         if engine.parts() > 1 {
-            format!(" per part, {} parts", engine.parts())
+            format!(
+                ", {} parts of {}",
+                engine.parts(),
+                thousands(engine.store().capacity() as u64)
+            )
         } else {
             String::new()
         },

@@ -186,6 +186,8 @@ fn corrupt_and_over_cap_state_files() {
     let out = run(
         &[
             "features",
+            "--threads",
+            "1",
             "--config",
             cfg.to_str().unwrap(),
             "--load-state",

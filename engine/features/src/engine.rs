@@ -128,6 +128,8 @@ pub struct FeatureEngine {
     keys: ClientKeyExtractor,
     endpoints: EndpointNormalizer,
     parts: Vec<Part>,
+    /// `max_clients`: the cap of all parts together (each has its share, rounded up).
+    max_clients: usize,
     /// Threads used by `flush` (1: events are processed as they are released).
     threads: usize,
     /// Released events waiting for the next parallel batch.
@@ -264,8 +266,8 @@ impl FeatureEngine {
 
     /// An engine whose clients are split into `parts` parts by Kafka's partitioner on the
     /// client key (as the service's instances own them). Its output is the same for every
-    /// number of parts while no part evicts a client for capacity (`max_clients` applies to
-    /// each part).
+    /// number of parts while no part evicts a client for capacity (each part holds its share
+    /// of `max_clients`, rounded up).
     pub fn with_parts(cfg: &Config, parts: u32) -> Result<Self> {
         Self::build(cfg, parts, 1)
     }
@@ -287,6 +289,7 @@ impl FeatureEngine {
             windows: Windows::new(&cfg.features),
             lateness_ms: i64::try_from(cfg.features.allowed_lateness_ms).unwrap_or(i64::MAX),
             key_workers: vec![keys.clone(); threads.max(1)],
+            max_clients: cfg.features.max_clients,
             keys,
             threads,
             ready: Vec::new(),
@@ -295,7 +298,10 @@ impl FeatureEngine {
             endpoints: EndpointNormalizer::new(&cfg.endpoints)?,
             parts: (0..parts.max(1))
                 .map(|_| Part {
-                    store: ClientStore::new(cfg.features.max_clients, cfg.features.idle_ttl_ms()),
+                    store: ClientStore::new(
+                        cfg.features.max_clients.div_ceil(parts.max(1) as usize),
+                        cfg.features.idle_ttl_ms(),
+                    ),
                     delta: Delta::default(),
                 })
                 .collect(),
@@ -347,6 +353,11 @@ impl FeatureEngine {
     /// Clients tracked in all parts.
     pub fn clients(&self) -> usize {
         self.parts.iter().map(|p| p.store.len()).sum()
+    }
+
+    /// The cap on clients of all parts together.
+    pub fn max_clients(&self) -> usize {
+        self.max_clients
     }
 
     /// Clients created so far, in all parts.
@@ -884,9 +895,14 @@ impl FeatureEngine {
                 all.push_restored(k.into(), st.clone());
             }
         }
+        let share = self.max_clients.div_ceil(parts.max(1) as usize);
         self.parts = all
             .split(parts)
             .into_iter()
+            .map(|mut store| {
+                store.set_capacity(share);
+                store
+            })
             .enumerate()
             .map(|(i, store)| Part {
                 store,

@@ -83,6 +83,16 @@ impl ClientStore {
         self.cap
     }
 
+    /// Sets the capacity, evicting the least recently used clients beyond it (counted).
+    pub(crate) fn set_capacity(&mut self, cap: usize) {
+        self.cap = cap;
+        while self.len > self.cap && self.tail != NIL {
+            let t = self.tail;
+            self.remove(t);
+            self.evictions.capacity += 1;
+        }
+    }
+
     /// The idle TTL (ms).
     pub fn ttl_ms(&self) -> i64 {
         self.ttl_ms
