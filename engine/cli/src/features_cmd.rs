@@ -32,7 +32,7 @@ struct LabelStats {
 
 pub fn run(a: FeaturesArgs) -> Result<()> {
     let (cfg, source) = crate::pipeline::setup(&a.input)?;
-    let mut engine = FeatureEngine::with_threads(&cfg, a.input.threads())?;
+    let mut engine = FeatureEngine::with_parts(&cfg, a.input.threads() as u32)?;
     if a.list {
         write!(
             std::io::stdout().lock(),
@@ -136,12 +136,19 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 }
             }
         };
-        crate::pipeline::drive(source, &mut engine, &mut sink, &mut rejects, |n| {
-            if let Some(b) = &bar {
-                b.inc(n as u64);
-            }
-            write_err.borrow().is_none()
-        })?
+        crate::pipeline::drive(
+            source,
+            a.input.parsers(),
+            &mut engine,
+            &mut sink,
+            &mut rejects,
+            |n| {
+                if let Some(b) = &bar {
+                    b.inc(n as u64);
+                }
+                write_err.borrow().is_none()
+            },
+        )?
     };
     if let Some(e) = write_err.into_inner() {
         return Err(e);

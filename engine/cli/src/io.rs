@@ -11,9 +11,9 @@ fn is_std(p: &Option<PathBuf>) -> bool {
 }
 
 /// An input and its size when known.
-pub fn open_input(p: &Option<PathBuf>) -> Result<(Box<dyn Read>, Option<u64>)> {
+pub fn open_input(p: &Option<PathBuf>) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     if is_std(p) {
-        return Ok((Box::new(io::stdin().lock()), None));
+        return Ok((Box::new(io::stdin()), None));
     }
     let path = p.as_deref().expect("not stdin");
     let f = File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;

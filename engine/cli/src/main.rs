@@ -201,14 +201,20 @@ struct InputArgs {
     /// Configuration file (TOML; see gatewatch.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Threads computing features (default: the machine's cores). Clients are split into as
-    /// many parts by Kafka's partitioner on the client key; the records are the same, in the
-    /// same order, for any number.
+    /// Threads (default: the machine's cores). Clients are split into as many parts by
+    /// Kafka's partitioner on the client key; from 2, input lines are parsed on the other
+    /// threads while one runs the engine and writes. The records are the same, in the same
+    /// order, for any number.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
 }
 
 impl InputArgs {
+    /// Parser threads for line inputs: all but the engine's (none with one thread).
+    fn parsers(&self) -> usize {
+        self.threads().saturating_sub(1)
+    }
+
     /// The threads to use.
     fn threads(&self) -> usize {
         self.threads.map_or_else(

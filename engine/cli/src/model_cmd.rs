@@ -28,7 +28,7 @@ pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
 
 pub fn train(a: TrainArgs) -> Result<()> {
     let (cfg, source) = setup(&a.input)?;
-    let mut engine = FeatureEngine::with_threads(&cfg, a.input.threads())?;
+    let mut engine = FeatureEngine::with_parts(&cfg, a.input.threads() as u32)?;
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let n = engine.registry().len();
     let count_at = engine.registry().index_of(volumetric::FEATURE);
@@ -52,7 +52,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             clients.add(r.client);
         };
-        read = drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
+        read = drive(
+            source,
+            a.input.parsers(),
+            &mut engine,
+            &mut sink,
+            &mut rejects,
+            |_| true,
+        )?;
     }
     rejects.finish()?;
     let mut source = match &a.input.input {
@@ -561,7 +568,7 @@ impl Scoring {
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     let (cfg, source) = setup(&a.input)?;
-    let mut engine = FeatureEngine::with_threads(&cfg, a.input.threads())?;
+    let mut engine = FeatureEngine::with_parts(&cfg, a.input.threads() as u32)?;
     let scorer = load_model(a.model.as_deref(), engine.registry())?;
     let stride = engine.registry().len();
     let mut out = None;
@@ -608,7 +615,14 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 }
             }
         };
-        read = drive(source, &mut engine, &mut sink, &mut rejects, |_| true)?;
+        read = drive(
+            source,
+            a.input.parsers(),
+            &mut engine,
+            &mut sink,
+            &mut rejects,
+            |_| true,
+        )?;
     }
     if let Some(e) = failed {
         return Err(e);

@@ -6,7 +6,8 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Record, Rejection};
+use gatewatch_event::RequestEvent;
+use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Line, Record, Rejection};
 
 use crate::table::TableSource;
 use crate::{InputArgs, InputFormat};
@@ -16,7 +17,7 @@ use crate::{InputArgs, InputFormat};
 pub enum Source {
     /// A byte stream of lines, with its size when known.
     Lines {
-        input: Box<dyn Read>,
+        input: Box<dyn Read + Send>,
         size: Option<u64>,
         format: Format,
     },
@@ -34,7 +35,7 @@ impl Source {
     }
 
     /// The line format (parse-only benchmarks).
-    pub fn into_lines(self) -> Result<(Box<dyn Read>, Format)> {
+    pub fn into_lines(self) -> Result<(Box<dyn Read + Send>, Format)> {
         match self {
             Source::Lines { input, format, .. } => Ok((input, format)),
             Source::Table(t) => {
@@ -288,12 +289,15 @@ impl Rejects {
     }
 }
 
-/// Reads the source to its end into `engine` and says what was read. For lines,
+/// Reads the source to its end into `engine` and says what was read. With `parsers` > 0,
+/// lines are read on one thread and parsed on `parsers` others, in blocks, while this thread
+/// runs the engine and the sink on the blocks in input order (the same records as with none). For lines,
 /// `progress` is told how many bytes each chunk had and returns false to stop early. A
 /// table's rows are checked one by one (a bad row is rejected, naming its row and field)
 /// and go into the engine in event-time order (ties in row order).
 pub fn drive(
     source: Source,
+    parsers: usize,
     engine: &mut FeatureEngine,
     sink: &mut impl FnMut(&Record<'_>),
     rejects: &mut Rejects,
@@ -303,7 +307,19 @@ pub fn drive(
         Source::Lines {
             mut input, format, ..
         } => {
-            let ingest = drive_lines(&mut *input, engine, format, sink, rejects, progress)?;
+            let ingest = if parsers == 0 {
+                drive_lines(&mut *input, engine, format, sink, rejects, progress)?
+            } else {
+                drive_lines_parallel(
+                    &mut *input,
+                    engine,
+                    format,
+                    parsers,
+                    sink,
+                    rejects,
+                    progress,
+                )?
+            };
             Ok(Consumed {
                 units: ingest.lines(),
                 blank: ingest.blank_lines,
@@ -345,6 +361,154 @@ fn drive_lines(
     }
     ingest.finish(engine, sink, &mut reject);
     Ok(ingest)
+}
+
+/// Complete lines read, for a parser thread: where each starts and ends in `buf`.
+struct Block {
+    seq: u64,
+    bytes: usize,
+    buf: Vec<u8>,
+    lines: Vec<(u64, Option<(u32, u32)>)>,
+}
+
+impl Block {
+    fn new(seq: u64) -> Self {
+        Self {
+            seq,
+            bytes: 0,
+            buf: Vec::with_capacity(1 << 18),
+            lines: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, n: u64, line: Line<'_>) {
+        match line {
+            Line::TooLong => self.lines.push((n, None)),
+            Line::Text(raw) => {
+                let start = self.buf.len() as u32;
+                self.buf.extend_from_slice(raw);
+                self.lines.push((n, Some((start, self.buf.len() as u32))));
+            }
+        }
+    }
+}
+
+/// A block's lines parsed: events, or why not.
+struct Parsed {
+    seq: u64,
+    bytes: usize,
+    items: Vec<(u64, Result<RequestEvent, Rejection>)>,
+}
+
+fn drive_lines_parallel(
+    input: &mut (dyn Read + Send),
+    engine: &mut FeatureEngine,
+    format: Format,
+    parsers: usize,
+    sink: &mut impl FnMut(&Record<'_>),
+    rejects: &mut Rejects,
+    mut progress: impl FnMut(usize) -> bool,
+) -> Result<Ingest> {
+    use std::sync::mpsc::sync_channel;
+    use std::sync::{Arc, Mutex};
+    let mut reject = |e: Rejection| rejects.report(&e);
+    std::thread::scope(|s| {
+        let (work_tx, work_rx) = sync_channel::<Block>(parsers * 2);
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let (done_tx, done_rx) = sync_channel::<Parsed>(parsers * 2);
+        let reader_format = format.clone();
+        let reader = s.spawn(move || -> Result<Ingest> {
+            let mut ingest = Ingest::new(reader_format);
+            let mut chunk = vec![0u8; 1 << 18];
+            let mut block = Block::new(0);
+            loop {
+                let n = match input.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).context("reading input"),
+                };
+                block.bytes += n;
+                ingest.split(&chunk[..n], &mut |n, l| block.push(n, l));
+                // One block per read, as the one-thread path checks the output once per read.
+                if !block.lines.is_empty() {
+                    let next = Block::new(block.seq + 1);
+                    if work_tx.send(std::mem::replace(&mut block, next)).is_err() {
+                        // The engine side stopped (its output failed).
+                        ingest.stop();
+                        return Ok(ingest);
+                    }
+                }
+            }
+            ingest.split_end(&mut |n, l| block.push(n, l));
+            let _ = work_tx.send(block);
+            Ok(ingest)
+        });
+        for _ in 0..parsers {
+            let (rx, tx, format) = (Arc::clone(&work_rx), done_tx.clone(), format.clone());
+            s.spawn(move || {
+                loop {
+                    let block = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(b) = block else { return };
+                    let items = b
+                        .lines
+                        .iter()
+                        .map(|&(n, span)| {
+                            let line = match span {
+                                None => Line::TooLong,
+                                Some((a, z)) => Line::Text(&b.buf[a as usize..z as usize]),
+                            };
+                            (n, line.parse(&format, n))
+                        })
+                        .collect();
+                    let parsed = Parsed {
+                        seq: b.seq,
+                        bytes: b.bytes,
+                        items,
+                    };
+                    if tx.send(parsed).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        drop(work_rx);
+        // Blocks come back in any order; they go into the engine in input order.
+        let mut waiting = BTreeMap::new();
+        let mut next = 0u64;
+        let mut stopped = false;
+        'blocks: for parsed in done_rx.iter() {
+            waiting.insert(parsed.seq, parsed);
+            while let Some(p) = waiting.remove(&next) {
+                next += 1;
+                for (n, item) in p.items {
+                    match item {
+                        Ok(ev) => engine.push(ev, n, sink, &mut |late| {
+                            reject(Rejection::Late(late));
+                        }),
+                        Err(r) => reject(r),
+                    }
+                }
+                engine.flush(sink);
+                if !progress(p.bytes) {
+                    stopped = true;
+                    break 'blocks;
+                }
+            }
+        }
+        drop(done_rx);
+        let ingest = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the input reader failed"))??;
+        if !stopped {
+            engine.finish(sink);
+        }
+        Ok(ingest)
+    })
 }
 
 #[cfg(test)]

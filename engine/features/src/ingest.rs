@@ -116,21 +116,44 @@ impl Ingest {
         sink: &mut impl FnMut(&Record<'_>),
         reject: &mut impl FnMut(Rejection),
     ) {
+        let format = self.format.clone();
+        self.split(chunk, &mut |n, line| {
+            push_line(&format, engine, n, line, sink, reject)
+        });
+    }
+
+    /// Splits a chunk (cut anywhere) into its complete lines, numbered from 1 across chunks,
+    /// without parsing them: what [`feed`](Self::feed) does first. Blank lines are counted
+    /// here and not passed on.
+    pub fn split(&mut self, chunk: &[u8], each: &mut impl FnMut(u64, Line<'_>)) {
         let mut rest = chunk;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             let (head, tail) = rest.split_at(nl);
             rest = &tail[1..];
             if self.partial.is_empty() {
-                self.line(engine, head, sink, reject);
+                self.classify(head, each);
             } else {
                 append_capped(&mut self.partial, head);
                 let line = std::mem::take(&mut self.partial);
-                self.line(engine, &line, sink, reject);
+                self.classify(&line, each);
                 self.partial = line;
                 self.partial.clear();
             }
         }
         append_capped(&mut self.partial, rest);
+    }
+
+    /// The last line, when the input does not end with a newline.
+    pub fn split_end(&mut self, each: &mut impl FnMut(u64, Line<'_>)) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.classify(&line, each);
+        }
+    }
+
+    /// The input's format.
+    pub fn format(&self) -> &Format {
+        &self.format
     }
 
     /// Stops reading early (the output is gone): an incomplete line read so far is dropped,
@@ -146,20 +169,12 @@ impl Ingest {
         sink: &mut impl FnMut(&Record<'_>),
         reject: &mut impl FnMut(Rejection),
     ) {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.line(engine, &line, sink, reject);
-        }
+        let format = self.format.clone();
+        self.split_end(&mut |n, line| push_line(&format, engine, n, line, sink, reject));
         engine.finish(sink);
     }
 
-    fn line(
-        &mut self,
-        engine: &mut FeatureEngine,
-        raw: &[u8],
-        sink: &mut impl FnMut(&Record<'_>),
-        reject: &mut impl FnMut(Rejection),
-    ) {
+    fn classify(&mut self, raw: &[u8], each: &mut impl FnMut(u64, Line<'_>)) {
         self.line += 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         // A UTF-8 byte-order mark before the first line (editors on Windows write one).
@@ -173,24 +188,53 @@ impl Ingest {
             return;
         }
         if raw.len() > MAX_LINE_BYTES {
-            reject(Rejection::Parse {
-                line: self.line,
+            each(self.line, Line::TooLong);
+            return;
+        }
+        each(self.line, Line::Text(raw));
+    }
+}
+
+/// A non-blank input line, before parsing.
+#[derive(Debug, Clone, Copy)]
+pub enum Line<'a> {
+    /// Longer than [`MAX_LINE_BYTES`] (only its start was kept).
+    TooLong,
+    /// The line, without its line end (and without a byte-order mark on line 1).
+    Text(&'a [u8]),
+}
+
+impl Line<'_> {
+    /// The event, or why line `n` is not one.
+    pub fn parse(self, format: &Format, n: u64) -> Result<RequestEvent, Rejection> {
+        match self {
+            Self::TooLong => Err(Rejection::Parse {
+                line: n,
                 error: ParseError {
                     field: None,
                     reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
                 },
-            });
-            return;
-        }
-        match self.format.parse(raw) {
-            Ok(ev) => engine.push(ev, self.line, sink, &mut |late| {
-                reject(Rejection::Late(late));
             }),
-            Err(error) => reject(Rejection::Parse {
-                line: self.line,
-                error,
-            }),
+            Self::Text(raw) => format
+                .parse(raw)
+                .map_err(|error| Rejection::Parse { line: n, error }),
         }
+    }
+}
+
+fn push_line(
+    format: &Format,
+    engine: &mut FeatureEngine,
+    n: u64,
+    line: Line<'_>,
+    sink: &mut impl FnMut(&Record<'_>),
+    reject: &mut impl FnMut(Rejection),
+) {
+    match line.parse(format, n) {
+        Ok(ev) => engine.push(ev, n, sink, &mut |late| {
+            reject(Rejection::Late(late));
+        }),
+        Err(r) => reject(r),
     }
 }
 
