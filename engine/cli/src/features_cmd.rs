@@ -100,13 +100,29 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         .filter_map(|n| engine.registry().index_of(n).map(|i| (i, *n)))
         .collect();
     let mut writer = RecordWriter::new(engine.registry().names());
+    // With parser threads, records are formatted and written on other threads too.
+    let mut parallel = match (out.take(), a.input.parsers()) {
+        (Some(o), n) if n > 0 => Some(crate::output::ParallelRecords::new(
+            engine.registry().names().map(String::from).collect(),
+            n,
+            o,
+        )),
+        (o, _) => {
+            out = o;
+            None
+        }
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
+    let health = parallel.as_ref().map(|p| p.health());
     let write_err: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
     let started = Instant::now();
 
     let read = {
         let mut sink = |r: &Record<'_>| {
+            if let Some(p) = parallel.as_mut() {
+                p.push(r);
+            }
             if let Some(o) = out.as_mut() {
                 writer.write(r, &mut buf);
                 if buf.len() >= 1 << 16 {
@@ -146,10 +162,13 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
                 if let Some(b) = &bar {
                     b.inc(n as u64);
                 }
-                write_err.borrow().is_none()
+                write_err.borrow().is_none() && health.as_ref().is_none_or(|h| h.ok())
             },
         )?
     };
+    if let Some(p) = parallel {
+        p.finish()?;
+    }
     if let Some(e) = write_err.into_inner() {
         return Err(e);
     }

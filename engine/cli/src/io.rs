@@ -55,10 +55,10 @@ impl<W: Write> Write for Named<W> {
 }
 
 /// A buffered output; its write errors name the file (or standard output).
-pub fn open_output(p: &Option<PathBuf>) -> Result<Box<dyn Write>> {
+pub fn open_output(p: &Option<PathBuf>) -> Result<Box<dyn Write + Send>> {
     if is_std(p) {
         return Ok(Box::new(Named::new(
-            BufWriter::with_capacity(1 << 16, io::stdout().lock()),
+            BufWriter::with_capacity(1 << 16, io::stdout()),
             "standard output",
         )));
     }

@@ -461,7 +461,7 @@ struct Scoring {
 
 impl Scoring {
     /// Scores the pending events, writes their records and adds them to the summary.
-    fn flush(&mut self, out: Option<&mut Box<dyn Write>>) -> Result<()> {
+    fn flush(&mut self, out: Option<&mut Box<dyn Write + Send>>) -> Result<()> {
         let Self {
             pending: p,
             scorer,

@@ -70,31 +70,54 @@ impl RecordWriter {
 
     /// Appends one record as a line.
     pub fn write(&mut self, r: &Record<'_>, out: &mut Vec<u8>) {
+        self.write_parts(
+            r.event.id.as_deref(),
+            r.event.label.as_deref(),
+            r.event.ts_ms,
+            r.client,
+            r.endpoint,
+            r.features,
+            out,
+        );
+    }
+
+    /// Appends one record, given by its parts (`id` and `label` as raw JSON values).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_parts(
+        &mut self,
+        id: Option<&str>,
+        label: Option<&str>,
+        ts_ms: i64,
+        client: &str,
+        endpoint: &str,
+        features: &[f64],
+        out: &mut Vec<u8>,
+    ) {
         out.reserve(64 + self.keys.len() * (KEY_PAD + 24));
         out.push(b'{');
-        if let Some(id) = &r.event.id {
+        if let Some(id) = id {
             out.extend_from_slice(b"\"id\":");
             out.extend_from_slice(id.as_bytes());
             out.push(b',');
         }
-        if let Some(label) = &r.event.label {
+        if let Some(label) = label {
             out.extend_from_slice(b"\"label\":");
             out.extend_from_slice(label.as_bytes());
             out.push(b',');
         }
         self.ts.clear();
-        write_rfc3339_ms(r.event.ts_ms, &mut self.ts);
+        write_rfc3339_ms(ts_ms, &mut self.ts);
         self.text.clear();
         self.text.push_str("\"ts\":\"");
         self.text.push_str(&self.ts);
         self.text.push_str("\",\"client\":");
-        write_json_str(&mut self.text, r.client);
+        write_json_str(&mut self.text, client);
         self.text.push_str(",\"endpoint\":");
-        write_json_str(&mut self.text, r.endpoint);
+        write_json_str(&mut self.text, endpoint);
         out.extend_from_slice(self.text.as_bytes());
         let mut ib = itoa::Buffer::new();
         let mut fb = zmij::Buffer::new();
-        for (k, v) in self.keys.iter().zip(r.features) {
+        for (k, v) in self.keys.iter().zip(features) {
             if k.len <= KEY_PAD {
                 let at = out.len();
                 out.extend_from_slice(&k.padded);
@@ -131,6 +154,196 @@ impl RecordWriter {
             }
         }
         out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Records per batch handed to a formatting thread.
+const BATCH_RECORDS: usize = 1024;
+
+/// A batch of records copied out of the engine: strings in one buffer, features in rows.
+#[derive(Default)]
+struct OwnedBatch {
+    text: String,
+    /// Per record: id, label (empty range: none; raw JSON values), client, endpoint.
+    spans: Vec<[(u32, u32); 4]>,
+    ts: Vec<i64>,
+    features: Vec<f64>,
+}
+
+impl OwnedBatch {
+    fn push(&mut self, r: &Record<'_>) {
+        let span = |s: Option<&str>, text: &mut String| {
+            let a = text.len() as u32;
+            if let Some(s) = s {
+                text.push_str(s);
+            }
+            (a, text.len() as u32)
+        };
+        let spans = [
+            span(r.event.id.as_deref(), &mut self.text),
+            span(r.event.label.as_deref(), &mut self.text),
+            span(Some(r.client), &mut self.text),
+            span(Some(r.endpoint), &mut self.text),
+        ];
+        self.spans.push(spans);
+        self.ts.push(r.event.ts_ms);
+        self.features.extend_from_slice(r.features);
+    }
+
+    fn format(&self, w: &mut RecordWriter, out: &mut Vec<u8>) {
+        let n = if self.spans.is_empty() {
+            0
+        } else {
+            self.features.len() / self.spans.len()
+        };
+        for (i, (sp, ts)) in self.spans.iter().zip(&self.ts).enumerate() {
+            let get = |(a, z): (u32, u32)| &self.text[a as usize..z as usize];
+            let opt = |r: (u32, u32)| (r.0 != r.1).then(|| get(r));
+            w.write_parts(
+                opt(sp[0]),
+                opt(sp[1]),
+                *ts,
+                get(sp[2]),
+                get(sp[3]),
+                &self.features[i * n..(i + 1) * n],
+                out,
+            );
+        }
+    }
+}
+
+/// Whether a [`ParallelRecords`] has failed to write.
+pub struct Health(std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>>);
+
+impl Health {
+    /// Whether writing has not failed so far.
+    pub fn ok(&self) -> bool {
+        self.0.lock().is_ok_and(|f| f.is_none())
+    }
+}
+
+/// NDJSON records formatted on other threads and written in order by another: the engine's
+/// thread only copies each record into a batch.
+pub struct ParallelRecords {
+    batch: OwnedBatch,
+    seq: u64,
+    jobs: Option<std::sync::mpsc::SyncSender<(u64, OwnedBatch)>>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ParallelRecords {
+    /// Records of features `names`, formatted by `threads` threads, written to `out`.
+    pub fn new(
+        names: Vec<String>,
+        threads: usize,
+        mut out: Box<dyn std::io::Write + Send>,
+    ) -> Self {
+        use std::collections::BTreeMap;
+        use std::sync::mpsc::sync_channel;
+        use std::sync::{Arc, Mutex};
+        let threads = threads.max(1);
+        let (jobs, rx) = sync_channel::<(u64, OwnedBatch)>(threads * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let (done_tx, done_rx) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
+        let failed: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+        let workers = (0..threads)
+            .map(|_| {
+                let (rx, tx) = (Arc::clone(&rx), done_tx.clone());
+                let names = names.clone();
+                std::thread::spawn(move || {
+                    let mut w = RecordWriter::new(names.iter().map(String::as_str));
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok((seq, batch)) = job else { return };
+                        let mut bytes = Vec::with_capacity(batch.spans.len() * 2048);
+                        batch.format(&mut w, &mut bytes);
+                        if tx.send((seq, bytes)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(done_tx);
+        let fail = Arc::clone(&failed);
+        let writer = std::thread::spawn(move || {
+            let mut waiting = BTreeMap::new();
+            let mut next = 0u64;
+            let mut result = Ok(());
+            'all: for (seq, bytes) in done_rx.iter() {
+                waiting.insert(seq, bytes);
+                while let Some(b) = waiting.remove(&next) {
+                    next += 1;
+                    if let Err(e) = out.write_all(&b) {
+                        result = Err(e);
+                        break 'all;
+                    }
+                }
+            }
+            if result.is_ok() {
+                result = out.flush();
+            }
+            if let Err(e) = result {
+                if let Ok(mut f) = fail.lock() {
+                    f.get_or_insert(e.into());
+                }
+            }
+        });
+        Self {
+            batch: OwnedBatch::default(),
+            seq: 0,
+            jobs: Some(jobs),
+            failed,
+            workers,
+            writer: Some(writer),
+        }
+    }
+
+    /// Adds a record.
+    pub fn push(&mut self, r: &Record<'_>) {
+        self.batch.push(r);
+        if self.batch.spans.len() >= BATCH_RECORDS {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        if let Some(j) = &self.jobs {
+            if j.send((self.seq, batch)).is_err() {
+                self.jobs = None;
+            }
+        }
+        self.seq += 1;
+    }
+
+    /// A handle that tells whether writing has failed, usable while records are pushed.
+    pub fn health(&self) -> Health {
+        Health(std::sync::Arc::clone(&self.failed))
+    }
+
+    /// Writes what is left and waits for it; the first write error, if any.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if !self.batch.spans.is_empty() {
+            self.send();
+        }
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        match self.failed.lock().map(|mut f| f.take()) {
+            Ok(Some(e)) => Err(e),
+            Ok(None) => Ok(()),
+            Err(_) => Err(anyhow::anyhow!("the output writer failed")),
+        }
     }
 }
 
