@@ -171,6 +171,13 @@ struct OwnedBatch {
 }
 
 impl OwnedBatch {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.spans.clear();
+        self.ts.clear();
+        self.features.clear();
+    }
+
     fn push(&mut self, r: &Record<'_>) {
         let span = |s: Option<&str>, text: &mut String| {
             let a = text.len() as u32;
@@ -226,6 +233,8 @@ impl Health {
 /// thread only copies each record into a batch.
 pub struct ParallelRecords {
     batch: OwnedBatch,
+    /// Batches the formatting threads are done with, for reuse.
+    spare: std::sync::mpsc::Receiver<OwnedBatch>,
     seq: u64,
     jobs: Option<std::sync::mpsc::SyncSender<(u64, OwnedBatch)>>,
     failed: std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>>,
@@ -247,10 +256,16 @@ impl ParallelRecords {
         let (jobs, rx) = sync_channel::<(u64, OwnedBatch)>(threads * 2);
         let rx = Arc::new(Mutex::new(rx));
         let (done_tx, done_rx) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
+        // Buffers go back to where they are filled, so that memory stays flat: formatted
+        // bytes from the writer to the formatting threads, batches from those to the engine.
+        let (bytes_back, spare_bytes) = std::sync::mpsc::channel::<Vec<u8>>();
+        let spare_bytes = Arc::new(Mutex::new(spare_bytes));
+        let (batch_back, spare) = std::sync::mpsc::channel::<OwnedBatch>();
         let failed: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
         let workers = (0..threads)
             .map(|_| {
                 let (rx, tx) = (Arc::clone(&rx), done_tx.clone());
+                let (spare_bytes, batch_back) = (Arc::clone(&spare_bytes), batch_back.clone());
                 let names = names.clone();
                 std::thread::spawn(move || {
                     let mut w = RecordWriter::new(names.iter().map(String::as_str));
@@ -259,9 +274,16 @@ impl ParallelRecords {
                             Ok(r) => r.recv(),
                             Err(_) => return,
                         };
-                        let Ok((seq, batch)) = job else { return };
-                        let mut bytes = Vec::with_capacity(batch.spans.len() * 2048);
+                        let Ok((seq, mut batch)) = job else { return };
+                        let mut bytes = spare_bytes
+                            .lock()
+                            .ok()
+                            .and_then(|r| r.try_recv().ok())
+                            .unwrap_or_default();
+                        bytes.clear();
                         batch.format(&mut w, &mut bytes);
+                        batch.clear();
+                        let _ = batch_back.send(batch);
                         if tx.send((seq, bytes)).is_err() {
                             return;
                         }
@@ -283,6 +305,7 @@ impl ParallelRecords {
                         result = Err(e);
                         break 'all;
                     }
+                    let _ = bytes_back.send(b);
                 }
             }
             if result.is_ok() {
@@ -296,6 +319,7 @@ impl ParallelRecords {
         });
         Self {
             batch: OwnedBatch::default(),
+            spare,
             seq: 0,
             jobs: Some(jobs),
             failed,
@@ -313,7 +337,8 @@ impl ParallelRecords {
     }
 
     fn send(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
+        let next = self.spare.try_recv().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.batch, next);
         if let Some(j) = &self.jobs {
             if j.send((self.seq, batch)).is_err() {
                 self.jobs = None;

@@ -416,10 +416,22 @@ fn drive_lines_parallel(
         let (work_tx, work_rx) = sync_channel::<Block>(parsers * 2);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (done_tx, done_rx) = sync_channel::<Parsed>(parsers * 2);
+        // Parsed blocks' buffers go back to the reader (memory stays flat).
+        let (block_back, spare_blocks) = std::sync::mpsc::channel::<Block>();
         let reader_format = format.clone();
         let reader = s.spawn(move || -> Result<Ingest> {
             let mut ingest = Ingest::new(reader_format);
             let mut chunk = vec![0u8; 1 << 18];
+            let fresh = |seq: u64| match spare_blocks.try_recv() {
+                Ok(mut b) => {
+                    b.seq = seq;
+                    b.bytes = 0;
+                    b.buf.clear();
+                    b.lines.clear();
+                    b
+                }
+                Err(_) => Block::new(seq),
+            };
             let mut block = Block::new(0);
             loop {
                 let n = match input.read(&mut chunk) {
@@ -432,7 +444,7 @@ fn drive_lines_parallel(
                 ingest.split(&chunk[..n], &mut |n, l| block.push(n, l));
                 // One block per read, as the one-thread path checks the output once per read.
                 if !block.lines.is_empty() {
-                    let next = Block::new(block.seq + 1);
+                    let next = fresh(block.seq + 1);
                     if work_tx.send(std::mem::replace(&mut block, next)).is_err() {
                         // The engine side stopped (its output failed).
                         ingest.stop();
@@ -446,6 +458,7 @@ fn drive_lines_parallel(
         });
         for _ in 0..parsers {
             let (rx, tx, format) = (Arc::clone(&work_rx), done_tx.clone(), format.clone());
+            let back = block_back.clone();
             s.spawn(move || {
                 loop {
                     let block = match rx.lock() {
@@ -469,6 +482,7 @@ fn drive_lines_parallel(
                         bytes: b.bytes,
                         items,
                     };
+                    let _ = back.send(b);
                     if tx.send(parsed).is_err() {
                         return;
                     }
@@ -477,6 +491,7 @@ fn drive_lines_parallel(
         }
         drop(done_tx);
         drop(work_rx);
+        drop(block_back);
         // Blocks come back in any order; they go into the engine in input order.
         let mut waiting = BTreeMap::new();
         let mut next = 0u64;
