@@ -28,7 +28,9 @@ fn load_config(path: Option<PathBuf>) -> PyResult<Config> {
             if let Err(e) = std::fs::metadata(&p) {
                 return Err(PyOSError::new_err(format!("{}: {e}", p.display())));
             }
-            Config::load(&p).map_err(value_err)
+            gatewatch_config::Settings::load(&p)
+                .map(|s| s.engine)
+                .map_err(value_err)
         }
     }
 }

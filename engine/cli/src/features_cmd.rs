@@ -31,8 +31,9 @@ struct LabelStats {
 }
 
 pub fn run(a: FeaturesArgs) -> Result<()> {
-    let (cfg, source) = crate::pipeline::setup(&a.input)?;
-    let mut engine = FeatureEngine::with_parts(&cfg, a.input.threads() as u32)?;
+    let (settings, source) = crate::pipeline::setup(&a.input)?;
+    let cfg = &settings.engine;
+    let mut engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
     if a.list {
         write!(
             std::io::stdout().lock(),

@@ -133,7 +133,8 @@ struct ScoreArgs {
     input: InputArgs,
     #[command(flatten)]
     output: OutputArgs,
-    /// Model folder (the built-in default model when absent).
+    /// Model folder (default: `[model] path` of the configuration, else the built-in
+    /// default model).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Reasons per record.

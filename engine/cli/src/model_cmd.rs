@@ -27,8 +27,9 @@ pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let (cfg, source) = setup(&a.input)?;
-    let mut engine = FeatureEngine::with_parts(&cfg, a.input.threads() as u32)?;
+    let (settings, source) = setup(&a.input)?;
+    let cfg = &settings.engine;
+    let mut engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let n = engine.registry().len();
     let count_at = engine.registry().index_of(volumetric::FEATURE);
@@ -567,9 +568,12 @@ impl Scoring {
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let (cfg, source) = setup(&a.input)?;
-    let mut engine = FeatureEngine::with_parts(&cfg, a.input.threads() as u32)?;
-    let scorer = load_model(a.model.as_deref(), engine.registry())?;
+    let (settings, source) = setup(&a.input)?;
+    let cfg = &settings.engine;
+    let mut engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
+    // --model, else the configuration's [model] path, else the built-in default.
+    let model = a.model.as_deref().or(settings.model.path.as_deref());
+    let scorer = load_model(model, engine.registry())?;
     let stride = engine.registry().len();
     let mut out = None;
     let mut table = None;

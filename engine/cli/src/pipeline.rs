@@ -6,8 +6,9 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use gatewatch_config::Settings;
 use gatewatch_event::RequestEvent;
-use gatewatch_features::{Config, FeatureEngine, Format, Ingest, Line, Record, Rejection};
+use gatewatch_features::{FeatureEngine, Format, Ingest, Line, Record, Rejection};
 
 use crate::table::TableSource;
 use crate::{InputArgs, InputFormat};
@@ -123,11 +124,12 @@ fn renames(maps: &[String]) -> Result<Vec<(String, String)>> {
 }
 
 /// The configuration (`--config`, or the defaults) and the input it says how to read.
-pub fn setup(a: &InputArgs) -> Result<(Config, Source)> {
-    let cfg = match &a.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
+pub fn setup(a: &InputArgs) -> Result<(Settings, Source)> {
+    let settings = match &a.config {
+        Some(p) => Settings::load(p)?,
+        None => Settings::default(),
     };
+    let cfg = &settings.engine;
     let format = input_format(a);
     let maps = renames(&a.map)?;
     let table = match format {
@@ -161,7 +163,7 @@ pub fn setup(a: &InputArgs) -> Result<(Config, Source)> {
             Source::Table(crate::table::read_source(path, t, &maps)?)
         }
     };
-    Ok((cfg, source))
+    Ok((settings, source))
 }
 
 /// What was read.

@@ -769,3 +769,65 @@ fn any_number_of_threads_writes_the_same_records() {
     let bad = run_with_stdin(&["features", "--threads", "0"], b"");
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn the_config_file_names_the_model_and_takes_values_from_the_environment() {
+    let sim = simulate("21", "3m", "30", "none");
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("mine");
+    let t = run_with_stdin(
+        &["train", "--name", "mine", "-o", m.to_str().unwrap()],
+        &sim.stdout,
+    );
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "[features]\nmax_clients = ${GW_TEST_MAX_CLIENTS:-5000}\n\n[model]\npath = \"${GW_TEST_MODELS}/mine\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let models = dir.path().to_str().unwrap();
+    let out = run_with_stdin_env(
+        &["score", "--config", cfg, "--no-output"],
+        &sim.stdout,
+        &[("GW_TEST_MODELS", models)],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("scored with mine"), "{err}");
+    // --model still wins.
+    let out = run_with_stdin_env(
+        &[
+            "score",
+            "--config",
+            cfg,
+            "--no-output",
+            "--model",
+            m.to_str().unwrap(),
+        ],
+        &sim.stdout,
+        &[("GW_TEST_MODELS", "/nowhere")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An unset variable without a default is named, with the file and line.
+    let out = run_with_stdin_env(&["score", "--config", cfg], b"", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gw.toml")
+            && err.contains("line 5")
+            && err.contains("GW_TEST_MODELS is not set"),
+        "{err}"
+    );
+    // A reserved section is refused with what it is for.
+    std::fs::write(dir.path().join("k.toml"), "[kafka]\nbrokers = \"x\"\n").unwrap();
+    let k = dir.path().join("k.toml");
+    let out = run_with_stdin(&["features", "--config", k.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[kafka] is reserved"));
+}
