@@ -332,6 +332,16 @@ pub fn drive(
     }
 }
 
+/// One read (retried when interrupted); 0 at the end of the input.
+fn read_some(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        match input.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r.context("reading input"),
+        }
+    }
+}
+
 fn drive_lines(
     input: &mut dyn Read,
     engine: &mut FeatureEngine,
@@ -344,12 +354,10 @@ fn drive_lines(
     let mut chunk = vec![0u8; 1 << 18];
     let mut reject = |e: Rejection| rejects.report(&e);
     loop {
-        let n = match input.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("reading input"),
-        };
+        let n = read_some(&mut *input, &mut chunk)?;
+        if n == 0 {
+            break;
+        }
         ingest.feed(engine, &chunk[..n], sink, &mut reject);
         // A threaded engine works in batches: what was read so far goes out now, so a slow
         // stream (a pipe from a live log) is not held back.
@@ -436,12 +444,10 @@ fn drive_lines_parallel(
             };
             let mut block = Block::new(0);
             loop {
-                let n = match input.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e).context("reading input"),
-                };
+                let n = read_some(&mut *input, &mut chunk)?;
+                if n == 0 {
+                    break;
+                }
                 block.bytes += n;
                 ingest.split(&chunk[..n], &mut |n, l| block.push(n, l));
                 // One block per read, as the one-thread path checks the output once per read.

@@ -208,19 +208,43 @@ impl Delta {
         match ep {
             Ep::Known(i) => self.known.entry(i).or_default(),
             Ep::New(hash, template) => {
-                if !self.new.contains_key(&hash) {
-                    self.new.insert(hash, (template.into(), EpDelta::default()));
-                    self.new_heap.push(hash);
-                    if self.new_heap.len() > pop.template_room() {
-                        let drop = self.new_heap.pop().expect("non-empty");
-                        let (_, d) = self.new.remove(&drop).expect("in the map");
-                        self.known.entry(0).or_default().add(&d);
-                        if drop == hash {
-                            return self.known.entry(0).or_default();
-                        }
-                    }
+                if !self.new.contains_key(&hash)
+                    && self.add_new(pop, hash, template.into(), EpDelta::default()) == Some(hash)
+                {
+                    return self.known.entry(0).or_default();
                 }
                 &mut self.new.get_mut(&hash).expect("inserted").1
+            }
+        }
+    }
+
+    /// Adds a new template's entry; beyond the table's room the largest new template goes to
+    /// the overflow endpoint (returned).
+    fn add_new(&mut self, pop: &Population, hash: u64, t: Box<str>, d: EpDelta) -> Option<u64> {
+        self.new.insert(hash, (t, d));
+        self.new_heap.push(hash);
+        if self.new_heap.len() <= pop.template_room() {
+            return None;
+        }
+        let drop = self.new_heap.pop().expect("non-empty");
+        let (_, d) = self.new.remove(&drop).expect("in the map");
+        self.known.entry(0).or_default().add(&d);
+        Some(drop)
+    }
+
+    /// Adds `n` to a transition pair; a pair the population does not count yet is dropped,
+    /// largest first, beyond the room left under [`MAX_TRANSITIONS`].
+    fn add_pair(&mut self, pop: &Population, pair: (u32, u32), n: u32) {
+        if let Some(c) = self.transitions.get_mut(&pair) {
+            *c = c.saturating_add(n);
+            return;
+        }
+        self.transitions.insert(pair, n);
+        if !pop.transitions.contains_key(&pair) {
+            self.pair_heap.push(pair);
+            if self.pair_heap.len() > MAX_TRANSITIONS - pop.transitions.len() {
+                let drop = self.pair_heap.pop().expect("non-empty");
+                self.transitions.remove(&drop);
             }
         }
     }
@@ -243,20 +267,7 @@ impl Delta {
             let o = &mut self.known.entry(from).or_default().out;
             *o = o.saturating_add(1);
         }
-        let pair = (from, to);
-        if let Some(n) = self.transitions.get_mut(&pair) {
-            *n = n.saturating_add(1);
-        } else {
-            let known = pop.transitions.contains_key(&pair);
-            self.transitions.insert(pair, 1);
-            if !known {
-                self.pair_heap.push(pair);
-                if self.pair_heap.len() > MAX_TRANSITIONS - pop.transitions.len() {
-                    let drop = self.pair_heap.pop().expect("non-empty");
-                    self.transitions.remove(&drop);
-                }
-            }
-        }
+        self.add_pair(pop, (from, to), 1);
         let e = self.entry(pop, ep);
         e.requests = e.requests.saturating_add(1);
         let b = vote_bin(c);
@@ -296,31 +307,15 @@ impl Delta {
             self.known.entry(i).or_default().add(&d);
         }
         for (h, (t, d)) in other.new {
-            if let Some(e) = self.new.get_mut(&h) {
-                e.1.add(&d);
-                continue;
-            }
-            self.new.insert(h, (t, d));
-            self.new_heap.push(h);
-            if self.new_heap.len() > pop.template_room() {
-                let drop = self.new_heap.pop().expect("non-empty");
-                let (_, d) = self.new.remove(&drop).expect("in the map");
-                self.known.entry(0).or_default().add(&d);
+            match self.new.get_mut(&h) {
+                Some(e) => e.1.add(&d),
+                None => {
+                    self.add_new(pop, h, t, d);
+                }
             }
         }
         for (p, n) in other.transitions {
-            if let Some(c) = self.transitions.get_mut(&p) {
-                *c = c.saturating_add(n);
-                continue;
-            }
-            self.transitions.insert(p, n);
-            if !pop.transitions.contains_key(&p) {
-                self.pair_heap.push(p);
-                if self.pair_heap.len() > MAX_TRANSITIONS - pop.transitions.len() {
-                    let drop = self.pair_heap.pop().expect("non-empty");
-                    self.transitions.remove(&drop);
-                }
-            }
+            self.add_pair(pop, p, n);
         }
     }
 
@@ -344,18 +339,25 @@ impl Delta {
                 ));
             }
         }
-        if self.transitions.len() > MAX_TRANSITIONS {
-            return Err(format!("{} transitions", self.transitions.len()));
-        }
-        if let Some((f, t)) = self
-            .transitions
-            .keys()
-            .find(|(f, t)| (*f != START && *f >= n) || *t >= n)
-        {
-            return Err(format!("transition {f} → {t} between unknown endpoints"));
-        }
-        Ok(())
+        check_transitions(&self.transitions, n)
     }
+}
+
+/// At most [`MAX_TRANSITIONS`] pairs, between the `n` endpoints of the table (or the start).
+fn check_transitions(t: &HashMap<(u32, u32), u32>, n: u32) -> Result<(), String> {
+    if t.len() > MAX_TRANSITIONS {
+        return Err(format!(
+            "{} transitions, above the cap of {MAX_TRANSITIONS}",
+            t.len()
+        ));
+    }
+    if let Some((f, to)) = t
+        .keys()
+        .find(|(f, to)| (*f != START && *f >= n) || *to >= n)
+    {
+        return Err(format!("transition {f} → {to} between unknown endpoints"));
+    }
+    Ok(())
 }
 
 /// An endpoint as a request sees it: in the table, or new this epoch.
@@ -478,21 +480,7 @@ impl Population {
                 return Err(format!("endpoint {t:?} has counts after the state's epoch"));
             }
         }
-        let n = self.templates.len() as u32;
-        if self.transitions.len() > MAX_TRANSITIONS {
-            return Err(format!(
-                "{} transitions, above the cap of {MAX_TRANSITIONS}",
-                self.transitions.len()
-            ));
-        }
-        if let Some((f, t)) = self
-            .transitions
-            .keys()
-            .find(|(f, t)| (*f != START && *f >= n) || *t >= n)
-        {
-            return Err(format!("transition {f} → {t} between unknown endpoints"));
-        }
-        Ok(())
+        check_transitions(&self.transitions, self.templates.len() as u32)
     }
 
     /// The cap on templates.
