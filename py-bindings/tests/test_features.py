@@ -18,12 +18,16 @@ GOLDEN = ROOT / "tests" / "golden"
 
 
 def gatewatch_bin() -> Path:
-    """The most recently built gatewatch binary (release or debug)."""
+    """The gatewatch binary with its default features (tables), as `cargo test` builds it.
+
+    The release binary may be the lean one (`scripts/run` builds it without Parquet / CSV),
+    so the debug build comes first.
+    """
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    built = [b for b in (target / p / "gatewatch" for p in ("release", "debug")) if b.exists()]
-    if not built:
-        pytest.fail(f"the gatewatch binary is not built under {target} (cargo build -p gatewatch)")
-    return max(built, key=lambda b: b.stat().st_mtime)
+    for b in (target / p / "gatewatch" for p in ("debug", "release")):
+        if b.exists():
+            return b
+    pytest.fail(f"the gatewatch binary is not built under {target} (cargo build -p gatewatch)")
 
 
 def cli_features(events: Path, out: Path) -> pl.DataFrame:
