@@ -19,6 +19,53 @@ fn value_err(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
+pyo3::create_exception!(
+    gatewatch,
+    GatewatchError,
+    PyValueError,
+    "Base of gatewatch's errors (a ValueError)."
+);
+pyo3::create_exception!(
+    gatewatch,
+    ConfigError,
+    GatewatchError,
+    "A configuration file or value that gatewatch refuses, naming the key."
+);
+pyo3::create_exception!(
+    gatewatch,
+    DataError,
+    GatewatchError,
+    "Events, features or a frame that are not what gatewatch reads, naming the column and row."
+);
+pyo3::create_exception!(
+    gatewatch,
+    ModelError,
+    GatewatchError,
+    "A model folder that gatewatch refuses, naming the file and what is wrong."
+);
+
+fn config_err(e: impl std::fmt::Display) -> PyErr {
+    ConfigError::new_err(e.to_string())
+}
+
+/// A frame error: a file that cannot be read is an OSError, the rest is about the data.
+fn frame_err(e: gatewatch_frames::FrameError) -> PyErr {
+    match e {
+        gatewatch_frames::FrameError::File { .. } => PyOSError::new_err(e.to_string()),
+        gatewatch_frames::FrameError::Engine(gatewatch_features::Error::Config(_)) => {
+            config_err(e)
+        }
+        _ => DataError::new_err(e.to_string()),
+    }
+}
+
+fn model_err(e: gatewatch_models::ModelError) -> PyErr {
+    match &e {
+        gatewatch_models::ModelError::Io { .. } => PyOSError::new_err(e.to_string()),
+        _ => ModelError::new_err(e.to_string()),
+    }
+}
+
 /// The configuration file's settings (OSError when it cannot be read, ValueError when it
 /// is invalid), or the defaults.
 fn load_config(path: Option<PathBuf>) -> PyResult<Config> {
@@ -30,7 +77,7 @@ fn load_config(path: Option<PathBuf>) -> PyResult<Config> {
             }
             gatewatch_config::Settings::load(&p)
                 .map(|s| s.engine)
-                .map_err(value_err)
+                .map_err(config_err)
         }
     }
 }
@@ -101,7 +148,7 @@ impl FeatureExtractor {
     #[pyo3(signature = (config=None))]
     fn new(config: Option<PathBuf>) -> PyResult<Self> {
         let cfg = load_config(config)?;
-        gatewatch_features::FeatureEngine::new(&cfg).map_err(value_err)?;
+        gatewatch_features::FeatureEngine::new(&cfg).map_err(config_err)?;
         Ok(Self { cfg })
     }
 
@@ -110,7 +157,7 @@ impl FeatureExtractor {
         let cfg = &self.cfg;
         let (out, _) = py
             .detach(|| gatewatch_frames::features_frame(cfg, &df.0))
-            .map_err(value_err)?;
+            .map_err(frame_err)?;
         Ok(PyDataFrame(out))
     }
 
@@ -150,10 +197,7 @@ impl Model {
                 &registry,
             ),
         }
-        .map_err(|e| match &e {
-            gatewatch_models::ModelError::Io { .. } => PyOSError::new_err(e.to_string()),
-            _ => value_err(e),
-        })?;
+        .map_err(model_err)?;
         Ok(Self {
             cfg,
             id: scorer.id(),
@@ -176,7 +220,7 @@ impl Model {
                 .lock()
                 .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
             gatewatch_frames::scores_frame(&self.cfg, &mut scorer, &df.0, reasons, batch)
-                .map_err(value_err)
+                .map_err(frame_err)
         })?;
         Ok(PyDataFrame(out))
     }
@@ -215,9 +259,9 @@ fn check_parity(
             .lock()
             .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
         let ours = gatewatch_frames::scores_frame(&m.cfg, &mut scorer, &df.0, 0, 256)
-            .map_err(value_err)?;
+            .map_err(frame_err)?;
         let (theirs, rejected) =
-            gatewatch_frames::service_scores(&m.cfg, &mut scorer, &df.0, 256).map_err(value_err)?;
+            gatewatch_frames::service_scores(&m.cfg, &mut scorer, &df.0, 256).map_err(frame_err)?;
         let ours: Vec<f64> = ours
             .column("score")
             .and_then(|c| {
@@ -252,7 +296,7 @@ fn fit_baseline(
     let cfg = load_config(config)?;
     py.detach(|| {
         let registry = Registry::new(&cfg.features);
-        let rows = gatewatch_frames::feature_rows(&registry, &features.0).map_err(value_err)?;
+        let rows = gatewatch_frames::feature_rows(&registry, &features.0).map_err(frame_err)?;
         let n = registry.len();
         let training = gatewatch_models::Training {
             events: 0,
@@ -391,6 +435,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_parity, m)?)?;
     m.add_function(wrap_pyfunction!(fit_baseline, m)?)?;
     m.add_function(wrap_pyfunction!(univariate, m)?)?;
+    m.add("GatewatchError", m.py().get_type::<GatewatchError>())?;
+    m.add("ConfigError", m.py().get_type::<ConfigError>())?;
+    m.add("DataError", m.py().get_type::<DataError>())?;
+    m.add("ModelError", m.py().get_type::<ModelError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("EVENT_COLUMNS", gatewatch_frames::EVENT_COLUMNS.to_vec())?;
     Ok(())

@@ -115,23 +115,23 @@ def test_read_log_reads_parquet_csv_and_ndjson_with_a_mapping(tmp_path: Path) ->
         assert_frame_equal(gw.FeatureExtractor().transform(df), want)
     with pytest.raises(ValueError, match="unknown log format"):
         gw.read_log(tmp_path / "log.txt")
-    with pytest.raises(ValueError, match=r"required event columns are missing: \['ts'"):
+    with pytest.raises(gw.DataError, match=r"required event columns are missing: \['ts'"):
         gw.read_log(tmp_path / "log.parquet")
 
 
 def test_bad_frames_raise_errors_naming_column_and_row() -> None:
     events = gw.simulate(seed=2, duration="1m", users=5, scenarios=[]).head(20)
     ex = gw.FeatureExtractor()
-    with pytest.raises(ValueError, match='column "status" is missing'):
+    with pytest.raises(gw.DataError, match='column "status" is missing'):
         ex.transform(events.drop("status"))
-    with pytest.raises(ValueError, match='column "status" has type str'):
+    with pytest.raises(gw.DataError, match='column "status" has type str'):
         ex.transform(events.with_columns(pl.lit("OK").alias("status")))
     ips = events["client_ip"].to_list()
     ips[4] = None
-    with pytest.raises(ValueError, match='column "client_ip" is null in row 4'):
+    with pytest.raises(gw.DataError, match='column "client_ip" is null in row 4'):
         ex.transform(events.with_columns(pl.Series("client_ip", ips)))
     ips[4] = "nope"
-    with pytest.raises(ValueError, match=r"row 4: .*client_ip"):
+    with pytest.raises(gw.DataError, match=r"row 4: .*client_ip"):
         ex.transform(events.with_columns(pl.Series("client_ip", ips)))
     with pytest.raises(TypeError, match=r"polars\.DataFrame"):
         ex.transform(events.to_dicts())  # type: ignore[arg-type]
@@ -145,7 +145,7 @@ def test_hostile_frames_raise_or_pass_through_never_crash() -> None:
     ms = events.with_columns(pl.col("ts").dt.epoch("ms").alias("ts"))
     ts = ms["ts"].to_list()
     ts[3] = 2**63 - 1
-    with pytest.raises(ValueError, match=r"row 3: field `ts`: out of range"):
+    with pytest.raises(gw.DataError, match=r"row 3: field `ts`: out of range"):
         ex.transform(ms.with_columns(pl.Series("ts", ts)))
     # Hostile paths are templated, not refused; a day's gap in one client's rows keeps every
     # row (a sorted frame is never held back by the event-time rule).
@@ -169,8 +169,11 @@ def test_config_files_are_used_and_bad_ones_refused(tmp_path: Path) -> None:
     ex = gw.FeatureExtractor(cfg)
     assert "req_count_30s" in ex.feature_names and "req_count_10s" not in ex.feature_names
     (tmp_path / "bad.toml").write_text("[features]\nhorizons = 3\n")
-    with pytest.raises(ValueError, match="horizons"):
+    with pytest.raises(gw.ConfigError, match="horizons"):
         gw.FeatureExtractor(tmp_path / "bad.toml")
+    (tmp_path / "env.toml").write_text("[features]\nmax_clients = ${GW_PYTEST_UNSET_VAR}\n")
+    with pytest.raises(gw.ConfigError, match="GW_PYTEST_UNSET_VAR is not set"):
+        gw.FeatureExtractor(tmp_path / "env.toml")
     with pytest.raises(OSError, match=r"missing\.toml"):
         gw.FeatureExtractor(tmp_path / "missing.toml")
 
@@ -225,3 +228,12 @@ def test_narrow_integer_and_categorical_columns_are_read() -> None:
     assert_frame_equal(ex.transform(odd), ex.transform(events))
     scores = gw.Model.default().score_samples(odd)
     assert_frame_equal(scores, gw.Model.default().score_samples(events))
+
+
+def test_errors_have_a_class_per_kind_and_are_value_errors() -> None:
+    for cls in (gw.ConfigError, gw.DataError, gw.ModelError):
+        assert issubclass(cls, gw.GatewatchError)
+        assert issubclass(cls, ValueError)
+    with pytest.raises(gw.DataError) as e:
+        gw.FeatureExtractor().transform(pl.DataFrame({"ts": [1]}))
+    assert not isinstance(e.value, (gw.ConfigError, gw.ModelError))

@@ -54,7 +54,7 @@ def test_a_trained_model_folder_loads_and_bad_ones_are_refused(tmp_path: Path) -
     s = m.score_samples(events)
     assert s["score"].is_between(0.0, 1.0).all()
     (folder / "pca" / "params.json").write_text("{")
-    with pytest.raises(ValueError, match=r"pca/params\.json"):
+    with pytest.raises(gw.ModelError, match=r"pca/params\.json"):
         gw.Model.load(folder)
     with pytest.raises(OSError, match="nowhere"):
         gw.Model.load(tmp_path / "nowhere")
@@ -83,7 +83,7 @@ def test_a_baseline_fitted_in_python_scores_like_one_trained_by_the_cli(tmp_path
     )
     cli = gw.Model.load(tmp_path / "cli" / "robust")
     assert_series_equal(model.score_samples(events)["score"], cli.score_samples(events)["score"])
-    with pytest.raises(ValueError, match="req_count_10s"):
+    with pytest.raises(gw.DataError, match="req_count_10s"):
         gw.Baseline().fit(feats.drop("req_count_10s")).save(tmp_path / "bad")
     with pytest.raises(ValueError, match="fit"):
         gw.Baseline().save(tmp_path / "none")
@@ -120,7 +120,7 @@ def test_an_exported_onnx_model_scores_in_the_service_as_in_onnxruntime(tmp_path
     flagged = got.filter(pl.col("flagged"))
     assert flagged.height > 0
     assert any(len(r) > 0 for r in flagged["reasons"].to_list())
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(gw.ModelError, match="unknown"):
         gw.export_model(tmp_path / "x", tmp_path / "clf.onnx", ["nope"])
     with pytest.raises(ValueError, match="input"):
         gw.export_model(tmp_path / "y", tmp_path / "clf.onnx", names[:3])

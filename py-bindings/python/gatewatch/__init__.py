@@ -25,12 +25,17 @@ from typing import Any
 import polars as pl
 
 from gatewatch import _native
+from gatewatch._native import ConfigError, DataError, GatewatchError, ModelError
 
 __all__ = [
     "Baseline",
+    "ConfigError",
+    "DataError",
     "EwmaDetector",
     "FeatureExtractor",
+    "GatewatchError",
     "Model",
+    "ModelError",
     "RelativeEntropyDetector",
     "__version__",
     "check_parity",
@@ -143,7 +148,10 @@ def read_log(
     Raises
     ------
     ValueError
-        When the format is unknown or a required column is missing after the mapping.
+        When the format is unknown.
+    DataError
+        When the mapping names a column the file lacks, or a required column is missing
+        after the mapping (a ``ValueError`` too).
     FileNotFoundError
         When there is no such file.
     """
@@ -165,7 +173,7 @@ def read_log(
     if mapping:
         missing = [c for c in mapping if c not in names]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{p}: mapping names columns the file does not have: {missing} "
                 f"(its columns: {names})"
             )
@@ -174,7 +182,7 @@ def read_log(
     required = ["ts", "client_ip", "method", "path", "status"]
     absent = [c for c in required if c not in names]
     if absent:
-        raise ValueError(f"{p}: required event columns are missing: {absent}")
+        raise DataError(f"{p}: required event columns are missing: {absent}")
     keep = [c for c in names if c in _EVENT_COLUMNS or c.startswith("headers.")]
     return lf.select(keep).sort("ts", maintain_order=True).collect()
 
@@ -543,7 +551,7 @@ def export_model(
     known = {f["name"] for f in schema["features"]}
     unknown = [f for f in features if f not in known]
     if unknown:
-        raise ValueError(f"features unknown to this engine: {unknown}")
+        raise ModelError(f"features unknown to this engine: {unknown}")
     ref: list[float] = []
     if isinstance(reference, pl.DataFrame):
         ref = [float(reference[f].median()) for f in features]  # type: ignore[arg-type]
