@@ -52,9 +52,7 @@ fn config_err(e: impl std::fmt::Display) -> PyErr {
 fn frame_err(e: gatewatch_frames::FrameError) -> PyErr {
     match e {
         gatewatch_frames::FrameError::File { .. } => PyOSError::new_err(e.to_string()),
-        gatewatch_frames::FrameError::Engine(gatewatch_features::Error::Config(_)) => {
-            config_err(e)
-        }
+        gatewatch_frames::FrameError::Engine(gatewatch_features::Error::Config(_)) => config_err(e),
         _ => DataError::new_err(e.to_string()),
     }
 }
