@@ -114,28 +114,22 @@ impl fmt::Display for Scenario {
 #[error("{0}")]
 pub struct SimError(pub String);
 
-/// Parses `500ms`, `90s`, `10m`, `2h`, `1d` (a bare number is seconds).
+/// Parses a duration: `500ms`, `90s`, `10m`, `2h`, `1d`, `1h30m` (humantime's syntax), or a
+/// bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<i64, SimError> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| SimError(format!("not a duration: {s:?} (try 90s, 10m, 2h)")))?;
-    let mult = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(SimError(format!(
-                "not a duration unit: {unit:?} in {s:?} (ms, s, m, h, d)"
-            )));
-        }
+    let ms = if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) {
+        // A bare number is seconds.
+        s.parse::<i64>().ok().and_then(|n| n.checked_mul(1000))
+    } else {
+        let d = humantime::parse_duration(s).map_err(|e| {
+            SimError(format!(
+                "not a duration: {s:?}: {e} (try 90s, 10m, 2h, 1h30m)"
+            ))
+        })?;
+        i64::try_from(d.as_millis()).ok()
     };
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
+    ms.filter(|v| *v > 0)
         .ok_or_else(|| SimError(format!("duration out of range: {s:?}")))
 }
 
@@ -860,6 +854,10 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(90_000));
         assert_eq!(parse_duration("250ms"), Ok(250));
         assert!(parse_duration("10x").is_err());
+        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration("2d"), Ok(172_800_000));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(
             Scenario::parse("bola")

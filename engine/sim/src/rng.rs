@@ -1,10 +1,13 @@
-//! A small, stable PRNG (xoshiro256** seeded by splitmix64): the same seed gives the same
-//! traffic in every version and on every machine.
+//! A small, stable PRNG (xoshiro256** from `rand_xoshiro`, its state seeded by splitmix64):
+//! the same seed gives the same traffic in every version and on every machine.
+
+use rand_xoshiro::Xoshiro256StarStar;
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 
 /// The generator.
 #[derive(Debug, Clone)]
 pub struct Rng {
-    s: [u64; 4],
+    inner: Xoshiro256StarStar,
 }
 
 fn splitmix(x: &mut u64) -> u64 {
@@ -19,27 +22,19 @@ impl Rng {
     /// A generator for `seed` and a stream number (each actor has its own stream).
     pub fn new(seed: u64, stream: u64) -> Self {
         let mut x = seed ^ stream.wrapping_mul(0xd6e8_feb8_6659_fd93);
+        // The state words s[0..4], little-endian, as the generator's seed.
+        let mut bytes = [0u8; 32];
+        for chunk in bytes.chunks_exact_mut(8) {
+            chunk.copy_from_slice(&splitmix(&mut x).to_le_bytes());
+        }
         Self {
-            s: [
-                splitmix(&mut x),
-                splitmix(&mut x),
-                splitmix(&mut x),
-                splitmix(&mut x),
-            ],
+            inner: Xoshiro256StarStar::from_seed(bytes),
         }
     }
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let r = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        r
+        self.inner.next_u64()
     }
 
     /// Uniform in [0, 1).
@@ -123,5 +118,28 @@ mod tests {
         let mean = (0..100_000).map(|_| r.exp(3.0)).sum::<f64>() / 100_000.0;
         assert!((mean - 3.0).abs() < 0.1, "{mean}");
         assert!((0..1000).all(|_| r.below(7) < 7));
+    }
+
+    /// The stream is xoshiro256** (Blackman and Vigna's reference step) from the
+    /// splitmix64-seeded state: every recorded log and trained model depends on it.
+    #[test]
+    fn the_stream_is_the_reference_xoshiro256_starstar() {
+        let mut x = 42u64 ^ 3u64.wrapping_mul(0xd6e8_feb8_6659_fd93);
+        let mut s = [0u64; 4];
+        for w in &mut s {
+            *w = splitmix(&mut x);
+        }
+        let mut r = Rng::new(42, 3);
+        for _ in 0..1000 {
+            let want = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+            let t = s[1] << 17;
+            s[2] ^= s[0];
+            s[3] ^= s[1];
+            s[1] ^= s[2];
+            s[0] ^= s[3];
+            s[2] ^= t;
+            s[3] = s[3].rotate_left(45);
+            assert_eq!(r.next_u64(), want);
+        }
     }
 }
