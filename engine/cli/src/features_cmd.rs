@@ -102,17 +102,17 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         .collect();
     let mut writer = RecordWriter::new(engine.registry().names());
     // With parser threads, records are formatted and written on other threads too.
-    let mut parallel = match (out.take(), a.input.parsers()) {
-        (Some(o), n) if n > 0 => Some(crate::output::ParallelRecords::new(
-            engine.registry().names().map(String::from).collect(),
-            n,
-            o,
-        )),
-        (o, _) => {
-            out = o;
-            None
+    let mut parallel = None;
+    if a.input.parsers() > 0 {
+        if let Some(o) = out.take() {
+            let names = engine.registry().names().map(String::from).collect();
+            parallel = Some(crate::output::ParallelRecords::new(
+                names,
+                a.input.parsers(),
+                o,
+            ));
         }
-    };
+    }
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
     let health = parallel.as_ref().map(|p| p.health());

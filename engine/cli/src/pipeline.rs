@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use gatewatch_config::Settings;
 use gatewatch_event::RequestEvent;
-use gatewatch_features::{FeatureEngine, Format, Ingest, Line, Record, Rejection};
+use gatewatch_features::{FeatureEngine, Format, Ingest, Line, Record, Rejection, push_parsed};
 
 use crate::table::TableSource;
 use crate::{InputArgs, InputFormat};
@@ -391,6 +391,15 @@ impl Block {
         }
     }
 
+    /// The block emptied, for reuse as block `seq`.
+    fn reset(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self.bytes = 0;
+        self.buf.clear();
+        self.lines.clear();
+        self
+    }
+
     fn push(&mut self, n: u64, line: Line<'_>) {
         match line {
             Line::TooLong => self.lines.push((n, None)),
@@ -433,13 +442,7 @@ fn drive_lines_parallel(
             let mut ingest = Ingest::new(reader_format);
             let mut chunk = vec![0u8; 1 << 18];
             let fresh = |seq: u64| match spare_blocks.try_recv() {
-                Ok(mut b) => {
-                    b.seq = seq;
-                    b.bytes = 0;
-                    b.buf.clear();
-                    b.lines.clear();
-                    b
-                }
+                Ok(b) => b.reset(seq),
                 Err(_) => Block::new(seq),
             };
             let mut block = Block::new(0);
@@ -509,12 +512,7 @@ fn drive_lines_parallel(
             while let Some(p) = waiting.remove(&next) {
                 next += 1;
                 for (n, item) in p.items {
-                    match item {
-                        Ok(ev) => engine.push(ev, n, sink, &mut |late| {
-                            reject(Rejection::Late(late));
-                        }),
-                        Err(r) => reject(r),
-                    }
+                    push_parsed(engine, n, item, sink, &mut reject);
                 }
                 engine.flush(sink);
                 if !progress(p.bytes) {

@@ -1,6 +1,5 @@
-//! The configuration file (`--config gatewatch.toml`): the sections the engine reads.
-
-use std::path::Path;
+//! The engine's sections of the configuration file (`[client_key]`, `[endpoints]`, `[input]`,
+//! `[features]`); the program reads the whole file with `gatewatch-config`.
 
 use gatewatch_event::{ClientKeyConfig, CombinedConfig, EndpointConfig};
 use serde::Deserialize;
@@ -207,24 +206,6 @@ impl FeatureConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file. Relative paths in it (the OpenAPI
-    /// document) are taken relative to the file's folder.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        let mut cfg: Self = toml::from_str(&text).map_err(|e| {
-            Error::Config(format!("{}: {}", path.display(), e.to_string().trim_end()))
-        })?;
-        if let (Some(doc), Some(dir)) = (&cfg.endpoints.openapi, path.parent()) {
-            if doc.is_relative() {
-                cfg.endpoints.openapi = Some(dir.join(doc));
-            }
-        }
-        cfg.validate()
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Ok(cfg)
-    }
-
     /// Parses and validates the engine's sections (the program's whole file is read by
     /// `gatewatch-config`, which refuses what this does not know).
     pub fn parse(text: &str) -> Result<Self> {

@@ -125,17 +125,17 @@ pub struct FeatureEngine {
     registry: Registry,
     windows: Windows,
     lateness_ms: i64,
-    keys: ClientKeyExtractor,
     endpoints: EndpointNormalizer,
     parts: Vec<Part>,
     /// `max_clients`: the cap of all parts together (each has its share, rounded up).
     max_clients: usize,
-    /// Threads used by `flush` (1: events are processed as they are released).
-    threads: usize,
     /// Released events waiting for the next parallel batch.
     ready: Vec<Pending>,
-    /// Per-thread key extractors of the parallel path.
+    /// One key extractor per thread (one: events are processed as they are released; more:
+    /// in parallel batches by `flush`).
     key_workers: Vec<ClientKeyExtractor>,
+    /// The key and endpoint of the event processed now (one thread).
+    prep: Prep,
     prepared: Vec<Prep>,
     /// Per-part feature rows of the current parallel batch.
     rows: Vec<Vec<f64>>,
@@ -154,8 +154,6 @@ pub struct FeatureEngine {
     ahead: Vec<Pending>,
     stats: Stats,
     buf: Vec<f64>,
-    key_buf: String,
-    endpoint: Endpoint,
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
@@ -201,12 +199,33 @@ struct Prep {
 impl Default for Prep {
     fn default() -> Self {
         Self {
-            key: String::new(),
+            key: String::with_capacity(64),
             kind: KeyKind::Ip,
             endpoint: Endpoint::default(),
             hash: 0,
             part: 0,
         }
+    }
+}
+
+impl Prep {
+    /// The event's client key, endpoint template and its hash, and the part of `parts` it
+    /// belongs to.
+    fn fill(
+        &mut self,
+        keys: &mut ClientKeyExtractor,
+        endpoints: &EndpointNormalizer,
+        ev: &RequestEvent,
+        parts: u32,
+    ) {
+        self.kind = keys.key_into(ev, &mut self.key);
+        endpoints.normalize_into(ev, &mut self.endpoint);
+        self.hash = fnv1a(self.endpoint.template.as_bytes());
+        self.part = if parts == 1 {
+            0
+        } else {
+            part_of(&self.key, parts)
+        };
     }
 }
 
@@ -288,10 +307,9 @@ impl FeatureEngine {
         Ok(Self {
             windows: Windows::new(&cfg.features),
             lateness_ms: i64::try_from(cfg.features.allowed_lateness_ms).unwrap_or(i64::MAX),
-            key_workers: vec![keys.clone(); threads.max(1)],
+            key_workers: vec![keys; threads.max(1)],
+            prep: Prep::default(),
             max_clients: cfg.features.max_clients,
-            keys,
-            threads,
             ready: Vec::new(),
             prepared: Vec::new(),
             rows: vec![Vec::new(); parts.max(1) as usize],
@@ -314,11 +332,6 @@ impl FeatureEngine {
             ahead: Vec::new(),
             stats: Stats::default(),
             buf: vec![0.0; n],
-            key_buf: String::with_capacity(64),
-            endpoint: Endpoint {
-                template: String::with_capacity(64),
-                ids: Vec::new(),
-            },
             registry,
         })
     }
@@ -331,12 +344,7 @@ impl FeatureEngine {
     /// Run counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats;
-        s.malformed_jwt = self.keys.malformed_jwt
-            + self
-                .key_workers
-                .iter()
-                .map(|k| k.malformed_jwt)
-                .sum::<u64>();
+        s.malformed_jwt = self.key_workers.iter().map(|k| k.malformed_jwt).sum();
         s
     }
 
@@ -536,7 +544,7 @@ impl FeatureEngine {
 
     /// Processes an event the watermark has passed: now, or in the next parallel batch.
     fn release(&mut self, p: Pending, sink: &mut impl FnMut(&Record<'_>)) {
-        if self.threads <= 1 {
+        if self.key_workers.len() <= 1 {
             self.process(&p.event, p.line, sink);
         } else {
             self.ready.push(p);
@@ -595,14 +603,7 @@ impl FeatureEngine {
             {
                 s.spawn(move || {
                     for (p, prep) in evs.iter().zip(preps) {
-                        prep.kind = keys.key_into(&p.event, &mut prep.key);
-                        endpoints.normalize_into(&p.event, &mut prep.endpoint);
-                        prep.hash = fnv1a(prep.endpoint.template.as_bytes());
-                        prep.part = if n_parts == 1 {
-                            0
-                        } else {
-                            part_of(&prep.key, n_parts)
-                        };
+                        prep.fill(keys, endpoints, &p.event, n_parts);
                     }
                 });
             }
@@ -655,39 +656,37 @@ impl FeatureEngine {
     }
 
     fn process(&mut self, ev: &RequestEvent, line: u64, sink: &mut impl FnMut(&Record<'_>)) {
-        let mut key = std::mem::take(&mut self.key_buf);
-        let kind = self.keys.key_into(ev, &mut key);
-        let mut endpoint = std::mem::take(&mut self.endpoint);
-        self.endpoints.normalize_into(ev, &mut endpoint);
-        let ep_hash = fnv1a(endpoint.template.as_bytes());
         let epoch = epoch_of(ev.ts_ms);
         self.enter_epoch(epoch);
-        let n = self.parts.len() as u32;
-        let part = &mut self.parts[if n == 1 { 0 } else { part_of(&key, n) as usize }];
+        let prep = &mut self.prep;
+        prep.fill(
+            &mut self.key_workers[0],
+            &self.endpoints,
+            ev,
+            self.parts.len() as u32,
+        );
         compute(
-            part,
+            &mut self.parts[prep.part as usize],
             &self.population,
             &self.windows,
             &self.registry,
             ev,
-            &key,
-            &endpoint,
-            ep_hash,
+            &prep.key,
+            &prep.endpoint,
+            prep.hash,
             epoch,
             &mut self.buf,
         );
         self.stats.events_out += 1;
-        self.stats.keys_by_kind[kind as usize] += 1;
+        self.stats.keys_by_kind[prep.kind as usize] += 1;
         sink(&Record {
             event: ev,
             line,
-            client: &key,
-            client_kind: kind,
-            endpoint: &endpoint.template,
+            client: &prep.key,
+            client_kind: prep.kind,
+            endpoint: &prep.endpoint.template,
             features: &self.buf,
         });
-        self.key_buf = key;
-        self.endpoint = endpoint;
     }
 
     fn shape(&self) -> Shape {

@@ -230,7 +230,19 @@ fn push_line(
     sink: &mut impl FnMut(&Record<'_>),
     reject: &mut impl FnMut(Rejection),
 ) {
-    match line.parse(format, n) {
+    push_parsed(engine, n, line.parse(format, n), sink, reject);
+}
+
+/// Pushes line `n`, parsed, into the engine: an event goes in (refused ones, late or
+/// ahead of event time, go to `reject`), a line that was not one goes to `reject`.
+pub fn push_parsed(
+    engine: &mut FeatureEngine,
+    n: u64,
+    parsed: Result<RequestEvent, Rejection>,
+    sink: &mut impl FnMut(&Record<'_>),
+    reject: &mut impl FnMut(Rejection),
+) {
+    match parsed {
         Ok(ev) => engine.push(ev, n, sink, &mut |late| {
             reject(Rejection::Late(late));
         }),

@@ -19,7 +19,7 @@ mod summary;
 pub use config::{Config, FeatureConfig, InputConfig};
 pub use engine::{FeatureEngine, LateEvent, Record, RefusedKind, SNAPSHOT_VERSION, Stats};
 pub use error::{Error, Result};
-pub use ingest::{Format, Ingest, Line, MAX_LINE_BYTES, Rejection};
+pub use ingest::{Format, Ingest, Line, MAX_LINE_BYTES, Rejection, push_parsed};
 pub use population::{
     EPOCH_MS, MAX_TRANSITIONS, OVERFLOW_TEMPLATE, Population, VOTE_DECAY, epoch_of,
 };
