@@ -46,21 +46,23 @@ pub fn interpolate(
     while i < b.len() {
         let c = b[i];
         let rest = &text[i..];
+        // Multi-line strings open and close with three quotes.
+        let triple = match at {
+            At::Bare if rest.starts_with("\"\"\"") => Some(At::MultiBasic),
+            At::Bare if rest.starts_with("'''") => Some(At::MultiLiteral),
+            At::MultiBasic if rest.starts_with("\"\"\"") => Some(At::Bare),
+            At::MultiLiteral if rest.starts_with("'''") => Some(At::Bare),
+            _ => None,
+        };
+        if let Some(next) = triple {
+            out.push_str(&rest[..3]);
+            i += 3;
+            at = next;
+            continue;
+        }
         match at {
             At::Comment if c == b'\n' => at = At::Bare,
             At::Bare if c == b'#' => at = At::Comment,
-            At::Bare if rest.starts_with("\"\"\"") => {
-                out.push_str("\"\"\"");
-                i += 3;
-                at = At::MultiBasic;
-                continue;
-            }
-            At::Bare if rest.starts_with("'''") => {
-                out.push_str("'''");
-                i += 3;
-                at = At::MultiLiteral;
-                continue;
-            }
             At::Bare if c == b'"' => at = At::Basic,
             At::Bare if c == b'\'' => at = At::Literal,
             At::Basic | At::MultiBasic if c == b'\\' && i + 1 < b.len() => {
@@ -72,18 +74,6 @@ pub fn interpolate(
             }
             At::Basic if c == b'"' => at = At::Bare,
             At::Literal if c == b'\'' => at = At::Bare,
-            At::MultiBasic if rest.starts_with("\"\"\"") => {
-                out.push_str("\"\"\"");
-                i += 3;
-                at = At::Bare;
-                continue;
-            }
-            At::MultiLiteral if rest.starts_with("'''") => {
-                out.push_str("'''");
-                i += 3;
-                at = At::Bare;
-                continue;
-            }
             _ => {}
         }
         if c == b'\n' {
@@ -99,79 +89,12 @@ pub fn interpolate(
             continue;
         }
         if at != At::Comment && rest.starts_with("${") {
-            let Some(end) = rest.find('}') else {
-                return Err(InterpolationError {
-                    line,
-                    reason: "`${` without its closing `}`".into(),
-                });
-            };
-            let inner = &rest[2..end];
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            let valid = !name.is_empty()
-                && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-                && !name.as_bytes()[0].is_ascii_digit();
-            if !valid {
-                return Err(InterpolationError {
-                    line,
-                    reason: format!("`${{{inner}}}`: not a variable name (letters, digits, _)"),
-                });
-            }
-            let value = match (env(name).filter(|v| !v.is_empty()), default) {
-                (Some(v), _) => v,
-                (None, Some(d)) => d.to_string(),
-                (None, None) => {
-                    return Err(InterpolationError {
-                        line,
-                        reason: format!(
-                            "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
-                        ),
-                    });
-                }
-            };
-            let bad = |why: &str| InterpolationError {
-                line,
-                reason: format!("${{{name}}}: the value {value:?} {why}"),
-            };
-            if value.contains(['\n', '\r']) {
-                return Err(bad("holds a line end"));
-            }
-            match at {
-                At::Basic | At::MultiBasic => {
-                    for ch in value.chars() {
-                        match ch {
-                            '"' => out.push_str("\\\""),
-                            '\\' => out.push_str("\\\\"),
-                            c if c.is_control() => {
-                                out.push_str(&format!("\\u{:04X}", u32::from(c)));
-                            }
-                            c => out.push(c),
-                        }
-                    }
-                }
-                At::Literal | At::MultiLiteral => {
-                    if value.contains('\'') || value.chars().any(char::is_control) {
-                        return Err(bad(
-                            "cannot go in a '…' string (it holds ' or a control character)",
-                        ));
-                    }
-                    out.push_str(&value);
-                }
-                At::Bare | At::Comment => {
-                    if value.is_empty()
-                        || !value
-                            .bytes()
-                            .all(|c| c.is_ascii_alphanumeric() || b"_.+-:".contains(&c))
-                    {
-                        return Err(bad(
-                            "is not a bare value (a number or boolean); put the reference in quotes for a string",
-                        ));
-                    }
-                    out.push_str(&value);
-                }
-            }
+            let err = |reason: String| InterpolationError { line, reason };
+            let end = rest
+                .find('}')
+                .ok_or_else(|| err("`${` without its closing `}`".into()))?;
+            let (name, value) = lookup(&rest[2..end], env).map_err(err)?;
+            write_value(&mut out, at, name, &value).map_err(err)?;
             i += end + 1;
             continue;
         }
@@ -180,6 +103,71 @@ pub fn interpolate(
         i += n;
     }
     Ok(out)
+}
+
+/// The variable of a reference (`NAME` or `NAME:-default`) and its value.
+fn lookup<'a>(
+    inner: &'a str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(&'a str, String), String> {
+    let (name, default) = match inner.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (inner, None),
+    };
+    let valid = !name.is_empty()
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !valid {
+        return Err(format!(
+            "`${{{inner}}}`: not a variable name (letters, digits, _)"
+        ));
+    }
+    match (env(name).filter(|v| !v.is_empty()), default) {
+        (Some(v), _) => Ok((name, v)),
+        (None, Some(d)) => Ok((name, d.to_string())),
+        (None, None) => Err(format!(
+            "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+        )),
+    }
+}
+
+/// Writes `value` where the reference stood: escaped in a "…" string, checked in a '…'
+/// string, a bare number or boolean elsewhere; never a line end.
+fn write_value(out: &mut String, at: At, name: &str, value: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("${{{name}}}: the value {value:?} {why}");
+    if value.contains(['\n', '\r']) {
+        return Err(bad("holds a line end"));
+    }
+    match at {
+        At::Basic | At::MultiBasic => {
+            for ch in value.chars() {
+                match ch {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                    c => out.push(c),
+                }
+            }
+        }
+        At::Literal | At::MultiLiteral => {
+            if value.contains('\'') || value.chars().any(char::is_control) {
+                return Err(bad(
+                    "cannot go in a '…' string (it holds ' or a control character)",
+                ));
+            }
+            out.push_str(value);
+        }
+        At::Bare | At::Comment => {
+            let bare = |c: u8| c.is_ascii_alphanumeric() || b"_.+-:".contains(&c);
+            if value.is_empty() || !value.bytes().all(bare) {
+                return Err(bad(
+                    "is not a bare value (a number or boolean); put the reference in quotes for a string",
+                ));
+            }
+            out.push_str(value);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
