@@ -20,6 +20,7 @@ macro_rules! say_raw {
 mod features_cmd;
 mod io;
 mod model_cmd;
+mod ordered;
 mod output;
 mod pipeline;
 mod simulate_cmd;

@@ -249,7 +249,6 @@ impl ParallelRecords {
         threads: usize,
         mut out: Box<dyn std::io::Write + Send>,
     ) -> Self {
-        use std::collections::BTreeMap;
         use std::sync::mpsc::sync_channel;
         use std::sync::{Arc, Mutex};
         let threads = threads.max(1);
@@ -269,12 +268,7 @@ impl ParallelRecords {
                 let names = names.clone();
                 std::thread::spawn(move || {
                     let mut w = RecordWriter::new(names.iter().map(String::as_str));
-                    loop {
-                        let job = match rx.lock() {
-                            Ok(r) => r.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok((seq, mut batch)) = job else { return };
+                    while let Some((seq, mut batch)) = crate::ordered::next_job(&rx) {
                         let mut bytes = spare_bytes
                             .lock()
                             .ok()
@@ -294,13 +288,11 @@ impl ParallelRecords {
         drop(done_tx);
         let fail = Arc::clone(&failed);
         let writer = std::thread::spawn(move || {
-            let mut waiting = BTreeMap::new();
-            let mut next = 0u64;
+            let mut in_order = crate::ordered::InOrder::default();
             let mut result = Ok(());
             'all: for (seq, bytes) in done_rx.iter() {
-                waiting.insert(seq, bytes);
-                while let Some(b) = waiting.remove(&next) {
-                    next += 1;
+                in_order.put(seq, bytes);
+                while let Some(b) = in_order.take() {
                     if let Err(e) = out.write_all(&b) {
                         result = Err(e);
                         break 'all;

@@ -471,12 +471,7 @@ fn drive_lines_parallel(
             let (rx, tx, format) = (Arc::clone(&work_rx), done_tx.clone(), format.clone());
             let back = block_back.clone();
             s.spawn(move || {
-                loop {
-                    let block = match rx.lock() {
-                        Ok(r) => r.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(b) = block else { return };
+                while let Some(b) = crate::ordered::next_job(&rx) {
                     let items = b
                         .lines
                         .iter()
@@ -504,13 +499,11 @@ fn drive_lines_parallel(
         drop(work_rx);
         drop(block_back);
         // Blocks come back in any order; they go into the engine in input order.
-        let mut waiting = BTreeMap::new();
-        let mut next = 0u64;
+        let mut in_order = crate::ordered::InOrder::default();
         let mut stopped = false;
         'blocks: for parsed in done_rx.iter() {
-            waiting.insert(parsed.seq, parsed);
-            while let Some(p) = waiting.remove(&next) {
-                next += 1;
+            in_order.put(parsed.seq, parsed);
+            while let Some(p) = in_order.take() {
                 for (n, item) in p.items {
                     push_parsed(engine, n, item, sink, &mut reject);
                 }
