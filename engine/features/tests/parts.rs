@@ -17,16 +17,19 @@ fn config(extra: &str) -> Config {
     .unwrap()
 }
 
+/// A record as compared: line, client and the features' bits.
+fn bits(r: &Record<'_>) -> (u64, String, Vec<u64>) {
+    (
+        r.line,
+        r.client.to_string(),
+        r.features.iter().map(|f| f.to_bits()).collect(),
+    )
+}
+
 fn run(events: &[RequestEvent], cfg: &Config, parts: u32, cut: usize) -> (Out, usize) {
     let mut eng = FeatureEngine::with_parts(cfg, 1).unwrap();
     let mut out = Vec::new();
-    let mut sink = |r: &Record<'_>| {
-        out.push((
-            r.line,
-            r.client.to_string(),
-            r.features.iter().map(|f| f.to_bits()).collect(),
-        ))
-    };
+    let mut sink = |r: &Record<'_>| out.push(bits(r));
     let mut late = 0;
     for (i, e) in events.iter().enumerate() {
         if i == cut {
@@ -51,13 +54,7 @@ fn run_threaded(events: &[RequestEvent], cfg: &Config, threads: usize, every: us
     let mut eng = FeatureEngine::with_threads(cfg, threads).unwrap();
     assert_eq!(eng.parts(), threads);
     let mut out = Vec::new();
-    let mut sink = |r: &Record<'_>| {
-        out.push((
-            r.line,
-            r.client.to_string(),
-            r.features.iter().map(|f| f.to_bits()).collect(),
-        ))
-    };
+    let mut sink = |r: &Record<'_>| out.push(bits(r));
     for (i, e) in events.iter().enumerate() {
         eng.push(e.clone(), i as u64, &mut sink, &mut |_| {});
         if i % every == every - 1 {
