@@ -67,7 +67,13 @@ impl LateEvent {
 
 impl std::fmt::Display for LateEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.kind {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::fmt::Display for RefusedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
             RefusedKind::Late { behind_ms } => write!(
                 f,
                 "event {behind_ms} ms behind the newest event, beyond the allowed lateness"

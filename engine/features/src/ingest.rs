@@ -207,17 +207,18 @@ pub enum Line<'a> {
 impl Line<'_> {
     /// The event, or why line `n` is not one.
     pub fn parse(self, format: &Format, n: u64) -> Result<RequestEvent, Rejection> {
+        self.event(format)
+            .map_err(|error| Rejection::Parse { line: n, error })
+    }
+
+    /// The event, or why the line is not one.
+    pub fn event(self, format: &Format) -> Result<RequestEvent, ParseError> {
         match self {
-            Self::TooLong => Err(Rejection::Parse {
-                line: n,
-                error: ParseError {
-                    field: None,
-                    reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
-                },
+            Self::TooLong => Err(ParseError {
+                field: None,
+                reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
             }),
-            Self::Text(raw) => format
-                .parse(raw)
-                .map_err(|error| Rejection::Parse { line: n, error }),
+            Self::Text(raw) => format.parse(raw),
         }
     }
 }

@@ -196,6 +196,11 @@ impl Batch {
         self.ends.is_empty()
     }
 
+    /// The feature rows, one after the other.
+    pub fn rows(&self) -> &[f64] {
+        &self.rows
+    }
+
     /// Event `i`'s endpoint.
     pub fn endpoint(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };

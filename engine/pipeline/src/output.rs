@@ -1,0 +1,192 @@
+//! Owned output batches: records with features (and scores), and rejected inputs.
+
+use std::borrow::Cow;
+
+use gatewatch_event::KeyKind;
+use gatewatch_features::Record;
+use gatewatch_models::{Batch, BatchScores};
+
+use crate::position::{Ack, Position};
+use crate::rejection::Rejection;
+
+/// One batch of a session's output, owned by the caller: the records in the engine's output
+/// order (event time, ties in input order) with their features, their scores when the
+/// session has a model, the inputs rejected since the batch before, and the acknowledgeable
+/// point. Buffers are reused when a batch is given back to [`Session::take_into`].
+///
+/// [`Session::take_into`]: crate::Session::take_into
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Feature rows and endpoints (what the scorer reads).
+    pub(crate) batch: Batch,
+    width: usize,
+    positions: Vec<Position>,
+    ts_ms: Vec<i64>,
+    status: Vec<u16>,
+    kinds: Vec<KeyKind>,
+    /// `id`, `label` (raw JSON; an empty span is none) and `client`, in `text`.
+    spans: Vec<[(usize, usize); 3]>,
+    text: String,
+    pub(crate) scores: BatchScores,
+    pub(crate) scored: bool,
+    pub(crate) rejections: Vec<Rejection>,
+    pub(crate) ack: Ack,
+}
+
+/// One record of an [`Output`] batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordRef<'a> {
+    /// Where its event was in the source.
+    pub position: Position,
+    /// Event time (epoch milliseconds).
+    pub ts_ms: i64,
+    /// Response status.
+    pub status: u16,
+    /// The event's `id`, as raw JSON.
+    pub id: Option<&'a str>,
+    /// The event's `label`, as raw JSON.
+    pub label: Option<&'a str>,
+    /// Client key with its kind (`ip:203.0.113.7`).
+    pub client: &'a str,
+    /// The key's kind.
+    pub client_kind: KeyKind,
+    /// Endpoint template.
+    pub endpoint: &'a str,
+    /// Feature values in registry order.
+    pub features: &'a [f64],
+}
+
+impl<'a> RecordRef<'a> {
+    /// The label's text (`"normal"` → `normal`; other JSON as it is).
+    pub fn label_text(&self) -> Option<Cow<'a, str>> {
+        self.label.map(unquote)
+    }
+}
+
+/// The text of a JSON string literal (`"normal"` → `normal`); other JSON as it is.
+pub fn unquote(raw: &str) -> Cow<'_, str> {
+    match raw.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        _ => match serde_json::from_str::<String>(raw) {
+            Ok(s) => Cow::Owned(s),
+            Err(_) => Cow::Borrowed(raw),
+        },
+    }
+}
+
+impl Output {
+    /// An empty batch of records with `width` features.
+    pub fn new(width: usize) -> Self {
+        Self {
+            width,
+            ..Self::default()
+        }
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.ts_ms.len()
+    }
+
+    /// True when the batch has no records (it may still have rejections).
+    pub fn is_empty(&self) -> bool {
+        self.ts_ms.is_empty()
+    }
+
+    /// Features per record.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Record `i`.
+    pub fn record(&self, i: usize) -> RecordRef<'_> {
+        let [id, label, client] = self.spans[i];
+        let opt = |(a, z): (usize, usize)| (a != z).then(|| &self.text[a..z]);
+        RecordRef {
+            position: self.positions[i],
+            ts_ms: self.ts_ms[i],
+            status: self.status[i],
+            id: opt(id),
+            label: opt(label),
+            client: &self.text[client.0..client.1],
+            client_kind: self.kinds[i],
+            endpoint: self.batch.endpoint(i),
+            features: self.features(i),
+        }
+    }
+
+    /// The records in order.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = RecordRef<'_>> {
+        (0..self.len()).map(|i| self.record(i))
+    }
+
+    /// Record `i`'s features.
+    pub fn features(&self, i: usize) -> &[f64] {
+        &self.batch.rows()[i * self.width..(i + 1) * self.width]
+    }
+
+    /// All records' features, row after row.
+    pub fn rows(&self) -> &[f64] {
+        self.batch.rows()
+    }
+
+    /// The scores of the records (index `i` is record `i`), when the session has a model.
+    pub fn scores(&self) -> Option<&BatchScores> {
+        self.scored.then_some(&self.scores)
+    }
+
+    /// Inputs rejected since the batch before, in the order they were rejected.
+    pub fn rejections(&self) -> &[Rejection] {
+        &self.rejections
+    }
+
+    /// How far the session's output has come once this batch is out.
+    pub fn ack(&self) -> Ack {
+        self.ack
+    }
+
+    /// Empties the batch (buffers are kept).
+    pub fn clear(&mut self) {
+        self.batch.clear();
+        self.positions.clear();
+        self.ts_ms.clear();
+        self.status.clear();
+        self.kinds.clear();
+        self.spans.clear();
+        self.text.clear();
+        self.scored = false;
+        self.rejections.clear();
+        self.ack = Ack::Nothing;
+    }
+
+    pub(crate) fn set_width(&mut self, width: usize) {
+        debug_assert!(self.is_empty());
+        self.width = width;
+    }
+
+    /// Text bytes held (records' ids, labels and clients).
+    pub(crate) fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    pub(crate) fn push(&mut self, position: Position, r: &Record<'_>) {
+        let mut span = |s: Option<&str>| {
+            let a = self.text.len();
+            if let Some(s) = s {
+                self.text.push_str(s);
+            }
+            (a, self.text.len())
+        };
+        let spans = [
+            span(r.event.id.as_deref()),
+            span(r.event.label.as_deref()),
+            span(Some(r.client)),
+        ];
+        self.spans.push(spans);
+        self.positions.push(position);
+        self.ts_ms.push(r.event.ts_ms);
+        self.status.push(r.event.status);
+        self.kinds.push(r.client_kind);
+        self.batch.push(r.features, r.endpoint);
+    }
+}

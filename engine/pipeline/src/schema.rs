@@ -1,0 +1,234 @@
+//! The one record schema: what every output of gatewatch holds, as serde types.
+//!
+//! - [`FeatureRecord`]: one per event — `id` and `label` (as the event had them, when it
+//!   had them), `ts` (RFC 3339 with milliseconds, UTC), `client`, `endpoint`, then every
+//!   feature by its registry name (`null` for a value that is not finite).
+//! - [`ScoreRecord`]: one per event — the same head, then `score`, `scores` (one per
+//!   detector), `flagged`, `reasons` ([`ReasonRecord`]s of the deciding detector) and
+//!   `model` (`name@version`).
+//! - [`RejectionRecord`]: one per rejected input — its position (`line`, `row`, or
+//!   `partition` and `offset`), `category` and `reason`.
+//!
+//! The NDJSON writers write exactly these objects (tested by parsing their output into
+//! these types). Tables and DataFrames hold the same fields as columns
+//! ([`feature_columns`], [`score_columns`]): `ts` as a Datetime[ms, UTC], `scores.NAME` as
+//! a `score_NAME` column, `reasons` as its JSON text; `model` is not a column.
+
+use std::collections::BTreeMap;
+
+use gatewatch_event::write_rfc3339_ms;
+use gatewatch_features::Registry;
+use gatewatch_models::Scorer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::output::{Output, RecordRef};
+use crate::position::Position;
+use crate::rejection::Rejection;
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+fn raw(v: Option<&str>) -> Option<Value> {
+    v.map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_string())))
+}
+
+fn rfc3339(ms: i64) -> String {
+    let mut s = String::new();
+    write_rfc3339_ms(ms, &mut s);
+    s
+}
+
+/// One event's features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureRecord {
+    /// The event's `id`, carried through unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// The event's `label`, carried through unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<Value>,
+    /// Event time, RFC 3339 with milliseconds (`2026-01-05T09:00:00.123Z`).
+    pub ts: String,
+    /// Client key with its kind (`ip:203.0.113.7`).
+    pub client: String,
+    /// Endpoint template (`GET api.example.com/v1/users/{id}`).
+    pub endpoint: String,
+    /// Every feature by registry name; `None` (`null`) for a value that is not finite.
+    #[serde(flatten)]
+    pub features: BTreeMap<String, Option<f64>>,
+}
+
+impl FeatureRecord {
+    /// The record of `r`, its features named by `registry`.
+    pub fn from_record(r: &RecordRef<'_>, registry: &Registry) -> Self {
+        Self {
+            id: raw(r.id),
+            label: raw(r.label),
+            ts: rfc3339(r.ts_ms),
+            client: r.client.to_string(),
+            endpoint: r.endpoint.to_string(),
+            features: registry
+                .names()
+                .zip(r.features)
+                .map(|(n, v)| (n.to_string(), finite(*v)))
+                .collect(),
+        }
+    }
+
+    /// Whether the record has exactly the registry's features; the first name missing or
+    /// unexpected otherwise.
+    pub fn check(&self, registry: &Registry) -> Result<(), String> {
+        for n in registry.names() {
+            if !self.features.contains_key(n) {
+                return Err(format!("feature {n:?} is missing"));
+            }
+        }
+        if let Some(extra) = self
+            .features
+            .keys()
+            .find(|k| registry.index_of(k).is_none())
+        {
+            return Err(format!("field {extra:?} is not in the schema"));
+        }
+        Ok(())
+    }
+}
+
+/// One reason of a score: a feature and how far it is from its baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRecord {
+    /// The detector that gave it (the one that decided the score).
+    pub detector: String,
+    /// The feature.
+    pub feature: String,
+    /// The event's value.
+    pub value: Option<f64>,
+    /// The detector's baseline for it.
+    pub baseline: Option<f64>,
+    /// Its contribution (the detector's own unit: surprisal, ratio, score change).
+    pub contribution: Option<f64>,
+}
+
+/// One event's score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRecord {
+    /// The event's `id`, carried through unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// The event's `label`, carried through unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<Value>,
+    /// Event time, RFC 3339 with milliseconds.
+    pub ts: String,
+    /// Client key with its kind.
+    pub client: String,
+    /// Endpoint template.
+    pub endpoint: String,
+    /// The model's score in [0, 1].
+    pub score: Option<f64>,
+    /// Each detector's score, by detector name.
+    pub scores: BTreeMap<String, Option<f64>>,
+    /// Whether the model flags the event.
+    pub flagged: bool,
+    /// The deciding detector's reasons, strongest first.
+    pub reasons: Vec<ReasonRecord>,
+    /// The model, `name@version`.
+    pub model: String,
+}
+
+impl ScoreRecord {
+    /// The score record of record `i` of a batch scored by `scorer`; `None` when the batch
+    /// is not scored.
+    pub fn from_output(out: &Output, i: usize, scorer: &Scorer) -> Option<Self> {
+        let s = out.scores()?;
+        let r = out.record(i);
+        let k = scorer.members.len();
+        let detector = &scorer.members[s.decided_by[i]].name;
+        Some(Self {
+            id: raw(r.id),
+            label: raw(r.label),
+            ts: rfc3339(r.ts_ms),
+            client: r.client.to_string(),
+            endpoint: r.endpoint.to_string(),
+            score: finite(s.score[i]),
+            scores: scorer
+                .members
+                .iter()
+                .enumerate()
+                .map(|(j, m)| (m.name.clone(), finite(s.member[i * k + j])))
+                .collect(),
+            flagged: s.flagged[i],
+            reasons: s.reasons[i]
+                .iter()
+                .map(|x| ReasonRecord {
+                    detector: detector.clone(),
+                    feature: x.feature.clone(),
+                    value: finite(x.value),
+                    baseline: finite(x.baseline),
+                    contribution: finite(x.contribution),
+                })
+                .collect(),
+            model: scorer.id(),
+        })
+    }
+}
+
+/// One rejected input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionRecord {
+    /// Where it was: `line`, `row`, or `partition` and `offset`.
+    #[serde(flatten)]
+    pub position: Position,
+    /// A short category for summaries.
+    pub category: String,
+    /// What was wrong (the field and value, where one was to blame).
+    pub reason: String,
+}
+
+impl From<&Rejection> for RejectionRecord {
+    fn from(r: &Rejection) -> Self {
+        Self {
+            position: r.position,
+            category: r.category(),
+            reason: r.reason(),
+        }
+    }
+}
+
+/// The columns every table of records starts with; `id` and `label` only when the events
+/// have them.
+pub const KEY_COLUMNS: [&str; 5] = ["id", "label", "ts", "client", "endpoint"];
+
+/// The columns of a features table or frame: [`KEY_COLUMNS`], then every feature (Float64)
+/// by registry name.
+pub fn feature_columns(registry: &Registry) -> Vec<String> {
+    KEY_COLUMNS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(registry.names().map(String::from))
+        .collect()
+}
+
+/// The columns after the key columns in a scores table or frame: `score`, one
+/// `score_NAME` per detector (Float64), `flagged` (Boolean) and `reasons` (the JSON text of
+/// the [`ReasonRecord`] array).
+pub fn score_value_columns(scorer: &Scorer) -> Vec<String> {
+    std::iter::once("score".to_string())
+        .chain(scorer.members.iter().map(|m| format!("score_{}", m.name)))
+        .collect()
+}
+
+/// The columns of a scores table or frame: [`KEY_COLUMNS`], [`score_value_columns`],
+/// `flagged` and `reasons`.
+pub fn score_columns(scorer: &Scorer) -> Vec<String> {
+    KEY_COLUMNS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(score_value_columns(scorer))
+        .chain(["flagged".to_string(), "reasons".to_string()])
+        .collect()
+}

@@ -1,0 +1,316 @@
+//! The session: one owner of the feature engine and the scorer, taking events in and handing
+//! owned output batches out.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+
+use gatewatch_event::{ParseError, RequestEvent};
+use gatewatch_features::{FeatureEngine, LateEvent, Registry, Stats};
+use gatewatch_models::{BatchScores, Scorer};
+
+use crate::output::Output;
+use crate::position::{Ack, Position};
+use crate::rejection::{Rejection, Why};
+
+/// What can go wrong in a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The model failed to score a batch (its records stay in the session).
+    #[error("scoring failed: {0}")]
+    Model(#[from] gatewatch_models::ModelError),
+    /// The engine failed (a state that cannot be saved or restored).
+    #[error(transparent)]
+    Engine(#[from] gatewatch_features::Error),
+}
+
+/// How a session batches its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Records per output batch: [`Session::is_full`] says when this many are waiting.
+    /// Scored together (an ONNX model runs once per batch).
+    pub batch: usize,
+    /// Reasons kept per scored record, at most.
+    pub reasons: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            batch: 1024,
+            reasons: 3,
+        }
+    }
+}
+
+/// Text held by a batch (ids, labels, client keys) at which it counts as full whatever its
+/// number of records.
+const FULL_TEXT_BYTES: usize = 64 << 20;
+
+/// The inputs inside the session, in input order: each one's position and whether its
+/// output (a record or a rejection) has been put into the output batch.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// Sequence number of the front entry.
+    base: u64,
+    open: VecDeque<(Position, bool)>,
+    last: Option<Position>,
+}
+
+impl Tracker {
+    /// A new input; its sequence number.
+    fn open(&mut self, position: Position) -> u64 {
+        self.last = Some(position);
+        self.open.push_back((position, false));
+        self.base + self.open.len() as u64 - 1
+    }
+
+    /// Input `seq` has its output; its position.
+    fn close(&mut self, seq: u64) -> Position {
+        let i = usize::try_from(seq - self.base).expect("an open sequence number");
+        let slot = &mut self.open[i];
+        slot.1 = true;
+        let position = slot.0;
+        while self.open.front().is_some_and(|s| s.1) {
+            self.open.pop_front();
+            self.base += 1;
+        }
+        position
+    }
+
+    fn ack(&self) -> Ack {
+        match (self.open.front(), self.last) {
+            (Some((p, _)), _) => Ack::Before(*p),
+            (None, Some(p)) => Ack::Through(p),
+            (None, None) => Ack::Nothing,
+        }
+    }
+}
+
+/// Events in, owned output batches out: the one pipeline every path drives.
+///
+/// ```
+/// use gatewatch_features::{Config, FeatureEngine};
+/// use gatewatch_pipeline::{Ack, Position, Session, SessionOptions};
+///
+/// let engine = FeatureEngine::new(&Config::default()).unwrap();
+/// let mut s = Session::new(engine, None, SessionOptions::default());
+/// let ev = gatewatch_event::parse_ndjson(
+///     br#"{"ts":1767603600000,"client_ip":"10.0.0.1","method":"GET","path":"/a","status":200}"#,
+/// )
+/// .unwrap();
+/// s.push(Position::line(1), ev);
+/// s.finish();
+/// let out = s.take().unwrap();
+/// assert_eq!(out.len(), 1);
+/// assert_eq!(out.record(0).client, "ip:10.0.0.1");
+/// assert_eq!(out.ack(), Ack::Through(Position::line(1)));
+/// ```
+pub struct Session {
+    engine: FeatureEngine,
+    scorer: Option<Scorer>,
+    model_id: Option<String>,
+    opts: SessionOptions,
+    out: Output,
+    track: Tracker,
+    /// Events the engine refused during one push.
+    refused: Vec<LateEvent>,
+}
+
+impl Session {
+    /// A session of `engine` (built for its configuration, with its parts and threads),
+    /// scoring with `scorer` when given (else records carry features only).
+    pub fn new(engine: FeatureEngine, scorer: Option<Scorer>, opts: SessionOptions) -> Self {
+        let width = engine.registry().len();
+        Self {
+            model_id: scorer.as_ref().map(Scorer::id),
+            engine,
+            scorer,
+            opts: SessionOptions {
+                batch: opts.batch.max(1),
+                ..opts
+            },
+            out: Output::new(width),
+            track: Tracker::default(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// The feature engine (counters, clients, population statistics).
+    pub fn engine(&self) -> &FeatureEngine {
+        &self.engine
+    }
+
+    /// The feature registry.
+    pub fn registry(&self) -> &Registry {
+        self.engine.registry()
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// The model, when the session scores.
+    pub fn scorer(&self) -> Option<&Scorer> {
+        self.scorer.as_ref()
+    }
+
+    /// The model's `name@version`, when the session scores.
+    pub fn model_id(&self) -> Option<&str> {
+        self.model_id.as_deref()
+    }
+
+    /// The options.
+    pub fn options(&self) -> SessionOptions {
+        self.opts
+    }
+
+    /// An event that was at `position` in its source. Its record (or its rejection, when the
+    /// engine refuses it as late or too far ahead) joins the output once event time has
+    /// passed it; records of earlier events may join now.
+    pub fn push(&mut self, position: Position, event: RequestEvent) {
+        let seq = self.track.open(position);
+        let Self {
+            engine,
+            out,
+            track,
+            refused,
+            ..
+        } = self;
+        engine.push(
+            event,
+            seq,
+            &mut |r| {
+                let p = track.close(r.line);
+                out.push(p, r);
+            },
+            &mut |late| refused.push(late),
+        );
+        for late in refused.drain(..) {
+            let position = track.close(late.line);
+            out.rejections.push(Rejection {
+                position,
+                why: Why::Refused(late.kind),
+            });
+        }
+    }
+
+    /// An input at `position` that is not an event: its rejection joins the output.
+    pub fn reject(&mut self, position: Position, error: ParseError) {
+        let seq = self.track.open(position);
+        let position = self.track.close(seq);
+        self.out.rejections.push(Rejection {
+            position,
+            why: Why::Invalid(error),
+        });
+    }
+
+    /// An input at `position`, parsed: [`push`](Self::push) or [`reject`](Self::reject).
+    pub fn push_parsed(&mut self, position: Position, parsed: Result<RequestEvent, ParseError>) {
+        match parsed {
+            Ok(e) => self.push(position, e),
+            Err(e) => self.reject(position, e),
+        }
+    }
+
+    /// Processes what a threaded engine has released and holds for its next batch, so that
+    /// a slow source is not held back.
+    pub fn flush(&mut self) {
+        let Self {
+            engine, out, track, ..
+        } = self;
+        engine.flush(&mut |r| {
+            let p = track.close(r.line);
+            out.push(p, r);
+        });
+    }
+
+    /// The end of the input: every event still buffered (reordering, held ahead of event
+    /// time) is processed and joins the output.
+    pub fn finish(&mut self) {
+        let Self {
+            engine, out, track, ..
+        } = self;
+        engine.finish(&mut |r| {
+            let p = track.close(r.line);
+            out.push(p, r);
+        });
+    }
+
+    /// Records waiting in the output.
+    pub fn ready(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether the output holds a batch's worth (records, rejections or text): time to
+    /// [`take`](Self::take) it.
+    pub fn is_full(&self) -> bool {
+        self.out.len() >= self.opts.batch
+            || self.out.rejections.len() >= self.opts.batch
+            || self.out.text_len() >= FULL_TEXT_BYTES
+    }
+
+    /// Whether the output holds anything (records or rejections).
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || !self.out.rejections.is_empty()
+    }
+
+    /// Inputs pushed whose output is not in the output yet (held by the engine).
+    pub fn in_flight(&self) -> usize {
+        self.track.open.len()
+    }
+
+    /// How far the output has come now (see [`Ack`]).
+    pub fn ack(&self) -> Ack {
+        self.track.ack()
+    }
+
+    /// The output so far as an owned batch, scored when the session has a model.
+    pub fn take(&mut self) -> crate::Result<Output> {
+        let mut out = Output::new(self.out.width());
+        self.take_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// The output so far into `into` (whose old contents are dropped and whose buffers the
+    /// session reuses). When scoring fails the error is returned and the records stay in
+    /// the session.
+    pub fn take_into(&mut self, into: &mut Output) -> crate::Result<()> {
+        if let Some(scorer) = self.scorer.as_mut() {
+            if self.out.is_empty() {
+                self.out.scores = BatchScores::default();
+            } else {
+                scorer.score_batch(
+                    &self.out.batch,
+                    self.out.width(),
+                    self.opts.reasons,
+                    &mut self.out.scores,
+                )?;
+            }
+            self.out.scored = true;
+        }
+        self.out.ack = self.track.ack();
+        std::mem::swap(into, &mut self.out);
+        let width = into.width();
+        self.out.clear();
+        self.out.set_width(width);
+        Ok(())
+    }
+
+    /// Saves the engine's state (call [`finish`](Self::finish) first: buffered events are not
+    /// part of a state).
+    pub fn save_state(&self, w: &mut impl Write) -> crate::Result<()> {
+        Ok(self.engine.save_state(w)?)
+    }
+
+    /// Restores the engine's state saved by [`save_state`](Self::save_state) (before any
+    /// event is pushed).
+    pub fn restore_state(&mut self, r: &mut impl Read) -> crate::Result<()> {
+        Ok(self.engine.restore_state(r)?)
+    }
+
+    /// The engine, when the session is done.
+    pub fn into_engine(self) -> FeatureEngine {
+        self.engine
+    }
+}
