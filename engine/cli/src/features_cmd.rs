@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gatewatch_event::KeyKind;
-use gatewatch_features::{DistinctCount, FeatureEngine, Format, Record};
+use gatewatch_features::{DistinctCount, FeatureEngine, Format};
+use gatewatch_pipeline::{FeatureWriter, Output, Session, SessionOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::FeaturesArgs;
-use crate::output::RecordWriter;
 
 /// Features shown per label in the summary (when the configuration has them).
 const SUMMARY_FEATURES: [&str; 6] = [
@@ -30,10 +30,13 @@ struct LabelStats {
     sums: Vec<f64>,
 }
 
+/// Records per output batch.
+const BATCH_RECORDS: usize = 1024;
+
 pub fn run(a: FeaturesArgs) -> Result<()> {
     let (settings, source) = crate::pipeline::setup(&a.input)?;
     let cfg = &settings.engine;
-    let mut engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
+    let engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
     if a.list {
         write!(
             std::io::stdout().lock(),
@@ -50,9 +53,17 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         )?;
         return Ok(());
     }
+    let registry = engine.registry().clone();
+    let mut session = Session::features_only(
+        engine,
+        SessionOptions {
+            batch: BATCH_RECORDS,
+            reasons: 0,
+        },
+    );
     if let Some(p) = &a.load_state {
         let mut f = File::open(p).with_context(|| format!("cannot open state {}", p.display()))?;
-        engine
+        session
             .restore_state(&mut std::io::BufReader::new(&mut f))
             .with_context(|| format!("state {}", p.display()))?;
     }
@@ -68,7 +79,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         match sink_kind {
             crate::table::Sink::Lines => out = Some(crate::io::open_output(&a.output.output)?),
             crate::table::Sink::Table(path, format) => {
-                let names = engine.registry().names().map(String::from).collect();
+                let names = registry.names().map(String::from).collect();
                 table = Some(crate::table::TableOut::new(path, format, names, false));
             }
         }
@@ -98,14 +109,14 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
 
     let summary_idx: Vec<(usize, &str)> = SUMMARY_FEATURES
         .iter()
-        .filter_map(|n| engine.registry().index_of(n).map(|i| (i, *n)))
+        .filter_map(|n| registry.index_of(n).map(|i| (i, *n)))
         .collect();
-    let mut writer = RecordWriter::new(engine.registry().names());
+    let mut writer = FeatureWriter::new(registry.names());
     // With parser threads, records are formatted and written on other threads too.
     let mut parallel = None;
     if a.input.parsers() > 0 {
         if let Some(o) = out.take() {
-            let names = engine.registry().names().map(String::from).collect();
+            let names = registry.names().map(String::from).collect();
             parallel = Some(crate::output::ParallelRecords::new(
                 names,
                 a.input.parsers(),
@@ -115,63 +126,57 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     }
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 17);
     let mut labels: BTreeMap<String, LabelStats> = BTreeMap::new();
-    let health = parallel.as_ref().map(|p| p.health());
-    let write_err: std::cell::RefCell<Option<anyhow::Error>> = std::cell::RefCell::new(None);
     let started = Instant::now();
 
     let read = {
-        let mut sink = |r: &Record<'_>| {
-            if let Some(p) = parallel.as_mut() {
-                p.push(r);
-            }
-            if let Some(o) = out.as_mut() {
-                writer.write(r, &mut buf);
-                if buf.len() >= 1 << 16 {
-                    if let Err(e) = o.write_all(&buf) {
-                        write_err.borrow_mut().get_or_insert(e.into());
+        let consume = |batch: &mut Output| -> Result<()> {
+            for r in batch.records() {
+                if let Some(l) = r.label_text() {
+                    let st = crate::pipeline::label_entry(&mut labels, &l, || LabelStats {
+                        sums: vec![0.0; summary_idx.len()],
+                        ..LabelStats::default()
+                    });
+                    st.events += 1;
+                    st.clients.add(r.client);
+                    for (k, (i, _)) in summary_idx.iter().enumerate() {
+                        st.sums[k] += r.features[*i];
                     }
-                    buf.clear();
                 }
             }
             if let Some(t) = table.as_mut() {
-                t.push_key(r);
-                t.push_values(r.features);
-                if let Err(e) = t.maybe_flush() {
-                    write_err.borrow_mut().get_or_insert(e);
+                for r in batch.records() {
+                    t.push_key(&r);
+                    t.push_values(r.features);
+                }
+                t.maybe_flush()?;
+            }
+            if let Some(o) = out.as_mut() {
+                writer.write_batch(batch, &mut buf);
+                if buf.len() >= 1 << 16 {
+                    o.write_all(&buf)?;
+                    buf.clear();
                 }
             }
-            if let Some(l) = &r.event.label {
-                let l = l.trim_matches('"');
-                let st = crate::pipeline::label_entry(&mut labels, l, || LabelStats {
-                    sums: vec![0.0; summary_idx.len()],
-                    ..LabelStats::default()
-                });
-                st.events += 1;
-                st.clients.add(r.client);
-                for (k, (i, _)) in summary_idx.iter().enumerate() {
-                    st.sums[k] += r.features[*i];
-                }
+            if let Some(p) = parallel.as_mut() {
+                p.push(batch)?;
             }
+            Ok(())
         };
+        let mut delivery = crate::pipeline::Delivery::new(&mut rejects, consume);
         crate::pipeline::drive(
             source,
             a.input.parsers(),
-            &mut engine,
-            &mut sink,
-            &mut rejects,
+            &mut session,
+            &mut delivery,
             |n| {
                 if let Some(b) = &bar {
                     b.inc(n as u64);
                 }
-                write_err.borrow().is_none() && health.as_ref().is_none_or(|h| h.ok())
             },
         )?
     };
     if let Some(p) = parallel {
         p.finish()?;
-    }
-    if let Some(e) = write_err.into_inner() {
-        return Err(e);
     }
     if let Some(o) = out.as_mut() {
         o.write_all(&buf)?;
@@ -187,13 +192,14 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     if let Some(p) = &a.save_state {
         let f = File::create(p).with_context(|| format!("cannot create state {}", p.display()))?;
         let mut w = BufWriter::new(f);
-        engine
+        session
             .save_state(&mut w)
             .with_context(|| format!("saving state to {}", p.display()))?;
         w.flush()
             .with_context(|| format!("saving state to {}", p.display()))?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let engine = session.engine();
     let st = engine.stats();
     tracing::info!(
         message = "Features computed.",
@@ -203,7 +209,7 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
         clients = engine.clients(),
         secs
     );
-    summary(&engine, &read, &rejects.counts, &labels, &summary_idx, secs);
+    summary(engine, &read, &rejects.counts, &labels, &summary_idx, secs);
     Ok(())
 }
 

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use gatewatch_event::write_json_str;
-use gatewatch_features::{DistinctCount, FeatureEngine, Record, Registry, TopKeys};
+use gatewatch_features::{DistinctCount, FeatureEngine, Registry, TopKeys};
 use gatewatch_models::{
-    Alert, Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EndpointMonitor, EnsembleSpec,
-    MANIFEST_FORMAT, Manifest, MemberSpec, MonitorParams, MultiModel, MultiParams, PeakCollector,
-    RobustModel, RobustParams, Scorer, Training, VolumetricModel, VolumetricParams, volumetric,
+    Alert, Combine, Detector, ENSEMBLE_KIND, EndpointMonitor, EnsembleSpec, MANIFEST_FORMAT,
+    Manifest, MemberSpec, MonitorParams, MultiModel, MultiParams, PeakCollector, RobustModel,
+    RobustParams, Scorer, Training, VolumetricModel, VolumetricParams, volumetric,
 };
+use gatewatch_pipeline::{Output, ScoreWriter, Session, SessionOptions};
 
-use crate::pipeline::{Rejects, distinct, drive, label_entry, setup};
+use crate::pipeline::{Delivery, Rejects, distinct, drive, label_entry, setup};
 use crate::{ScoreArgs, TrainArgs};
 
 /// The model of `--model DIR`, or the compiled-in default.
@@ -29,39 +29,49 @@ pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
 pub fn train(a: TrainArgs) -> Result<()> {
     let (settings, source) = setup(&a.input)?;
     let cfg = &settings.engine;
-    let mut engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
+    let engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
+    let registry = engine.registry().clone();
+    let mut session = Session::features_only(
+        engine,
+        SessionOptions {
+            batch: 1024,
+            reasons: 0,
+        },
+    );
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
-    let n = engine.registry().len();
-    let count_at = engine.registry().index_of(volumetric::FEATURE);
+    let n = registry.len();
+    let count_at = registry.index_of(volumetric::FEATURE);
     let mut rows = Reservoir::new(a.max_train_events.max(1), n);
     let mut peaks = PeakCollector::default();
     let mut clients = DistinctCount::default();
     let mut skipped = 0u64;
     let started = Instant::now();
-    let read;
-    {
-        let mut sink = |r: &Record<'_>| {
-            if let Some(want) = &a.label {
-                if r.event.label.as_deref().map(|l| l.trim_matches('"')) != Some(want.as_str()) {
-                    skipped += 1;
-                    return;
+    let read = {
+        let consume = |batch: &mut Output| -> Result<()> {
+            for r in batch.records() {
+                if let Some(want) = &a.label {
+                    if r.label_text().as_deref() != Some(want.as_str()) {
+                        skipped += 1;
+                        continue;
+                    }
                 }
+                rows.offer(r.features);
+                if let Some(i) = count_at {
+                    peaks.add(r.endpoint, r.client, r.features[i]);
+                }
+                clients.add(r.client);
             }
-            rows.offer(r.features);
-            if let Some(i) = count_at {
-                peaks.add(r.endpoint, r.client, r.features[i]);
-            }
-            clients.add(r.client);
+            Ok(())
         };
-        read = drive(
+        let mut delivery = Delivery::new(&mut rejects, consume);
+        drive(
             source,
             a.input.parsers(),
-            &mut engine,
-            &mut sink,
-            &mut rejects,
-            |_| true,
-        )?;
-    }
+            &mut session,
+            &mut delivery,
+            |_| {},
+        )?
+    };
     rejects.finish()?;
     let mut source = match &a.input.input {
         Some(p) if p != Path::new("-") => p.display().to_string(),
@@ -88,7 +98,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         threshold: a.threshold,
         ..RobustParams::default()
     };
-    let registry = engine.registry();
+    let registry = &registry;
     let wanted: Vec<&str> = a
         .detectors
         .split(',')
@@ -318,69 +328,6 @@ struct LabelSummary {
     clients_flagged: DistinctCount,
 }
 
-/// Events waiting to be scored: their features and endpoints, the head of each record
-/// (`id`, `label`, `ts`, `client`, `endpoint`), client keys and labels.
-#[derive(Default)]
-struct Pending {
-    batch: Batch,
-    heads: String,
-    head_ends: Vec<usize>,
-    keys: String,
-    key_ends: Vec<usize>,
-    labels: String,
-    label_ends: Vec<usize>,
-    /// Event time and status, for the endpoint monitor.
-    ts_status: Vec<(i64, u16)>,
-}
-
-fn slice<'a>(text: &'a str, ends: &[usize], i: usize) -> &'a str {
-    let start = if i == 0 { 0 } else { ends[i - 1] };
-    &text[start..ends[i]]
-}
-
-impl Pending {
-    fn push(&mut self, r: &Record<'_>) {
-        self.batch.push(r.features, r.endpoint);
-        let h = &mut self.heads;
-        h.push('{');
-        if let Some(id) = &r.event.id {
-            h.push_str("\"id\":");
-            h.push_str(id);
-            h.push(',');
-        }
-        if let Some(l) = &r.event.label {
-            h.push_str("\"label\":");
-            h.push_str(l);
-            h.push(',');
-        }
-        h.push_str("\"ts\":\"");
-        gatewatch_event::write_rfc3339_ms(r.event.ts_ms, h);
-        h.push_str("\",\"client\":");
-        write_json_str(h, r.client);
-        h.push_str(",\"endpoint\":");
-        write_json_str(h, r.endpoint);
-        self.head_ends.push(h.len());
-        self.keys.push_str(r.client);
-        self.key_ends.push(self.keys.len());
-        if let Some(l) = &r.event.label {
-            self.labels.push_str(l.trim_matches('"'));
-        }
-        self.label_ends.push(self.labels.len());
-        self.ts_status.push((r.event.ts_ms, r.event.status));
-    }
-
-    fn clear(&mut self) {
-        self.batch.clear();
-        self.heads.clear();
-        self.head_ends.clear();
-        self.keys.clear();
-        self.key_ends.clear();
-        self.labels.clear();
-        self.label_ends.clear();
-        self.ts_status.clear();
-    }
-}
-
 /// Clients whose summaries `score` keeps (the most flagged and highest scoring stay).
 const SUMMARY_CLIENTS: usize = 10_000;
 
@@ -445,212 +392,132 @@ impl Summary {
     }
 }
 
-/// The scoring loop's state.
-struct Scoring {
-    pending: Pending,
-    scorer: Scorer,
-    stride: usize,
-    reasons: usize,
-    scores: BatchScores,
-    line: String,
-    summary: Summary,
-    model_id: String,
-    monitor: EndpointMonitor,
-    /// Table output (Parquet, CSV), instead of NDJSON lines.
-    table: Option<crate::table::TableOut>,
-}
-
-impl Scoring {
-    /// Scores the pending events, writes their records and adds them to the summary.
-    fn flush(&mut self, out: Option<&mut Box<dyn Write + Send>>) -> Result<()> {
-        let Self {
-            pending: p,
-            scorer,
-            stride,
-            reasons,
-            scores,
-            line,
-            summary,
-            model_id,
-            monitor,
-            table,
-        } = self;
-        let (stride, reasons, model_id) = (*stride, *reasons, model_id.as_str());
-        if p.batch.is_empty() {
-            return Ok(());
-        }
-        scorer.score_batch(&p.batch, stride, reasons, scores)?;
-        let k = scorer.members.len();
-        line.clear();
-        for i in 0..p.batch.len() {
-            let (ts, status) = p.ts_status[i];
-            monitor.add(p.batch.endpoint(i), ts, status);
-            let flagged = scores.flagged[i];
-            let rs = &scores.reasons[i];
-            let member = &scorer.members[scores.decided_by[i]].name;
-            if out.is_some() {
-                line.push_str(slice(&p.heads, &p.head_ends, i));
-                line.push_str(",\"score\":");
-                num(line, scores.score[i]);
-                line.push_str(",\"scores\":{");
-                for (j, m) in scorer.members.iter().enumerate() {
-                    if j > 0 {
-                        line.push(',');
-                    }
-                    write_json_str(line, &m.name);
-                    line.push(':');
-                    num(line, scores.member[i * k + j]);
-                }
-                line.push_str("},\"flagged\":");
-                line.push_str(if flagged { "true" } else { "false" });
-                line.push_str(",\"reasons\":[");
-                for (n, x) in rs.iter().enumerate() {
-                    if n > 0 {
-                        line.push(',');
-                    }
-                    line.push_str("{\"detector\":");
-                    write_json_str(line, member);
-                    line.push_str(",\"feature\":");
-                    write_json_str(line, &x.feature);
-                    line.push_str(",\"value\":");
-                    num(line, x.value);
-                    line.push_str(",\"baseline\":");
-                    num(line, x.baseline);
-                    line.push_str(",\"contribution\":");
-                    num(line, x.contribution);
-                    line.push('}');
-                }
-                line.push_str("],\"model\":");
-                write_json_str(line, model_id);
-                line.push_str("}\n");
-            }
-            if let Some(t) = table.as_mut() {
-                t.push_values(&[scores.score[i]]);
-                t.push_values(&scores.member[i * k..(i + 1) * k]);
-                t.push_flag(flagged, member, rs);
-            }
-            let detector = &scorer.members[scores.decided_by[i]].detector;
-            summary.add(
-                slice(&p.keys, &p.key_ends, i),
-                slice(&p.labels, &p.label_ends, i),
-                scores.score[i],
-                flagged,
-                |why| {
-                    if let Some(x) = rs.first() {
-                        use std::fmt::Write as _;
-                        let (what, digits) = match detector {
-                            Detector::Robust(_) => ("surprisal", 1),
-                            Detector::Volumetric(_) => ("×", 1),
-                            Detector::Onnx(_) => ("score change", 3),
-                            Detector::Multi(_) => ("contribution", 2),
-                        };
-                        let _ = write!(
-                            why,
-                            "{member}: {} = {} (baseline {:.3}, {what} {:+.digits$})",
-                            x.feature,
-                            short(x.value),
-                            x.baseline,
-                            x.contribution
-                        );
-                    }
-                },
-            );
-        }
-        if let Some(o) = out {
-            o.write_all(line.as_bytes())?;
-        }
-        if let Some(t) = table.as_mut() {
-            t.maybe_flush()?;
-        }
-        p.clear();
-        Ok(())
+/// How the summary words a member's top reason: the unit of its contribution and the
+/// digits shown.
+fn reason_unit(d: &Detector) -> (&'static str, usize) {
+    match d {
+        Detector::Robust(_) => ("surprisal", 1),
+        Detector::Volumetric(_) => ("×", 1),
+        Detector::Onnx(_) => ("score change", 3),
+        Detector::Multi(_) => ("contribution", 2),
     }
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     let (settings, source) = setup(&a.input)?;
     let cfg = &settings.engine;
-    let mut engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
+    let engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
     // --model, else the configuration's [model] path, else the built-in default.
     let model = a.model.as_deref().or(settings.model.path.as_deref());
     let scorer = load_model(model, engine.registry())?;
-    let stride = engine.registry().len();
     let mut out = None;
     let mut table = None;
     if !a.no_output {
         match crate::table::sink(&a.output)? {
             crate::table::Sink::Lines => out = Some(crate::io::open_output(&a.output.output)?),
             crate::table::Sink::Table(path, format) => {
-                let mut names = vec!["score".to_string()];
-                names.extend(scorer.members.iter().map(|m| format!("score_{}", m.name)));
+                let names = gatewatch_pipeline::schema::score_value_columns(&scorer);
                 table = Some(crate::table::TableOut::new(path, format, names, true));
             }
         }
     }
-    let mut rejects = Rejects::new(a.rejects.as_deref())?;
-    let batch_size = a.batch.max(1);
-    let mut st = Scoring {
-        pending: Pending::default(),
-        model_id: scorer.id(),
-        scorer,
-        stride,
-        reasons: a.reasons,
-        scores: BatchScores::default(),
-        line: String::with_capacity(1 << 16),
-        summary: Summary::default(),
-        monitor: EndpointMonitor::new(MonitorParams::default())?,
-        table,
-    };
-    let mut failed: Option<anyhow::Error> = None;
-    let started = Instant::now();
-    let read;
-    {
-        let mut sink = |r: &Record<'_>| {
-            if failed.is_some() {
-                return;
-            }
-            if let Some(t) = st.table.as_mut() {
-                t.push_key(r);
-            }
-            st.pending.push(r);
-            if st.pending.batch.len() >= batch_size {
-                if let Err(e) = st.flush(out.as_mut()) {
-                    failed = Some(e);
-                }
-            }
-        };
-        read = drive(
-            source,
-            a.input.parsers(),
-            &mut engine,
-            &mut sink,
-            &mut rejects,
-            |_| true,
-        )?;
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    st.flush(out.as_mut())?;
-    if let Some(o) = out.as_mut() {
-        o.flush()?;
-    }
-    if let Some(t) = st.table.take() {
-        t.finish()?;
-    }
-    rejects.finish()?;
-    let secs = started.elapsed().as_secs_f64();
-    let stats = engine.stats();
-    let thresholds: Vec<String> = st
-        .scorer
+    let writer = ScoreWriter::new(&scorer);
+    let members: Vec<(String, &str, usize)> = scorer
+        .members
+        .iter()
+        .map(|m| {
+            let (what, digits) = reason_unit(&m.detector);
+            (m.name.clone(), what, digits)
+        })
+        .collect();
+    let thresholds: Vec<String> = scorer
         .members
         .iter()
         .map(|m| format!("{} ≥ {}", m.name, m.threshold))
         .collect();
+    let model_id = scorer.id();
+    let mut session = Session::new(
+        engine,
+        Some(scorer),
+        SessionOptions {
+            batch: a.batch.max(1),
+            reasons: a.reasons,
+        },
+    );
+    let mut rejects = Rejects::new(a.rejects.as_deref())?;
+    let mut summary = Summary::default();
+    let mut monitor = EndpointMonitor::new(MonitorParams::default())?;
+    let mut line = String::with_capacity(1 << 16);
+    let started = Instant::now();
+    let read = {
+        let consume = |batch: &mut Output| -> Result<()> {
+            let s = batch
+                .scores()
+                .context("the session did not score its output")?;
+            let k = members.len();
+            for (i, r) in batch.records().enumerate() {
+                monitor.add(r.endpoint, r.ts_ms, r.status);
+                let (flagged, rs) = (s.flagged[i], &s.reasons[i]);
+                let (member, what, digits) = &members[s.decided_by[i]];
+                if let Some(t) = table.as_mut() {
+                    t.push_key(&r);
+                    t.push_values(&[s.score[i]]);
+                    t.push_values(&s.member[i * k..(i + 1) * k]);
+                    t.push_flag(flagged, member, rs);
+                }
+                let label = r.label_text();
+                summary.add(
+                    r.client,
+                    label.as_deref().unwrap_or(""),
+                    s.score[i],
+                    flagged,
+                    |why| {
+                        if let Some(x) = rs.first() {
+                            use std::fmt::Write as _;
+                            let _ = write!(
+                                why,
+                                "{member}: {} = {} (baseline {:.3}, {what} {:+.digits$})",
+                                x.feature,
+                                short(x.value),
+                                x.baseline,
+                                x.contribution
+                            );
+                        }
+                    },
+                );
+            }
+            if let Some(o) = out.as_mut() {
+                line.clear();
+                writer.write_batch(batch, &mut line);
+                o.write_all(line.as_bytes())?;
+            }
+            if let Some(t) = table.as_mut() {
+                t.maybe_flush()?;
+            }
+            Ok(())
+        };
+        let mut delivery = Delivery::new(&mut rejects, consume);
+        drive(
+            source,
+            a.input.parsers(),
+            &mut session,
+            &mut delivery,
+            |_| {},
+        )?
+    };
+    if let Some(o) = out.as_mut() {
+        o.flush()?;
+    }
+    if let Some(t) = table.take() {
+        t.finish()?;
+    }
+    rejects.finish()?;
+    let secs = started.elapsed().as_secs_f64();
+    let stats = session.stats();
     let mut e = format!(
         "gatewatch score: {} events scored with {} (flag at {}) in {:.2} s ({:.0} events/s); {} rejected {}\n",
         stats.events_out,
-        st.model_id,
+        model_id,
         thresholds.join(", "),
         secs,
         stats.events_out as f64 / secs.max(1e-9),
@@ -662,7 +529,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         seen,
         flagged,
         labels,
-    } = &st.summary;
+    } = &summary;
     let mut top: Vec<(&str, &ClientSummary)> =
         clients.iter().filter(|(_, c)| c.flagged > 0).collect();
     top.sort_by(|x, y| {
@@ -709,7 +576,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             clients.dropped()
         ));
     }
-    let alerts = st.monitor.finish();
+    let alerts = monitor.finish();
     if let Some(path) = &a.alerts {
         let mut w = std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -726,15 +593,15 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         }
         w.flush()?;
     }
-    e.push_str(&alerts_summary(&alerts, st.monitor.buckets(), a.top));
-    if st.monitor.overflowed() > 0 || st.monitor.alerts_dropped() > 0 {
+    e.push_str(&alerts_summary(&alerts, monitor.buckets(), a.top));
+    if monitor.overflowed() > 0 || monitor.alerts_dropped() > 0 {
         e.push_str(&format!(
             "  endpoint monitor: {} series (cap {}), {} requests in the shared {} series, {} alerts beyond the cap of {} not kept\n",
-            st.monitor.endpoints(),
+            monitor.endpoints(),
             MonitorParams::default().max_endpoints,
-            st.monitor.overflowed(),
+            monitor.overflowed(),
             gatewatch_models::OVERFLOW_ENDPOINT,
-            st.monitor.alerts_dropped(),
+            monitor.alerts_dropped(),
             MonitorParams::default().max_alerts
         ));
     }
@@ -779,15 +646,6 @@ fn short(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v:.3}")
-    }
-}
-
-fn num(out: &mut String, v: f64) {
-    if v.is_finite() {
-        let mut b = zmij::Buffer::new();
-        out.push_str(b.format_finite(v));
-    } else {
-        out.push_str("null");
     }
 }
 

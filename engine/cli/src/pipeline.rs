@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use gatewatch_config::Settings;
-use gatewatch_event::RequestEvent;
-use gatewatch_features::{FeatureEngine, Format, Ingest, Line, Record, Rejection, push_parsed};
+use gatewatch_event::{ParseError, RequestEvent};
+use gatewatch_features::{Format, Line};
+use gatewatch_pipeline::{LineReader, Output, Position, Rejection, RejectionRecord, Session};
 
 use crate::table::TableSource;
 use crate::{InputArgs, InputFormat};
@@ -216,10 +217,11 @@ pub fn distinct(d: &gatewatch_features::DistinctCount) -> String {
     }
 }
 
-/// Rejected lines printed in full on standard error (all go to `--rejects`).
+/// Rejected inputs printed in full on standard error (all go to `--rejects`).
 const SHOWN_REJECTS: usize = 10;
 
-/// Counts rejected lines by category, prints the first ones and writes all to a file.
+/// Counts rejected inputs by category, prints the first ones and writes all to a file (the
+/// schema's rejection records).
 pub struct Rejects {
     /// Count per category.
     pub counts: BTreeMap<String, u64>,
@@ -249,7 +251,7 @@ impl Rejects {
         })
     }
 
-    /// One rejected line.
+    /// One rejected input.
     pub fn report(&mut self, e: &Rejection) {
         *self.counts.entry(e.category()).or_insert(0) += 1;
         if self.shown < SHOWN_REJECTS {
@@ -261,12 +263,13 @@ impl Rejects {
                 } else {
                     "; --rejects FILE lists them all"
                 };
-                say!("gatewatch: (further rejected lines are counted in the summary{more})");
+                say!("gatewatch: (further rejected inputs are counted in the summary{more})");
             }
         }
         if let Some(w) = self.file.as_mut() {
             if self.failed.is_none() {
-                let line = serde_json::json!({"line": e.line(), "category": e.category(), "reason": e.to_string()});
+                let rec = RejectionRecord::from(e);
+                let line = serde_json::to_string(&rec).unwrap_or_default();
                 if let Err(err) = writeln!(w, "{line}") {
                     self.failed = Some(err);
                 }
@@ -274,7 +277,7 @@ impl Rejects {
         }
     }
 
-    /// Rejected lines in all.
+    /// Rejected inputs in all.
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
     }
@@ -291,45 +294,73 @@ impl Rejects {
     }
 }
 
-/// Reads the source to its end into `engine` and says what was read. With `parsers` > 0,
-/// lines are read on one thread and parsed on `parsers` others, in blocks, while this thread
-/// runs the engine and the sink on the blocks in input order (the same records as with none). For lines,
-/// `progress` is told how many bytes each chunk had and returns false to stop early. A
-/// table's rows are checked one by one (a bad row is rejected, naming its row and field)
-/// and go into the engine in event-time order (ties in row order).
-pub fn drive(
+/// Where a session's output batches go: their rejections to the report, the batch to the
+/// verb's consumer (which may keep it, leaving an empty one in its place).
+pub struct Delivery<'a, C> {
+    /// The report of rejected inputs.
+    pub rejects: &'a mut Rejects,
+    /// The verb's consumer of each batch.
+    pub consume: C,
+    batch: Output,
+}
+
+impl<'a, C: FnMut(&mut Output) -> Result<()>> Delivery<'a, C> {
+    /// Batches to `consume`, rejections to `rejects`.
+    pub fn new(rejects: &'a mut Rejects, consume: C) -> Self {
+        Self {
+            rejects,
+            consume,
+            batch: Output::default(),
+        }
+    }
+
+    /// Takes the session's output when it holds a batch's worth (`all`: whatever it holds)
+    /// and delivers it.
+    fn deliver(&mut self, session: &mut Session, all: bool) -> Result<()> {
+        if !(session.is_full() || all && session.has_output()) {
+            return Ok(());
+        }
+        session.take_into(&mut self.batch)?;
+        for r in self.batch.rejections() {
+            self.rejects.report(r);
+        }
+        (self.consume)(&mut self.batch)
+    }
+}
+
+/// Reads the source to its end into the session and delivers its output batches; says what
+/// was read. With `parsers` > 0, lines are read on one thread and parsed on `parsers`
+/// others, in blocks, while this thread pushes the blocks into the session in input order
+/// (the same output as with none). For lines, `progress` is told how many bytes each chunk
+/// had. A table's rows are checked one by one (a bad row is rejected, naming its row and
+/// field) and go into the session in event-time order (ties in row order). The first error
+/// of a delivery (a failed write) stops the reading and is returned.
+pub fn drive<C: FnMut(&mut Output) -> Result<()>>(
     source: Source,
     parsers: usize,
-    engine: &mut FeatureEngine,
-    sink: &mut impl FnMut(&Record<'_>),
-    rejects: &mut Rejects,
-    progress: impl FnMut(usize) -> bool,
+    session: &mut Session,
+    delivery: &mut Delivery<'_, C>,
+    progress: impl FnMut(usize),
 ) -> Result<Consumed> {
-    match source {
+    let read = match source {
         Source::Lines {
             mut input, format, ..
         } => {
-            let ingest = if parsers == 0 {
-                drive_lines(&mut *input, engine, format, sink, rejects, progress)?
+            let reader = if parsers == 0 {
+                drive_lines(&mut *input, session, format, delivery, progress)?
             } else {
-                drive_lines_parallel(
-                    &mut *input,
-                    engine,
-                    format,
-                    parsers,
-                    sink,
-                    rejects,
-                    progress,
-                )?
+                drive_lines_parallel(&mut *input, session, format, parsers, delivery, progress)?
             };
-            Ok(Consumed {
-                units: ingest.lines(),
-                blank: ingest.blank_lines,
+            Consumed {
+                units: reader.lines(),
+                blank: reader.blank_lines(),
                 rows: false,
-            })
+            }
         }
-        Source::Table(t) => crate::table::drive(t, engine, sink, rejects),
-    }
+        Source::Table(t) => crate::table::drive(t, session, &mut |s| delivery.deliver(s, false))?,
+    };
+    delivery.deliver(session, true)?;
+    Ok(read)
 }
 
 /// One read (retried when interrupted); 0 at the end of the input.
@@ -342,35 +373,29 @@ fn read_some(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
     }
 }
 
-fn drive_lines(
+fn drive_lines<C: FnMut(&mut Output) -> Result<()>>(
     input: &mut dyn Read,
-    engine: &mut FeatureEngine,
+    session: &mut Session,
     format: Format,
-    sink: &mut impl FnMut(&Record<'_>),
-    rejects: &mut Rejects,
-    mut progress: impl FnMut(usize) -> bool,
-) -> Result<Ingest> {
-    let mut ingest = Ingest::new(format);
+    delivery: &mut Delivery<'_, C>,
+    mut progress: impl FnMut(usize),
+) -> Result<LineReader> {
+    let mut reader = LineReader::new(format);
     let mut chunk = vec![0u8; 1 << 18];
-    let mut reject = |e: Rejection| rejects.report(&e);
     loop {
         let n = read_some(&mut *input, &mut chunk)?;
         if n == 0 {
             break;
         }
-        ingest.feed(engine, &chunk[..n], sink, &mut reject);
+        reader.feed(session, &chunk[..n]);
         // A threaded engine works in batches: what was read so far goes out now, so a slow
         // stream (a pipe from a live log) is not held back.
-        engine.flush(sink);
-        if !progress(n) {
-            // The output failed: what is left of the input is not read, and the line cut at
-            // the end of this chunk is not a malformed line.
-            ingest.stop();
-            return Ok(ingest);
-        }
+        session.flush();
+        delivery.deliver(session, false)?;
+        progress(n);
     }
-    ingest.finish(engine, sink, &mut reject);
-    Ok(ingest)
+    reader.finish(session);
+    Ok(reader)
 }
 
 /// Complete lines read, for a parser thread: where each starts and ends in `buf`.
@@ -416,21 +441,19 @@ impl Block {
 struct Parsed {
     seq: u64,
     bytes: usize,
-    items: Vec<(u64, Result<RequestEvent, Rejection>)>,
+    items: Vec<(u64, std::result::Result<RequestEvent, ParseError>)>,
 }
 
-fn drive_lines_parallel(
+fn drive_lines_parallel<C: FnMut(&mut Output) -> Result<()>>(
     input: &mut (dyn Read + Send),
-    engine: &mut FeatureEngine,
+    session: &mut Session,
     format: Format,
     parsers: usize,
-    sink: &mut impl FnMut(&Record<'_>),
-    rejects: &mut Rejects,
-    mut progress: impl FnMut(usize) -> bool,
-) -> Result<Ingest> {
+    delivery: &mut Delivery<'_, C>,
+    mut progress: impl FnMut(usize),
+) -> Result<LineReader> {
     use std::sync::mpsc::sync_channel;
     use std::sync::{Arc, Mutex};
-    let mut reject = |e: Rejection| rejects.report(&e);
     std::thread::scope(|s| {
         let (work_tx, work_rx) = sync_channel::<Block>(parsers * 2);
         let work_rx = Arc::new(Mutex::new(work_rx));
@@ -438,8 +461,8 @@ fn drive_lines_parallel(
         // Parsed blocks' buffers go back to the reader (memory stays flat).
         let (block_back, spare_blocks) = std::sync::mpsc::channel::<Block>();
         let reader_format = format.clone();
-        let reader = s.spawn(move || -> Result<Ingest> {
-            let mut ingest = Ingest::new(reader_format);
+        let reader = s.spawn(move || -> Result<LineReader> {
+            let mut lines = LineReader::new(reader_format);
             let mut chunk = vec![0u8; 1 << 18];
             let fresh = |seq: u64| match spare_blocks.try_recv() {
                 Ok(b) => b.reset(seq),
@@ -452,20 +475,20 @@ fn drive_lines_parallel(
                     break;
                 }
                 block.bytes += n;
-                ingest.split(&chunk[..n], &mut |n, l| block.push(n, l));
-                // One block per read, as the one-thread path checks the output once per read.
+                lines.split(&chunk[..n], &mut |n, l| block.push(n, l));
+                // One block per read, as the one-thread path delivers once per read.
                 if !block.lines.is_empty() {
                     let next = fresh(block.seq + 1);
                     if work_tx.send(std::mem::replace(&mut block, next)).is_err() {
-                        // The engine side stopped (its output failed).
-                        ingest.stop();
-                        return Ok(ingest);
+                        // The session side stopped (its output failed).
+                        lines.stop();
+                        return Ok(lines);
                     }
                 }
             }
-            ingest.split_end(&mut |n, l| block.push(n, l));
+            lines.split_end(&mut |n, l| block.push(n, l));
             let _ = work_tx.send(block);
-            Ok(ingest)
+            Ok(lines)
         });
         for _ in 0..parsers {
             let (rx, tx, format) = (Arc::clone(&work_rx), done_tx.clone(), format.clone());
@@ -480,7 +503,7 @@ fn drive_lines_parallel(
                                 None => Line::TooLong,
                                 Some((a, z)) => Line::Text(&b.buf[a as usize..z as usize]),
                             };
-                            (n, line.parse(&format, n))
+                            (n, line.event(&format))
                         })
                         .collect();
                     let parsed = Parsed {
@@ -498,30 +521,32 @@ fn drive_lines_parallel(
         drop(done_tx);
         drop(work_rx);
         drop(block_back);
-        // Blocks come back in any order; they go into the engine in input order.
+        // Blocks come back in any order; they go into the session in input order.
         let mut in_order = crate::ordered::InOrder::default();
-        let mut stopped = false;
+        let mut failed = None;
         'blocks: for parsed in done_rx.iter() {
             in_order.put(parsed.seq, parsed);
             while let Some(p) = in_order.take() {
                 for (n, item) in p.items {
-                    push_parsed(engine, n, item, sink, &mut reject);
+                    session.push_parsed(Position::line(n), item);
                 }
-                engine.flush(sink);
-                if !progress(p.bytes) {
-                    stopped = true;
+                session.flush();
+                if let Err(e) = delivery.deliver(session, false) {
+                    failed = Some(e);
                     break 'blocks;
                 }
+                progress(p.bytes);
             }
         }
         drop(done_rx);
-        let ingest = reader
+        let lines = reader
             .join()
             .map_err(|_| anyhow::anyhow!("the input reader failed"))??;
-        if !stopped {
-            engine.finish(sink);
+        if let Some(e) = failed {
+            return Err(e);
         }
-        Ok(ingest)
+        session.finish();
+        Ok(lines)
     })
 }
 

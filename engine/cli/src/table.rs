@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use gatewatch_event::RequestEvent;
-use gatewatch_features::{FeatureEngine, Record, Rejection};
 use gatewatch_frames::{TableFormat, TableWriter, unquote};
 use gatewatch_models::Reason;
+use gatewatch_pipeline::{Position, RecordRef, Session};
 use polars::prelude::*;
 
 use crate::OutputArgs;
-use crate::pipeline::{Consumed, Rejects, TableKind, table_extension};
+use crate::pipeline::{Consumed, TableKind, table_extension};
 
 fn format_of(kind: TableKind) -> TableFormat {
     match kind {
@@ -45,28 +45,23 @@ pub fn read_source(
 }
 
 /// Checks a table's rows one by one (a bad row is rejected, naming its row and field) and
-/// puts the events into the engine in event-time order (ties in row order).
+/// puts the events into the session in event-time order (ties in row order), calling
+/// `deliver` after each.
 pub fn drive(
     t: TableSource,
-    engine: &mut FeatureEngine,
-    sink: &mut impl FnMut(&Record<'_>),
-    rejects: &mut Rejects,
+    session: &mut Session,
+    deliver: &mut impl FnMut(&mut Session) -> Result<()>,
 ) -> Result<Consumed> {
     let n = t.df.height() as u64;
-    gatewatch_frames::for_each_event_in_time_order(&t.df, true, |row, e| {
+    gatewatch_frames::for_each_event_in_time_order(&t.df, true, |row, e| -> Result<()> {
         match e {
-            Ok(e) => engine.push(e, row as u64, sink, &mut |late| {
-                rejects.report(&Rejection::LateRow(late));
-            }),
-            Err(e) => rejects.report(&Rejection::Row {
-                row: e.row as u64,
-                error: e.error,
-            }),
+            Ok(e) => session.push(Position::row(row as u64), e),
+            Err(e) => session.reject(Position::row(e.row as u64), e.error),
         }
-        Ok(())
+        deliver(session)
     })
     .with_context(|| format!("{}", t.path.display()))?;
-    engine.finish(sink);
+    session.finish();
     Ok(Consumed {
         units: n,
         blank: 0,
@@ -173,10 +168,10 @@ impl TableOut {
     }
 
     /// The identifying columns of a record (`id` and `label` from the event's JSON text).
-    pub fn push_key(&mut self, r: &Record<'_>) {
-        self.ids.push(r.event.id.clone());
-        self.labels.push(r.event.label.as_deref().map(unquote));
-        self.ts.push(r.event.ts_ms);
+    pub fn push_key(&mut self, r: &RecordRef<'_>) {
+        self.ids.push(r.id.map(Box::from));
+        self.labels.push(r.label.map(unquote));
+        self.ts.push(r.ts_ms);
         self.clients.append_value(r.client);
         self.endpoints.append_value(r.endpoint);
     }
@@ -189,8 +184,9 @@ impl TableOut {
     /// The flag of one record and the reasons of the detector that decided it.
     pub fn push_flag(&mut self, flagged: bool, detector: &str, reasons: &[Reason]) {
         self.flagged.push(flagged);
-        self.reasons
-            .push(gatewatch_frames::reasons_json(detector, reasons));
+        let mut text = String::new();
+        gatewatch_pipeline::write_reasons_json(&mut text, detector, reasons);
+        self.reasons.push(text);
     }
 
     /// Writes the pending rows when a batch is full.

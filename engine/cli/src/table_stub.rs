@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use gatewatch_event::RequestEvent;
-use gatewatch_features::{FeatureEngine, Record};
+use gatewatch_pipeline::{RecordRef, Session};
 
 use crate::OutputArgs;
-use crate::pipeline::{Consumed, Rejects, TableKind, table_extension};
+use crate::pipeline::{Consumed, TableKind, table_extension};
 
 const NO_TABLES: &str = "this gatewatch was built without Parquet / CSV support (the \
     `tables` feature, on by default: cargo build --release -p gatewatch)";
@@ -31,9 +31,8 @@ pub fn read_source(path: PathBuf, kind: TableKind, _: &[(String, String)]) -> Re
 
 pub fn drive(
     t: TableSource,
-    _: &mut FeatureEngine,
-    _: &mut impl FnMut(&Record<'_>),
-    _: &mut Rejects,
+    _: &mut Session,
+    _: &mut impl FnMut(&mut Session) -> Result<()>,
 ) -> Result<Consumed> {
     match t.0 {}
 }
@@ -66,7 +65,7 @@ impl TableOut {
         match format {}
     }
 
-    pub fn push_key(&mut self, _: &Record<'_>) {
+    pub fn push_key(&mut self, _: &RecordRef<'_>) {
         match self.0 {}
     }
 

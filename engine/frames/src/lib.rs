@@ -19,9 +19,11 @@ mod io;
 pub use io::{TableFormat, TableWriter, scan_log, write_table};
 
 use gatewatch_event::{EventFields, ParseError, RequestEvent, parse_rfc3339_ms};
-use gatewatch_features::{Config, FeatureEngine, Record, Stats};
-use gatewatch_models::{Batch, BatchScores, Scorer};
+use gatewatch_features::{Config, FeatureEngine, Stats};
+use gatewatch_models::Scorer;
+use gatewatch_pipeline::{Output, Position, Session, SessionOptions};
 use polars::prelude::*;
+use std::borrow::BorrowMut;
 
 /// What was wrong with a DataFrame.
 #[derive(Debug, thiserror::Error)]
@@ -100,18 +102,11 @@ pub fn datetime_ms(name: &str, ms: Vec<i64>) -> Column {
 }
 
 /// An event's reasons as the JSON array `gatewatch score` writes: objects of `detector`,
-/// `feature`, `value`, `baseline` and `contribution`.
+/// `feature`, `value`, `baseline` and `contribution` (the schema's reason records).
 pub fn reasons_json(detector: &str, reasons: &[gatewatch_models::Reason]) -> String {
-    let rs: Vec<serde_json::Value> = reasons
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "detector": detector, "feature": r.feature, "value": r.value,
-                "baseline": r.baseline, "contribution": r.contribution,
-            })
-        })
-        .collect();
-    serde_json::Value::Array(rs).to_string()
+    let mut s = String::new();
+    gatewatch_pipeline::write_reasons_json(&mut s, detector, reasons);
+    s
 }
 
 /// The event schema's columns (with `headers.NAME` columns, what a log file is read for).
@@ -257,10 +252,7 @@ pub fn flatten_headers(mut df: DataFrame) -> Result<DataFrame> {
 
 /// The text of a JSON string literal (`"normal"` → `normal`); other JSON as it is.
 pub fn unquote(raw: &str) -> String {
-    match serde_json::from_str::<String>(raw) {
-        Ok(s) => s,
-        Err(_) => raw.to_string(),
-    }
+    gatewatch_pipeline::unquote(raw).into_owned()
 }
 
 fn column<'a>(df: &'a DataFrame, name: &str) -> Option<&'a Series> {
@@ -436,11 +428,14 @@ pub fn frame_to_events(df: &DataFrame) -> Result<Vec<RequestEvent>> {
 /// wrong type) are the error before any row is read. With `tags`, `id` and `label` are
 /// carried in the events as JSON text (as an NDJSON event has them), so that records written
 /// from them name their event. Headers are read as [`frame_to_events`] reads them.
-pub fn for_each_event_in_time_order(
+pub fn for_each_event_in_time_order<E: From<FrameError>>(
     df: &DataFrame,
     tags: bool,
-    mut each: impl FnMut(usize, std::result::Result<RequestEvent, RowError>) -> Result<()>,
-) -> Result<()> {
+    mut each: impl FnMut(
+        usize,
+        std::result::Result<RequestEvent, RowError>,
+    ) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let fields = header_fields(df)?;
     let rows = Rows::open(df, &fields, tags)?;
     let mut order: Vec<(i64, usize)> = Vec::with_capacity(rows.len());
@@ -648,40 +643,36 @@ struct FrameColumns<'a> {
 /// Every event's point-in-time features, computed by the engine of `cfg` over the events
 /// in event-time order (rows sorted by `ts`, ties in row order, so no event is late): one
 /// row per event with `id` and `label` (when the frame has them, as they are), `ts`
-/// (Datetime[ms, UTC]), `client`, `endpoint` and every feature (Float64) by registry name.
-/// Returns the engine's run counters too.
+/// (Datetime[ms, UTC]), `client`, `endpoint` and every feature (Float64) by registry name —
+/// the columns of [`gatewatch_pipeline::schema::feature_columns`]. Returns the engine's run
+/// counters too.
 pub fn features_frame(cfg: &Config, df: &DataFrame) -> Result<(DataFrame, Stats)> {
-    let width = gatewatch_features::Registry::new(&cfg.features).len();
-    // Records are copied row-major into a small buffer (one copy each) that is moved into
-    // the columns a block at a time, while it is still in cache: far fewer cache and TLB
-    // misses than one push per column per record.
-    const BLOCK: usize = 1024;
+    let mut session = session_for::<Scorer>(cfg, None, SessionOptions::default())?;
+    let width = session.registry().len();
     let mut cols: Vec<Vec<f64>> = (0..width)
         .map(|_| Vec::with_capacity(df.height()))
         .collect();
-    let mut block: Vec<f64> = Vec::with_capacity(BLOCK * width);
-    let (mut keys, engine) = run(cfg, df, |r| {
-        block.extend_from_slice(r.features);
-        if block.len() == BLOCK * width {
-            append_columns(&mut cols, &block, width);
-            block.clear();
-        }
+    let mut keys = Keys::with_capacity(df.height());
+    run(&mut session, df, |out| {
+        keys.add(out);
+        // Rows are moved into the columns a batch at a time, while they are still in cache:
+        // far fewer cache and TLB misses than one push per column per record.
+        append_columns(&mut cols, out.rows(), width);
         Ok(())
     })?;
-    append_columns(&mut cols, &block, width);
     let n = keys.rows.len();
     let mut out = keys.columns(df)?;
-    for (name, v) in engine.registry().names().zip(cols) {
+    for (name, v) in session.registry().names().zip(cols) {
         out.push(Column::new(name.into(), v));
     }
-    Ok((DataFrame::new(n, out)?, engine.stats()))
+    Ok((DataFrame::new(n, out)?, session.stats()))
 }
 
 /// Appends the rows of a row-major block with `width` columns to the columns (a block small
 /// enough to stay in cache moves far faster than one push per column per row).
 pub fn append_columns(cols: &mut [Vec<f64>], block: &[f64], width: usize) {
     for (k, col) in cols.iter_mut().enumerate() {
-        col.extend(block.chunks_exact(width).map(|r| r[k]));
+        col.extend(block.chunks_exact(width.max(1)).map(|r| r[k]));
     }
 }
 
@@ -700,6 +691,16 @@ impl Keys {
             ts: Vec::with_capacity(n),
             clients: StringChunkedBuilder::new("client".into(), n),
             endpoints: StringChunkedBuilder::new("endpoint".into(), n),
+        }
+    }
+
+    /// The records of a batch.
+    fn add(&mut self, out: &Output) {
+        for r in out.records() {
+            self.rows.push(r.position.number() as IdxSize);
+            self.ts.push(r.ts_ms);
+            self.clients.append_value(r.client);
+            self.endpoints.append_value(r.endpoint);
         }
     }
 
@@ -726,102 +727,61 @@ impl Keys {
     }
 }
 
-/// A feature engine on all the machine's cores (the records do not depend on their number).
-fn engine_for(cfg: &Config) -> Result<FeatureEngine> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    Ok(FeatureEngine::with_threads(cfg, threads)?)
-}
-
-/// Runs the engine of `cfg` over the frame's events in event-time order (rows sorted by
-/// `ts`, ties in row order, so no event is late), records each record's keys and hands it
-/// to `each`; the first error `each` returns stops the run. Returns the keys and the engine
-/// after the last event.
-///
-/// Rows become events one at a time, as the engine takes them: a row that is not an event
-/// is the error (rows without a valid time first, then the first bad row in time order).
-fn run(
+/// A session whose engine runs on all the machine's cores (the records do not depend on
+/// their number).
+fn session_for<S: BorrowMut<Scorer>>(
     cfg: &Config,
+    scorer: Option<S>,
+    opts: SessionOptions,
+) -> Result<Session<S>> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    Ok(Session::new(
+        FeatureEngine::with_threads(cfg, threads)?,
+        scorer,
+        opts,
+    ))
+}
+
+/// Runs the session over the frame's events in event-time order (rows sorted by `ts`, ties
+/// in row order, so no event is late) and hands each output batch to `each`; the first error
+/// `each` returns stops the run.
+///
+/// Rows become events one at a time, as the session takes them: a row that is not an event
+/// is the error (rows without a valid time first, then the first bad row in time order).
+fn run<S: BorrowMut<Scorer>>(
+    session: &mut Session<S>,
     df: &DataFrame,
-    mut each: impl FnMut(&Record<'_>) -> Result<()>,
-) -> Result<(Keys, FeatureEngine)> {
-    let mut engine = engine_for(cfg)?;
-    let mut keys = Keys::with_capacity(df.height());
-    let mut failed: Option<FrameError> = None;
-    {
-        let mut sink = |r: &Record<'_>| {
-            if failed.is_some() {
-                return;
-            }
-            keys.rows.push(r.line as IdxSize);
-            keys.ts.push(r.event.ts_ms);
-            keys.clients.append_value(r.client);
-            keys.endpoints.append_value(r.endpoint);
-            if let Err(e) = each(r) {
-                failed = Some(e);
-            }
-        };
-        for_each_event_in_time_order(df, false, |row, e| {
-            // Events in time order are never late, and each follows the one before it.
-            engine.push(e?, row as u64, &mut sink, &mut |_| {});
-            Ok(())
-        })?;
-        engine.finish(&mut sink);
-    }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok((keys, engine)),
-    }
-}
-
-/// Scores in the frame's columns: per event, the score, each member's, the flag and the
-/// reasons as JSON.
-struct ScoreColumns {
-    score: Vec<f64>,
-    member: Vec<Vec<f64>>,
-    flagged: Vec<bool>,
-    reasons: Vec<String>,
-}
-
-impl ScoreColumns {
-    /// Scores the batch and appends its events.
-    fn flush(
-        &mut self,
-        scorer: &mut Scorer,
-        batch: &mut Batch,
-        stride: usize,
-        reasons: usize,
-        out: &mut BatchScores,
-    ) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+    mut each: impl FnMut(&Output) -> Result<()>,
+) -> Result<()> {
+    let mut batch = Output::default();
+    let mut deliver = |session: &mut Session<S>, all: bool| -> Result<()> {
+        if session.is_full() || all && session.has_output() {
+            session
+                .take_into(&mut batch)
+                .map_err(|e| FrameError::Invalid {
+                    row: 0,
+                    reason: e.to_string(),
+                })?;
+            // Events in time order are never late: nothing else is rejected.
+            debug_assert!(batch.rejections().is_empty());
+            each(&batch)?;
         }
-        scorer
-            .score_batch(batch, stride, reasons, out)
-            .map_err(|e| FrameError::Invalid {
-                row: self.score.len(),
-                reason: e.to_string(),
-            })?;
-        let k = scorer.members.len();
-        for i in 0..batch.len() {
-            self.score.push(out.score[i]);
-            self.flagged.push(out.flagged[i]);
-            for (j, m) in self.member.iter_mut().enumerate() {
-                m.push(out.member[i * k + j]);
-            }
-            let d = &scorer.members[out.decided_by[i]].name;
-            self.reasons.push(reasons_json(d, &out.reasons[i]));
-        }
-        batch.clear();
         Ok(())
-    }
+    };
+    for_each_event_in_time_order(df, false, |row, e| {
+        session.push(Position::row(row as u64), e?);
+        deliver(session, false)
+    })?;
+    session.finish();
+    deliver(session, true)
 }
 
 /// Every event scored by `scorer` (its features computed as in [`features_frame`], scored
 /// in batches of `batch` as they come out of the engine): one row per event in time order
-/// with `id`/`label` (when present), `ts`, `client`, `endpoint`, `score`, one
-/// `score_<member>` column per detector, `flagged`, and the deciding member's reasons as
-/// `reasons` (a JSON array of `{detector, feature, value, baseline, contribution}`, the
-/// same objects `gatewatch score` writes).
+/// with the columns of [`gatewatch_pipeline::schema::score_columns`]: `id`/`label` (when
+/// present), `ts`, `client`, `endpoint`, `score`, one `score_<member>` column per detector,
+/// `flagged`, and the deciding member's reasons as `reasons` (a JSON array of `{detector,
+/// feature, value, baseline, contribution}`, the same objects `gatewatch score` writes).
 pub fn scores_frame(
     cfg: &Config,
     scorer: &mut Scorer,
@@ -829,37 +789,41 @@ pub fn scores_frame(
     reasons: usize,
     batch: usize,
 ) -> Result<DataFrame> {
-    let mut cols = ScoreColumns {
-        score: Vec::new(),
-        member: vec![Vec::new(); scorer.members.len()],
-        flagged: Vec::new(),
-        reasons: Vec::new(),
-    };
-    let mut pending = Batch::default();
-    let mut out = BatchScores::default();
-    let mut stride = 0;
-    let (mut keys, _) = run(cfg, df, |r| {
-        stride = r.features.len();
-        pending.push(r.features, r.endpoint);
-        if pending.len() >= batch.max(1) {
-            cols.flush(scorer, &mut pending, stride, reasons, &mut out)?;
+    let members: Vec<String> = scorer.members.iter().map(|m| m.name.clone()).collect();
+    let value_names = gatewatch_pipeline::schema::score_value_columns(scorer);
+    let mut session = session_for(cfg, Some(scorer), SessionOptions { batch, reasons })?;
+    let k = members.len();
+    let mut score = Vec::new();
+    let mut member: Vec<Vec<f64>> = vec![Vec::new(); k];
+    let mut flagged = Vec::new();
+    let mut why = Vec::new();
+    let mut keys = Keys::with_capacity(df.height());
+    run(&mut session, df, |out| {
+        keys.add(out);
+        let s = out.scores().expect("a session with a model scores");
+        score.extend_from_slice(&s.score);
+        flagged.extend_from_slice(&s.flagged);
+        append_columns(&mut member, &s.member, k);
+        for (i, rs) in s.reasons.iter().enumerate() {
+            let mut text = String::new();
+            gatewatch_pipeline::write_reasons_json(&mut text, &members[s.decided_by[i]], rs);
+            why.push(text);
         }
         Ok(())
     })?;
-    cols.flush(scorer, &mut pending, stride, reasons, &mut out)?;
     let n = keys.rows.len();
     let mut keep = keys.columns(df)?;
-    keep.push(Column::new("score".into(), cols.score));
-    for (m, v) in scorer.members.iter().zip(cols.member) {
-        keep.push(Column::new(format!("score_{}", m.name).into(), v));
+    let values = std::iter::once(score).chain(member);
+    for (name, v) in value_names.iter().zip(values) {
+        keep.push(Column::new(name.as_str().into(), v));
     }
-    keep.push(Column::new("flagged".into(), cols.flagged));
-    keep.push(Column::new("reasons".into(), cols.reasons));
+    keep.push(Column::new("flagged".into(), flagged));
+    keep.push(Column::new("reasons".into(), why));
     Ok(DataFrame::new(n, keep)?)
 }
 
 /// Scores of the frame's events through the service's own path: the events written as
-/// NDJSON lines and read back by the ingest loop of `gatewatch score`, scored in batches of
+/// NDJSON lines and read back by the line reader of `gatewatch score`, scored in batches of
 /// `batch`. One score per event, in the order the service emits them (event time, ties in
 /// row order); lines the service rejects are counted in the second value.
 pub fn service_scores(
@@ -873,42 +837,30 @@ pub fn service_scores(
     for e in &events {
         gatewatch_event::write_ndjson(e, &mut text);
     }
-    let mut engine = engine_for(cfg)?;
-    let stride = engine.registry().len();
-    let mut ingest = gatewatch_features::Ingest::new(gatewatch_features::Format::Ndjson);
-    let mut pending = Batch::default();
+    let mut session = session_for(cfg, Some(scorer), SessionOptions { batch, reasons: 0 })?;
+    let mut reader = gatewatch_pipeline::LineReader::new(gatewatch_features::Format::Ndjson);
     let mut scores = Vec::with_capacity(events.len());
-    let mut out = BatchScores::default();
-    let mut failed: Option<gatewatch_models::ModelError> = None;
     let mut rejected = 0u64;
-    {
-        let mut flush = |b: &mut Batch, scores: &mut Vec<f64>| {
-            if b.is_empty() || failed.is_some() {
-                return;
-            }
-            match scorer.score_batch(b, stride, 0, &mut out) {
-                Ok(()) => scores.extend_from_slice(&out.score),
-                Err(e) => failed = Some(e),
-            }
-            b.clear();
-        };
-        let mut sink = |r: &Record<'_>| {
-            pending.push(r.features, r.endpoint);
-            if pending.len() >= batch.max(1) {
-                flush(&mut pending, &mut scores);
-            }
-        };
-        let mut reject = |_: gatewatch_features::Rejection| rejected += 1;
-        ingest.feed(&mut engine, text.as_bytes(), &mut sink, &mut reject);
-        ingest.finish(&mut engine, &mut sink, &mut reject);
-        flush(&mut pending, &mut scores);
+    let mut batch = Output::default();
+    let mut take = |session: &mut Session<&mut Scorer>, scores: &mut Vec<f64>| -> Result<()> {
+        session
+            .take_into(&mut batch)
+            .map_err(|e| FrameError::Invalid {
+                row: 0,
+                reason: e.to_string(),
+            })?;
+        rejected += batch.rejections().len() as u64;
+        scores.extend_from_slice(&batch.scores().expect("scored").score);
+        Ok(())
+    };
+    for line in text.as_bytes().split_inclusive(|b| *b == b'\n') {
+        reader.feed(&mut session, line);
+        if session.is_full() {
+            take(&mut session, &mut scores)?;
+        }
     }
-    if let Some(e) = failed {
-        return Err(FrameError::Invalid {
-            row: 0,
-            reason: e.to_string(),
-        });
-    }
+    reader.finish(&mut session);
+    take(&mut session, &mut scores)?;
     Ok((scores, rejected))
 }
 

@@ -1,6 +1,9 @@
 //! Line inputs (NDJSON, access logs) read in chunks cut anywhere, into a session.
 
+use std::borrow::BorrowMut;
+
 use gatewatch_features::{Format, Ingest, Line};
+use gatewatch_models::Scorer;
 
 use crate::position::Position;
 use crate::session::Session;
@@ -37,7 +40,7 @@ impl LineReader {
     }
 
     /// Feeds a chunk: its complete lines go into the session.
-    pub fn feed(&mut self, session: &mut Session, chunk: &[u8]) {
+    pub fn feed<S: BorrowMut<Scorer>>(&mut self, session: &mut Session<S>, chunk: &[u8]) {
         let format = self.ingest.format().clone();
         self.ingest
             .split(chunk, &mut |n, line| push_line(session, &format, n, line));
@@ -63,7 +66,7 @@ impl LineReader {
 
     /// The end of the input: a last line without a newline goes in, and the session
     /// finishes (every buffered event is processed).
-    pub fn finish(&mut self, session: &mut Session) {
+    pub fn finish<S: BorrowMut<Scorer>>(&mut self, session: &mut Session<S>) {
         let format = self.ingest.format().clone();
         self.ingest
             .split_end(&mut |n, line| push_line(session, &format, n, line));
@@ -72,6 +75,11 @@ impl LineReader {
 }
 
 /// Line `n`, parsed, into the session.
-pub fn push_line(session: &mut Session, format: &Format, n: u64, line: Line<'_>) {
+pub fn push_line<S: BorrowMut<Scorer>>(
+    session: &mut Session<S>,
+    format: &Format,
+    n: u64,
+    line: Line<'_>,
+) {
     session.push_parsed(Position::line(n), line.event(format));
 }

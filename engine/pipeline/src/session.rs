@@ -1,6 +1,7 @@
 //! The session: one owner of the feature engine and the scorer, taking events in and handing
 //! owned output batches out.
 
+use std::borrow::{Borrow, BorrowMut};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 
@@ -93,7 +94,7 @@ impl Tracker {
 /// use gatewatch_pipeline::{Ack, Position, Session, SessionOptions};
 ///
 /// let engine = FeatureEngine::new(&Config::default()).unwrap();
-/// let mut s = Session::new(engine, None, SessionOptions::default());
+/// let mut s = Session::features_only(engine, SessionOptions::default());
 /// let ev = gatewatch_event::parse_ndjson(
 ///     br#"{"ts":1767603600000,"client_ip":"10.0.0.1","method":"GET","path":"/a","status":200}"#,
 /// )
@@ -105,9 +106,9 @@ impl Tracker {
 /// assert_eq!(out.record(0).client, "ip:10.0.0.1");
 /// assert_eq!(out.ack(), Ack::Through(Position::line(1)));
 /// ```
-pub struct Session {
+pub struct Session<S: BorrowMut<Scorer> = Scorer> {
     engine: FeatureEngine,
-    scorer: Option<Scorer>,
+    scorer: Option<S>,
     model_id: Option<String>,
     opts: SessionOptions,
     out: Output,
@@ -117,12 +118,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session of `engine` whose records carry features only.
+    pub fn features_only(engine: FeatureEngine, opts: SessionOptions) -> Self {
+        Self::new(engine, None, opts)
+    }
+}
+
+impl<S: BorrowMut<Scorer>> Session<S> {
     /// A session of `engine` (built for its configuration, with its parts and threads),
-    /// scoring with `scorer` when given (else records carry features only).
-    pub fn new(engine: FeatureEngine, scorer: Option<Scorer>, opts: SessionOptions) -> Self {
+    /// scoring with `scorer` when given (else records carry features only). The scorer is
+    /// owned (`Scorer`) or borrowed (`&mut Scorer`).
+    pub fn new(engine: FeatureEngine, scorer: Option<S>, opts: SessionOptions) -> Self {
         let width = engine.registry().len();
         Self {
-            model_id: scorer.as_ref().map(Scorer::id),
+            model_id: scorer.as_ref().map(|s| s.borrow().id()),
             engine,
             scorer,
             opts: SessionOptions {
@@ -152,7 +161,7 @@ impl Session {
 
     /// The model, when the session scores.
     pub fn scorer(&self) -> Option<&Scorer> {
-        self.scorer.as_ref()
+        self.scorer.as_ref().map(Borrow::borrow)
     }
 
     /// The model's `name@version`, when the session scores.
@@ -277,6 +286,7 @@ impl Session {
     /// the session.
     pub fn take_into(&mut self, into: &mut Output) -> crate::Result<()> {
         if let Some(scorer) = self.scorer.as_mut() {
+            let scorer = scorer.borrow_mut();
             if self.out.is_empty() {
                 self.out.scores = BatchScores::default();
             } else {
@@ -312,5 +322,10 @@ impl Session {
     /// The engine, when the session is done.
     pub fn into_engine(self) -> FeatureEngine {
         self.engine
+    }
+
+    /// The model, when the session is done.
+    pub fn into_scorer(self) -> Option<S> {
+        self.scorer
     }
 }

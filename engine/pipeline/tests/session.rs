@@ -26,7 +26,10 @@ fn default_model(engine: &FeatureEngine) -> Scorer {
 }
 
 /// Every output batch of a session fed `events` one by one, taken whenever it is full.
-fn run_session(session: &mut Session, events: &[RequestEvent]) -> Vec<Output> {
+fn run_session<S: std::borrow::BorrowMut<Scorer>>(
+    session: &mut Session<S>,
+    events: &[RequestEvent],
+) -> Vec<Output> {
     let mut outs = Vec::new();
     for (i, e) in events.iter().enumerate() {
         session.push(Position::line(i as u64 + 1), e.clone());
@@ -65,9 +68,8 @@ fn records_are_the_engines_records_with_their_positions() {
 
     for threads in [1, 3] {
         let engine = FeatureEngine::with_threads(&cfg, threads).unwrap();
-        let mut s = Session::new(
+        let mut s = Session::features_only(
             engine,
-            None,
             SessionOptions {
                 batch: 100,
                 reasons: 3,
@@ -110,11 +112,8 @@ fn records_are_the_engines_records_with_their_positions() {
 #[test]
 fn rejections_name_their_position_and_reason() {
     let cfg = Config::parse("[features]\nallowed_lateness_ms = 1000\n").unwrap();
-    let mut s = Session::new(
-        FeatureEngine::new(&cfg).unwrap(),
-        None,
-        SessionOptions::default(),
-    );
+    let mut s =
+        Session::features_only(FeatureEngine::new(&cfg).unwrap(), SessionOptions::default());
     let line = |ts: i64, status: u16| {
         format!(
             r#"{{"ts":{ts},"client_ip":"10.0.0.1","method":"GET","path":"/a","status":{status}}}"#
@@ -187,7 +186,7 @@ fn the_feature_writer_writes_the_feature_record_schema() {
     let events = traffic();
     let engine = FeatureEngine::new(&Config::default()).unwrap();
     let registry = engine.registry().clone();
-    let mut s = Session::new(engine, None, SessionOptions::default());
+    let mut s = Session::features_only(engine, SessionOptions::default());
     let outs = run_session(&mut s, &events);
     let mut w = FeatureWriter::new(registry.names());
     let mut n = 0;
@@ -316,9 +315,8 @@ proptest! {
         batch in 1usize..64,
     ) {
         let cfg = Config::parse("[features]\nallowed_lateness_ms = 2500\n").unwrap();
-        let mut s = Session::new(
+        let mut s = Session::features_only(
             FeatureEngine::new(&cfg).unwrap(),
-            None,
             SessionOptions { batch, reasons: 0 },
         );
         let lines = jittered(n, seed);
