@@ -415,3 +415,139 @@ fn parquet_columns_of_other_integer_widths_and_types_are_read() {
         &["id", "client", "error_ratio_1m", "bytes_mean_10m"],
     );
 }
+
+/// The column names of a table file.
+fn columns_of(path: &Path, csv: bool) -> Vec<String> {
+    if csv {
+        let text = std::fs::read_to_string(path).unwrap();
+        return text
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .map(|c| c.trim_matches('"').to_string())
+            .collect();
+    }
+    let df = read_parquet(path);
+    df.get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
+#[test]
+fn every_output_format_follows_the_one_record_schema() {
+    use gatewatch_pipeline::schema::{feature_columns, score_columns};
+    use gatewatch_pipeline::{FeatureRecord, RejectionRecord, ScoreRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ev, df) = simulated(dir.path());
+    // One broken line and one late event, for the rejection records.
+    let mut text = std::fs::read_to_string(&ev).unwrap();
+    text.push_str("{\"ts\": 1, \"broken\n");
+    text.push_str(&text.lines().next().unwrap().to_string());
+    text.push('\n');
+    std::fs::write(&ev, text).unwrap();
+    let cfg = gatewatch_features::Config::default();
+    let registry = gatewatch_features::Registry::new(&cfg.features);
+    let scorer =
+        gatewatch_models::Scorer::load_folder(&gatewatch_models::builtin_default(), &registry)
+            .unwrap();
+
+    // NDJSON: every line is a record of the schema (scores: nothing outside it).
+    let nd = dir.path().join("f.ndjson");
+    let rej = dir.path().join("rejects.ndjson");
+    ok(&run(&[
+        "features",
+        "-i",
+        s(&ev),
+        "-o",
+        s(&nd),
+        "--rejects",
+        s(&rej),
+    ]));
+    let text = std::fs::read_to_string(&nd).unwrap();
+    let features: Vec<FeatureRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(features.len(), df.height());
+    for r in &features {
+        r.check(&registry).unwrap();
+    }
+    let rejected: Vec<RejectionRecord> = std::fs::read_to_string(&rej)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines_at: Vec<u64> = rejected.iter().map(|r| r.position.number()).collect();
+    let n = df.height() as u64;
+    assert_eq!(lines_at, [n + 1, n + 2], "{rejected:?}");
+    assert_eq!(rejected[1].category, "late beyond allowed lateness");
+
+    let snd = dir.path().join("s.ndjson");
+    ok(&run(&["score", "-i", s(&ev), "-o", s(&snd)]));
+    let text = std::fs::read_to_string(&snd).unwrap();
+    let scores: Vec<ScoreRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(scores.len(), df.height());
+    assert!(scores.iter().all(|r| r.model == scorer.id()));
+    assert!(scores.iter().any(|r| !r.reasons.is_empty()));
+
+    // Tables: the schema's columns, in its order; `ts` the same instant as the record's.
+    for ext in ["parquet", "csv"] {
+        let f = dir.path().join(format!("f.{ext}"));
+        ok(&run(&["features", "-i", s(&ev), "-o", s(&f)]));
+        assert_eq!(
+            columns_of(&f, ext == "csv"),
+            feature_columns(&registry),
+            "{ext}"
+        );
+        let sc = dir.path().join(format!("s.{ext}"));
+        ok(&run(&["score", "-i", s(&ev), "-o", s(&sc)]));
+        assert_eq!(
+            columns_of(&sc, ext == "csv"),
+            score_columns(&scorer),
+            "{ext}"
+        );
+    }
+    let table = read_parquet(&dir.path().join("f.parquet"));
+    let ts = table
+        .column("ts")
+        .unwrap()
+        .datetime()
+        .unwrap()
+        .physical()
+        .clone();
+    for (row, r) in features.iter().enumerate() {
+        let mut want = String::new();
+        gatewatch_event::write_rfc3339_ms(ts.get(row).unwrap(), &mut want);
+        assert_eq!(r.ts, want, "row {row}");
+    }
+
+    // Frames (and so Python): the same columns.
+    let (frame, _) = gatewatch_frames::features_frame(&cfg, &df).unwrap();
+    let names: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(names, feature_columns(&registry));
+    let mut scorer = scorer;
+    let frame = gatewatch_frames::scores_frame(&cfg, &mut scorer, &df, 3, 256).unwrap();
+    let names: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(names, score_columns(&scorer));
+    // The frame's reasons are the NDJSON records' reasons, text for text.
+    let reasons = frame.column("reasons").unwrap().str().unwrap();
+    for (row, r) in scores.iter().enumerate() {
+        let got: Vec<gatewatch_pipeline::ReasonRecord> =
+            serde_json::from_str(reasons.get(row).unwrap()).unwrap();
+        assert_eq!(got, r.reasons, "row {row}");
+    }
+}
