@@ -12,8 +12,9 @@ use gatewatch_event::{
     ClientKeyConfig, ClientKeyExtractor, CombinedConfig, Endpoint, EndpointConfig,
     EndpointNormalizer, RequestEvent, parse_combined, parse_ndjson,
 };
-use gatewatch_features::{Config, FeatureConfig, FeatureEngine, Format, Ingest, Registry};
+use gatewatch_features::{Config, FeatureConfig, FeatureEngine, Format, Registry};
 use gatewatch_models::{Batch, BatchScores, Detector, Manifest, Scorer};
+use gatewatch_pipeline::{Ack, LineReader, Output, Session, SessionOptions};
 
 pub use gatewatch_features::SNAPSHOT_VERSION;
 
@@ -155,27 +156,56 @@ fn small_engine() -> FeatureEngine {
 }
 
 /// Bytes fed as a log (NDJSON, or combined lines when the first byte is odd) through the
-/// reader and the engine in chunks: every feature finite, the caps kept, then the state saved
+/// line reader and the session in chunks, its output taken in small batches: every feature
+/// finite, every non-blank line out exactly once (a record or a rejection, at its line), the
+/// acknowledgeable point past the last line at the end, the caps kept, then the state saved
 /// and restored.
 pub fn ingest(data: &[u8]) {
     let (format, rest) = match data.split_first() {
         Some((b, rest)) if b & 1 == 1 => (Format::Combined(CombinedConfig::default()), rest),
         _ => (Format::Ndjson, data),
     };
-    let mut eng = small_engine();
-    let mut ing = Ingest::new(format);
+    let mut session = Session::features_only(
+        small_engine(),
+        SessionOptions {
+            batch: 7,
+            reasons: 0,
+        },
+    );
+    let mut reader = LineReader::new(format);
     let chunk = 1 + data.first().map_or(0, |b| usize::from(*b >> 1));
-    let mut sink = |r: &gatewatch_features::Record<'_>| {
-        assert!(r.features.iter().all(|v| v.is_finite()), "{:?}", r.features);
+    let mut out_lines = std::collections::BTreeSet::new();
+    let mut check = |o: &Output| {
+        for r in o.records() {
+            assert!(r.features.iter().all(|v| v.is_finite()), "{:?}", r.features);
+            assert!(out_lines.insert(r.position), "{} out twice", r.position);
+        }
+        for j in o.rejections() {
+            assert!(out_lines.insert(j.position), "{} out twice", j.position);
+        }
     };
     for c in rest.chunks(chunk) {
-        ing.feed(&mut eng, c, &mut sink, &mut |_| {});
+        reader.feed(&mut session, c);
+        if session.is_full() {
+            check(&session.take().expect("no model, nothing fails"));
+        }
     }
-    ing.finish(&mut eng, &mut sink, &mut |_| {});
+    reader.finish(&mut session);
+    let last = session.take().expect("no model, nothing fails");
+    check(&last);
+    assert_eq!(
+        out_lines.len() as u64,
+        reader.lines() - reader.blank_lines()
+    );
+    assert_eq!(session.in_flight(), 0);
+    if let Some(p) = out_lines.last() {
+        assert!(matches!(last.ack(), Ack::Through(q) if q >= *p));
+    }
+    let eng = session.engine();
     assert!(eng.store().len() <= 16);
     assert!(eng.population().endpoints() <= 17);
     let mut bytes = Vec::new();
-    eng.save_state(&mut bytes).expect("a state saves");
+    session.save_state(&mut bytes).expect("a state saves");
     let mut again = small_engine();
     again
         .restore_state(&mut bytes.as_slice())
