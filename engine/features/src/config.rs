@@ -76,6 +76,12 @@ pub struct FeatureConfig {
     /// uses more endpoints within a minute, the least recently used slot is reused.
     #[serde(default = "default_endpoint_slots")]
     pub endpoint_slots: usize,
+    /// The features to output, by name (`req_count_1m`, `transition_surprise`, …); all of
+    /// them when absent. Records, tables and frames carry only these, in registry order; the
+    /// feature-set hash does not change (a model checks that every feature it reads is
+    /// selected, and names the first one that is not).
+    #[serde(default)]
+    pub select: Option<Vec<String>>,
 }
 
 fn default_horizons() -> Vec<u32> {
@@ -115,6 +121,7 @@ impl Default for FeatureConfig {
             client_idle_ttl_secs: None,
             max_endpoints: default_max_endpoints(),
             endpoint_slots: default_endpoint_slots(),
+            select: None,
         }
     }
 }
@@ -192,6 +199,35 @@ impl FeatureConfig {
                 "future_confirm: must be 1..=64, got {}",
                 self.future_confirm
             ));
+        }
+        if let Some(names) = &self.select {
+            if names.is_empty() {
+                return bad(
+                    "select: name at least one feature (or leave the key out for all)".into(),
+                );
+            }
+            let all = crate::registry::Registry::all(self);
+            for (i, n) in names.iter().enumerate() {
+                if all.index_of(n).is_none() {
+                    let near: Vec<&str> = all
+                        .names()
+                        .filter(|k| {
+                            let base = n.rsplit_once('_').map_or(n.as_str(), |b| b.0);
+                            k.starts_with(base)
+                        })
+                        .take(6)
+                        .collect();
+                    let hint = if near.is_empty() {
+                        "`gatewatch features --list` lists them".to_string()
+                    } else {
+                        format!("did you mean one of {near:?}?")
+                    };
+                    return bad(format!("select: unknown feature {n:?}; {hint}"));
+                }
+                if names[..i].contains(n) {
+                    return bad(format!("select: {n:?} is named twice"));
+                }
+            }
         }
         Ok(())
     }

@@ -159,6 +159,9 @@ pub struct FeatureEngine {
     /// (arrival order; at most `future_confirm - 1`).
     ahead: Vec<Pending>,
     stats: Stats,
+    /// The full feature vector of the event processed now (one thread).
+    full: Vec<f64>,
+    /// Its selected features, with a selection.
     buf: Vec<f64>,
 }
 
@@ -337,6 +340,7 @@ impl FeatureEngine {
             future_confirm: cfg.features.future_confirm,
             ahead: Vec::new(),
             stats: Stats::default(),
+            full: vec![0.0; registry.full_len()],
             buf: vec![0.0; n],
             registry,
         })
@@ -617,9 +621,14 @@ impl FeatureEngine {
         let prepared = &self.prepared[..events.len()];
         let nf = self.registry.len();
         let (pop, windows, registry) = (&self.population, &self.windows, &self.registry);
+        // With a selection, each event's full vector is computed in a scratch row and only
+        // the selected features are kept.
+        let selected = registry.selection().is_some();
+        let full_len = registry.full_len();
         std::thread::scope(|s| {
             for (i, (part, rows)) in self.parts.iter_mut().zip(&mut self.rows).enumerate() {
                 s.spawn(move || {
+                    let mut full = vec![0.0; if selected { full_len } else { 0 }];
                     rows.clear();
                     for (p, prep) in events.iter().zip(prepared) {
                         if prep.part as usize != i {
@@ -627,6 +636,11 @@ impl FeatureEngine {
                         }
                         let at = rows.len();
                         rows.resize(at + nf, 0.0);
+                        let out = if selected {
+                            &mut full[..]
+                        } else {
+                            &mut rows[at..]
+                        };
                         compute(
                             part,
                             pop,
@@ -637,8 +651,11 @@ impl FeatureEngine {
                             &prep.endpoint,
                             prep.hash,
                             epoch,
-                            &mut rows[at..],
+                            out,
                         );
+                        if selected {
+                            registry.select_into(&full, &mut rows[at..]);
+                        }
                     }
                 });
             }
@@ -681,8 +698,14 @@ impl FeatureEngine {
             &prep.endpoint,
             prep.hash,
             epoch,
-            &mut self.buf,
+            &mut self.full,
         );
+        let features = if self.registry.selection().is_some() {
+            self.registry.select_into(&self.full, &mut self.buf);
+            &self.buf
+        } else {
+            &self.full
+        };
         self.stats.events_out += 1;
         self.stats.keys_by_kind[prep.kind as usize] += 1;
         sink(&Record {
@@ -691,7 +714,7 @@ impl FeatureEngine {
             client: &prep.key,
             client_kind: prep.kind,
             endpoint: &prep.endpoint.template,
-            features: &self.buf,
+            features,
         });
     }
 

@@ -232,7 +232,8 @@ pub struct FeatureDef {
     pub doc: &'static str,
 }
 
-/// The registry of one configuration's features, in vector order.
+/// The registry of one configuration's features, in vector order: the features it outputs
+/// (all of them, or the `select`ed ones in the same order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Registry {
     /// Features in vector order.
@@ -241,8 +242,16 @@ pub struct Registry {
     pub horizons_secs: Vec<u32>,
     /// Buckets per horizon.
     pub buckets_per_horizon: u32,
-    /// Hash of everything above and [`DEFINITIONS_VERSION`] (16 hex digits).
+    /// Hash of every feature's definition (all of them, selected or not), the horizons, the
+    /// buckets and [`DEFINITIONS_VERSION`] (16 hex digits).
     pub hash: String,
+    /// With a selection: the position of each output feature in the full vector the engine
+    /// computes.
+    #[serde(skip)]
+    selected: Option<Vec<usize>>,
+    /// Features the engine computes per event (the full vector).
+    #[serde(skip)]
+    full_len: usize,
 }
 
 /// `10s`, `1m`, `10m`, `1h`, `90s`, `1d`.
@@ -259,8 +268,21 @@ pub fn horizon_suffix(secs: u32) -> String {
 }
 
 impl Registry {
-    /// The registry of a (validated) configuration.
+    /// The registry of a (validated) configuration: its selection of features, or all.
     pub fn new(cfg: &FeatureConfig) -> Self {
+        let mut r = Self::all(cfg);
+        if let Some(names) = &cfg.select {
+            let mut idx: Vec<usize> = names.iter().filter_map(|n| r.index_of(n)).collect();
+            idx.sort_unstable();
+            idx.dedup();
+            r.features = idx.iter().map(|&i| r.features[i].clone()).collect();
+            r.selected = Some(idx);
+        }
+        r
+    }
+
+    /// Every feature of a configuration's definitions, whatever it selects.
+    pub fn all(cfg: &FeatureConfig) -> Self {
         let mut features = Vec::new();
         for &h in &cfg.horizons_secs {
             for wf in WindowFeature::ALL {
@@ -290,10 +312,36 @@ impl Registry {
         }
         let hash = format!("{:016x}", crate::sketch::fnv1a(canon.as_bytes()));
         Self {
+            full_len: features.len(),
             features,
             horizons_secs: cfg.horizons_secs.clone(),
             buckets_per_horizon: cfg.buckets_per_horizon,
             hash,
+            selected: None,
+        }
+    }
+
+    /// Features the engine computes per event, selected or not (the width of its working
+    /// vector, which [`window_index`](Self::window_index) and
+    /// [`point_index`](Self::point_index) index).
+    pub fn full_len(&self) -> usize {
+        self.full_len
+    }
+
+    /// With a selection, the position in the full vector of each output feature.
+    pub fn selection(&self) -> Option<&[usize]> {
+        self.selected.as_deref()
+    }
+
+    /// The output features of a full vector (all of it without a selection).
+    pub fn select_into(&self, full: &[f64], out: &mut [f64]) {
+        match &self.selected {
+            None => out.copy_from_slice(full),
+            Some(idx) => {
+                for (o, &i) in out.iter_mut().zip(idx) {
+                    *o = full[i];
+                }
+            }
         }
     }
 
@@ -312,17 +360,17 @@ impl Registry {
         self.features.iter().map(|f| f.name.as_str())
     }
 
-    /// Position of a window feature for horizon index `h`.
+    /// Position of a window feature for horizon index `h` in the full vector.
     pub fn window_index(h: usize, f: WindowFeature) -> usize {
         h * WindowFeature::COUNT + f as usize
     }
 
-    /// Position of a point feature.
+    /// Position of a point feature in the full vector.
     pub fn point_index(&self, f: PointFeature) -> usize {
         self.horizons_secs.len() * WindowFeature::COUNT + f as usize
     }
 
-    /// Position of a feature by name.
+    /// Position of an output feature by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.features.iter().position(|f| f.name == name)
     }

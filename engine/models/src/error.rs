@@ -30,7 +30,9 @@ pub enum ModelError {
         engine_hash: String,
     },
     /// The manifest names features the engine does not have.
-    #[error("model {model} uses features this engine does not compute: {names:?}")]
+    #[error(
+        "model {model} reads features this configuration does not compute or select: {names:?} (add them to [features] select, or train the model on this configuration)"
+    )]
     UnknownFeatures {
         /// Model name.
         model: String,

@@ -403,3 +403,58 @@ fn the_peak_collector_stays_under_its_caps() {
     assert_eq!(limits.endpoints.len(), 1);
     assert_eq!(limits.endpoints[0].max_peak, 99.0);
 }
+
+#[test]
+fn a_model_that_reads_features_a_selection_leaves_out_is_refused_by_name() {
+    let select = |names: &[&str]| {
+        let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        gatewatch_features::Config::parse(&format!("[features]\nselect = [{}]\n", list.join(", ")))
+            .unwrap()
+    };
+    // The built-in default reads every feature: a selection of two is refused, naming what
+    // is missing.
+    let two = Registry::new(&select(&["req_count_1m", "endpoint_count_1m"]).features);
+    let err = Scorer::load_folder(&gatewatch_models::builtin_default(), &two).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::UnknownFeatures { .. }), "{msg}");
+    assert!(
+        msg.contains("iat_cv_1m") && msg.contains("[features] select"),
+        "{msg}"
+    );
+    assert!(!msg.contains("\"req_count_1m\""), "{msg}");
+    // A model fitted on a selection reads only those features and loads on it; the volumetric
+    // detector needs endpoint_count_1m and is refused without it.
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<f64> = (0..400)
+        .flat_map(|i| [f64::from(i % 7), f64::from(i % 3)])
+        .collect();
+    let m = RobustModel::fit(
+        &two,
+        &RobustParams::default(),
+        rows.chunks_exact(2),
+        "sel",
+        training(),
+    )
+    .unwrap();
+    m.save(dir.path()).unwrap();
+    assert_eq!(m.manifest.features, ["req_count_1m", "endpoint_count_1m"]);
+    let mut s = Scorer::load(dir.path(), &two).unwrap();
+    let mut b = Batch::default();
+    b.push(&[100.0, 1.0], "GET /a");
+    let mut out = BatchScores::default();
+    s.score_batch(&b, 2, 2, &mut out).unwrap();
+    assert_eq!(out.reasons[0][0].feature, "req_count_1m");
+    let one = Registry::new(&select(&["req_count_1m"]).features);
+    let err = Scorer::load(dir.path(), &one).unwrap_err().to_string();
+    assert!(err.contains("endpoint_count_1m"), "{err}");
+    let err = VolumetricModel::fit(
+        &one,
+        &VolumetricParams::default(),
+        &peaks(),
+        "v",
+        training(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("endpoint_count_1m"), "{err}");
+}
