@@ -178,6 +178,30 @@ def test_config_files_are_used_and_bad_ones_refused(tmp_path: Path) -> None:
         gw.FeatureExtractor(tmp_path / "missing.toml")
 
 
+def test_a_selection_gives_those_columns_of_the_full_transform(tmp_path: Path) -> None:
+    picked = ["req_count_1m", "distinct_endpoints_1m", "error_ratio_1m", "transition_surprise"]
+    cfg = tmp_path / "sel.toml"
+    cfg.write_text(f"[features]\nselect = {json.dumps(picked[::-1])}\n")
+    events = gw.simulate(seed=5, duration="2m", users=15)
+    sel = gw.FeatureExtractor(cfg)
+    assert sel.feature_names == [
+        "req_count_1m",
+        "error_ratio_1m",
+        "distinct_endpoints_1m",
+        "transition_surprise",
+    ]
+    got = sel.transform(events)
+    full = gw.FeatureExtractor().transform(events)
+    keys = ["id", "label", "ts", "client", "endpoint"]
+    assert got.columns == keys + sel.feature_names
+    assert_frame_equal(got, full.select(keys + sel.feature_names))
+    (tmp_path / "typo.toml").write_text('[features]\nselect = ["req_count_1mn"]\n')
+    with pytest.raises(gw.ConfigError, match="unknown feature"):
+        gw.FeatureExtractor(tmp_path / "typo.toml")
+    with pytest.raises(gw.ModelError, match="select"):
+        gw.Model.load(ROOT / "models" / "default", config=cfg)
+
+
 def test_the_stored_schema_is_json_of_the_registry() -> None:
     s = gw.feature_schema()
     assert json.loads(json.dumps(s)) == s
