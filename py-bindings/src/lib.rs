@@ -279,9 +279,11 @@ fn check_parity(
     })
 }
 
-/// Fits a robust baseline on a features frame and writes it as a model folder.
+/// Fits the named detectors on a features frame and writes the model folder, with the code
+/// `gatewatch train` runs (an ensemble of one sub-folder per detector).
 #[pyfunction]
-#[pyo3(signature = (features, path, name="baseline", top_k=3, threshold=0.999, config=None))]
+#[pyo3(signature = (features, path, name="baseline", top_k=3, threshold=0.999, config=None, detectors=vec!["robust".to_string()]))]
+#[allow(clippy::too_many_arguments)]
 fn fit_baseline(
     py: Python<'_>,
     features: PyDataFrame,
@@ -290,33 +292,41 @@ fn fit_baseline(
     top_k: usize,
     threshold: f64,
     config: Option<PathBuf>,
+    detectors: Vec<String>,
 ) -> PyResult<String> {
     let cfg = load_config(config)?;
     py.detach(|| {
         let registry = Registry::new(&cfg.features);
         let rows = gatewatch_frames::feature_rows(&registry, &features.0).map_err(frame_err)?;
+        let mut peaks = gatewatch_models::PeakCollector::default();
+        if detectors.iter().any(|d| d == "volumetric") {
+            gatewatch_frames::collect_peaks(&registry, &features.0, &mut peaks)
+                .map_err(frame_err)?;
+        }
         let n = registry.len();
         let training = gatewatch_models::Training {
-            events: 0,
+            events: (rows.len() / n.max(1)) as u64,
             clients: 0,
             source: "a features DataFrame".into(),
             label_filter: None,
         };
-        let params = gatewatch_models::RobustParams {
-            top_k,
-            threshold,
-            ..gatewatch_models::RobustParams::default()
+        let spec = gatewatch_models::TrainSpec {
+            name: name.to_string(),
+            detectors,
+            robust: gatewatch_models::RobustParams {
+                top_k,
+                threshold,
+                ..gatewatch_models::RobustParams::default()
+            },
+            volumetric: gatewatch_models::VolumetricParams::default(),
+            multi: gatewatch_models::MultiParams {
+                threshold,
+                ..gatewatch_models::MultiParams::default()
+            },
         };
-        let model = gatewatch_models::RobustModel::fit(
-            &registry,
-            &params,
-            rows.chunks_exact(n),
-            name,
-            training,
-        )
-        .map_err(value_err)?;
-        model.save(&path).map_err(value_err)?;
-        Ok(model.id())
+        let trained = gatewatch_models::train(&registry, &spec, &rows, &peaks, training, &path)
+            .map_err(model_err)?;
+        Ok(format!("{}@{}", trained.manifest.name, trained.manifest.version))
     })
 }
 

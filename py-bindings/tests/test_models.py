@@ -71,18 +71,46 @@ def test_check_parity_reports_no_difference_between_the_two_paths() -> None:
 def test_a_baseline_fitted_in_python_scores_like_one_trained_by_the_cli(tmp_path: Path) -> None:
     events = gw.simulate(seed=6, duration="3m", users=20, scenarios=[])
     feats = gw.FeatureExtractor().transform(events)
-    model = gw.Baseline(name="py").fit(feats).save(tmp_path / "py")
+    model = (
+        gw.Baseline(name="py", detectors=["robust", "volumetric"]).fit(feats).save(tmp_path / "py")
+    )
     assert model.id == "py@1"
-    assert model.detectors == ["robust_zscore"]
+    assert model.detectors == ["robust", "volumetric"]
     path = tmp_path / "events.ndjson"
     events.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")).write_ndjson(path)
     subprocess.run(
-        [gatewatch_bin(), "train", "-i", path, "-o", tmp_path / "cli", "--detectors", "robust"],
+        [
+            gatewatch_bin(),
+            "train",
+            "-i",
+            path,
+            "-o",
+            tmp_path / "cli",
+            "--name",
+            "py",
+            "--detectors",
+            "robust,volumetric",
+        ],
         check=True,
         capture_output=True,
     )
-    cli = gw.Model.load(tmp_path / "cli" / "robust")
-    assert_series_equal(model.score_samples(events)["score"], cli.score_samples(events)["score"])
+    cli = gw.Model.load(tmp_path / "cli")
+    ours, theirs = model.explain(events), cli.explain(events)
+    for column in ("score", "score_robust", "score_volumetric", "flagged", "reasons"):
+        assert_series_equal(ours[column], theirs[column])
+    # The same folders, file for file (the training source aside).
+    for sub in ("robust", "volumetric"):
+        for f in sorted((tmp_path / "cli" / sub).iterdir()):
+            mine = (tmp_path / "py" / sub / f.name).read_text()
+            if f.name == "manifest.json":
+                a, b = json.loads(mine), json.loads(f.read_text())
+                a.pop("training")
+                b.pop("training")
+                assert a == b, f"{sub}/{f.name}"
+            else:
+                assert mine == f.read_text(), f"{sub}/{f.name}"
+    with pytest.raises(gw.ModelError, match="unknown detector"):
+        gw.Baseline(detectors=["robust", "lof"]).fit(feats).save(tmp_path / "lof")
     with pytest.raises(gw.DataError, match="req_count_10s"):
         gw.Baseline().fit(feats.drop("req_count_10s")).save(tmp_path / "bad")
     with pytest.raises(ValueError, match="fit"):

@@ -8,9 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use gatewatch_features::{DistinctCount, FeatureEngine, Registry, TopKeys};
 use gatewatch_models::{
-    Alert, Combine, Detector, ENSEMBLE_KIND, EndpointMonitor, EnsembleSpec, MANIFEST_FORMAT,
-    Manifest, MemberSpec, MonitorParams, MultiModel, MultiParams, PeakCollector, RobustModel,
-    RobustParams, Scorer, Training, VolumetricModel, VolumetricParams, volumetric,
+    Alert, Detector, EndpointMonitor, MonitorParams, MultiParams, PeakCollector, RobustParams,
+    Scorer, TrainSpec, Training, VolumetricParams, volumetric,
 };
 use gatewatch_pipeline::{Output, ScoreWriter, Session, SessionOptions};
 
@@ -93,105 +92,31 @@ pub fn train(a: TrainArgs) -> Result<()> {
         source,
         label_filter: a.label.clone(),
     };
-    let params = RobustParams {
-        top_k: a.top_k,
-        threshold: a.threshold,
-        ..RobustParams::default()
-    };
-    let registry = &registry;
-    let wanted: Vec<&str> = a
-        .detectors
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .collect();
-    if let Some(bad) = wanted
-        .iter()
-        .find(|d| !["robust", "volumetric", "pca", "gmm"].contains(d))
-    {
-        anyhow::bail!(
-            "--detectors: unknown detector {bad:?} (known: robust, volumetric, pca, gmm)"
-        );
-    }
-    if wanted.is_empty() {
-        anyhow::bail!("--detectors: name at least one of robust, volumetric, pca, gmm");
-    }
-    let mut members = Vec::new();
-    let mut fitted = Vec::new();
-    let mut vol = None;
-    for &d in &wanted {
-        let name = format!("{}-{d}", a.name);
-        let dir = a.output.join(d);
-        let t0 = Instant::now();
-        match d {
-            "robust" => RobustModel::fit(
-                registry,
-                &params,
-                rows.chunks_exact(n),
-                &name,
-                training.clone(),
-            )?
-            .save(&dir)?,
-            "volumetric" => {
-                if count_at.is_none() {
-                    anyhow::bail!(
-                        "the configuration has no {} feature, which the volumetric detector reads",
-                        volumetric::FEATURE
-                    );
-                }
-                let v = VolumetricModel::fit(
-                    registry,
-                    &VolumetricParams {
-                        min_sessions: a.min_sessions,
-                        threshold: a.rate_threshold,
-                    },
-                    &peaks,
-                    &name,
-                    training.clone(),
-                )?;
-                v.save(&dir)?;
-                vol = Some(v);
-            }
-            kind => MultiModel::fit(
-                kind,
-                registry,
-                &MultiParams {
-                    threshold: a.threshold,
-                    ..MultiParams::default()
-                },
-                rows.chunks_exact(n),
-                &name,
-                training.clone(),
-            )?
-            .save(&dir)?,
-        }
-        fitted.push(format!("{d} ({:.1} s)", t0.elapsed().as_secs_f64()));
-        members.push(MemberSpec {
-            name: d.into(),
-            path: d.into(),
-            weight: 1.0,
-        });
-    }
-    let artefacts = wanted.iter().map(|d| d.to_string()).collect();
-    let manifest = Manifest {
-        format_version: MANIFEST_FORMAT,
+    let spec = TrainSpec {
         name: a.name.clone(),
-        version: "1".into(),
-        kind: ENSEMBLE_KIND.into(),
-        feature_set: registry.hash.clone(),
-        features: Vec::new(),
-        outputs: vec!["score".into()],
-        threshold: a.threshold,
-        calibration: "per member (the highest member score counts)".into(),
-        training,
-        artefacts,
-        onnx: None,
-        ensemble: Some(EnsembleSpec {
-            combine: Combine::Max,
-            members,
-        }),
+        detectors: TrainSpec::parse_detectors(&a.detectors).context("--detectors")?,
+        robust: RobustParams {
+            top_k: a.top_k,
+            threshold: a.threshold,
+            ..RobustParams::default()
+        },
+        volumetric: VolumetricParams {
+            min_sessions: a.min_sessions,
+            threshold: a.rate_threshold,
+        },
+        multi: MultiParams {
+            threshold: a.threshold,
+            ..MultiParams::default()
+        },
     };
-    manifest.save(&a.output)?;
+    let trained = gatewatch_models::train(&registry, &spec, &rows, &peaks, training, &a.output)?;
+    let manifest = &trained.manifest;
+    let fitted: Vec<String> = trained
+        .fitted
+        .iter()
+        .map(|(d, secs)| format!("{d} ({secs:.1} s)"))
+        .collect();
+    let vol = trained.volumetric;
     let mut e = format!(
         "gatewatch train: fitted {}@1 ({}) on {} events of {} clients ({} skipped by the label filter, {} rejected {}) in {:.2} s; wrote {}\n",
         a.name,

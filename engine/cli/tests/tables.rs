@@ -445,7 +445,8 @@ fn every_output_format_follows_the_one_record_schema() {
     // One broken line and one late event, for the rejection records.
     let mut text = std::fs::read_to_string(&ev).unwrap();
     text.push_str("{\"ts\": 1, \"broken\n");
-    text.push_str(&text.lines().next().unwrap().to_string());
+    let first = text.lines().next().unwrap().to_owned();
+    text.push_str(&first);
     text.push('\n');
     std::fs::write(&ev, text).unwrap();
     let cfg = gatewatch_features::Config::default();

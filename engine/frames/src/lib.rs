@@ -864,6 +864,42 @@ pub fn service_scores(
     Ok((scores, rejected))
 }
 
+/// The per-client peaks the volumetric detector is fitted on, from a features frame such
+/// as [`features_frame`] returns (its `endpoint`, `client` and `endpoint_count_1m` columns,
+/// rows in event-time order), as `gatewatch train` collects them from its records.
+pub fn collect_peaks(
+    registry: &gatewatch_features::Registry,
+    df: &DataFrame,
+    peaks: &mut gatewatch_models::PeakCollector,
+) -> Result<()> {
+    let feature = gatewatch_models::volumetric::FEATURE;
+    if registry.index_of(feature).is_none() {
+        return Err(FrameError::Missing {
+            column: feature.to_string(),
+        });
+    }
+    let endpoints = strings(required(df, "endpoint")?, "text")?;
+    let clients = strings(required(df, "client")?, "text")?;
+    let counts = floats(required(df, feature)?)?;
+    for (row, ((e, c), n)) in endpoints.iter().zip(&clients).zip(&counts).enumerate() {
+        let (Some(e), Some(c), Some(n)) = (e, c, n) else {
+            let column = if e.is_none() {
+                "endpoint"
+            } else if c.is_none() {
+                "client"
+            } else {
+                feature
+            };
+            return Err(FrameError::Null {
+                column: column.to_string(),
+                row,
+            });
+        };
+        peaks.add(e, c, *n);
+    }
+    Ok(())
+}
+
 /// Feature rows (registry order) from a features frame, such as [`features_frame`] returns.
 pub fn feature_rows(registry: &gatewatch_features::Registry, df: &DataFrame) -> Result<Vec<f64>> {
     let names: Vec<&str> = registry.names().collect();

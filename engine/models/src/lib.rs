@@ -14,6 +14,7 @@ pub mod multivariate;
 pub mod onnx;
 mod robust;
 mod scorer;
+pub mod train;
 pub mod univariate;
 pub mod volumetric;
 
@@ -29,6 +30,7 @@ pub use scorer::{
     Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, Member, MemberSpec,
     Scorer,
 };
+pub use train::{DETECTORS, TrainSpec, Trained, train};
 pub use univariate::{
     DetectorError, Ewma, EwmaParams, Point, RelativeEntropy, RelativeEntropyParams,
 };

@@ -418,18 +418,25 @@ def check_parity(
 
 
 class Baseline:
-    """The robust baseline (``robust_zscore``), fitted on a features frame.
+    """A baseline model fitted on a features frame by the code of ``gatewatch train``.
+
+    The saved folder is the one ``gatewatch train --detectors …`` writes from the same
+    events: an ensemble of one sub-folder per detector, scored by the highest member score.
 
     Parameters
     ----------
     top_k : int
-        Evidence groups averaged into the raw score.
+        Evidence groups averaged into the robust member's raw score.
     threshold : float
-        Flag threshold on the calibrated score.
+        Flag threshold on the calibrated score (robust, PCA and Gaussian-mixture members).
     name : str
         Model name.
     config : str or Path, optional
         The gatewatch configuration the features were computed with.
+    detectors : sequence of str
+        Members, from ``"robust"``, ``"volumetric"`` (per-endpoint rate baselines; reads the
+        frame's ``endpoint``, ``client`` and ``endpoint_count_1m`` columns), ``"pca"`` and
+        ``"gmm"``.
     """
 
     def __init__(
@@ -438,11 +445,13 @@ class Baseline:
         threshold: float = 0.999,
         name: str = "baseline",
         config: str | Path | None = None,
+        detectors: Sequence[str] = ("robust",),
     ) -> None:
         self.top_k = top_k
         self.threshold = threshold
         self.name = name
         self.config = config
+        self.detectors = detectors
         self._features: pl.DataFrame | None = None
 
     def fit(self, features: pl.DataFrame) -> Baseline:
@@ -491,6 +500,7 @@ class Baseline:
             self.top_k,
             self.threshold,
             None if self.config is None else str(self.config),
+            list(self.detectors),
         )
         return Model.load(path, self.config)
 

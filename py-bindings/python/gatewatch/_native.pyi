@@ -46,6 +46,7 @@ def fit_baseline(
     top_k: int = 3,
     threshold: float = 0.999,
     config: str | Path | None = None,
+    detectors: list[str] = ...,
 ) -> str: ...
 def univariate(
     df: pl.DataFrame,

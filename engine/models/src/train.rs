@@ -1,0 +1,173 @@
+//! Training in one place: the model folder `gatewatch train` writes and the Python
+//! `Baseline` saves, fitted by the same code — an ensemble of the named detectors, each in
+//! its own sub-folder, combined by the highest member score.
+
+use std::path::Path;
+use std::time::Instant;
+
+use gatewatch_features::Registry;
+
+use crate::error::{ModelError, Result};
+use crate::manifest::{MANIFEST_FORMAT, Manifest, Training};
+use crate::multivariate::{MultiModel, MultiParams};
+use crate::robust::{RobustModel, RobustParams};
+use crate::scorer::{Combine, ENSEMBLE_KIND, EnsembleSpec, MemberSpec};
+use crate::volumetric::{self, PeakCollector, VolumetricModel, VolumetricParams};
+
+/// The detectors a model folder can be trained with.
+pub const DETECTORS: [&str; 4] = ["robust", "volumetric", "pca", "gmm"];
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainSpec {
+    /// The model's name (members are named `NAME-DETECTOR`).
+    pub name: String,
+    /// Detectors, from [`DETECTORS`], in member order.
+    pub detectors: Vec<String>,
+    /// The robust member's parameters (its threshold is the ensemble's too).
+    pub robust: RobustParams,
+    /// The volumetric member's parameters.
+    pub volumetric: VolumetricParams,
+    /// The PCA / Gaussian-mixture members' parameters.
+    pub multi: MultiParams,
+}
+
+impl TrainSpec {
+    /// Detectors parsed from a comma-separated list (`robust,volumetric`), each checked.
+    pub fn parse_detectors(list: &str) -> Result<Vec<String>> {
+        let wanted: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(String::from)
+            .collect();
+        Self::check_detectors(&wanted)?;
+        Ok(wanted)
+    }
+
+    fn check_detectors(wanted: &[String]) -> Result<()> {
+        if let Some(bad) = wanted.iter().find(|d| !DETECTORS.contains(&d.as_str())) {
+            return Err(ModelError::Fit(format!(
+                "unknown detector {bad:?} (known: {})",
+                DETECTORS.join(", ")
+            )));
+        }
+        if wanted.is_empty() {
+            return Err(ModelError::Fit(format!(
+                "name at least one detector of {}",
+                DETECTORS.join(", ")
+            )));
+        }
+        if let Some((i, d)) = wanted
+            .iter()
+            .enumerate()
+            .find(|(i, d)| wanted[..*i].contains(d))
+        {
+            return Err(ModelError::Fit(format!(
+                "detector {d:?} is named twice (position {})",
+                i + 1
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A trained model folder.
+#[derive(Debug)]
+pub struct Trained {
+    /// The ensemble's manifest (written in the folder).
+    pub manifest: Manifest,
+    /// Each member and the seconds its fit took.
+    pub fitted: Vec<(String, f64)>,
+    /// The volumetric member, when trained (its rate-limit recommendations).
+    pub volumetric: Option<VolumetricModel>,
+}
+
+/// Fits the detectors of `spec` on feature rows (registry order, row after row) and the
+/// per-client peaks (for the volumetric detector), and writes the model folder `out`: one
+/// sub-folder per detector and the ensemble's `manifest.json`.
+pub fn train(
+    registry: &Registry,
+    spec: &TrainSpec,
+    rows: &[f64],
+    peaks: &PeakCollector,
+    training: Training,
+    out: &Path,
+) -> Result<Trained> {
+    TrainSpec::check_detectors(&spec.detectors)?;
+    let n = registry.len().max(1);
+    let mut members = Vec::new();
+    let mut fitted = Vec::new();
+    let mut vol = None;
+    for d in &spec.detectors {
+        let name = format!("{}-{d}", spec.name);
+        let dir = out.join(d);
+        let t0 = Instant::now();
+        match d.as_str() {
+            "robust" => RobustModel::fit(
+                registry,
+                &spec.robust,
+                rows.chunks_exact(n),
+                &name,
+                training.clone(),
+            )?
+            .save(&dir)?,
+            "volumetric" => {
+                if registry.index_of(volumetric::FEATURE).is_none() {
+                    return Err(ModelError::UnknownFeatures {
+                        model: name,
+                        names: vec![volumetric::FEATURE.into()],
+                    });
+                }
+                let v = VolumetricModel::fit(
+                    registry,
+                    &spec.volumetric,
+                    peaks,
+                    &name,
+                    training.clone(),
+                )?;
+                v.save(&dir)?;
+                vol = Some(v);
+            }
+            kind => MultiModel::fit(
+                kind,
+                registry,
+                &spec.multi,
+                rows.chunks_exact(n),
+                &name,
+                training.clone(),
+            )?
+            .save(&dir)?,
+        }
+        fitted.push((d.clone(), t0.elapsed().as_secs_f64()));
+        members.push(MemberSpec {
+            name: d.clone(),
+            path: d.clone(),
+            weight: 1.0,
+        });
+    }
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT,
+        name: spec.name.clone(),
+        version: "1".into(),
+        kind: ENSEMBLE_KIND.into(),
+        feature_set: registry.hash.clone(),
+        features: Vec::new(),
+        outputs: vec!["score".into()],
+        threshold: spec.robust.threshold,
+        calibration: "per member (the highest member score counts)".into(),
+        training,
+        artefacts: spec.detectors.clone(),
+        onnx: None,
+        ensemble: Some(EnsembleSpec {
+            combine: Combine::Max,
+            members,
+        }),
+    };
+    manifest.save(out)?;
+    Ok(Trained {
+        manifest,
+        fitted,
+        volumetric: vol,
+    })
+}
