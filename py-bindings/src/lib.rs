@@ -326,8 +326,48 @@ fn fit_baseline(
         };
         let trained = gatewatch_models::train(&registry, &spec, &rows, &peaks, training, &path)
             .map_err(model_err)?;
-        Ok(format!("{}@{}", trained.manifest.name, trained.manifest.version))
+        Ok(format!(
+            "{}@{}",
+            trained.manifest.name, trained.manifest.version
+        ))
     })
+}
+
+/// Writes an ONNX model file as a model folder (`model.onnx` and its manifest), with the
+/// code the service's loader is tested against; returns `name@version`.
+#[pyfunction]
+#[pyo3(signature = (path, onnx_path, features, threshold, output, column, negate, reference, calibration_scores, name, version, config=None))]
+#[allow(clippy::too_many_arguments)]
+fn export_onnx(
+    path: PathBuf,
+    onnx_path: PathBuf,
+    features: Vec<String>,
+    threshold: f64,
+    output: String,
+    column: usize,
+    negate: bool,
+    reference: Vec<f64>,
+    calibration_scores: Vec<f64>,
+    name: String,
+    version: String,
+    config: Option<PathBuf>,
+) -> PyResult<String> {
+    let cfg = load_config(config)?;
+    let registry = Registry::new(&cfg.features);
+    let spec = gatewatch_models::OnnxExport {
+        name,
+        version,
+        features,
+        threshold,
+        output,
+        column,
+        negate,
+        reference,
+        calibration_scores,
+    };
+    let m =
+        gatewatch_models::export_onnx(&registry, &spec, &onnx_path, &path).map_err(model_err)?;
+    Ok(format!("{}@{}", m.name, m.version))
 }
 
 /// A univariate streaming detector over a frame of `ts` (Int64, epoch ms) and `value`
@@ -442,6 +482,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(check_parity, m)?)?;
     m.add_function(wrap_pyfunction!(fit_baseline, m)?)?;
+    m.add_function(wrap_pyfunction!(export_onnx, m)?)?;
     m.add_function(wrap_pyfunction!(univariate, m)?)?;
     m.add("GatewatchError", m.py().get_type::<GatewatchError>())?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;

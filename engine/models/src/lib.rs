@@ -30,7 +30,7 @@ pub use scorer::{
     Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, Member, MemberSpec,
     Scorer,
 };
-pub use train::{DETECTORS, TrainSpec, Trained, train};
+pub use train::{DETECTORS, OnnxExport, TrainSpec, Trained, export_onnx, train};
 pub use univariate::{
     DetectorError, Ewma, EwmaParams, Point, RelativeEntropy, RelativeEntropyParams,
 };

@@ -171,3 +171,121 @@ pub fn train(
         volumetric: vol,
     })
 }
+
+/// An ONNX model trained elsewhere (scikit-learn, LightGBM, PyTorch), to be shipped as a
+/// model folder.
+#[derive(Debug, Clone)]
+pub struct OnnxExport {
+    /// The model's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The registry features it reads, in input order.
+    pub features: Vec<String>,
+    /// Flag threshold on the score.
+    pub threshold: f64,
+    /// The output holding the score, its column, and whether larger means more normal.
+    pub output: String,
+    /// Column of a `[batch, k]` output.
+    pub column: usize,
+    /// The output is larger for more normal events.
+    pub negate: bool,
+    /// Per feature, the value explanations replace it with; none when empty.
+    pub reference: Vec<f64>,
+    /// Raw outputs of training events, for the calibration (1001 quantiles); none when empty.
+    pub calibration_scores: Vec<f64>,
+}
+
+/// Writes an ONNX model file as a model folder `out` (`model.onnx` and `manifest.json`),
+/// after checking the features against the registry and the reference's length. The
+/// runtime's own checks (input width, output) apply when the folder is loaded.
+pub fn export_onnx(
+    registry: &Registry,
+    spec: &OnnxExport,
+    onnx_file: &Path,
+    out: &Path,
+) -> Result<Manifest> {
+    let unknown: Vec<String> = spec
+        .features
+        .iter()
+        .filter(|f| registry.index_of(f).is_none())
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ModelError::UnknownFeatures {
+            model: spec.name.clone(),
+            names: unknown,
+        });
+    }
+    if !spec.reference.is_empty() && spec.reference.len() != spec.features.len() {
+        return Err(ModelError::Fit(format!(
+            "reference has {} values for {} features",
+            spec.reference.len(),
+            spec.features.len()
+        )));
+    }
+    if !(0.0..=1.0).contains(&spec.threshold) {
+        return Err(ModelError::Fit(format!(
+            "threshold {} is not in [0, 1]",
+            spec.threshold
+        )));
+    }
+    let mut calibration = Vec::new();
+    if !spec.calibration_scores.is_empty() {
+        let mut raw: Vec<f64> = spec
+            .calibration_scores
+            .iter()
+            .map(|v| if spec.negate { -v } else { *v })
+            .collect();
+        if raw.len() < 2 || raw.iter().any(|v| !v.is_finite()) {
+            return Err(ModelError::Fit(
+                "calibration scores: give at least two finite values".into(),
+            ));
+        }
+        raw.sort_by(f64::total_cmp);
+        calibration = (0..=1000usize)
+            .map(|q| raw[q * (raw.len() - 1) / 1000])
+            .collect();
+    }
+    let io = |path: &Path, source: std::io::Error| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let target = out.join("model.onnx");
+    std::fs::copy(onnx_file, &target).map_err(|e| io(onnx_file, e))?;
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT,
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        kind: crate::onnx::KIND.into(),
+        feature_set: registry.hash.clone(),
+        features: spec.features.clone(),
+        outputs: vec![spec.output.clone()],
+        threshold: spec.threshold,
+        calibration: if calibration.is_empty() {
+            "none: the model's output clamped to [0, 1]".into()
+        } else {
+            "empirical CDF of the training outputs".into()
+        },
+        training: Training {
+            events: spec.calibration_scores.len() as u64,
+            clients: 0,
+            source: "gatewatch.export_model".into(),
+            label_filter: None,
+        },
+        artefacts: vec!["model.onnx".into()],
+        onnx: Some(crate::onnx::OnnxSpec {
+            file: "model.onnx".into(),
+            input: None,
+            output: spec.output.clone(),
+            column: spec.column,
+            negate: spec.negate,
+            calibration,
+            reference: spec.reference.clone(),
+        }),
+        ensemble: None,
+    };
+    manifest.save(out)?;
+    Ok(manifest)
+}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -557,56 +556,28 @@ def export_model(
         When a feature is unknown or the reference has the wrong length; the service's own
         checks (the ONNX input width, the output) apply when the folder is loaded.
     """
-    schema = feature_schema()
-    known = {f["name"] for f in schema["features"]}
-    unknown = [f for f in features if f not in known]
-    if unknown:
-        raise ModelError(f"features unknown to this engine: {unknown}")
     ref: list[float] = []
     if isinstance(reference, pl.DataFrame):
+        missing = [f for f in features if f not in reference.columns]
+        if missing:
+            raise ModelError(f"reference frame lacks the features {missing}")
         ref = [float(reference[f].median()) for f in features]  # type: ignore[arg-type]
     elif reference is not None:
         ref = [float(v) for v in reference]
-        if len(ref) != len(features):
-            raise ValueError(f"reference has {len(ref)} values for {len(features)} features")
-    calibration: list[float] = []
-    if calibration_scores is not None:
-        raw = sorted(-v if negate else v for v in calibration_scores)
-        if len(raw) < 2:
-            raise ValueError("calibration_scores needs at least two values")
-        calibration = [raw[(q * (len(raw) - 1)) // 1000] for q in range(1001)]
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, out / "model.onnx")
-    manifest = {
-        "format_version": 1,
-        "name": name,
-        "version": version,
-        "kind": "onnx",
-        "feature_set": schema["hash"],
-        "features": list(features),
-        "outputs": [output],
-        "threshold": threshold,
-        "calibration": "empirical CDF of the training outputs"
-        if calibration
-        else "none: the model's output clamped to [0, 1]",
-        "training": {
-            "events": len(calibration_scores or []),
-            "clients": 0,
-            "source": "gatewatch.export_model",
-            "label_filter": None,
-        },
-        "artefacts": ["model.onnx"],
-        "onnx": {
-            "file": "model.onnx",
-            "output": output,
-            "column": column,
-            "negate": negate,
-            "calibration": calibration,
-            "reference": ref,
-        },
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _native.export_onnx(
+        str(out),
+        str(onnx_path),
+        list(features),
+        threshold,
+        output,
+        column,
+        negate,
+        ref,
+        [float(v) for v in calibration_scores or []],
+        name,
+        version,
+    )
     return Model.load(out)
 
 

@@ -48,6 +48,20 @@ def fit_baseline(
     config: str | Path | None = None,
     detectors: list[str] = ...,
 ) -> str: ...
+def export_onnx(
+    path: str | Path,
+    onnx_path: str | Path,
+    features: list[str],
+    threshold: float,
+    output: str,
+    column: int,
+    negate: bool,
+    reference: list[float],
+    calibration_scores: list[float],
+    name: str,
+    version: str,
+    config: str | Path | None = None,
+) -> str: ...
 def univariate(
     df: pl.DataFrame,
     kind: str,
