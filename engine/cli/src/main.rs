@@ -33,7 +33,8 @@ mod table;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use gatewatch_event::FileFormat;
 
 /// mimalloc: measured faster and leaner than the system allocator on the per-client state
 /// (BENCHMARKS.md).
@@ -195,7 +196,7 @@ struct InputArgs {
     /// Input format (default: from the input's extension, `.parquet` / `.pq` or `.csv`;
     /// otherwise NDJSON).
     #[arg(long, value_enum)]
-    format: Option<InputFormat>,
+    format: Option<FileFormat>,
     /// Read a table column as an event field: `--map time=ts,remote_addr=client_ip`
     /// (Parquet and CSV inputs; `headers.NAME` fields are header values).
     #[arg(long, value_name = "COLUMN=FIELD")]
@@ -233,33 +234,10 @@ struct OutputArgs {
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// Output format (default: from the output's extension, `.parquet` / `.pq` or `.csv`;
-    /// otherwise NDJSON). Tables have one column per field and are written in batches.
+    /// otherwise NDJSON; `combined` is an input format only). Tables have one column per
+    /// field and are written in batches.
     #[arg(long, value_enum)]
-    output_format: Option<OutputFormat>,
-}
-
-/// Input format.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum InputFormat {
-    /// One JSON event per line.
-    Ndjson,
-    /// nginx / Apache combined access-log lines.
-    Combined,
-    /// A Parquet file with the event schema's columns.
-    Parquet,
-    /// A CSV file (header line) with the event schema's columns.
-    Csv,
-}
-
-/// Output format.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OutputFormat {
-    /// One JSON record per line.
-    Ndjson,
-    /// A Parquet file.
-    Parquet,
-    /// A CSV file with a header line.
-    Csv,
+    output_format: Option<FileFormat>,
 }
 
 #[derive(clap::Args)]

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use gatewatch_config::Settings;
-use gatewatch_event::{ParseError, RequestEvent};
+use gatewatch_event::{FileFormat, ParseError, RequestEvent};
 use gatewatch_features::{Format, Line};
 use gatewatch_pipeline::{LineReader, Output, Position, Rejection, RejectionRecord, Session};
 
+use crate::InputArgs;
 use crate::table::TableSource;
-use crate::{InputArgs, InputFormat};
 
 /// Where events come from: lines (NDJSON, access log) read as a stream, or a table file
 /// (Parquet, CSV) read whole with a lazy scan of the event columns.
@@ -50,63 +50,37 @@ impl Source {
     }
 }
 
-/// The input format: `--format`, else the input file's extension (`.parquet`, `.csv`;
-/// anything else is NDJSON).
-fn input_format(a: &InputArgs) -> InputFormat {
+/// The input format: `--format`, else the input file's extension (`.parquet`, `.pq`,
+/// `.csv`; anything else is NDJSON).
+fn input_format(a: &InputArgs) -> FileFormat {
     if let Some(f) = a.format {
         return f;
     }
-    match a.input.as_deref().and_then(table_extension) {
-        Some(TableKind::Parquet) => InputFormat::Parquet,
-        Some(TableKind::Csv) => InputFormat::Csv,
-        None => InputFormat::Ndjson,
-    }
-}
-
-/// A table file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableKind {
-    /// Apache Parquet.
-    Parquet,
-    /// CSV with a header line.
-    Csv,
-}
-
-impl TableKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            TableKind::Parquet => "parquet",
-            TableKind::Csv => "csv",
-        }
-    }
-}
-
-/// The table format a file name's extension says (`.parquet`, `.pq`, `.csv`), if any.
-pub fn table_extension(p: &Path) -> Option<TableKind> {
-    match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-        "parquet" | "pq" => Some(TableKind::Parquet),
-        "csv" => Some(TableKind::Csv),
-        _ => None,
-    }
+    a.input
+        .as_deref()
+        .and_then(FileFormat::table_from_extension)
+        .unwrap_or(FileFormat::Ndjson)
 }
 
 /// The table file records go to: `--output-format`, else the output file's extension; none
 /// for NDJSON.
-pub fn output_table(a: &crate::OutputArgs) -> Result<Option<(PathBuf, TableKind)>> {
-    use crate::OutputFormat;
+pub fn output_table(a: &crate::OutputArgs) -> Result<Option<(PathBuf, FileFormat)>> {
     let path = a.output.as_deref().filter(|p| *p != Path::new("-"));
     let kind = match a.output_format {
-        Some(OutputFormat::Ndjson) => None,
-        Some(OutputFormat::Parquet) => Some(TableKind::Parquet),
-        Some(OutputFormat::Csv) => Some(TableKind::Csv),
-        None => path.and_then(table_extension),
+        Some(FileFormat::Ndjson) => None,
+        Some(FileFormat::Combined) => {
+            bail!(
+                "--output-format combined: access-log lines are an input format; records are written as ndjson, parquet or csv"
+            )
+        }
+        Some(table) => Some(table),
+        None => path.and_then(FileFormat::table_from_extension),
     };
     match (kind, path) {
         (None, _) => Ok(None),
         (Some(k), Some(p)) => Ok(Some((p.to_path_buf(), k))),
         (Some(k), None) => bail!(
-            "--output-format {}: a table is written to a file (--output FILE), not standard output",
-            k.name()
+            "--output-format {k}: a table is written to a file (--output FILE), not standard output"
         ),
     }
 }
@@ -133,36 +107,27 @@ pub fn setup(a: &InputArgs) -> Result<(Settings, Source)> {
     let cfg = &settings.engine;
     let format = input_format(a);
     let maps = renames(&a.map)?;
-    let table = match format {
-        InputFormat::Ndjson | InputFormat::Combined => None,
-        InputFormat::Parquet => Some(TableKind::Parquet),
-        InputFormat::Csv => Some(TableKind::Csv),
-    };
-    let source = match table {
-        None => {
-            if !maps.is_empty() {
-                bail!("--map applies to Parquet and CSV inputs, not to line formats");
-            }
-            let (input, size) = crate::io::open_input(&a.input)?;
-            let format = match format {
-                InputFormat::Combined => Format::Combined(cfg.input.combined.clone()),
-                _ => Format::Ndjson,
-            };
-            Source::Lines {
-                input,
-                size,
-                format,
-            }
+    let source = if format.is_lines() {
+        if !maps.is_empty() {
+            bail!("--map applies to Parquet and CSV inputs, not to line formats");
         }
-        Some(t) => {
-            let Some(path) = a.input.clone().filter(|p| p != Path::new("-")) else {
-                bail!(
-                    "--format {}: a table is read from a file (--input FILE), not standard input",
-                    t.name()
-                );
-            };
-            Source::Table(crate::table::read_source(path, t, &maps)?)
+        let (input, size) = crate::io::open_input(&a.input)?;
+        let format = match format {
+            FileFormat::Combined => Format::Combined(cfg.input.combined.clone()),
+            _ => Format::Ndjson,
+        };
+        Source::Lines {
+            input,
+            size,
+            format,
         }
+    } else {
+        let Some(path) = a.input.clone().filter(|p| p != Path::new("-")) else {
+            bail!(
+                "--format {format}: a table is read from a file (--input FILE), not standard input"
+            );
+        };
+        Source::Table(crate::table::read_source(path, format, &maps)?)
     };
     Ok((settings, source))
 }

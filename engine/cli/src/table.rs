@@ -4,21 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use gatewatch_event::FileFormat;
 use gatewatch_event::RequestEvent;
-use gatewatch_frames::{TableFormat, TableWriter, unquote};
+use gatewatch_frames::{TableWriter, unquote};
 use gatewatch_models::Reason;
 use gatewatch_pipeline::{Position, RecordRef, Session};
 use polars::prelude::*;
 
 use crate::OutputArgs;
-use crate::pipeline::{Consumed, TableKind, table_extension};
-
-fn format_of(kind: TableKind) -> TableFormat {
-    match kind {
-        TableKind::Parquet => TableFormat::Parquet,
-        TableKind::Csv => TableFormat::Csv,
-    }
-}
+use crate::pipeline::Consumed;
 
 /// A table file's event columns, read.
 pub struct TableSource {
@@ -37,10 +31,10 @@ impl TableSource {
 /// `maps` (`(file column, event field)`).
 pub fn read_source(
     path: PathBuf,
-    kind: TableKind,
+    kind: FileFormat,
     maps: &[(String, String)],
 ) -> Result<TableSource> {
-    let df = gatewatch_frames::scan_log(&path, format_of(kind), maps)?;
+    let df = gatewatch_frames::scan_log(&path, kind, maps)?;
     Ok(TableSource { df, path })
 }
 
@@ -72,14 +66,15 @@ pub fn drive(
 /// Writes simulated events as a table when `path` names one (`.parquet`, `.csv`; CSV gets
 /// `headers.NAME` columns); false when it does not.
 pub fn write_events(events: &[RequestEvent], path: Option<&Path>) -> Result<bool> {
-    let Some((path, kind)) = path.and_then(|p| table_extension(p).map(|k| (p, k))) else {
+    let Some((path, kind)) = path.and_then(|p| FileFormat::table_from_extension(p).map(|k| (p, k)))
+    else {
         return Ok(false);
     };
     let mut df = gatewatch_frames::events_to_frame(events)?;
-    if kind == TableKind::Csv {
+    if kind == FileFormat::Csv {
         df = gatewatch_frames::flatten_headers(df)?;
     }
-    gatewatch_frames::write_table(&mut df, path, format_of(kind))
+    gatewatch_frames::write_table(&mut df, path, kind)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(true)
 }
@@ -92,14 +87,14 @@ pub enum Sink {
     /// NDJSON records.
     Lines,
     /// A table file.
-    Table(PathBuf, TableFormat),
+    Table(PathBuf, FileFormat),
 }
 
 /// The output format: `--output-format`, else the output file's extension.
 pub fn sink(a: &OutputArgs) -> Result<Sink> {
     match crate::pipeline::output_table(a)? {
         None => Ok(Sink::Lines),
-        Some((p, kind)) => Ok(Sink::Table(p, format_of(kind))),
+        Some((p, kind)) => Ok(Sink::Table(p, kind)),
     }
 }
 
@@ -122,7 +117,7 @@ struct Layout {
 /// is written), flags and reasons.
 pub struct TableOut {
     path: PathBuf,
-    format: TableFormat,
+    format: FileFormat,
     writer: Option<TableWriter>,
     layout: Option<Layout>,
     ids: Vec<Option<Box<str>>>,
@@ -144,7 +139,7 @@ impl TableOut {
     /// `flagged` and `reasons`.
     pub fn new(
         path: PathBuf,
-        format: TableFormat,
+        format: FileFormat,
         value_names: Vec<String>,
         with_flags: bool,
     ) -> Self {

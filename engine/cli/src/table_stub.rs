@@ -8,7 +8,9 @@ use gatewatch_event::RequestEvent;
 use gatewatch_pipeline::{RecordRef, Session};
 
 use crate::OutputArgs;
-use crate::pipeline::{Consumed, TableKind, table_extension};
+use gatewatch_event::FileFormat;
+
+use crate::pipeline::Consumed;
 
 const NO_TABLES: &str = "this gatewatch was built without Parquet / CSV support (the \
     `tables` feature, on by default: cargo build --release -p gatewatch)";
@@ -25,8 +27,8 @@ impl TableSource {
     }
 }
 
-pub fn read_source(path: PathBuf, kind: TableKind, _: &[(String, String)]) -> Result<TableSource> {
-    bail!("{} ({}): {NO_TABLES}", path.display(), kind.name())
+pub fn read_source(path: PathBuf, kind: FileFormat, _: &[(String, String)]) -> Result<TableSource> {
+    bail!("{} ({kind}): {NO_TABLES}", path.display())
 }
 
 pub fn drive(
@@ -38,7 +40,7 @@ pub fn drive(
 }
 
 pub fn write_events(_: &[RequestEvent], path: Option<&Path>) -> Result<bool> {
-    match path.filter(|p| table_extension(p).is_some()) {
+    match path.filter(|p| FileFormat::table_from_extension(p).is_some()) {
         Some(p) => bail!("{}: {NO_TABLES}", p.display()),
         None => Ok(false),
     }

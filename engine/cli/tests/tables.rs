@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use gatewatch_frames::{TableFormat, scan_log, write_table};
+use gatewatch_frames::{FileFormat, scan_log, write_table};
 use polars::prelude::*;
 
 fn gw() -> Command {
@@ -53,7 +53,7 @@ fn simulated(dir: &Path) -> (std::path::PathBuf, DataFrame) {
         s(&ev),
     ]);
     ok(&out);
-    let df = scan_log(&ev, TableFormat::Ndjson, &[]).unwrap();
+    let df = scan_log(&ev, FileFormat::Ndjson, &[]).unwrap();
     (ev, df)
 }
 
@@ -85,7 +85,7 @@ fn parquet_in_and_out_gives_the_ndjson_records() {
     let dir = tempfile::tempdir().unwrap();
     let (ev, mut df) = simulated(dir.path());
     let pq = dir.path().join("events.parquet");
-    write_table(&mut df, &pq, TableFormat::Parquet).unwrap();
+    write_table(&mut df, &pq, FileFormat::Parquet).unwrap();
 
     let nd = dir.path().join("features.ndjson");
     ok(&run(&["features", "-i", s(&ev), "-o", s(&nd)]));
@@ -289,7 +289,7 @@ fn table_options_that_cannot_work_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_, mut df) = simulated(dir.path());
     let pq = dir.path().join("events.parquet");
-    write_table(&mut df, &pq, TableFormat::Parquet).unwrap();
+    write_table(&mut df, &pq, FileFormat::Parquet).unwrap();
     let cases: [(&[&str], &str); 5] = [
         (
             &["features", "-i", s(&pq), "--map", "nope=ts", "--no-output"],
@@ -324,7 +324,7 @@ fn table_options_that_cannot_work_are_refused() {
         .unwrap()
         .clone();
     let pq2 = dir.path().join("bad.parquet");
-    write_table(&mut bad, &pq2, TableFormat::Parquet).unwrap();
+    write_table(&mut bad, &pq2, FileFormat::Parquet).unwrap();
     let out = run(&["train", "-i", s(&pq2), "-o", s(&dir.path().join("m"))]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -394,7 +394,7 @@ fn parquet_columns_of_other_integer_widths_and_types_are_read() {
         .collect()
         .unwrap();
     let pq = dir.path().join("odd.parquet");
-    write_table(&mut odd, &pq, TableFormat::Parquet).unwrap();
+    write_table(&mut odd, &pq, FileFormat::Parquet).unwrap();
     let nd = dir.path().join("f.ndjson");
     ok(&run(&["features", "-i", s(&ev), "-o", s(&nd)]));
     let fq = dir.path().join("f.parquet");

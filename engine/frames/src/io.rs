@@ -9,41 +9,9 @@ use polars::io::csv::write::{BatchedWriter as CsvBatched, CsvWriter};
 use polars::io::parquet::write::{BatchedWriter as ParquetBatched, ParquetWriter};
 use polars::prelude::*;
 
+use gatewatch_event::FileFormat;
+
 use crate::{FrameError, Result, is_event_column};
-
-/// A table file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableFormat {
-    /// Apache Parquet.
-    Parquet,
-    /// Comma-separated values with a header line.
-    Csv,
-    /// One JSON object per line.
-    Ndjson,
-}
-
-impl TableFormat {
-    /// The format a file name's extension says (`.parquet`/`.pq`, `.csv`,
-    /// `.ndjson`/`.jsonl`/`.json`), if any.
-    pub fn from_extension(path: &Path) -> Option<Self> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "parquet" | "pq" => Some(Self::Parquet),
-            "csv" => Some(Self::Csv),
-            "ndjson" | "jsonl" | "json" => Some(Self::Ndjson),
-            _ => None,
-        }
-    }
-
-    /// Its name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Parquet => "parquet",
-            Self::Csv => "csv",
-            Self::Ndjson => "ndjson",
-        }
-    }
-}
 
 /// Rows read to infer a CSV or NDJSON file's column types.
 const INFER_ROWS: usize = 10_000;
@@ -62,7 +30,7 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> FrameError {
 /// [`crate::for_each_event_in_time_order`] does that row by row, in event-time order.
 pub fn scan_log(
     path: &Path,
-    format: TableFormat,
+    format: FileFormat,
     renames: &[(String, String)],
 ) -> Result<DataFrame> {
     if !path.is_file() {
@@ -73,14 +41,20 @@ pub fn scan_log(
         .ok_or_else(|| file_error(path, "the path is not valid UTF-8"))?;
     let src = PlRefPath::new(text);
     let mut lf = match format {
-        TableFormat::Parquet => LazyFrame::scan_parquet(src, ScanArgsParquet::default()),
-        TableFormat::Csv => LazyCsvReader::new(src)
+        FileFormat::Parquet => LazyFrame::scan_parquet(src, ScanArgsParquet::default()),
+        FileFormat::Csv => LazyCsvReader::new(src)
             .with_has_header(true)
             .with_infer_schema_length(Some(INFER_ROWS))
             .finish(),
-        TableFormat::Ndjson => LazyJsonLineReader::new(src)
+        FileFormat::Ndjson => LazyJsonLineReader::new(src)
             .with_infer_schema_length(NonZeroUsize::new(INFER_ROWS))
             .finish(),
+        FileFormat::Combined => {
+            return Err(file_error(
+                path,
+                "access-log lines are read line by line (the CLI's --format combined), not as a table",
+            ));
+        }
     }
     .map_err(|e| file_error(path, e))?;
     let schema = lf.collect_schema().map_err(|e| file_error(path, e))?;
@@ -146,16 +120,16 @@ pub struct TableWriter {
 
 impl TableWriter {
     /// A writer of tables with `schema` to a new file at `path`.
-    pub fn create(path: &Path, format: TableFormat, schema: &Schema) -> Result<Self> {
+    pub fn create(path: &Path, format: FileFormat, schema: &Schema) -> Result<Self> {
         // Both writers serialise whole pages / blocks of rows per write: no buffer needed.
         let w = File::create(path).map_err(|e| file_error(path, format!("cannot create: {e}")))?;
         let inner = match format {
-            TableFormat::Parquet => Inner::Parquet(Box::new(
+            FileFormat::Parquet => Inner::Parquet(Box::new(
                 ParquetWriter::new(w)
                     .batched(schema)
                     .map_err(|e| file_error(path, e))?,
             )),
-            TableFormat::Csv => Inner::Csv(
+            FileFormat::Csv => Inner::Csv(
                 CsvWriter::new(w)
                     .include_header(true)
                     // RFC 3339 (`+00:00`), which every gatewatch reader takes.
@@ -163,10 +137,10 @@ impl TableWriter {
                     .batched(schema)
                     .map_err(|e| file_error(path, e))?,
             ),
-            TableFormat::Ndjson => {
+            FileFormat::Ndjson | FileFormat::Combined => {
                 return Err(file_error(
                     path,
-                    "NDJSON tables are written record by record, not by this writer",
+                    format!("{format} records are written line by line, not by the table writer"),
                 ));
             }
         };
@@ -206,7 +180,7 @@ impl TableWriter {
 }
 
 /// Writes a whole frame as a Parquet or CSV file.
-pub fn write_table(df: &mut DataFrame, path: &Path, format: TableFormat) -> Result<u64> {
+pub fn write_table(df: &mut DataFrame, path: &Path, format: FileFormat) -> Result<u64> {
     let mut w = TableWriter::create(path, format, df.schema())?;
     w.write(df)?;
     w.finish()

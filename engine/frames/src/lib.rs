@@ -16,7 +16,9 @@
 #[cfg(feature = "io")]
 mod io;
 #[cfg(feature = "io")]
-pub use io::{TableFormat, TableWriter, scan_log, write_table};
+pub use gatewatch_event::FileFormat;
+#[cfg(feature = "io")]
+pub use io::{TableWriter, scan_log, write_table};
 
 use gatewatch_event::{EventFields, ParseError, RequestEvent, parse_rfc3339_ms};
 use gatewatch_features::{Config, FeatureEngine, Stats};
