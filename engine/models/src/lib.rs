@@ -7,6 +7,7 @@
 //! and ONNX models run by ONNX Runtime (loaded at run time). [`Scorer`] scores micro-batches of events with any of them. Univariate streaming
 //! detectors work on plain `(timestamp, value)` series.
 
+mod common;
 mod error;
 mod manifest;
 pub mod monitor;
@@ -18,14 +19,13 @@ pub mod train;
 pub mod univariate;
 pub mod volumetric;
 
+pub use common::Reason;
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
 pub use monitor::{Alert, EndpointMonitor, Metric, MonitorParams, OVERFLOW_ENDPOINT};
 pub use multivariate::{GMM_KIND, MultiModel, MultiParams, PCA_KIND};
 pub use onnx::{OnnxModel, OnnxSpec};
-pub use robust::{
-    Baseline, KIND as ROBUST_KIND, Reason, RobustModel, RobustParams, Scored, Side, Tail,
-};
+pub use robust::{Baseline, KIND as ROBUST_KIND, RobustModel, RobustParams, Scored, Side, Tail};
 pub use scorer::{
     Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, Member, MemberSpec,
     Scorer,

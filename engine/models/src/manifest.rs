@@ -37,10 +37,10 @@ pub struct Manifest {
     pub artefacts: Vec<String>,
     /// How to run an `onnx` model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub onnx: Option<crate::onnx::OnnxSpec>,
+    pub onnx: Option<OnnxSpec>,
     /// Members of an `ensemble`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ensemble: Option<crate::scorer::EnsembleSpec>,
+    pub ensemble: Option<EnsembleSpec>,
 }
 
 /// Training data description.
@@ -165,4 +165,73 @@ mod tests {
             assert!(confined(bad).is_err(), "{bad:?}");
         }
     }
+}
+
+/// The `onnx` section of a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxSpec {
+    /// The model file, relative to the folder.
+    pub file: String,
+    /// Input name; the model's first input when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Output holding the score (a float tensor `[batch]` or `[batch, k]`).
+    pub output: String,
+    /// Column of a `[batch, k]` output (e.g. 1 for the positive class's probability).
+    #[serde(default)]
+    pub column: usize,
+    /// The output is larger for more normal events (IsolationForest's decision scores): it
+    /// is negated before calibration.
+    #[serde(default)]
+    pub negate: bool,
+    /// Ascending quantiles of the training events' raw outputs (after negation); the score is
+    /// the raw output's position among them. When empty, the raw output clamped to [0, 1] is
+    /// the score.
+    #[serde(default)]
+    pub calibration: Vec<f64>,
+    /// Per input feature, the value explanations replace it with (training medians). No
+    /// explanations when empty.
+    #[serde(default)]
+    pub reference: Vec<f64>,
+}
+
+/// The kind name of ensembles in manifests.
+pub const ENSEMBLE_KIND: &str = "ensemble";
+
+/// How member scores combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// Largest member score; flagged when any member reaches its threshold.
+    Max,
+    /// Weighted mean of member scores; flagged at the ensemble's threshold.
+    WeightedMean,
+}
+
+/// One member of an ensemble manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    /// Its name in score records.
+    pub name: String,
+    /// Its folder, relative to the ensemble's.
+    pub path: String,
+    /// Weight in a weighted mean.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The `ensemble` section of a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleSpec {
+    /// How scores combine.
+    pub combine: Combine,
+    /// The members.
+    pub members: Vec<MemberSpec>,
 }

@@ -30,9 +30,9 @@ use rand_xoshiro::Xoshiro256Plus;
 use rand_xoshiro::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::common::{Reason, calibrate_open, calibration_quantiles, resolve, t, t_inv};
 use crate::error::{ModelError, Result};
 use crate::manifest::{MANIFEST_FORMAT, Manifest, Training};
-use crate::robust::{Reason, calibrate_open, calibration_quantiles, resolve, t, t_inv};
 
 /// The kind name of PCA models.
 pub const PCA_KIND: &str = "pca";

@@ -19,11 +19,10 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
-use serde::{Deserialize, Serialize};
 
+use crate::common::{Reason, calibrate, resolve};
 use crate::error::{ModelError, Result};
 use crate::manifest::Manifest;
-use crate::robust::{Reason, calibrate, resolve};
 
 /// The kind name in manifests.
 pub const KIND: &str = "onnx";
@@ -31,34 +30,7 @@ pub const KIND: &str = "onnx";
 /// The ONNX Runtime version whose library this build is tested with.
 pub const RUNTIME_VERSION: &str = "1.32.0";
 
-/// The `onnx` section of a manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OnnxSpec {
-    /// The model file, relative to the folder.
-    pub file: String,
-    /// Input name; the model's first input when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<String>,
-    /// Output holding the score (a float tensor `[batch]` or `[batch, k]`).
-    pub output: String,
-    /// Column of a `[batch, k]` output (e.g. 1 for the positive class's probability).
-    #[serde(default)]
-    pub column: usize,
-    /// The output is larger for more normal events (IsolationForest's decision scores): it
-    /// is negated before calibration.
-    #[serde(default)]
-    pub negate: bool,
-    /// Ascending quantiles of the training events' raw outputs (after negation); the score is
-    /// the raw output's position among them. When empty, the raw output clamped to [0, 1] is
-    /// the score.
-    #[serde(default)]
-    pub calibration: Vec<f64>,
-    /// Per input feature, the value explanations replace it with (training medians). No
-    /// explanations when empty.
-    #[serde(default)]
-    pub reference: Vec<f64>,
-}
+pub use crate::manifest::OnnxSpec;
 
 static RUNTIME: OnceLock<std::result::Result<(Environment, PathBuf), String>> = OnceLock::new();
 

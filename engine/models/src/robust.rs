@@ -25,13 +25,13 @@ use std::path::Path;
 use gatewatch_features::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::common::{Reason, calibrate_open, calibration_quantiles, resolve, t, t_inv};
 use crate::error::{ModelError, Result};
 use crate::manifest::{MANIFEST_FORMAT, Manifest, Training};
 
 /// The kind name in manifests.
 pub const KIND: &str = "robust_zscore";
 const BASELINE_FILE: &str = "baseline.json";
-const QUANTILES: usize = 1000;
 
 /// Which side of a feature's distribution counts as evidence of abuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,19 +208,6 @@ impl Prepared {
     }
 }
 
-/// One feature's part in a score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Reason {
-    /// Feature name.
-    pub feature: String,
-    /// The event's value.
-    pub value: f64,
-    /// The training median (in the feature's unit).
-    pub baseline: f64,
-    /// Its z-score (positive: above the baseline).
-    pub contribution: f64,
-}
-
 /// A scored event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
@@ -267,16 +254,6 @@ fn tail_of(c: &[f64]) -> Tail {
         l += 1;
     }
     t
-}
-
-/// The transform every baseline works on: `sign(x)·ln(1 + |x|)`.
-pub(crate) fn t(x: f64) -> f64 {
-    x.signum() * x.abs().ln_1p()
-}
-
-/// The inverse of [`t`].
-pub(crate) fn t_inv(y: f64) -> f64 {
-    y.signum() * y.abs().exp_m1()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -674,81 +651,8 @@ impl RobustModel {
     }
 }
 
-pub(crate) fn resolve(registry: &Registry, model: &str, features: &[String]) -> Result<Vec<usize>> {
-    let unknown: Vec<String> = features
-        .iter()
-        .filter(|f| registry.index_of(f).is_none())
-        .cloned()
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ModelError::UnknownFeatures {
-            model: model.to_string(),
-            names: unknown,
-        });
-    }
-    Ok(features
-        .iter()
-        .filter_map(|f| registry.index_of(f))
-        .collect())
-}
-
 fn top_mean(zs: &mut [f64], k: usize) -> f64 {
     let k = k.min(zs.len());
     zs.sort_by(|a, b| b.total_cmp(a));
     zs[..k].iter().sum::<f64>() / k as f64
-}
-
-/// The calibration quantiles of ascending raw scores: `QUANTILES + 1` evenly spaced order
-/// statistics.
-pub(crate) fn calibration_quantiles(sorted: &[f64]) -> Vec<f64> {
-    (0..=QUANTILES)
-        .map(|q| sorted[(q * (sorted.len() - 1)) / QUANTILES])
-        .collect()
-}
-
-/// [`calibrate`] scaled to [0, 1 − 1/(n + 1)] within the quantiles, and growing towards 1
-/// past the largest: `1 − 10^−(raw − max) / (n + 1)`.
-pub(crate) fn calibrate_open(q: &[f64], raw: f64, n: u64) -> f64 {
-    let top = 1.0 / (n + 1) as f64;
-    let last = q[q.len() - 1];
-    if raw > last {
-        1.0 - top * 10f64.powf(-(raw - last))
-    } else {
-        calibrate(q, raw) * (1.0 - top)
-    }
-}
-
-/// Position of `raw` in the calibration quantiles in [0, 1]: linearly interpolated between
-/// neighbouring quantiles, the middle of the run for a value equal to several of them.
-pub(crate) fn calibrate(q: &[f64], raw: f64) -> f64 {
-    let n = q.len();
-    let lo = q.partition_point(|v| *v < raw);
-    let hi = q.partition_point(|v| *v <= raw);
-    let pos = if hi > lo {
-        (lo + hi - 1) as f64 / 2.0
-    } else if lo == 0 {
-        return 0.0;
-    } else if lo >= n {
-        return 1.0;
-    } else {
-        let (a, b) = (q[lo - 1], q[lo]);
-        (lo - 1) as f64 + (raw - a) / (b - a)
-    };
-    (pos / (n - 1) as f64).clamp(0.0, 1.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calibration_interpolates_and_splits_ties() {
-        let q = [0.0, 1.0, 2.0, 2.0, 2.0, 3.0];
-        assert_eq!(calibrate(&q, -1.0), 0.0);
-        assert_eq!(calibrate(&q, 0.5), 0.1);
-        assert_eq!(calibrate(&q, 2.0), 0.6);
-        assert_eq!(calibrate(&q, 2.5), 0.9);
-        assert_eq!(calibrate(&q, 3.0), 1.0);
-        assert_eq!(calibrate(&q, 9.0), 1.0);
-    }
 }

@@ -12,54 +12,16 @@
 use std::path::{Path, PathBuf};
 
 use gatewatch_features::Registry;
-use serde::{Deserialize, Serialize};
 
+use crate::common::Reason;
 use crate::error::{ModelError, Result};
 use crate::manifest::Manifest;
 use crate::multivariate::{self, MultiModel};
 use crate::onnx::{self, OnnxModel};
-use crate::robust::{self, Reason, RobustModel};
+use crate::robust::{self, RobustModel};
 use crate::volumetric::{self, VolumetricModel};
 
-/// The kind name of ensembles in manifests.
-pub const ENSEMBLE_KIND: &str = "ensemble";
-
-/// How member scores combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Combine {
-    /// Largest member score; flagged when any member reaches its threshold.
-    Max,
-    /// Weighted mean of member scores; flagged at the ensemble's threshold.
-    WeightedMean,
-}
-
-/// One member of an ensemble manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemberSpec {
-    /// Its name in score records.
-    pub name: String,
-    /// Its folder, relative to the ensemble's.
-    pub path: String,
-    /// Weight in a weighted mean.
-    #[serde(default = "one")]
-    pub weight: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-/// The `ensemble` section of a manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnsembleSpec {
-    /// How scores combine.
-    pub combine: Combine,
-    /// The members.
-    pub members: Vec<MemberSpec>,
-}
+pub use crate::manifest::{Combine, ENSEMBLE_KIND, EnsembleSpec, MemberSpec};
 
 /// A model folder on disk, or files compiled into a binary.
 #[derive(Debug, Clone)]

@@ -20,9 +20,9 @@ use std::path::Path;
 use gatewatch_features::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::common::Reason;
 use crate::error::{ModelError, Result};
 use crate::manifest::{MANIFEST_FORMAT, Manifest, Training};
-use crate::robust::Reason;
 
 /// The kind name in manifests.
 pub const KIND: &str = "volumetric_rate";
