@@ -76,10 +76,12 @@ pub struct FeatureConfig {
     /// uses more endpoints within a minute, the least recently used slot is reused.
     #[serde(default = "default_endpoint_slots")]
     pub endpoint_slots: usize,
-    /// The features to output, by name (`req_count_1m`, `transition_surprise`, …); all of
-    /// them when absent. Records, tables and frames carry only these, in registry order; the
-    /// feature-set hash does not change (a model checks that every feature it reads is
-    /// selected, and names the first one that is not).
+    /// The features to compute and output, by name (`req_count_1m`, `transition_surprise`,
+    /// …); all of them when absent. Records, tables and frames carry only these, in registry
+    /// order, and clients keep window buckets only for the horizons of selected window
+    /// features. The feature-set hash does not change (a model checks that every feature it
+    /// reads is selected, and names the ones that are not); a saved state restores only into
+    /// a configuration that keeps the same horizons.
     #[serde(default)]
     pub select: Option<Vec<String>>,
 }

@@ -720,11 +720,15 @@ impl FeatureEngine {
 
     fn shape(&self) -> Shape {
         Shape {
+            // The horizons whose buckets the state holds (with a selection, only those of the
+            // selected window features).
             horizons_secs: self
                 .windows
                 .horizons_ms
                 .iter()
-                .map(|h| (h / 1000) as u32)
+                .zip(self.windows.active)
+                .filter(|(_, a)| *a)
+                .map(|(h, _)| (h / 1000) as u32)
                 .collect(),
             buckets_per_horizon: self.windows.buckets,
             endpoint_slots: self.windows.slots,
@@ -827,8 +831,9 @@ impl FeatureEngine {
         let shape = self.shape();
         if snap.shape != shape {
             return bad(format!(
-                "saved with horizons_secs = {:?}, buckets_per_horizon = {}, endpoint_slots = {}; \
-                 this configuration has {:?}, {}, {}",
+                "saved with windows of horizons_secs = {:?}, buckets_per_horizon = {}, \
+                 endpoint_slots = {}; this configuration keeps {:?}, {}, {} (a [features] \
+                 select keeps only the horizons of the window features it selects)",
                 snap.shape.horizons_secs,
                 snap.shape.buckets_per_horizon,
                 snap.shape.endpoint_slots,

@@ -22,6 +22,10 @@ pub(crate) struct Windows {
     pub max_ms: i64,
     /// Endpoint slots per client.
     pub slots: usize,
+    /// Per horizon, whether its window features are computed: all of them, or with a
+    /// `select`ion only the horizons of selected window features (the others keep no
+    /// buckets).
+    pub active: [bool; 8],
 }
 
 impl Windows {
@@ -36,12 +40,32 @@ impl Windows {
             .map(|h| h / i64::from(cfg.buckets_per_horizon))
             .collect();
         let max_ms = *horizons_ms.last().unwrap_or(&3_600_000);
+        let mut active = [false; 8];
+        match &cfg.select {
+            None => active
+                .iter_mut()
+                .take(horizons_ms.len())
+                .for_each(|a| *a = true),
+            Some(names) => {
+                let all = Registry::all(cfg);
+                for n in names {
+                    let h = all
+                        .index_of(n)
+                        .and_then(|i| all.features[i].horizon_secs)
+                        .and_then(|h| cfg.horizons_secs.iter().position(|x| *x == h));
+                    if let Some(h) = h {
+                        active[h] = true;
+                    }
+                }
+            }
+        }
         Self {
             widths_ms,
             horizons_ms,
             buckets: cfg.buckets_per_horizon,
             max_ms,
             slots: cfg.endpoint_slots,
+            active,
         }
     }
 }
@@ -262,6 +286,11 @@ impl ClientState {
             if h >= nh {
                 return Err(format!("bucket of horizon {h}, the configuration has {nh}"));
             }
+            if !w.active[h] {
+                return Err(format!(
+                    "bucket of horizon {h}, whose features this configuration does not compute"
+                ));
+            }
             if self.buckets[..i].iter().any(|o| o.tag == b.tag) {
                 return Err("two buckets for the same time".into());
             }
@@ -394,6 +423,9 @@ impl ClientState {
             i += 1;
         }
         for h in 0..nh {
+            if !w.active[h] {
+                continue;
+            }
             if found[h] == usize::MAX {
                 found[h] = self.buckets.len();
                 if self.buckets.len() == self.buckets.capacity() {
@@ -450,6 +482,9 @@ impl ClientState {
             a.id_bits |= b.id_bits;
         }
         for (h, a) in agg.iter_mut().enumerate().take(nh) {
+            if !w.active[h] {
+                continue;
+            }
             // Every request in the window has a gap except the client's first one.
             let first = bucket_of(self.first_ts, w.widths_ms[h]) & IDX_MASK;
             let first_in_window =

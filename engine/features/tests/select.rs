@@ -96,6 +96,59 @@ fn a_selection_outputs_those_columns_of_the_full_run() {
 }
 
 #[test]
+fn only_point_features_or_one_horizon_selected_still_equal_the_full_run() {
+    let evs = events();
+    let (full, all) = run(&Config::default(), 1, &evs);
+    for pick in [
+        vec![
+            "secs_since_prev",
+            "transition_surprise",
+            "endpoint_entropy_1m",
+        ],
+        vec!["iat_cv_1h", "client_age_secs"],
+    ] {
+        let list: Vec<String> = pick.iter().map(|p| format!("{p:?}")).collect();
+        let cfg = Config::parse(&format!("[features]\nselect = [{}]\n", list.join(", "))).unwrap();
+        for threads in [1, 2] {
+            let (sel, reg) = run(&cfg, threads, &evs);
+            let idx: Vec<usize> = reg.names().map(|n| all.index_of(n).unwrap()).collect();
+            for (row, (s, f)) in sel.iter().zip(&full).enumerate() {
+                let want: Vec<u64> = idx.iter().map(|&i| f[i]).collect();
+                assert_eq!(s, &want, "{pick:?}, row {row}, threads {threads}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_state_keeps_the_horizons_it_computes() {
+    let evs = events();
+    let sel = Config::parse("[features]\nselect = [\"req_count_1m\"]\n").unwrap();
+    let mut e = FeatureEngine::new(&sel).unwrap();
+    for (i, ev) in evs.iter().take(500).enumerate() {
+        e.push(ev.clone(), i as u64, &mut |_| {}, &mut |_| {});
+    }
+    e.finish(&mut |_| {});
+    let mut bytes = Vec::new();
+    e.save_state(&mut bytes).unwrap();
+    // Restored into the same selection: fine; into the full configuration: refused, naming
+    // the windows (the buckets of the other horizons were never kept).
+    FeatureEngine::new(&sel)
+        .unwrap()
+        .restore_state(&mut bytes.as_slice())
+        .unwrap();
+    let err = FeatureEngine::new(&Config::default())
+        .unwrap()
+        .restore_state(&mut bytes.as_slice())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("horizons_secs = [60]") && err.contains("select"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_selections_are_refused_by_name() {
     let err = |toml: &str| Config::parse(toml).unwrap_err().to_string();
     let e = err("[features]\nselect = [\"req_count_1m\", \"req_cuont_1m\"]\n");
