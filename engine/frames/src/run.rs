@@ -1,0 +1,304 @@
+//! Features and scores of a DataFrame's events, computed by the pipeline session every
+//! other path drives; training inputs (feature rows, rate peaks) read back from features
+//! frames.
+
+use std::borrow::BorrowMut;
+
+use gatewatch_features::{Config, FeatureEngine, Stats};
+use gatewatch_models::Scorer;
+use gatewatch_pipeline::{Output, Position, Session, SessionOptions};
+use polars::prelude::*;
+
+use crate::rows::{
+    column, floats, for_each_event_in_time_order, frame_to_events, required, strings,
+};
+use crate::{FrameError, Result, datetime_ms};
+
+/// Every event's point-in-time features, computed by the engine of `cfg` over the events
+/// in event-time order (rows sorted by `ts`, ties in row order, so no event is late): one
+/// row per event with `id` and `label` (when the frame has them, as they are), `ts`
+/// (Datetime[ms, UTC]), `client`, `endpoint` and every feature (Float64) by registry name —
+/// the columns of [`gatewatch_pipeline::schema::feature_columns`]. Returns the engine's run
+/// counters too.
+pub fn features_frame(cfg: &Config, df: &DataFrame) -> Result<(DataFrame, Stats)> {
+    let mut session = session_for::<Scorer>(cfg, None, SessionOptions::default())?;
+    let width = session.registry().len();
+    let mut cols: Vec<Vec<f64>> = (0..width)
+        .map(|_| Vec::with_capacity(df.height()))
+        .collect();
+    let mut keys = Keys::with_capacity(df.height());
+    run(&mut session, df, |out| {
+        keys.add(out);
+        // Rows are moved into the columns a batch at a time, while they are still in cache:
+        // far fewer cache and TLB misses than one push per column per record.
+        append_columns(&mut cols, out.rows(), width);
+        Ok(())
+    })?;
+    let n = keys.rows.len();
+    let mut out = keys.columns(df)?;
+    for (name, v) in session.registry().names().zip(cols) {
+        out.push(Column::new(name.into(), v));
+    }
+    Ok((DataFrame::new(n, out)?, session.stats()))
+}
+
+/// Appends the rows of a row-major block with `width` columns to the columns (a block small
+/// enough to stay in cache moves far faster than one push per column per row).
+pub fn append_columns(cols: &mut [Vec<f64>], block: &[f64], width: usize) {
+    for (k, col) in cols.iter_mut().enumerate() {
+        col.extend(block.chunks_exact(width.max(1)).map(|r| r[k]));
+    }
+}
+
+/// The identifying columns of the records, in emission order.
+pub(crate) struct Keys {
+    rows: Vec<IdxSize>,
+    ts: Vec<i64>,
+    clients: StringChunkedBuilder,
+    endpoints: StringChunkedBuilder,
+}
+
+impl Keys {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            clients: StringChunkedBuilder::new("client".into(), n),
+            endpoints: StringChunkedBuilder::new("endpoint".into(), n),
+        }
+    }
+
+    /// The records of a batch.
+    fn add(&mut self, out: &Output) {
+        for r in out.records() {
+            self.rows.push(r.position.number() as IdxSize);
+            self.ts.push(r.ts_ms);
+            self.clients.append_value(r.client);
+            self.endpoints.append_value(r.endpoint);
+        }
+    }
+
+    /// `id` and `label` (taken from the frame's rows, as they are), `ts`, `client`,
+    /// `endpoint`.
+    fn columns(&mut self, df: &DataFrame) -> Result<Vec<Column>> {
+        let mut cols: Vec<Column> = Vec::new();
+        for name in ["id", "label"] {
+            if let Some(s) = column(df, name) {
+                cols.push(s.take_slice(&self.rows)?.into());
+            }
+        }
+        cols.push(datetime_ms("ts", std::mem::take(&mut self.ts)));
+        let n = self.rows.len();
+        for (name, b) in [
+            ("client", &mut self.clients),
+            ("endpoint", &mut self.endpoints),
+        ] {
+            let b = std::mem::replace(b, StringChunkedBuilder::new(name.into(), 0));
+            cols.push(b.finish().into_series().into());
+        }
+        debug_assert!(cols.iter().all(|c| c.len() == n));
+        Ok(cols)
+    }
+}
+
+/// A session whose engine runs on all the machine's cores (the records do not depend on
+/// their number).
+pub(crate) fn session_for<S: BorrowMut<Scorer>>(
+    cfg: &Config,
+    scorer: Option<S>,
+    opts: SessionOptions,
+) -> Result<Session<S>> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    Ok(Session::new(
+        FeatureEngine::with_threads(cfg, threads)?,
+        scorer,
+        opts,
+    ))
+}
+
+/// Runs the session over the frame's events in event-time order (rows sorted by `ts`, ties
+/// in row order, so no event is late) and hands each output batch to `each`; the first error
+/// `each` returns stops the run.
+///
+/// Rows become events one at a time, as the session takes them: a row that is not an event
+/// is the error (rows without a valid time first, then the first bad row in time order).
+pub(crate) fn run<S: BorrowMut<Scorer>>(
+    session: &mut Session<S>,
+    df: &DataFrame,
+    mut each: impl FnMut(&Output) -> Result<()>,
+) -> Result<()> {
+    let mut batch = Output::default();
+    let mut deliver = |session: &mut Session<S>, all: bool| -> Result<()> {
+        if session.is_full() || all && session.has_output() {
+            session
+                .take_into(&mut batch)
+                .map_err(|e| FrameError::Invalid {
+                    row: 0,
+                    reason: e.to_string(),
+                })?;
+            // Events in time order are never late: nothing else is rejected.
+            debug_assert!(batch.rejections().is_empty());
+            each(&batch)?;
+        }
+        Ok(())
+    };
+    for_each_event_in_time_order(df, false, |row, e| {
+        session.push(Position::row(row as u64), e?);
+        deliver(session, false)
+    })?;
+    session.finish();
+    deliver(session, true)
+}
+
+/// Every event scored by `scorer` (its features computed as in [`features_frame`], scored
+/// in batches of `batch` as they come out of the engine): one row per event in time order
+/// with the columns of [`gatewatch_pipeline::schema::score_columns`]: `id`/`label` (when
+/// present), `ts`, `client`, `endpoint`, `score`, one `score_<member>` column per detector,
+/// `flagged`, and the deciding member's reasons as `reasons` (a JSON array of `{detector,
+/// feature, value, baseline, contribution}`, the same objects `gatewatch score` writes).
+pub fn scores_frame(
+    cfg: &Config,
+    scorer: &mut Scorer,
+    df: &DataFrame,
+    reasons: usize,
+    batch: usize,
+) -> Result<DataFrame> {
+    let members: Vec<String> = scorer.members.iter().map(|m| m.name.clone()).collect();
+    let value_names = gatewatch_pipeline::schema::score_value_columns(scorer);
+    let mut session = session_for(cfg, Some(scorer), SessionOptions { batch, reasons })?;
+    let k = members.len();
+    let mut score = Vec::new();
+    let mut member: Vec<Vec<f64>> = vec![Vec::new(); k];
+    let mut flagged = Vec::new();
+    let mut why = Vec::new();
+    let mut keys = Keys::with_capacity(df.height());
+    run(&mut session, df, |out| {
+        keys.add(out);
+        let s = out.scores().expect("a session with a model scores");
+        score.extend_from_slice(&s.score);
+        flagged.extend_from_slice(&s.flagged);
+        append_columns(&mut member, &s.member, k);
+        for (i, rs) in s.reasons.iter().enumerate() {
+            let mut text = String::new();
+            gatewatch_pipeline::write_reasons_json(&mut text, &members[s.decided_by[i]], rs);
+            why.push(text);
+        }
+        Ok(())
+    })?;
+    let n = keys.rows.len();
+    let mut keep = keys.columns(df)?;
+    let values = std::iter::once(score).chain(member);
+    for (name, v) in value_names.iter().zip(values) {
+        keep.push(Column::new(name.as_str().into(), v));
+    }
+    keep.push(Column::new("flagged".into(), flagged));
+    keep.push(Column::new("reasons".into(), why));
+    Ok(DataFrame::new(n, keep)?)
+}
+
+/// Scores of the frame's events through the service's own path: the events written as
+/// NDJSON lines and read back by the line reader of `gatewatch score`, scored in batches of
+/// `batch`. One score per event, in the order the service emits them (event time, ties in
+/// row order); lines the service rejects are counted in the second value.
+pub fn service_scores(
+    cfg: &Config,
+    scorer: &mut Scorer,
+    df: &DataFrame,
+    batch: usize,
+) -> Result<(Vec<f64>, u64)> {
+    let events = frame_to_events(df)?;
+    let mut text = String::new();
+    for e in &events {
+        gatewatch_event::write_ndjson(e, &mut text);
+    }
+    let mut session = session_for(cfg, Some(scorer), SessionOptions { batch, reasons: 0 })?;
+    let mut reader = gatewatch_pipeline::LineReader::new(gatewatch_features::Format::Ndjson);
+    let mut scores = Vec::with_capacity(events.len());
+    let mut rejected = 0u64;
+    let mut batch = Output::default();
+    let mut take = |session: &mut Session<&mut Scorer>, scores: &mut Vec<f64>| -> Result<()> {
+        session
+            .take_into(&mut batch)
+            .map_err(|e| FrameError::Invalid {
+                row: 0,
+                reason: e.to_string(),
+            })?;
+        rejected += batch.rejections().len() as u64;
+        scores.extend_from_slice(&batch.scores().expect("scored").score);
+        Ok(())
+    };
+    for line in text.as_bytes().split_inclusive(|b| *b == b'\n') {
+        reader.feed(&mut session, line);
+        if session.is_full() {
+            take(&mut session, &mut scores)?;
+        }
+    }
+    reader.finish(&mut session);
+    take(&mut session, &mut scores)?;
+    Ok((scores, rejected))
+}
+
+/// The per-client peaks the volumetric detector is fitted on, from a features frame such
+/// as [`features_frame`] returns (its `endpoint`, `client` and `endpoint_count_1m` columns,
+/// rows in event-time order), as `gatewatch train` collects them from its records.
+pub fn collect_peaks(
+    registry: &gatewatch_features::Registry,
+    df: &DataFrame,
+    peaks: &mut gatewatch_models::PeakCollector,
+) -> Result<()> {
+    let feature = gatewatch_models::volumetric::FEATURE;
+    if registry.index_of(feature).is_none() {
+        return Err(FrameError::Missing {
+            column: feature.to_string(),
+        });
+    }
+    let endpoints = strings(required(df, "endpoint")?, "text")?;
+    let clients = strings(required(df, "client")?, "text")?;
+    let counts = floats(required(df, feature)?)?;
+    for (row, ((e, c), n)) in endpoints.iter().zip(&clients).zip(&counts).enumerate() {
+        let (Some(e), Some(c), Some(n)) = (e, c, n) else {
+            let column = if e.is_none() {
+                "endpoint"
+            } else if c.is_none() {
+                "client"
+            } else {
+                feature
+            };
+            return Err(FrameError::Null {
+                column: column.to_string(),
+                row,
+            });
+        };
+        peaks.add(e, c, *n);
+    }
+    Ok(())
+}
+
+/// Feature rows (registry order) from a features frame, such as [`features_frame`] returns.
+pub fn feature_rows(registry: &gatewatch_features::Registry, df: &DataFrame) -> Result<Vec<f64>> {
+    let names: Vec<&str> = registry.names().collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| df.column(n).is_err())
+        .collect();
+    if !missing.is_empty() {
+        return Err(FrameError::Missing {
+            column: missing.join(", "),
+        });
+    }
+    let cols: Vec<Vec<Option<f64>>> = names
+        .iter()
+        .map(|n| floats(df.column(n).expect("checked").as_materialized_series()))
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::with_capacity(df.height() * names.len());
+    for r in 0..df.height() {
+        for (k, c) in cols.iter().enumerate() {
+            rows.push(c[r].ok_or_else(|| FrameError::Null {
+                column: names[k].to_string(),
+                row: r,
+            })?);
+        }
+    }
+    Ok(rows)
+}
