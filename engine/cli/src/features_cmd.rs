@@ -116,9 +116,9 @@ pub fn run(a: FeaturesArgs) -> Result<()> {
     let mut parallel = None;
     if a.input.parsers() > 0 {
         if let Some(o) = out.take() {
-            let names = registry.names().map(String::from).collect();
+            let names: Vec<String> = registry.names().map(String::from).collect();
             parallel = Some(crate::output::ParallelRecords::new(
-                names,
+                || FeatureWriter::new(names.iter().map(String::as_str)),
                 a.input.parsers(),
                 o,
             ));

@@ -347,6 +347,17 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         }
     }
     let writer = ScoreWriter::new(&scorer);
+    // With parser threads, records are formatted and written on other threads too.
+    let mut parallel = None;
+    if a.input.parsers() > 0 {
+        if let Some(o) = out.take() {
+            parallel = Some(crate::output::ParallelRecords::new(
+                || crate::output::Scores(writer.clone(), String::new()),
+                a.input.parsers(),
+                o,
+            ));
+        }
+    }
     let members: Vec<(String, &str, usize)> = scorer
         .members
         .iter()
@@ -419,6 +430,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             if let Some(t) = table.as_mut() {
                 t.maybe_flush()?;
             }
+            if let Some(p) = parallel.as_mut() {
+                p.push(batch)?;
+            }
             Ok(())
         };
         let mut delivery = Delivery::new(&mut rejects, consume);
@@ -430,6 +444,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             |_| {},
         )?
     };
+    if let Some(p) = parallel {
+        p.finish()?;
+    }
     if let Some(o) = out.as_mut() {
         o.flush()?;
     }

@@ -1,13 +1,37 @@
-//! NDJSON feature records formatted on other threads and written in order by another.
+//! NDJSON records (features or scores) formatted on other threads and written in order by
+//! another.
 
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use gatewatch_pipeline::{FeatureWriter, Output};
+use gatewatch_pipeline::{FeatureWriter, Output, ScoreWriter};
 
 type Failure = Arc<Mutex<Option<anyhow::Error>>>;
 
-/// NDJSON feature records formatted on other threads and written in order by another: the
+/// How a formatting thread turns a batch into NDJSON bytes.
+pub trait Format: Send + 'static {
+    /// Appends the batch's records to `out`.
+    fn format(&mut self, batch: &Output, out: &mut Vec<u8>);
+}
+
+impl Format for FeatureWriter {
+    fn format(&mut self, batch: &Output, out: &mut Vec<u8>) {
+        self.write_batch(batch, out);
+    }
+}
+
+/// Score records, through a reused text buffer.
+pub struct Scores(pub ScoreWriter, pub String);
+
+impl Format for Scores {
+    fn format(&mut self, batch: &Output, out: &mut Vec<u8>) {
+        self.1.clear();
+        self.0.write_batch(batch, &mut self.1);
+        out.extend_from_slice(self.1.as_bytes());
+    }
+}
+
+/// NDJSON records formatted on other threads and written in order by another: the
 /// session's thread only hands its output batches over.
 pub struct ParallelRecords {
     /// Batches the formatting threads are done with, for reuse.
@@ -20,9 +44,10 @@ pub struct ParallelRecords {
 }
 
 impl ParallelRecords {
-    /// Records of features `names`, formatted by `threads` threads, written to `out`.
-    pub fn new(
-        names: Vec<String>,
+    /// Records formatted by `threads` threads, each with its own formatter from `make`,
+    /// written to `out`.
+    pub fn new<F: Format>(
+        make: impl Fn() -> F,
         threads: usize,
         mut out: Box<dyn std::io::Write + Send>,
     ) -> Self {
@@ -41,9 +66,8 @@ impl ParallelRecords {
             .map(|_| {
                 let (rx, tx) = (Arc::clone(&rx), done_tx.clone());
                 let (spare_bytes, batch_back) = (Arc::clone(&spare_bytes), batch_back.clone());
-                let names = names.clone();
+                let mut w = make();
                 std::thread::spawn(move || {
-                    let mut w = FeatureWriter::new(names.iter().map(String::as_str));
                     while let Some((seq, batch)) = crate::ordered::next_job(&rx) {
                         let mut bytes = spare_bytes
                             .lock()
@@ -51,7 +75,7 @@ impl ParallelRecords {
                             .and_then(|r| r.try_recv().ok())
                             .unwrap_or_default();
                         bytes.clear();
-                        w.write_batch(&batch, &mut bytes);
+                        w.format(&batch, &mut bytes);
                         let _ = batch_back.send(batch);
                         if tx.send((seq, bytes)).is_err() {
                             return;

@@ -328,6 +328,10 @@ pub fn drive<C: FnMut(&mut Output) -> Result<()>>(
     Ok(read)
 }
 
+/// Bytes read at a time: about 600 NDJSON events, so that the session's output is taken
+/// (and its batches stay) near its batch size.
+const READ_BYTES: usize = 1 << 16;
+
 /// One read (retried when interrupted); 0 at the end of the input.
 fn read_some(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
     loop {
@@ -346,7 +350,7 @@ fn drive_lines<C: FnMut(&mut Output) -> Result<()>>(
     mut progress: impl FnMut(usize),
 ) -> Result<LineReader> {
     let mut reader = LineReader::new(format);
-    let mut chunk = vec![0u8; 1 << 18];
+    let mut chunk = vec![0u8; READ_BYTES];
     loop {
         let n = read_some(&mut *input, &mut chunk)?;
         if n == 0 {
@@ -376,7 +380,7 @@ impl Block {
         Self {
             seq,
             bytes: 0,
-            buf: Vec::with_capacity(1 << 18),
+            buf: Vec::with_capacity(READ_BYTES),
             lines: Vec::new(),
         }
     }
@@ -428,7 +432,7 @@ fn drive_lines_parallel<C: FnMut(&mut Output) -> Result<()>>(
         let reader_format = format.clone();
         let reader = s.spawn(move || -> Result<LineReader> {
             let mut lines = LineReader::new(reader_format);
-            let mut chunk = vec![0u8; 1 << 18];
+            let mut chunk = vec![0u8; READ_BYTES];
             let fresh = |seq: u64| match spare_blocks.try_recv() {
                 Ok(b) => b.reset(seq),
                 Err(_) => Block::new(seq),

@@ -206,6 +206,7 @@ pub fn write_reasons_json(out: &mut String, detector: &str, reasons: &[Reason]) 
 }
 
 /// Writes score records ([`crate::ScoreRecord`]) as NDJSON lines.
+#[derive(Debug, Clone)]
 pub struct ScoreWriter {
     /// Member names, as JSON strings.
     members: Vec<String>,
