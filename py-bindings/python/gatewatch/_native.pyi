@@ -1,6 +1,25 @@
 from pathlib import Path
+from typing import final
 
 import polars as pl
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "ConfigError",
+    "DataError",
+    "FeatureExtractor",
+    "GatewatchError",
+    "Model",
+    "ModelError",
+    "__version__",
+    "check_parity",
+    "export_onnx",
+    "feature_docs",
+    "feature_schema_json",
+    "fit_baseline",
+    "simulate",
+    "univariate",
+]
 
 __version__: str
 EVENT_COLUMNS: list[str]
@@ -20,16 +39,16 @@ def simulate(
 def feature_schema_json() -> str: ...
 def feature_docs() -> str: ...
 
+@final
 class FeatureExtractor:
-    def __init__(self, config: str | Path | None = None) -> None: ...
+    def __new__(cls, config: str | Path | None = None) -> FeatureExtractor: ...
     def transform(self, df: pl.DataFrame) -> pl.DataFrame: ...
     def feature_names(self) -> list[str]: ...
     def feature_set(self) -> str: ...
 
+@final
 class Model:
-    def __init__(
-        self, path: str | Path | None = None, config: str | Path | None = None
-    ) -> None: ...
+    def __new__(cls, path: str | Path | None = None, config: str | Path | None = None) -> Model: ...
     def score(self, df: pl.DataFrame, reasons: int = 3, batch: int = 256) -> pl.DataFrame: ...
     @property
     def id(self) -> str: ...
