@@ -193,6 +193,17 @@ struct Snapshot {
     clients: Vec<(Box<str>, ClientState)>,
 }
 
+/// Writes a snapshot in the versioned binary format.
+fn write_snapshot(snap: &Snapshot, w: &mut impl Write) -> Result<()> {
+    let body = postcard::to_stdvec(snap).map_err(|e| Error::Snapshot(e.to_string()))?;
+    w.write_all(SNAPSHOT_MAGIC)?;
+    w.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
+    w.write_all(&(body.len() as u64).to_le_bytes())?;
+    w.write_all(&crc32fast::hash(&body).to_le_bytes())?;
+    w.write_all(&body)?;
+    Ok(())
+}
+
 /// Events a threaded engine processes together.
 const BATCH: usize = 16_384;
 
@@ -761,13 +772,37 @@ impl FeatureEngine {
                 .map(|(k, s)| (k.into(), s.clone()))
                 .collect(),
         };
-        let body = postcard::to_stdvec(&snap).map_err(|e| Error::Snapshot(e.to_string()))?;
-        w.write_all(SNAPSHOT_MAGIC)?;
-        w.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
-        w.write_all(&(body.len() as u64).to_le_bytes())?;
-        w.write_all(&crc32fast::hash(&body).to_le_bytes())?;
-        w.write_all(&body)?;
-        Ok(())
+        write_snapshot(&snap, w)
+    }
+
+    /// Saves one part's state in the same format: its clients and its contributions to the
+    /// open epoch, with the population statistics every part shares and the engine's
+    /// counters. [`restore_parts`](Self::restore_parts) puts the parts' files back, each
+    /// into its part (what a service instance does for the partitions it owns).
+    pub fn save_part(&self, part: usize, w: &mut impl Write) -> Result<()> {
+        let Some(p) = self.parts.get(part) else {
+            return Err(Error::Snapshot(format!(
+                "no part {part}: the engine has {}",
+                self.parts.len()
+            )));
+        };
+        let snap = Snapshot {
+            registry_hash: self.registry.hash.clone(),
+            shape: self.shape(),
+            max_ts: self.max_ts,
+            stats: self.stats,
+            evictions: p.store.evictions,
+            created: p.store.created,
+            population: self.population.clone(),
+            epoch: self.epoch,
+            delta: p.delta.clone(),
+            clients: p
+                .store
+                .iter_lru()
+                .map(|(k, s)| (k.into(), s.clone()))
+                .collect(),
+        };
+        write_snapshot(&snap, w)
     }
 
     /// Restores a state saved by [`save_state`](Self::save_state) into this engine, replacing
@@ -777,6 +812,50 @@ impl FeatureEngine {
     /// configured caps apply: clients beyond `max_clients` are evicted, least recently used
     /// first (counted as capacity evictions). On error the engine keeps its state.
     pub fn restore_state(&mut self, r: &mut impl Read) -> Result<()> {
+        let snap = self.read_snapshot(r)?;
+        self.install(vec![snap], false)
+    }
+
+    /// Restores the parts' states saved by [`save_part`](Self::save_part), file `i` into part
+    /// `i` of this engine (which has as many parts). Each file is checked as
+    /// [`restore_state`](Self::restore_state) checks one; besides, the files must come from
+    /// the same moment of one engine (the same population statistics, open epoch, event time
+    /// and counters) and each client must belong to its file's part. On error the engine
+    /// keeps its state; the message names the part.
+    pub fn restore_parts(&mut self, readers: &mut [&mut dyn Read]) -> Result<()> {
+        let n = self.parts.len();
+        if readers.len() != n {
+            return Err(Error::Snapshot(format!(
+                "{} part states for an engine of {n} parts",
+                readers.len()
+            )));
+        }
+        let mut snaps = Vec::with_capacity(n);
+        for (i, r) in readers.iter_mut().enumerate() {
+            let snap = self
+                .read_snapshot(r)
+                .map_err(|e| Error::Snapshot(format!("part {i}: {e}")))?;
+            snaps.push(snap);
+        }
+        for (i, s) in snaps.iter().enumerate().skip(1) {
+            let first = &snaps[0];
+            if !s.population.same_as(&first.population)
+                || s.epoch != first.epoch
+                || s.max_ts != first.max_ts
+                || s.stats != first.stats
+            {
+                return Err(Error::Snapshot(format!(
+                    "part {i} was saved at another moment, or by another engine, than part 0 \
+                     (population statistics, open epoch, event time or counters differ)"
+                )));
+            }
+        }
+        self.install(snaps, true)
+    }
+
+    /// A snapshot read and checked against this engine: header, checksum, feature set, window
+    /// shape, event time.
+    fn read_snapshot(&self, r: &mut (impl Read + ?Sized)) -> Result<Snapshot> {
         let bad = |m: String| Err(Error::Snapshot(m));
         let mut head = [0u8; SNAPSHOT_HEADER];
         let mut got = 0;
@@ -847,62 +926,93 @@ impl FeatureEngine {
         if snap.max_ts != i64::MIN && !in_range(snap.max_ts) {
             return bad(format!("event time {} out of range", snap.max_ts));
         }
-        let mut population = snap.population;
+        Ok(snap)
+    }
+
+    /// Puts checked snapshots in place: one whole state (its clients spread over the parts),
+    /// or one per part (`per_part`: snapshot `i`'s clients and delta into part `i`).
+    fn install(&mut self, snaps: Vec<Snapshot>, per_part: bool) -> Result<()> {
+        let bad = |m: String| Err(Error::Snapshot(m));
+        let name = |i: usize| {
+            if per_part {
+                format!("part {i}: ")
+            } else {
+                String::new()
+            }
+        };
+        let first = &snaps[0];
+        let (max_ts, epoch, stats) = (first.max_ts, first.epoch, first.stats);
+        let mut population = first.population.clone();
         population.reindex();
         population
             .validate(self.population.max_endpoints())
             .map_err(|e| Error::Snapshot(format!("population: {e}")))?;
         population.set_max_endpoints(self.population.max_endpoints());
-        if snap.epoch != i64::MIN
-            && (snap.epoch <= population.epoch
-                || snap.max_ts == i64::MIN
-                || snap.epoch > epoch_of(snap.max_ts))
+        if epoch != i64::MIN
+            && (epoch <= population.epoch || max_ts == i64::MIN || epoch > epoch_of(max_ts))
         {
             return bad(format!(
-                "open epoch {} does not follow the merged epoch {} and event time {}",
-                snap.epoch, population.epoch, snap.max_ts
+                "open epoch {epoch} does not follow the merged epoch {} and event time {max_ts}",
+                population.epoch
             ));
         }
-        let mut delta = snap.delta;
-        delta.reindex(&population);
-        delta
-            .validate(&population)
-            .map_err(|e| Error::Snapshot(format!("population delta: {e}")))?;
         let (cap, ttl) = (self.parts[0].store.capacity(), self.parts[0].store.ttl_ms());
-        let mut stores: Vec<ClientStore> = (0..self.parts.len())
-            .map(|_| ClientStore::new(cap, ttl))
-            .collect();
-        stores[0].evictions = snap.evictions;
-        stores[0].created = snap.created;
-        let n = stores.len() as u32;
-        for (i, (k, s)) in snap.clients.into_iter().enumerate() {
-            if k.is_empty() {
-                return bad(format!("client {i} has an empty key"));
+        let n = self.parts.len();
+        let mut stores: Vec<ClientStore> = (0..n).map(|_| ClientStore::new(cap, ttl)).collect();
+        let mut deltas: Vec<Delta> = (0..n).map(|_| Delta::default()).collect();
+        for (j, snap) in snaps.into_iter().enumerate() {
+            let mut delta = snap.delta;
+            delta.reindex(&population);
+            delta
+                .validate(&population)
+                .map_err(|e| Error::Snapshot(format!("{}population delta: {e}", name(j))))?;
+            deltas[j] = delta;
+            stores[j].evictions = snap.evictions;
+            stores[j].created = snap.created;
+            for (i, (k, s)) in snap.clients.into_iter().enumerate() {
+                if k.is_empty() {
+                    return bad(format!("{}client {i} has an empty key", name(j)));
+                }
+                s.validate(&self.windows)
+                    .map_err(|e| Error::Snapshot(format!("{}client {i}: {e}", name(j))))?;
+                if s.last_ts() > max_ts {
+                    return bad(format!(
+                        "{}client {i} was seen after the state's event time",
+                        name(j)
+                    ));
+                }
+                let at = if n == 1 {
+                    0
+                } else {
+                    part_of(&k, n as u32) as usize
+                };
+                if per_part && at != j {
+                    return bad(format!(
+                        "{}client {i}: key {:?} belongs to part {at}",
+                        name(j),
+                        &*k
+                    ));
+                }
+                let store = &mut stores[at];
+                if store.get(&k).is_some() {
+                    return bad(format!(
+                        "{}client {i}: key {:?} appears twice",
+                        name(j),
+                        &*k
+                    ));
+                }
+                // Least recently used first: over the cap, the oldest are evicted.
+                store.push_restored(k, s);
             }
-            s.validate(&self.windows)
-                .map_err(|e| Error::Snapshot(format!("client {i}: {e}")))?;
-            if s.last_ts() > snap.max_ts {
-                return bad(format!("client {i} was seen after the state's event time"));
-            }
-            let store = &mut stores[if n == 1 { 0 } else { part_of(&k, n) as usize }];
-            if store.get(&k).is_some() {
-                return bad(format!("client {i}: key {:?} appears twice", &*k));
-            }
-            // Least recently used first: over the cap, the oldest are evicted.
-            store.push_restored(k, s);
         }
-        for (i, (p, store)) in self.parts.iter_mut().zip(stores).enumerate() {
+        for ((p, store), delta) in self.parts.iter_mut().zip(stores).zip(deltas) {
             p.store = store;
-            p.delta = if i == 0 {
-                std::mem::take(&mut delta)
-            } else {
-                Delta::default()
-            };
+            p.delta = delta;
         }
         self.population = population;
-        self.epoch = snap.epoch;
-        self.stats = snap.stats;
-        self.max_ts = snap.max_ts;
+        self.epoch = epoch;
+        self.stats = stats;
+        self.max_ts = max_ts;
         self.pending.clear();
         self.ahead.clear();
         self.ready.clear();

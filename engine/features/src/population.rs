@@ -389,6 +389,31 @@ pub struct Population {
 pub const OVERFLOW_TEMPLATE: &str = "{other}";
 
 impl Population {
+    /// Whether two populations hold the same statistics, bit for bit (a typical count that is
+    /// NaN, for an endpoint without votes, equals NaN here).
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        let same_stats = |a: &EndpointStats, b: &EndpointStats| {
+            a.hash == b.hash
+                && a.recent == b.recent
+                && a.votes.iter().zip(&b.votes).all(|(x, y)| x.to_bits() == y.to_bits())
+                && a.votes_epoch == b.votes_epoch
+                && a.typical.to_bits() == b.typical.to_bits()
+                && a.out_total == b.out_total
+        };
+        self.max_endpoints == other.max_endpoints
+            && self.templates == other.templates
+            && self.endpoints.len() == other.endpoints.len()
+            && self
+                .endpoints
+                .iter()
+                .zip(&other.endpoints)
+                .all(|(a, b)| same_stats(a, b))
+            && self.transitions == other.transitions
+            && self.start_total == other.start_total
+            && self.epoch == other.epoch
+            && self.overflowed == other.overflowed
+    }
+
     pub(crate) fn new(max_endpoints: u32) -> Self {
         let mut p = Self {
             max_endpoints,

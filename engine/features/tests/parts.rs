@@ -196,3 +196,123 @@ fn one_client_flooding_an_endpoint_does_not_become_its_baseline() {
         "population rate {pop_rate}"
     );
 }
+
+/// The records of `events[range]` pushed into `eng`, flushed at the end (not finished).
+fn push_all(eng: &mut FeatureEngine, events: &[RequestEvent], from: usize, out: &mut Out) {
+    let mut sink = |r: &Record<'_>| out.push(bits(r));
+    for (i, e) in events.iter().enumerate() {
+        eng.push(e.clone(), (from + i) as u64, &mut sink, &mut |_| {});
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A run on N parts whose parts are saved one file each at any moment (after its
+    /// buffered events are out) and restored, each into its part of a fresh engine,
+    /// continues exactly as the run that never stopped.
+    #[test]
+    fn parts_saved_and_restored_one_file_each_continue_exactly(
+        events in log(),
+        cut in 0usize..400,
+        parts in 2u32..5,
+    ) {
+        let cfg = config("");
+        let cut = cut.min(events.len());
+        let mut whole = FeatureEngine::with_parts(&cfg, parts).unwrap();
+        let mut want = Vec::new();
+        push_all(&mut whole, &events[..cut], 0, &mut want);
+        whole.finish(&mut |r| want.push(bits(r)));
+        push_all(&mut whole, &events[cut..], cut, &mut want);
+        whole.finish(&mut |r| want.push(bits(r)));
+
+        let mut first = FeatureEngine::with_parts(&cfg, parts).unwrap();
+        let mut got = Vec::new();
+        push_all(&mut first, &events[..cut], 0, &mut got);
+        first.finish(&mut |r| got.push(bits(r)));
+        let files: Vec<Vec<u8>> = (0..parts as usize)
+            .map(|i| {
+                let mut b = Vec::new();
+                first.save_part(i, &mut b).unwrap();
+                b
+            })
+            .collect();
+        let mut second = FeatureEngine::with_parts(&cfg, parts).unwrap();
+        let mut readers: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let mut dyns: Vec<&mut dyn std::io::Read> =
+            readers.iter_mut().map(|r| r as &mut dyn std::io::Read).collect();
+        second.restore_parts(&mut dyns).unwrap();
+        prop_assert_eq!(second.clients(), first.clients());
+        prop_assert_eq!(second.stats(), first.stats());
+        push_all(&mut second, &events[cut..], cut, &mut got);
+        second.finish(&mut |r| got.push(bits(r)));
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn part_files_out_of_place_or_from_another_moment_are_refused() {
+    let cfg = config("");
+    let events: Vec<RequestEvent> = (0..300)
+        .map(|i| {
+            RequestEvent::new(
+                1_700_000_000_000 + i * 700,
+                IpAddr::V4(Ipv4Addr::new(10, 1, 0, (i % 40) as u8)),
+                "GET",
+                &format!("/api/p{}/{}", i % 5, i),
+                200,
+            )
+        })
+        .collect();
+    let mut e = FeatureEngine::with_parts(&cfg, 2).unwrap();
+    let mut sink = |_: &Record<'_>| {};
+    for (i, ev) in events.iter().take(200).enumerate() {
+        e.push(ev.clone(), i as u64, &mut sink, &mut |_| {});
+    }
+    e.finish(&mut sink);
+    let save = |e: &FeatureEngine, i: usize| {
+        let mut b = Vec::new();
+        e.save_part(i, &mut b).unwrap();
+        b
+    };
+    let (p0, p1) = (save(&e, 0), save(&e, 1));
+    let restore = |files: &[&[u8]]| -> String {
+        let mut fresh = FeatureEngine::with_parts(&cfg, 2).unwrap();
+        let mut readers: Vec<&[u8]> = files.to_vec();
+        let mut dyns: Vec<&mut dyn std::io::Read> = readers
+            .iter_mut()
+            .map(|r| r as &mut dyn std::io::Read)
+            .collect();
+        let err = fresh.restore_parts(&mut dyns).unwrap_err().to_string();
+        assert_eq!(fresh.clients(), 0, "a refused restore changes nothing");
+        err
+    };
+    let m = restore(&[&p1, &p0]);
+    assert!(
+        m.contains("part 0: client 0") && m.contains("belongs to part 1"),
+        "{m}"
+    );
+    let m = restore(&[&p0]);
+    assert!(m.contains("1 part states for an engine of 2 parts"), "{m}");
+    for (i, ev) in events.iter().enumerate().skip(200) {
+        e.push(ev.clone(), i as u64, &mut sink, &mut |_| {});
+    }
+    e.finish(&mut sink);
+    let later = save(&e, 1);
+    let m = restore(&[&p0, &later]);
+    assert!(m.contains("part 1 was saved at another moment"), "{m}");
+    let mut cut = p1.clone();
+    cut.truncate(cut.len() - 3);
+    let m = restore(&[&p0, &cut]);
+    assert!(
+        m.starts_with("state snapshot") || m.contains("part 1: "),
+        "{m}"
+    );
+    assert!(m.contains("truncated"), "{m}");
+    assert!(
+        e.save_part(2, &mut Vec::new())
+            .unwrap_err()
+            .to_string()
+            .contains("no part 2")
+    );
+}
