@@ -395,7 +395,10 @@ impl Population {
         let same_stats = |a: &EndpointStats, b: &EndpointStats| {
             a.hash == b.hash
                 && a.recent == b.recent
-                && a.votes.iter().zip(&b.votes).all(|(x, y)| x.to_bits() == y.to_bits())
+                && a.votes
+                    .iter()
+                    .zip(&b.votes)
+                    .all(|(x, y)| x.to_bits() == y.to_bits())
                 && a.votes_epoch == b.votes_epoch
                 && a.typical.to_bits() == b.typical.to_bits()
                 && a.out_total == b.out_total

@@ -319,6 +319,18 @@ impl<S: BorrowMut<Scorer>> Session<S> {
         Ok(self.engine.restore_state(r)?)
     }
 
+    /// Saves one part's state (see [`FeatureEngine::save_part`]; call
+    /// [`finish`](Self::finish) first).
+    pub fn save_part(&self, part: usize, w: &mut impl Write) -> crate::Result<()> {
+        Ok(self.engine.save_part(part, w)?)
+    }
+
+    /// Restores every part's state, file `i` into part `i` (see
+    /// [`FeatureEngine::restore_parts`]; before any event is pushed).
+    pub fn restore_parts(&mut self, readers: &mut [&mut dyn Read]) -> crate::Result<()> {
+        Ok(self.engine.restore_parts(readers)?)
+    }
+
     /// The engine, when the session is done.
     pub fn into_engine(self) -> FeatureEngine {
         self.engine
