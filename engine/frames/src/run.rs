@@ -116,6 +116,14 @@ pub(crate) fn session_for<S: BorrowMut<Scorer>>(
     ))
 }
 
+/// A batch the model could not score, as this crate's error.
+fn scoring_failed(e: gatewatch_pipeline::SessionError) -> FrameError {
+    FrameError::Invalid {
+        row: 0,
+        reason: e.to_string(),
+    }
+}
+
 /// Runs the session over the frame's events in event-time order (rows sorted by `ts`, ties
 /// in row order, so no event is late) and hands each output batch to `each`; the first error
 /// `each` returns stops the run.
@@ -130,12 +138,7 @@ pub(crate) fn run<S: BorrowMut<Scorer>>(
     let mut batch = Output::default();
     let mut deliver = |session: &mut Session<S>, all: bool| -> Result<()> {
         if session.is_full() || all && session.has_output() {
-            session
-                .take_into(&mut batch)
-                .map_err(|e| FrameError::Invalid {
-                    row: 0,
-                    reason: e.to_string(),
-                })?;
+            session.take_into(&mut batch).map_err(scoring_failed)?;
             // Events in time order are never late: nothing else is rejected.
             debug_assert!(batch.rejections().is_empty());
             each(&batch)?;
@@ -217,12 +220,7 @@ pub fn service_scores(
     let mut rejected = 0u64;
     let mut batch = Output::default();
     let mut take = |session: &mut Session<&mut Scorer>, scores: &mut Vec<f64>| -> Result<()> {
-        session
-            .take_into(&mut batch)
-            .map_err(|e| FrameError::Invalid {
-                row: 0,
-                reason: e.to_string(),
-            })?;
+        session.take_into(&mut batch).map_err(scoring_failed)?;
         rejected += batch.rejections().len() as u64;
         scores.extend_from_slice(&batch.scores().expect("scored").score);
         Ok(())

@@ -205,18 +205,7 @@ pub fn export_onnx(
     onnx_file: &Path,
     out: &Path,
 ) -> Result<Manifest> {
-    let unknown: Vec<String> = spec
-        .features
-        .iter()
-        .filter(|f| registry.index_of(f).is_none())
-        .cloned()
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ModelError::UnknownFeatures {
-            model: spec.name.clone(),
-            names: unknown,
-        });
-    }
+    crate::common::resolve(registry, &spec.name, &spec.features)?;
     if !spec.reference.is_empty() && spec.reference.len() != spec.features.len() {
         return Err(ModelError::Fit(format!(
             "reference has {} values for {} features",
