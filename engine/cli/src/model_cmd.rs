@@ -26,6 +26,7 @@ pub fn load_model(dir: Option<&Path>, registry: &Registry) -> Result<Scorer> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    let detectors = TrainSpec::parse_detectors(&a.detectors).context("--detectors")?;
     let (settings, source) = setup(&a.input)?;
     let cfg = &settings.engine;
     let engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
@@ -94,7 +95,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let spec = TrainSpec {
         name: a.name.clone(),
-        detectors: TrainSpec::parse_detectors(&a.detectors).context("--detectors")?,
+        detectors,
         robust: RobustParams {
             top_k: a.top_k,
             threshold: a.threshold,

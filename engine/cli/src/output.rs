@@ -9,12 +9,12 @@ use gatewatch_pipeline::{FeatureWriter, Output, ScoreWriter};
 type Failure = Arc<Mutex<Option<anyhow::Error>>>;
 
 /// How a formatting thread turns a batch into NDJSON bytes.
-pub trait Format: Send + 'static {
+pub trait Formatter: Send + 'static {
     /// Appends the batch's records to `out`.
     fn format(&mut self, batch: &Output, out: &mut Vec<u8>);
 }
 
-impl Format for FeatureWriter {
+impl Formatter for FeatureWriter {
     fn format(&mut self, batch: &Output, out: &mut Vec<u8>) {
         self.write_batch(batch, out);
     }
@@ -23,7 +23,7 @@ impl Format for FeatureWriter {
 /// Score records, through a reused text buffer.
 pub struct Scores(pub ScoreWriter, pub String);
 
-impl Format for Scores {
+impl Formatter for Scores {
     fn format(&mut self, batch: &Output, out: &mut Vec<u8>) {
         self.1.clear();
         self.0.write_batch(batch, &mut self.1);
@@ -46,7 +46,7 @@ pub struct ParallelRecords {
 impl ParallelRecords {
     /// Records formatted by `threads` threads, each with its own formatter from `make`,
     /// written to `out`.
-    pub fn new<F: Format>(
+    pub fn new<F: Formatter>(
         make: impl Fn() -> F,
         threads: usize,
         mut out: Box<dyn std::io::Write + Send>,

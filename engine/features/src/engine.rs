@@ -755,24 +755,35 @@ impl FeatureEngine {
         for p in &self.parts {
             delta.absorb(&self.population, p.delta.clone());
         }
-        let snap = Snapshot {
+        let snap = self.snapshot(
+            delta,
+            self.evictions(),
+            self.parts.iter().map(|p| p.store.created).sum(),
+            self.parts.iter().flat_map(|p| p.store.iter_lru()),
+        );
+        write_snapshot(&snap, w)
+    }
+
+    /// A snapshot of this engine's shared state with the given clients and their counters.
+    fn snapshot<'a>(
+        &self,
+        delta: Delta,
+        evictions: Evictions,
+        created: u64,
+        clients: impl Iterator<Item = (&'a str, &'a ClientState)>,
+    ) -> Snapshot {
+        Snapshot {
             registry_hash: self.registry.hash.clone(),
             shape: self.shape(),
             max_ts: self.max_ts,
             stats: self.stats,
-            evictions: self.evictions(),
-            created: self.parts.iter().map(|p| p.store.created).sum(),
+            evictions,
+            created,
             population: self.population.clone(),
             epoch: self.epoch,
             delta,
-            clients: self
-                .parts
-                .iter()
-                .flat_map(|p| p.store.iter_lru())
-                .map(|(k, s)| (k.into(), s.clone()))
-                .collect(),
-        };
-        write_snapshot(&snap, w)
+            clients: clients.map(|(k, s)| (k.into(), s.clone())).collect(),
+        }
     }
 
     /// Saves one part's state in the same format: its clients and its contributions to the
@@ -786,22 +797,12 @@ impl FeatureEngine {
                 self.parts.len()
             )));
         };
-        let snap = Snapshot {
-            registry_hash: self.registry.hash.clone(),
-            shape: self.shape(),
-            max_ts: self.max_ts,
-            stats: self.stats,
-            evictions: p.store.evictions,
-            created: p.store.created,
-            population: self.population.clone(),
-            epoch: self.epoch,
-            delta: p.delta.clone(),
-            clients: p
-                .store
-                .iter_lru()
-                .map(|(k, s)| (k.into(), s.clone()))
-                .collect(),
-        };
+        let snap = self.snapshot(
+            p.delta.clone(),
+            p.store.evictions,
+            p.store.created,
+            p.store.iter_lru(),
+        );
         write_snapshot(&snap, w)
     }
 

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 
 use gatewatch_event::{ParseError, RequestEvent};
-use gatewatch_features::{FeatureEngine, LateEvent, Registry, Stats};
+use gatewatch_features::{FeatureEngine, LateEvent, Record, Registry, Stats};
 use gatewatch_models::{BatchScores, Scorer};
 
 use crate::output::Output;
@@ -78,6 +78,14 @@ impl Tracker {
         position
     }
 
+    /// The engine's sink: each record joins `out` at its input's position.
+    fn records<'a>(&'a mut self, out: &'a mut Output) -> impl FnMut(&Record<'_>) + 'a {
+        move |r| {
+            let p = self.close(r.line);
+            out.push(p, r);
+        }
+    }
+
     fn ack(&self) -> Ack {
         match (self.open.front(), self.last) {
             (Some((p, _)), _) => Ack::Before(*p),
@@ -109,7 +117,6 @@ impl Tracker {
 pub struct Session<S: BorrowMut<Scorer> = Scorer> {
     engine: FeatureEngine,
     scorer: Option<S>,
-    model_id: Option<String>,
     opts: SessionOptions,
     out: Output,
     track: Tracker,
@@ -131,7 +138,6 @@ impl<S: BorrowMut<Scorer>> Session<S> {
     pub fn new(engine: FeatureEngine, scorer: Option<S>, opts: SessionOptions) -> Self {
         let width = engine.registry().len();
         Self {
-            model_id: scorer.as_ref().map(|s| s.borrow().id()),
             engine,
             scorer,
             opts: SessionOptions {
@@ -165,8 +171,8 @@ impl<S: BorrowMut<Scorer>> Session<S> {
     }
 
     /// The model's `name@version`, when the session scores.
-    pub fn model_id(&self) -> Option<&str> {
-        self.model_id.as_deref()
+    pub fn model_id(&self) -> Option<String> {
+        self.scorer().map(Scorer::id)
     }
 
     /// The options.
@@ -186,15 +192,9 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             refused,
             ..
         } = self;
-        engine.push(
-            event,
-            seq,
-            &mut |r| {
-                let p = track.close(r.line);
-                out.push(p, r);
-            },
-            &mut |late| refused.push(late),
-        );
+        engine.push(event, seq, &mut track.records(out), &mut |late| {
+            refused.push(late)
+        });
         for late in refused.drain(..) {
             let position = track.close(late.line);
             out.rejections.push(Rejection {
@@ -228,10 +228,7 @@ impl<S: BorrowMut<Scorer>> Session<S> {
         let Self {
             engine, out, track, ..
         } = self;
-        engine.flush(&mut |r| {
-            let p = track.close(r.line);
-            out.push(p, r);
-        });
+        engine.flush(&mut track.records(out));
     }
 
     /// The end of the input: every event still buffered (reordering, held ahead of event
@@ -240,10 +237,7 @@ impl<S: BorrowMut<Scorer>> Session<S> {
         let Self {
             engine, out, track, ..
         } = self;
-        engine.finish(&mut |r| {
-            let p = track.close(r.line);
-            out.push(p, r);
-        });
+        engine.finish(&mut track.records(out));
     }
 
     /// Records waiting in the output.
