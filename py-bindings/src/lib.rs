@@ -372,23 +372,29 @@ fn export_onnx(
 
 /// A univariate streaming detector over a frame of `ts` (Int64, epoch ms) and `value`
 /// (Float64): every value scored against the values before it, then learnt from. Returns
-/// the points (`ts`, `value`, `expected`, `statistic`, `score`; null where the value was
-/// refused) and the refused values as `(index, reason)`.
+/// the points (`ts`, `value`, `expected`, `statistic`, `score`, `surprisal`; null where the
+/// value was refused) and the refused values as `(index, reason)`. `ewma` takes its half-life
+/// in values unless `half_life_secs` is given.
 #[pyfunction]
-#[pyo3(signature = (df, kind, half_life_secs=600.0, warmup=10, min_std=1e-6, reference=240, recent=30, bins=8))]
+#[pyo3(signature = (df, kind, half_life=1000.0, half_life_secs=None, warmup=20, min_std=1e-9, rel_std=1e-3, season_secs=Some(86_400.0), repeat_window=150, repeat_weight=0.7, reference=240, recent=30, bins=8))]
 #[allow(clippy::too_many_arguments)]
 fn univariate(
     py: Python<'_>,
     df: PyDataFrame,
     kind: &str,
-    half_life_secs: f64,
+    half_life: f64,
+    half_life_secs: Option<f64>,
     warmup: usize,
     min_std: f64,
+    rel_std: f64,
+    season_secs: Option<f64>,
+    repeat_window: usize,
+    repeat_weight: f64,
     reference: usize,
     recent: usize,
     bins: usize,
 ) -> PyResult<(PyDataFrame, Vec<(usize, String)>)> {
-    use gatewatch_models::{EwmaParams, RelativeEntropyParams};
+    use gatewatch_models::{EwmaParams, HalfLife, RelativeEntropyParams};
     use polars::prelude::*;
     enum D {
         Ewma(gatewatch_models::Ewma),
@@ -397,9 +403,13 @@ fn univariate(
     let mut d = match kind {
         "ewma" => D::Ewma(
             EwmaParams {
-                half_life_secs,
+                half_life: half_life_secs.map_or(HalfLife::Samples(half_life), HalfLife::Seconds),
                 warmup,
                 min_std,
+                rel_std,
+                season_secs,
+                repeat_window,
+                repeat_weight,
             }
             .build()
             .map_err(value_err)?,
@@ -426,7 +436,8 @@ fn univariate(
             .and_then(|c| c.f64().cloned())
             .map_err(value_err)?;
         let n = df.height();
-        let (mut expected, mut statistic, mut score) = (
+        let (mut expected, mut statistic, mut score, mut surprisal) = (
+            Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -438,6 +449,7 @@ fn univariate(
                 expected.push(None);
                 statistic.push(None);
                 score.push(None);
+                surprisal.push(None);
                 continue;
             };
             let r = match &mut d {
@@ -449,12 +461,14 @@ fn univariate(
                     expected.push(Some(p.expected));
                     statistic.push(Some(p.statistic));
                     score.push(Some(p.score));
+                    surprisal.push(Some(p.surprisal));
                 }
                 Err(e) => {
                     refused.push((i, e.to_string()));
                     expected.push(None);
                     statistic.push(None);
                     score.push(None);
+                    surprisal.push(None);
                 }
             }
         }
@@ -466,6 +480,7 @@ fn univariate(
             Column::new("expected".into(), expected),
             Column::new("statistic".into(), statistic),
             Column::new("score".into(), score),
+            Column::new("surprisal".into(), surprisal),
         ];
         let out = DataFrame::new(n, cols).map_err(value_err)?;
         Ok((PyDataFrame(out), refused))

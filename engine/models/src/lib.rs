@@ -32,7 +32,8 @@ pub use scorer::{
 };
 pub use train::{DETECTORS, OnnxExport, TrainSpec, Trained, export_onnx, train};
 pub use univariate::{
-    DetectorError, Ewma, EwmaParams, Point, RelativeEntropy, RelativeEntropyParams,
+    DetectorError, Ewma, EwmaParams, HalfLife, MAX_SEASON, Point, RelativeEntropy,
+    RelativeEntropyParams,
 };
 pub use volumetric::{PeakCollector, VolumetricModel, VolumetricParams};
 

@@ -40,11 +40,7 @@ impl Default for MonitorParams {
     fn default() -> Self {
         Self {
             bucket_ms: 10_000,
-            ewma: EwmaParams {
-                half_life_secs: 600.0,
-                warmup: 30,
-                min_std: 0.5,
-            },
+            ewma: EwmaParams::plain(600.0, 30, 0.5),
             threshold: 0.9999,
             max_gap_buckets: 360,
             max_endpoints: 10_000,

@@ -26,14 +26,6 @@ pub enum DetectorError {
         /// The value.
         value: f64,
     },
-    /// A timestamp is older than the previous one (it is not learnt from).
-    #[error("ts {ts_ms} is before the previous value's ts {last_ms}")]
-    OutOfOrder {
-        /// Its timestamp.
-        ts_ms: i64,
-        /// The previous timestamp.
-        last_ms: i64,
-    },
 }
 
 /// One scored value.
@@ -43,61 +35,157 @@ pub struct Point {
     pub ts_ms: i64,
     /// The value.
     pub value: f64,
-    /// What the detector expected (EWMA mean; reference median).
+    /// What the detector expected (EWMA: the level, or the value one season ago when that
+    /// predicts better; relative entropy: the reference median).
     pub expected: f64,
-    /// The test statistic (EWMA: z-score; relative entropy: G statistic).
+    /// The test statistic (EWMA: signed z-score of the value against the expectation;
+    /// relative entropy: G statistic).
     pub statistic: f64,
-    /// Anomaly score in [0, 1]; 0 while warming up.
+    /// Anomaly score in [0, 1]: the null model's probability mass less extreme than the
+    /// value; 0 while warming up. It rounds to 1.0 beyond about 8 standard deviations:
+    /// order extreme values by `surprisal`.
     pub score: f64,
+    /// The same tail probability `p` as surprisal, `-log2 p` bits, at full resolution (no
+    /// saturation): 10 bits is p ≈ 0.001, 20 bits p ≈ 1e-6; 0 while warming up.
+    pub surprisal: f64,
 }
 
-fn check_order(ts_ms: i64, value: f64, last: Option<i64>) -> Result<(), DetectorError> {
-    if !value.is_finite() {
-        return Err(DetectorError::NonFinite { ts_ms, value });
-    }
-    match last {
-        Some(last_ms) if ts_ms < last_ms => Err(DetectorError::OutOfOrder { ts_ms, last_ms }),
-        _ => Ok(()),
+impl Point {
+    fn warming(ts_ms: i64, value: f64, expected: f64) -> Self {
+        Self {
+            ts_ms,
+            value,
+            expected,
+            statistic: 0.0,
+            score: 0.0,
+            surprisal: 0.0,
+        }
     }
 }
 
-/// Parameters of [`Ewma`].
+fn check_value(ts_ms: i64, value: f64) -> Result<(), DetectorError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(DetectorError::NonFinite { ts_ms, value })
+    }
+}
+
+/// How fast [`Ewma`] forgets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HalfLife {
+    /// In values of the series, whatever their spacing: the same parameter fits a series of
+    /// seconds and one of hours.
+    Samples(f64),
+    /// In seconds of event time: irregular series are weighted by the time between values
+    /// (a value whose timestamp is not after the previous one counts as simultaneous).
+    Seconds(f64),
+}
+
+impl HalfLife {
+    fn get(self) -> f64 {
+        match self {
+            HalfLife::Samples(h) | HalfLife::Seconds(h) => h,
+        }
+    }
+}
+
+/// Parameters of [`Ewma`]. The defaults are the one parameter set measured on NAB
+/// (EVALUATION.md); the endpoint monitor uses its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EwmaParams {
-    /// Half-life of the exponential weights, in seconds of event time (irregular series are
-    /// weighted by the time between values).
-    pub half_life_secs: f64,
+    /// Half-life of the exponential weights of the level and of the variances.
+    pub half_life: HalfLife,
     /// Values learnt before scores are given.
     pub warmup: usize,
-    /// Floor of the standard deviation (in the series' unit), so that a flat series does not
-    /// turn every small change into an infinite z-score.
+    /// Floor of the standard deviation, in the series' unit.
     pub min_std: f64,
+    /// Floor of the standard deviation relative to the level's magnitude (0.001: a change
+    /// of 0.1% of a flat series is one standard deviation), so that a flat series does not
+    /// turn every small change into an infinite z-score.
+    pub rel_std: f64,
+    /// Seasonal period in seconds (a day: 86,400), or `None`. The series' cadence (median
+    /// spacing of its first 64 distinct timestamps) turns it into a period in values; the
+    /// value one period ago becomes a second predictor, used whenever its errors have been
+    /// smaller than the level's (a daily cycle then does not hide a change of pattern, nor
+    /// look anomalous itself). Periods under 2 or over [`MAX_SEASON`] values are not used.
+    pub season_secs: Option<f64>,
+    /// Repeated alarms: a value's z-score counts only by how much it exceeds
+    /// `repeat_weight` × the largest |z| of the `repeat_window` values before it, so a
+    /// lasting disturbance scores at its onset and not on every value of it (0: off).
+    pub repeat_window: usize,
+    /// See `repeat_window`; in [0, 1].
+    pub repeat_weight: f64,
 }
+
+/// The longest seasonal period, in values, that [`Ewma`] keeps (it holds the last period).
+pub const MAX_SEASON: usize = 20_000;
+
+/// Timestamps whose spacing estimates the cadence.
+const CADENCE_STEPS: usize = 64;
 
 impl Default for EwmaParams {
     fn default() -> Self {
         Self {
-            half_life_secs: 600.0,
-            warmup: 10,
-            min_std: 1e-6,
+            half_life: HalfLife::Samples(1000.0),
+            warmup: 20,
+            min_std: 1e-9,
+            rel_std: 1e-3,
+            season_secs: Some(86_400.0),
+            repeat_window: 150,
+            repeat_weight: 0.7,
         }
     }
 }
 
 impl EwmaParams {
+    /// The detector of versions before 0.2 (and of the endpoint monitor): a time-based
+    /// half-life, no season, no damping of repeated alarms, an absolute floor only.
+    pub fn plain(half_life_secs: f64, warmup: usize, min_std: f64) -> Self {
+        Self {
+            half_life: HalfLife::Seconds(half_life_secs),
+            warmup,
+            min_std,
+            rel_std: 0.0,
+            season_secs: None,
+            repeat_window: 0,
+            repeat_weight: 0.0,
+        }
+    }
+
     /// Checks the parameters and builds the detector.
     pub fn build(self) -> Result<Ewma, DetectorError> {
-        if !(self.half_life_secs.is_finite() && self.half_life_secs > 0.0) {
-            return Err(DetectorError::Param {
-                name: "half_life_secs",
-                reason: format!("must be > 0, got {}", self.half_life_secs),
-            });
+        let bad = |name, reason: String| Err(DetectorError::Param { name, reason });
+        let h = self.half_life.get();
+        if !(h.is_finite() && h > 0.0) {
+            let name = match self.half_life {
+                HalfLife::Samples(_) => "half_life",
+                HalfLife::Seconds(_) => "half_life_secs",
+            };
+            return bad(name, format!("must be > 0, got {h}"));
         }
         if !(self.min_std.is_finite() && self.min_std > 0.0) {
-            return Err(DetectorError::Param {
-                name: "min_std",
-                reason: format!("must be > 0, got {}", self.min_std),
-            });
+            return bad("min_std", format!("must be > 0, got {}", self.min_std));
+        }
+        if !(self.rel_std.is_finite() && self.rel_std >= 0.0) {
+            return bad("rel_std", format!("must be ≥ 0, got {}", self.rel_std));
+        }
+        if let Some(s) = self.season_secs
+            && !(s.is_finite() && s > 0.0)
+        {
+            return bad("season_secs", format!("must be > 0, got {s}"));
+        }
+        if !(0.0..=1.0).contains(&self.repeat_weight) {
+            return bad(
+                "repeat_weight",
+                format!("must be in [0, 1], got {}", self.repeat_weight),
+            );
+        }
+        if self.repeat_window > 1_000_000 {
+            return bad(
+                "repeat_window",
+                format!("must be ≤ 1000000, got {}", self.repeat_window),
+            );
         }
         Ok(Ewma {
             p: self,
@@ -105,13 +193,23 @@ impl EwmaParams {
             var: 0.0,
             n: 0,
             last_ms: None,
+            steps: Vec::new(),
+            period: None,
+            history: VecDeque::new(),
+            season_var: None,
+            recent: VecDeque::new(),
+            seen: 0,
         })
     }
 }
 
-/// Exponentially weighted mean and variance (West's incremental form) with a time-based
-/// weight; a value is scored by its two-sided normal tail against the mean and standard
-/// deviation learnt so far.
+/// Exponentially weighted level and variance (West's incremental form), optionally with a
+/// seasonal predictor; a value is scored by the two-sided normal tail of its z-score against
+/// the better predictor, damped for repeated alarms (see [`EwmaParams`]).
+///
+/// Values are taken in arrival order: the timestamps serve only to estimate the cadence
+/// (and, with [`HalfLife::Seconds`], the weights), so a repeated or backward timestamp is
+/// scored as the next value, never refused.
 #[derive(Debug, Clone)]
 pub struct Ewma {
     p: EwmaParams,
@@ -119,47 +217,134 @@ pub struct Ewma {
     var: f64,
     n: usize,
     last_ms: Option<i64>,
+    /// Positive time steps seen while estimating the cadence.
+    steps: Vec<i64>,
+    /// Seasonal period in values, once the cadence is known (0: none).
+    period: Option<usize>,
+    /// The last `period` values.
+    history: VecDeque<f64>,
+    /// Weighted variance of the seasonal predictor's errors.
+    season_var: Option<f64>,
+    /// (index, |z|) of recent values, decreasing |z| (a sliding maximum).
+    recent: VecDeque<(usize, f64)>,
+    seen: usize,
 }
 
 impl Ewma {
     /// Scores a value, then learns from it.
     pub fn update(&mut self, ts_ms: i64, value: f64) -> Result<Point, DetectorError> {
-        check_order(ts_ms, value, self.last_ms)?;
-        let Some(last) = self.last_ms else {
+        check_value(ts_ms, value)?;
+        let dt_ms = self.last_ms.map_or(0, |l| ts_ms.saturating_sub(l).max(0));
+        self.learn_cadence(dt_ms);
+        self.last_ms = Some(ts_ms);
+        if self.n == 0 {
             self.mean = value;
             self.n = 1;
-            self.last_ms = Some(ts_ms);
-            return Ok(Point {
-                ts_ms,
-                value,
-                expected: value,
-                statistic: 0.0,
-                score: 0.0,
-            });
+            self.remember(value);
+            return Ok(Point::warming(ts_ms, value, value));
+        }
+        let alpha = match self.p.half_life {
+            HalfLife::Samples(h) => 1.0 - 0.5f64.powf(1.0 / h),
+            HalfLife::Seconds(h) => 1.0 - 0.5f64.powf(dt_ms as f64 / 1000.0 / h),
         };
-        let std = self.var.sqrt().max(self.p.min_std);
-        let z = (value - self.mean) / std;
-        let score = if self.n < self.p.warmup {
-            0.0
-        } else {
-            1.0 - erfc(z.abs() / std::f64::consts::SQRT_2)
-        };
-        let expected = self.mean;
-        let dt = (ts_ms - last) as f64 / 1000.0;
-        let alpha = 1.0 - 0.5f64.powf(dt / self.p.half_life_secs);
+        let floor =
+            |var: f64, level: f64| (var.sqrt() + self.p.rel_std * level.abs()).max(self.p.min_std);
+        // The level predictor, and the seasonal one when it has done better.
+        let mut expected = self.mean;
+        let mut z = (value - self.mean) / floor(self.var, self.mean);
+        if let Some(period) = self.period()
+            && self.history.len() == period
+        {
+            let past = self.history[0];
+            let err = value - past;
+            match self.season_var {
+                None => self.season_var = Some(err * err),
+                Some(sv) => {
+                    if sv < self.var {
+                        expected = past;
+                        z = err / floor(sv, self.mean);
+                    }
+                    self.season_var = Some((1.0 - alpha) * sv + alpha * err * err);
+                }
+            }
+        }
+        let warm = self.n < self.p.warmup;
+        // Warm-up values are unreliable z-scores: they do not damp the first real alarms.
+        let novel = self.novelty(if warm { 0.0 } else { z.abs() });
         let diff = value - self.mean;
         let incr = alpha * diff;
         self.mean += incr;
         self.var = (1.0 - alpha) * (self.var + diff * incr);
         self.n += 1;
-        self.last_ms = Some(ts_ms);
+        self.remember(value);
+        if warm {
+            return Ok(Point::warming(ts_ms, value, expected));
+        }
+        let x = novel / std::f64::consts::SQRT_2;
         Ok(Point {
             ts_ms,
             value,
             expected,
             statistic: z,
-            score: score.clamp(0.0, 1.0),
+            score: (1.0 - erfc(x)).clamp(0.0, 1.0),
+            surprisal: (-ln_erfc(x) / std::f64::consts::LN_2).max(0.0),
         })
+    }
+
+    /// The part of `|z|` beyond the damped maximum of the recent values' (see
+    /// [`EwmaParams::repeat_window`]); records `|z|`.
+    fn novelty(&mut self, z: f64) -> f64 {
+        let k = self.p.repeat_window;
+        if k == 0 {
+            return z;
+        }
+        let i = self.seen;
+        self.seen += 1;
+        while self.recent.front().is_some_and(|(j, _)| j + k < i) {
+            self.recent.pop_front();
+        }
+        let before = self.recent.front().map_or(0.0, |(_, m)| *m);
+        while self.recent.back().is_some_and(|(_, m)| *m <= z) {
+            self.recent.pop_back();
+        }
+        self.recent.push_back((i, z));
+        (z - self.p.repeat_weight * before).max(0.0)
+    }
+
+    fn learn_cadence(&mut self, dt_ms: i64) {
+        let Some(season) = self.p.season_secs else {
+            return;
+        };
+        if self.period.is_some() || dt_ms <= 0 {
+            return;
+        }
+        self.steps.push(dt_ms);
+        if self.steps.len() == CADENCE_STEPS {
+            self.steps.sort_unstable();
+            let cadence = self.steps[CADENCE_STEPS / 2] as f64 / 1000.0;
+            let period = (season / cadence).round();
+            self.period = Some(if (2.0..=MAX_SEASON as f64).contains(&period) {
+                period as usize
+            } else {
+                0
+            });
+            self.steps = Vec::new();
+        }
+    }
+
+    fn remember(&mut self, value: f64) {
+        if let Some(period) = self.period.filter(|p| *p > 0) {
+            self.history.push_back(value);
+            if self.history.len() > period {
+                self.history.pop_front();
+            }
+        }
+    }
+
+    /// The seasonal period in values, once the cadence has been estimated (`None` before,
+    /// or when no season is configured or usable).
+    pub fn period(&self) -> Option<usize> {
+        self.period.filter(|p| *p > 0)
     }
 
     /// Scores a whole series.
@@ -222,7 +407,6 @@ impl RelativeEntropyParams {
             p: self,
             reference: VecDeque::new(),
             recent: VecDeque::new(),
-            last_ms: None,
         })
     }
 }
@@ -237,14 +421,12 @@ pub struct RelativeEntropy {
     p: RelativeEntropyParams,
     reference: VecDeque<f64>,
     recent: VecDeque<f64>,
-    last_ms: Option<i64>,
 }
 
 impl RelativeEntropy {
     /// Adds a value to the recent window and scores the window against the reference.
     pub fn update(&mut self, ts_ms: i64, value: f64) -> Result<Point, DetectorError> {
-        check_order(ts_ms, value, self.last_ms)?;
-        self.last_ms = Some(ts_ms);
+        check_value(ts_ms, value)?;
         self.recent.push_back(value);
         if self.recent.len() > self.p.recent {
             let old = self.recent.pop_front().expect("non-empty");
@@ -254,13 +436,7 @@ impl RelativeEntropy {
             }
         }
         if self.reference.len() < self.p.reference || self.recent.len() < self.p.recent {
-            return Ok(Point {
-                ts_ms,
-                value,
-                expected: value,
-                statistic: 0.0,
-                score: 0.0,
-            });
+            return Ok(Point::warming(ts_ms, value, value));
         }
         let mut sorted: Vec<f64> = self.reference.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
@@ -282,13 +458,14 @@ impl RelativeEntropy {
             .map(|(pi, qi)| (qi / qs) * ((qi / qs) / (pi / ps)).ln())
             .sum();
         let g = 2.0 * self.p.recent as f64 * kl.max(0.0);
-        let score = chi2_cdf(g, (b - 1) as f64);
+        let k = (b - 1) as f64;
         Ok(Point {
             ts_ms,
             value,
             expected: sorted[sorted.len() / 2],
             statistic: g,
-            score,
+            score: chi2_cdf(g, k),
+            surprisal: (-ln_chi2_sf(g, k) / std::f64::consts::LN_2).max(0.0),
         })
     }
 }
@@ -296,10 +473,19 @@ impl RelativeEntropy {
 /// Complementary error function by the Chebyshev fit of Numerical Recipes (`erfcc`):
 /// fractional error below 1.2e-7 everywhere.
 pub fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
+    let r = ln_erfc(x.abs()).exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// ln erfc(x) for x ≥ 0 by the same fit, without underflow: erfc(40) is below the smallest
+/// double, its logarithm is about −1604.
+pub fn ln_erfc(x: f64) -> f64 {
+    if x < 0.0 {
+        return erfc(x).ln();
+    }
+    let t = 1.0 / (1.0 + 0.5 * x);
+    t.ln()
+        + (-x * x - 1.265_512_23
             + t * (1.000_023_68
                 + t * (0.374_091_96
                     + t * (0.096_784_18
@@ -308,8 +494,6 @@ pub fn erfc(x: f64) -> f64 {
                                 + t * (-1.135_203_98
                                     + t * (1.488_515_87
                                         + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 { r } else { 2.0 - r }
 }
 
 /// ln Γ(x) for x > 0 (Lanczos, g = 7).
@@ -353,6 +537,14 @@ fn gamma_p(a: f64, x: f64) -> f64 {
         }
         (sum.ln() - x + a * x.ln() - gln).exp().min(1.0)
     } else {
+        (1.0 - ln_gamma_q_fraction(a, x).exp()).max(0.0)
+    }
+}
+
+/// ln Q(a, x) = ln(1 − P(a, x)) by the continued fraction (x ≥ a + 1).
+fn ln_gamma_q_fraction(a: f64, x: f64) -> f64 {
+    let gln = ln_gamma(a);
+    {
         let tiny = 1e-300;
         let mut b = x + 1.0 - a;
         let mut c = 1.0 / tiny;
@@ -376,8 +568,18 @@ fn gamma_p(a: f64, x: f64) -> f64 {
                 break;
             }
         }
-        (1.0 - (-x + a * x.ln() - gln).exp() * h).max(0.0)
+        -x + a * x.ln() - gln + h.ln()
     }
+}
+
+/// ln of the χ² distribution's upper tail `1 − CDF` with `k` degrees of freedom, at full
+/// resolution far in the tail.
+pub fn ln_chi2_sf(x: f64, k: f64) -> f64 {
+    let (a, x) = (k / 2.0, x / 2.0);
+    if x < a + 1.0 {
+        return (1.0 - gamma_p(a, x)).max(f64::MIN_POSITIVE).ln();
+    }
+    ln_gamma_q_fraction(a, x)
 }
 
 /// CDF of the χ² distribution with `k` degrees of freedom.
@@ -417,13 +619,7 @@ mod tests {
 
     #[test]
     fn ewma_flags_a_level_shift_then_adapts() {
-        let mut d = EwmaParams {
-            half_life_secs: 300.0,
-            warmup: 20,
-            min_std: 1e-6,
-        }
-        .build()
-        .unwrap();
+        let mut d = EwmaParams::plain(300.0, 20, 1e-6).build().unwrap();
         let noise = normals(1, 400);
         let mut scores = Vec::new();
         for (i, e) in noise.iter().enumerate() {
@@ -483,23 +679,49 @@ mod tests {
             d.update(2000, f64::NAN),
             Err(DetectorError::NonFinite { ts_ms: 2000, .. })
         ));
-        assert!(matches!(
-            d.update(500, 1.0),
-            Err(DetectorError::OutOfOrder {
-                ts_ms: 500,
-                last_ms: 1000
-            })
-        ));
         // Refused values were not learnt.
         let p = d.update(3000, 1.0).unwrap();
         assert_eq!(p.expected, 1.0);
-        let e = EwmaParams {
-            half_life_secs: 0.0,
-            ..EwmaParams::default()
+        for (params, name) in [
+            (
+                EwmaParams {
+                    half_life: HalfLife::Seconds(0.0),
+                    ..EwmaParams::default()
+                },
+                "half_life_secs",
+            ),
+            (
+                EwmaParams {
+                    half_life: HalfLife::Samples(f64::NAN),
+                    ..EwmaParams::default()
+                },
+                "half_life",
+            ),
+            (
+                EwmaParams {
+                    season_secs: Some(-1.0),
+                    ..EwmaParams::default()
+                },
+                "season_secs",
+            ),
+            (
+                EwmaParams {
+                    repeat_weight: 1.5,
+                    ..EwmaParams::default()
+                },
+                "repeat_weight",
+            ),
+            (
+                EwmaParams {
+                    rel_std: -0.1,
+                    ..EwmaParams::default()
+                },
+                "rel_std",
+            ),
+        ] {
+            let e = params.build().unwrap_err();
+            assert!(e.to_string().contains(&format!("`{name}`")), "{e}");
         }
-        .build()
-        .unwrap_err();
-        assert!(e.to_string().contains("half_life_secs"), "{e}");
         let e = RelativeEntropyParams {
             reference: 10,
             recent: 8,
@@ -530,5 +752,172 @@ mod tests {
         }
         let p = d.update(50_000, 3.5).unwrap();
         assert!((p.statistic - 1.0).abs() < 1e-9, "{}", p.statistic);
+    }
+
+    #[test]
+    fn tails_keep_their_resolution() {
+        for x in [0.0, 0.3, 1.0, 2.5, 5.0, 8.0] {
+            assert!((ln_erfc(x) - erfc(x).ln()).abs() < 1e-6, "{x}");
+        }
+        // Far past where erfc underflows, ln erfc keeps falling: no two tails are equal.
+        let far: Vec<f64> = [10.0, 27.0, 40.0, 100.0].map(ln_erfc).to_vec();
+        assert!(far.windows(2).all(|w| w[1] < w[0]), "{far:?}");
+        assert!((ln_erfc(40.0) + 1604.0).abs() < 2.0, "{}", ln_erfc(40.0));
+        for (x, k) in [(3.0, 4.0), (12.0, 7.0), (30.0, 7.0)] {
+            let direct = (1.0 - chi2_cdf(x, k)).ln();
+            assert!((ln_chi2_sf(x, k) - direct).abs() < 1e-6, "{x} {k}");
+        }
+        assert!(ln_chi2_sf(4000.0, 7.0) < ln_chi2_sf(2000.0, 7.0));
+        assert!(ln_chi2_sf(4000.0, 7.0).is_finite());
+    }
+
+    #[test]
+    fn extreme_values_are_ordered_by_surprisal_where_scores_saturate() {
+        let mut a = EwmaParams::default().build().unwrap();
+        let mut b = a.clone();
+        let noise = normals(4, 300);
+        for (i, e) in noise.iter().enumerate() {
+            let t = i as i64 * 60_000;
+            a.update(t, 10.0 + e).unwrap();
+            b.update(t, 10.0 + e).unwrap();
+        }
+        let big = a.update(300 * 60_000, 60.0).unwrap();
+        let bigger = b.update(300 * 60_000, 90.0).unwrap();
+        assert_eq!(big.score, 1.0);
+        assert_eq!(bigger.score, 1.0);
+        assert!(
+            bigger.surprisal > big.surprisal + 100.0,
+            "{big:?} {bigger:?}"
+        );
+        // Where the score resolves, surprisal is -log2 of its tail.
+        let mut c = EwmaParams::default().build().unwrap();
+        for (i, e) in noise.iter().enumerate() {
+            let p = c.update(i as i64 * 60_000, 10.0 + e).unwrap();
+            if i >= 20 && p.score < 0.999_999 {
+                let bits = -(1.0 - p.score).log2();
+                assert!((p.surprisal - bits).abs() < 1e-3 * bits.max(1.0), "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn cadence_sets_the_seasonal_period_in_values() {
+        for (step_ms, period) in [(300_000, Some(288)), (3_600_000, Some(24)), (1000, None)] {
+            let mut d = EwmaParams::default().build().unwrap();
+            for i in 0..100 {
+                d.update(i * step_ms, 1.0).unwrap();
+                if i < 64 {
+                    assert_eq!(d.period(), None);
+                }
+            }
+            assert_eq!(d.period(), period, "step {step_ms} ms");
+        }
+        let mut d = EwmaParams {
+            season_secs: None,
+            ..EwmaParams::default()
+        }
+        .build()
+        .unwrap();
+        for i in 0..100 {
+            d.update(i * 300_000, 1.0).unwrap();
+        }
+        assert_eq!(d.period(), None);
+    }
+
+    /// Five-minute values of a daily cycle (amplitude 50) with noise; on day `flat_day` the
+    /// afternoon stays at the day's mean, inside the usual range.
+    fn daily(days: usize, flat_day: usize) -> (Vec<i64>, Vec<f64>) {
+        let noise = normals(6, days * 288);
+        (0..days * 288)
+            .map(|i| {
+                let phase = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
+                let flat = i / 288 == flat_day && (144..216).contains(&(i % 288));
+                let v = 100.0 + if flat { 0.0 } else { 50.0 * phase.sin() } + noise[i];
+                (i as i64 * 300_000, v)
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn a_change_of_daily_pattern_inside_the_usual_range_is_found() {
+        let (ts, vs) = daily(10, 8);
+        let flat = 8 * 288 + 144;
+        let run = |p: EwmaParams| -> Vec<f64> {
+            let mut d = p.build().unwrap();
+            d.run(&ts, &vs)
+                .into_iter()
+                .map(|r| r.unwrap().surprisal)
+                .collect()
+        };
+        let seasonal = run(EwmaParams::default());
+        let level_only = run(EwmaParams {
+            season_secs: None,
+            ..EwmaParams::default()
+        });
+        let max = |s: &[f64]| s.iter().copied().fold(0.0, f64::max);
+        // Days 3 to 7: the cycle itself is learnt (nothing near 8 bits, p ≈ 0.004) ...
+        let normal_days = 3 * 288..8 * 288;
+        assert!(max(&seasonal[normal_days.clone()]) < 8.0);
+        // ... and the flat afternoon stands far above it (p < 3e-5), which the level alone
+        // misses.
+        let change = max(&seasonal[flat..flat + 72]);
+        assert!(change > 15.0, "{change}");
+        assert!(max(&level_only[flat..flat + 72]) < max(&level_only[normal_days]));
+    }
+
+    #[test]
+    fn a_lasting_shift_scores_at_its_onset_not_on_every_value() {
+        let noise = normals(7, 600);
+        let values: Vec<f64> = (0..600)
+            .map(|i| if i < 400 { 20.0 } else { 35.0 } + noise[i])
+            .collect();
+        let ts: Vec<i64> = (0..600).map(|i| i * 60_000).collect();
+        let count = |p: EwmaParams| {
+            let mut d = p.build().unwrap();
+            let s: Vec<f64> = d
+                .run(&ts, &values)
+                .into_iter()
+                .map(|r| r.unwrap().surprisal)
+                .collect();
+            (s[400], s[401..].iter().filter(|b| **b > 20.0).count())
+        };
+        let (onset, after) = count(EwmaParams::default());
+        assert!(onset > 40.0, "{onset}");
+        assert!(after <= 2, "{after} more alarms");
+        let (_, undamped) = count(EwmaParams {
+            repeat_window: 0,
+            ..EwmaParams::default()
+        });
+        assert!(undamped > 50, "{undamped}");
+    }
+
+    #[test]
+    fn repeated_and_backward_timestamps_are_scored_as_the_next_values() {
+        let noise = normals(8, 200);
+        let ts: Vec<i64> = (0..200).map(|i| i * 1000).collect();
+        let mut shuffled = ts.clone();
+        shuffled[50] = shuffled[49];
+        shuffled[120] = 3;
+        let values: Vec<f64> = noise.iter().map(|e| 5.0 + e).collect();
+        let mut a = EwmaParams::default().build().unwrap();
+        let mut b = EwmaParams::default().build().unwrap();
+        let pa: Vec<Point> = a
+            .run(&ts, &values)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let pb: Vec<Point> = b
+            .run(&shuffled, &values)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // With a half-life in values, timestamps do not weigh: the same scores.
+        for (x, y) in pa.iter().zip(&pb) {
+            assert_eq!(x.surprisal, y.surprisal);
+        }
+        let mut s = EwmaParams::plain(60.0, 5, 1e-6).build().unwrap();
+        for (t, v) in shuffled.iter().zip(&values) {
+            assert!(s.update(*t, *v).is_ok());
+        }
     }
 }

@@ -49,16 +49,20 @@ class _Univariate:
         values : array-like
             Numbers, one per timestamp.
         errors : {"raise", "skip"}
-            What to do with a value that cannot be learnt from (NaN or infinite, null, or a
-            timestamp before the previous one): raise ``ValueError`` naming the first one, or
-            give it a null score and go on (the detector does not learn from it), as the
-            service does.
+            What to do with a value that cannot be learnt from (NaN or infinite, or null):
+            raise ``ValueError`` naming the first one, or give it a null score and go on
+            (the detector does not learn from it), as the service does. Timestamps that
+            repeat or go backwards are not errors: the value is scored as the next one.
 
         Returns
         -------
         polars.DataFrame
             ``ts`` (Datetime[ms, UTC]), ``value``, ``expected`` (what the detector expected),
-            ``statistic`` (its test statistic) and ``score`` in [0, 1] (0 while warming up).
+            ``statistic`` (its test statistic), ``score`` in [0, 1] (the null model's
+            probability mass less extreme than the value; 0 while warming up) and
+            ``surprisal``, the same tail probability ``p`` as ``-log2 p`` bits at full
+            resolution: ``score`` rounds to 1.0 beyond about 8 standard deviations, so rank
+            and threshold extreme values by ``surprisal``.
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
@@ -74,21 +78,36 @@ class _Univariate:
 
 
 class EwmaDetector(_Univariate):
-    """Level shifts: an exponentially weighted mean and variance over event time.
+    """Level shifts, spikes and changes of a daily pattern.
 
-    A value's score is its two-sided normal tail probability against the mean and standard
-    deviation learnt from the values before it (time-weighted, so irregular series are
-    fine). The service runs this detector on every endpoint's request rate, authentication
-    failures and errors per ten-second bucket.
+    An exponentially weighted level and variance, with a half-life counted in values (so
+    one parameter set fits a series of seconds and one of hours), and a seasonal predictor:
+    the value one season ago (the period in values comes from the series' cadence, the
+    median spacing of its first 64 distinct timestamps). A value's z-score is taken against
+    whichever predictor has had the smaller errors; it counts only by how much it exceeds
+    ``repeat_weight`` times the largest of the ``repeat_window`` values before it, so a
+    lasting disturbance scores at its onset; the score is its two-sided normal tail.
+
+    The defaults are one parameter set for every series, measured on the Numenta Anomaly
+    Benchmark (EVALUATION.md, ``scripts/nab``).
 
     Parameters
     ----------
-    half_life_secs : float
-        Half-life of the weights, in seconds of event time.
+    half_life : float
+        Half-life of the weights, in values.
+    half_life_secs : float, optional
+        Half-life in seconds of event time instead (irregular series are weighted by the
+        time between values).
     warmup : int
         Values learnt before scores are given.
     min_std : float
         Floor of the standard deviation, in the series' unit.
+    rel_std : float
+        Floor of the standard deviation relative to the level's magnitude.
+    season_secs : float or None
+        Seasonal period in seconds (a day), or ``None`` for no seasonal predictor.
+    repeat_window, repeat_weight : int, float
+        Damping of repeated alarms (``repeat_window=0``: off).
 
     Examples
     --------
@@ -101,17 +120,35 @@ class EwmaDetector(_Univariate):
     _kind = "ewma"
 
     def __init__(
-        self, half_life_secs: float = 600.0, warmup: int = 10, min_std: float = 1e-6
+        self,
+        half_life: float = 1000.0,
+        half_life_secs: float | None = None,
+        warmup: int = 20,
+        min_std: float = 1e-9,
+        rel_std: float = 1e-3,
+        season_secs: float | None = 86400.0,
+        repeat_window: int = 150,
+        repeat_weight: float = 0.7,
     ) -> None:
+        self.half_life = half_life
         self.half_life_secs = half_life_secs
         self.warmup = warmup
         self.min_std = min_std
+        self.rel_std = rel_std
+        self.season_secs = season_secs
+        self.repeat_window = repeat_window
+        self.repeat_weight = repeat_weight
 
     def _params(self) -> dict[str, Any]:
         return {
+            "half_life": self.half_life,
             "half_life_secs": self.half_life_secs,
             "warmup": self.warmup,
             "min_std": self.min_std,
+            "rel_std": self.rel_std,
+            "season_secs": self.season_secs,
+            "repeat_window": self.repeat_window,
+            "repeat_weight": self.repeat_weight,
         }
 
 
