@@ -2,7 +2,8 @@
 //!
 //! `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"`, optionally followed by more
 //! fields (quoted or bare), whose positions can be configured: the first field after the
-//! user agent is position 1.
+//! user agent is position 1. The referer, when not `-`, becomes the event's `referer`
+//! header.
 
 use serde::Deserialize;
 
@@ -276,9 +277,9 @@ pub fn parse_combined(line: &[u8], cfg: &CombinedConfig) -> Result<RequestEvent,
         })?),
     };
     // Referer and user agent are optional (common log format stops after the size).
-    let mut user_agent = None;
+    let (mut user_agent, mut referer) = (None, None);
     if !c.at_end() {
-        let _referer = c.delimited("referer", b'"', b'"')?;
+        referer = dash(c.delimited("referer", b'"', b'"')?).map(unescape);
         if !c.at_end() {
             user_agent = dash(c.delimited("user_agent", b'"', b'"')?).map(unescape);
         }
@@ -327,6 +328,9 @@ pub fn parse_combined(line: &[u8], cfg: &CombinedConfig) -> Result<RequestEvent,
     ev.query = query.map(Into::into);
     ev.resp_bytes = resp_bytes;
     ev.user_agent = user_agent.map(Into::into);
+    if let Some(r) = referer {
+        ev.headers.push(("referer".into(), r.into()));
+    }
     ev.session_id = session_id;
     ev.host = host;
     ev.latency_ms = latency_ms;
@@ -363,6 +367,13 @@ mod tests {
         assert_eq!(e.session_id.as_deref(), Some("sess-42"));
         assert_eq!(e.host.as_deref(), Some("api.example.com"));
         assert!((e.latency_ms.unwrap() - 12.0).abs() < 1e-9);
+        assert_eq!(
+            e.header("referer"),
+            Some("http://www.example.com/start.html")
+        );
+        let no_referer = LINE.replace("\"http://www.example.com/start.html\"", "\"-\"");
+        let e = parse_combined(no_referer.as_bytes(), &cfg).unwrap();
+        assert_eq!(e.header("referer"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::population::{Delta, Ep, Population, START, epoch_of};
 use crate::registry::{PointFeature, Registry};
 use crate::sketch::{fnv1a, part_of};
-use crate::state::{ClientState, Obs, Windows};
+use crate::state::{ClientState, Obs, RequestKind, Windows};
 use crate::store::{ClientStore, Evictions};
 
 /// One event with its features, handed to the caller's sink.
@@ -167,7 +167,7 @@ pub struct FeatureEngine {
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
 /// Version of the snapshot format: 2 adds the body's length and CRC-32 and the window shape.
-pub const SNAPSHOT_VERSION: u16 = 2;
+pub const SNAPSHOT_VERSION: u16 = 3;
 /// Bytes before the body: magic, version, body length (u64), CRC-32 of the body (u32).
 const SNAPSHOT_HEADER: usize = 8 + 2 + 8 + 4;
 
@@ -288,6 +288,7 @@ fn compute(
         id_hash,
         num_id,
         surprise,
+        kind: RequestKind::of(&ev.method, &ev.path, ev.header("referer").is_some()),
     };
     let (count, repeat) = state.update(&obs, windows, registry, out);
     part.delta.count(pop, from, to, ep, count, repeat);

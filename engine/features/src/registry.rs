@@ -9,7 +9,7 @@ use crate::config::FeatureConfig;
 
 /// Version of the feature definitions' code; part of the registry hash, raised whenever a
 /// definition changes meaning.
-pub const DEFINITIONS_VERSION: u32 = 3;
+pub const DEFINITIONS_VERSION: u32 = 4;
 
 /// Width of the per-endpoint windows of one client and of the population (milliseconds).
 pub const ENDPOINT_BUCKET_MS: i64 = 30_000;
@@ -48,11 +48,19 @@ pub enum WindowFeature {
     SeqIdRatio,
     /// Mean transition surprise.
     SurpriseMean,
+    /// Share of requests for static assets (images, style sheets, scripts, fonts, media).
+    AssetRatio,
+    /// Share of requests with a referer.
+    ReferrerRatio,
+    /// Share of HEAD requests.
+    HeadRatio,
+    /// Requests for /robots.txt.
+    RobotsCount,
 }
 
 impl WindowFeature {
     /// All, in vector order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 19] = [
         Self::ReqCount,
         Self::ReqRate,
         Self::ErrorRatio,
@@ -68,6 +76,10 @@ impl WindowFeature {
         Self::DistinctIds,
         Self::SeqIdRatio,
         Self::SurpriseMean,
+        Self::AssetRatio,
+        Self::ReferrerRatio,
+        Self::HeadRatio,
+        Self::RobotsCount,
     ];
     /// How many there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -132,6 +144,26 @@ impl WindowFeature {
                 "surprise_mean",
                 "mean",
                 "Mean of `transition_surprise` over the window's requests.",
+            ),
+            Self::AssetRatio => (
+                "asset_ratio",
+                "ratio",
+                "Share of the window's requests for static assets: a path whose last segment ends in an image, style-sheet, script, font or media extension (`css js mjs map png jpg jpeg gif svg ico webp avif bmp woff woff2 ttf otf eot mp4 webm mp3`, any case). Browsers fetch a page's assets with it; crawlers and scripts mostly do not (Tan and Kumar 2002; Doran and Gokhale 2011).",
+            ),
+            Self::ReferrerRatio => (
+                "referrer_ratio",
+                "ratio",
+                "Share of the window's requests that carry a `referer` header (the combined log's referer field when not `-`). Browsers send one for a page's assets and followed links; most robots send none (Tan and Kumar 2002).",
+            ),
+            Self::HeadRatio => (
+                "head_ratio",
+                "ratio",
+                "Share of the window's HEAD requests (link checkers, monitors, crawlers checking for changes; Tan and Kumar 2002).",
+            ),
+            Self::RobotsCount => (
+                "robots_count",
+                "count",
+                "Requests for `/robots.txt` in the window: a crawler announcing itself by reading the site's crawling rules (Doran and Gokhale 2011).",
             ),
         }
     }

@@ -80,7 +80,7 @@ pub(crate) fn bucket_of(ts_ms: i64, width_ms: i64) -> u32 {
 /// bits of a bucket's tag hold its horizon.
 const IDX_MASK: u32 = (1 << 29) - 1;
 
-/// The aggregates of one bucket of one horizon (80 bytes). Gaps are whole milliseconds,
+/// The aggregates of one bucket of one horizon (96 bytes). Gaps are whole milliseconds,
 /// capped at the horizon, so their sums are exact integers: within one bucket the gaps add up
 /// to at most the bucket width plus one horizon.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -94,6 +94,10 @@ pub(crate) struct Bucket {
     pub rl: u32,
     pub s5: u32,
     pub seq: u32,
+    pub asset: u32,
+    pub referred: u32,
+    pub head: u32,
+    pub robots: u32,
     /// Smallest gap, ms (`u32::MAX` when none).
     pub gap_min: u32,
     /// Sum of gaps, ms.
@@ -117,6 +121,10 @@ impl Bucket {
             rl: 0,
             s5: 0,
             seq: 0,
+            asset: 0,
+            referred: 0,
+            head: 0,
+            robots: 0,
             gap_min: u32::MAX,
             gap_sum: 0,
             gap_sq: 0,
@@ -148,6 +156,10 @@ pub(crate) struct Agg {
     pub rl: u32,
     pub s5: u32,
     pub seq: u32,
+    pub asset: u32,
+    pub referred: u32,
+    pub head: u32,
+    pub robots: u32,
     /// Requests in the window that have a previous request of the same client.
     pub gaps: u32,
     pub gap_min: u32,
@@ -230,6 +242,40 @@ pub(crate) struct Obs {
     /// The last id, when numeric.
     pub num_id: Option<u64>,
     pub surprise: f64,
+    /// What kind of request it is (see [`RequestKind`]).
+    pub kind: RequestKind,
+}
+
+/// The web-robot signals of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RequestKind {
+    pub asset: bool,
+    pub referred: bool,
+    pub head: bool,
+    pub robots: bool,
+}
+
+/// Extensions of static assets (`asset_ratio`).
+const ASSET_EXTENSIONS: [&str; 21] = [
+    "css", "js", "mjs", "map", "png", "jpg", "jpeg", "gif", "svg", "ico", "webp", "avif", "bmp",
+    "woff", "woff2", "ttf", "otf", "eot", "mp4", "webm", "mp3",
+];
+
+impl RequestKind {
+    /// The signals of a request: its method, its path (without the query) and whether it
+    /// carries a referer.
+    pub fn of(method: &str, path: &str, referred: bool) -> Self {
+        let last = path.rsplit('/').next().unwrap_or("");
+        let asset = last
+            .rsplit_once('.')
+            .is_some_and(|(_, ext)| ASSET_EXTENSIONS.iter().any(|a| a.eq_ignore_ascii_case(ext)));
+        Self {
+            asset,
+            referred,
+            head: method == "HEAD",
+            robots: path == "/robots.txt",
+        }
+    }
 }
 
 impl ClientState {
@@ -294,7 +340,9 @@ impl ClientState {
             if self.buckets[..i].iter().any(|o| o.tag == b.tag) {
                 return Err("two buckets for the same time".into());
             }
-            let counts = [b.err, b.auth, b.nf, b.rl, b.s5, b.seq];
+            let counts = [
+                b.err, b.auth, b.nf, b.rl, b.s5, b.seq, b.asset, b.referred, b.head, b.robots,
+            ];
             let bound = w.widths_ms[h].unsigned_abs() + w.horizons_ms[h].unsigned_abs();
             if b.n == 0
                 || counts.iter().any(|c| *c > b.n)
@@ -442,6 +490,10 @@ impl ClientState {
             b.rl += u32::from(st == 429);
             b.s5 += u32::from(st >= 500);
             b.seq += u32::from(seq_step);
+            b.asset += u32::from(o.kind.asset);
+            b.referred += u32::from(o.kind.referred);
+            b.head += u32::from(o.kind.head);
+            b.robots += u32::from(o.kind.robots);
             b.bytes = b.bytes.saturating_add(o.bytes);
             b.surprise += o.surprise;
             b.ep_bits |= bit(o.ep_hash);
@@ -473,6 +525,10 @@ impl ClientState {
             a.rl += b.rl;
             a.s5 += b.s5;
             a.seq += b.seq;
+            a.asset += b.asset;
+            a.referred += b.referred;
+            a.head += b.head;
+            a.robots += b.robots;
             a.gap_min = a.gap_min.min(b.gap_min);
             a.gap_sum += u64::from(b.gap_sum);
             a.gap_sq += b.gap_sq as f64;
@@ -544,6 +600,10 @@ pub(crate) fn window_features(a: &Agg, horizon_ms: i64, out: &mut [f64]) {
     out[F::DistinctIds as usize] = linear_count(a.id_bits);
     out[F::SeqIdRatio as usize] = f64::from(a.seq) / n;
     out[F::SurpriseMean as usize] = a.surprise / n;
+    out[F::AssetRatio as usize] = f64::from(a.asset) / n;
+    out[F::ReferrerRatio as usize] = f64::from(a.referred) / n;
+    out[F::HeadRatio as usize] = f64::from(a.head) / n;
+    out[F::RobotsCount as usize] = f64::from(a.robots);
 }
 
 #[cfg(test)]
@@ -552,7 +612,7 @@ mod tests {
 
     #[test]
     fn compact_layout() {
-        assert_eq!(std::mem::size_of::<Bucket>(), 80);
+        assert_eq!(std::mem::size_of::<Bucket>(), 96);
         assert_eq!(std::mem::size_of::<Slot>(), 24);
     }
 }

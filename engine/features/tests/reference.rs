@@ -11,7 +11,16 @@ use gatewatch_features::{
 };
 use proptest::prelude::*;
 
-const PATHS: [&str; 6] = ["/a", "/b/{}", "/c/{}/d", "/e", "/f/{}", "/login"];
+const PATHS: [&str; 8] = [
+    "/a",
+    "/b/{}",
+    "/c/{}/d",
+    "/e",
+    "/f/{}",
+    "/login",
+    "/robots.txt",
+    "/img/logo.PNG",
+];
 const STATUSES: [u16; 8] = [200, 200, 201, 401, 403, 404, 429, 503];
 
 fn config(lateness: u64) -> Config {
@@ -19,9 +28,10 @@ fn config(lateness: u64) -> Config {
 }
 
 /// Event time may move 2 s ahead on its own; `confirm` consecutive events confirm a jump.
+/// Sixteen endpoint slots: every template of the generated streams keeps its own.
 fn config_with(lateness: u64, confirm: usize) -> Config {
     Config::parse(&format!(
-        "[features]\nhorizons_secs = [1, 5, 20]\nbuckets_per_horizon = 5\nallowed_lateness_ms = {lateness}\nclient_idle_ttl_secs = 100000\nmax_future_ms = 2000\nfuture_confirm = {confirm}\n"
+        "[features]\nhorizons_secs = [1, 5, 20]\nbuckets_per_horizon = 5\nendpoint_slots = 16\nallowed_lateness_ms = {lateness}\nclient_idle_ttl_secs = 100000\nmax_future_ms = 2000\nfuture_confirm = {confirm}\n"
     ))
     .unwrap()
 }
@@ -34,11 +44,20 @@ struct Raw {
     id: u64,
     status: u16,
     bytes: u64,
+    head: bool,
+    referred: bool,
 }
 
 impl Raw {
+    fn method(&self) -> &'static str {
+        if self.head { "HEAD" } else { "GET" }
+    }
     fn template(&self) -> String {
-        format!("GET {}", PATHS[self.path].replace("{}", "{id}"))
+        format!(
+            "{} {}",
+            self.method(),
+            PATHS[self.path].replace("{}", "{id}")
+        )
     }
     fn id(&self) -> Option<u64> {
         PATHS[self.path].contains("{}").then_some(self.id)
@@ -48,11 +67,15 @@ impl Raw {
         let mut e = RequestEvent::new(
             self.ts,
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.client)),
-            "GET",
+            self.method(),
             &path,
             self.status,
         );
         e.resp_bytes = Some(self.bytes);
+        if self.referred {
+            e.headers
+                .push(("referer".into(), "https://example.com/".into()));
+        }
         e
     }
 }
@@ -63,18 +86,19 @@ fn stream() -> impl Strategy<Value = Vec<Raw>> {
             0i64..1500,
             0i64..400,
             0u8..4,
-            0usize..6,
+            0usize..8,
             0u64..8,
             0usize..8,
             0u64..5000,
             0u8..40,
+            0u8..8,
         ),
         1..150,
     )
     .prop_map(|v| {
         let mut t = 1_700_000_000_000i64;
         v.into_iter()
-            .map(|(dt, jitter, client, path, id, st, bytes, jump)| {
+            .map(|(dt, jitter, client, path, id, st, bytes, jump, kind)| {
                 t += dt;
                 // Now and then the log resumes after a gap, or one event carries a wild time.
                 let wild = match jump {
@@ -92,6 +116,8 @@ fn stream() -> impl Strategy<Value = Vec<Raw>> {
                     id,
                     status: STATUSES[st],
                     bytes,
+                    head: kind == 0,
+                    referred: kind % 2 == 1,
                 }
             })
             .collect()
@@ -274,6 +300,7 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             let mut gaps = Vec::new();
             let (mut ep_bits, mut id_bits, mut seq, mut surprise, mut bytes) =
                 (0u64, 0u64, 0.0, 0.0, 0.0);
+            let (mut asset, mut referred, mut head, mut robots) = (0.0, 0.0, 0.0, 0.0);
             for &q in &win {
                 let x = &raw[order[q]];
                 let k = mine.iter().position(|&m| m == q).unwrap();
@@ -297,6 +324,10 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
                 }
                 surprise += surprises[q];
                 bytes += x.bytes as f64;
+                asset += f64::from(u8::from(PATHS[x.path].ends_with(".PNG")));
+                referred += f64::from(u8::from(x.referred));
+                head += f64::from(u8::from(x.head));
+                robots += f64::from(u8::from(PATHS[x.path] == "/robots.txt"));
             }
             let o = |wf: WindowFeature| Registry::window_index(h, wf);
             f[o(WindowFeature::ReqCount)] = n;
@@ -326,6 +357,10 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             f[o(WindowFeature::DistinctIds)] = linear_count(id_bits);
             f[o(WindowFeature::SeqIdRatio)] = seq / n;
             f[o(WindowFeature::SurpriseMean)] = surprise / n;
+            f[o(WindowFeature::AssetRatio)] = asset / n;
+            f[o(WindowFeature::ReferrerRatio)] = referred / n;
+            f[o(WindowFeature::HeadRatio)] = head / n;
+            f[o(WindowFeature::RobotsCount)] = robots;
         }
         let k = mine.len() - 1;
         f[reg.point_index(PointFeature::SecsSincePrev)] = if k == 0 {
@@ -434,9 +469,19 @@ fn ndjson(raw: &[Raw]) -> Vec<u8> {
     let mut s = String::new();
     for (i, r) in raw.iter().enumerate() {
         let e = r.event();
+        let headers = if r.referred {
+            ",\"headers\":{\"Referer\":\"https://example.com/\"}"
+        } else {
+            ""
+        };
         s.push_str(&format!(
-            "{{\"id\":{i},\"ts\":{},\"client_ip\":\"{}\",\"method\":\"GET\",\"path\":\"{}\",\"status\":{},\"resp_bytes\":{}}}\n",
-            e.ts_ms, e.client_ip, e.path, e.status, r.bytes
+            "{{\"id\":{i},\"ts\":{},\"client_ip\":\"{}\",\"method\":\"{}\",\"path\":\"{}\",\"status\":{},\"resp_bytes\":{}{headers}}}\n",
+            e.ts_ms,
+            e.client_ip,
+            r.method(),
+            e.path,
+            e.status,
+            r.bytes
         ));
         if i % 17 == 5 {
             s.push_str("{\"ts\": \"garbage\"}\n");

@@ -49,8 +49,10 @@ pub enum Side {
 
 impl Side {
     /// The side of a feature by its name (without the horizon), from what the engine's
-    /// features measure: more requests, errors, distinct objects or surprise than usual are
-    /// evidence, fewer are not; shorter and more regular gaps are evidence, longer are not;
+    /// features measure: more requests, errors, distinct objects, surprise, HEAD requests or
+    /// `/robots.txt` reads than usual are evidence, fewer are not; shorter and more regular
+    /// gaps, and fewer assets and referers (robots fetch neither) are evidence, the opposite
+    /// is not;
     /// the endpoint's traffic from all clients and the client's age describe context. Sizes,
     /// the endpoint mix and unknown features count on both sides.
     pub fn of(feature: &str) -> Self {
@@ -68,8 +70,11 @@ impl Side {
             | "surprise_mean"
             | "transition_surprise"
             | "endpoint_count"
-            | "endpoint_rate_ratio" => Self::Up,
-            "iat_mean" | "iat_min" | "iat_cv" | "secs_since_prev" => Self::Down,
+            | "endpoint_rate_ratio"
+            | "head_ratio"
+            | "robots_count" => Self::Up,
+            "iat_mean" | "iat_min" | "iat_cv" | "secs_since_prev" | "asset_ratio"
+            | "referrer_ratio" => Self::Down,
             "endpoint_pop_rate" | "client_age_secs" => Self::Neither,
             _ => Self::Both,
         }

@@ -187,18 +187,15 @@ impl EwmaParams {
                 format!("must be ≤ 1000000, got {}", self.repeat_window),
             );
         }
+        let context = (self.season_secs.is_some() || self.repeat_window > 0)
+            .then(|| Box::new(Context::default()));
         Ok(Ewma {
             p: self,
             mean: 0.0,
             var: 0.0,
             n: 0,
             last_ms: None,
-            steps: Vec::new(),
-            period: None,
-            history: VecDeque::new(),
-            season_var: None,
-            recent: VecDeque::new(),
-            seen: 0,
+            context,
         })
     }
 }
@@ -217,6 +214,14 @@ pub struct Ewma {
     var: f64,
     n: usize,
     last_ms: Option<i64>,
+    /// The seasonal and repeat state, only when configured (the endpoint monitor runs
+    /// thousands of plain detectors).
+    context: Option<Box<Context>>,
+}
+
+/// What the seasonal predictor and the repeat damping keep.
+#[derive(Debug, Clone, Default)]
+struct Context {
     /// Positive time steps seen while estimating the cadence.
     steps: Vec<i64>,
     /// Seasonal period in values, once the cadence is known (0: none).
@@ -230,71 +235,11 @@ pub struct Ewma {
     seen: usize,
 }
 
-impl Ewma {
-    /// Scores a value, then learns from it.
-    pub fn update(&mut self, ts_ms: i64, value: f64) -> Result<Point, DetectorError> {
-        check_value(ts_ms, value)?;
-        let dt_ms = self.last_ms.map_or(0, |l| ts_ms.saturating_sub(l).max(0));
-        self.learn_cadence(dt_ms);
-        self.last_ms = Some(ts_ms);
-        if self.n == 0 {
-            self.mean = value;
-            self.n = 1;
-            self.remember(value);
-            return Ok(Point::warming(ts_ms, value, value));
-        }
-        let alpha = match self.p.half_life {
-            HalfLife::Samples(h) => 1.0 - 0.5f64.powf(1.0 / h),
-            HalfLife::Seconds(h) => 1.0 - 0.5f64.powf(dt_ms as f64 / 1000.0 / h),
-        };
-        let floor =
-            |var: f64, level: f64| (var.sqrt() + self.p.rel_std * level.abs()).max(self.p.min_std);
-        // The level predictor, and the seasonal one when it has done better.
-        let mut expected = self.mean;
-        let mut z = (value - self.mean) / floor(self.var, self.mean);
-        if let Some(period) = self.period()
-            && self.history.len() == period
-        {
-            let past = self.history[0];
-            let err = value - past;
-            match self.season_var {
-                None => self.season_var = Some(err * err),
-                Some(sv) => {
-                    if sv < self.var {
-                        expected = past;
-                        z = err / floor(sv, self.mean);
-                    }
-                    self.season_var = Some((1.0 - alpha) * sv + alpha * err * err);
-                }
-            }
-        }
-        let warm = self.n < self.p.warmup;
-        // Warm-up values are unreliable z-scores: they do not damp the first real alarms.
-        let novel = self.novelty(if warm { 0.0 } else { z.abs() });
-        let diff = value - self.mean;
-        let incr = alpha * diff;
-        self.mean += incr;
-        self.var = (1.0 - alpha) * (self.var + diff * incr);
-        self.n += 1;
-        self.remember(value);
-        if warm {
-            return Ok(Point::warming(ts_ms, value, expected));
-        }
-        let x = novel / std::f64::consts::SQRT_2;
-        Ok(Point {
-            ts_ms,
-            value,
-            expected,
-            statistic: z,
-            score: (1.0 - erfc(x)).clamp(0.0, 1.0),
-            surprisal: (-ln_erfc(x) / std::f64::consts::LN_2).max(0.0),
-        })
-    }
-
+impl Context {
     /// The part of `|z|` beyond the damped maximum of the recent values' (see
     /// [`EwmaParams::repeat_window`]); records `|z|`.
-    fn novelty(&mut self, z: f64) -> f64 {
-        let k = self.p.repeat_window;
+    fn novelty(&mut self, p: &EwmaParams, z: f64) -> f64 {
+        let k = p.repeat_window;
         if k == 0 {
             return z;
         }
@@ -308,11 +253,11 @@ impl Ewma {
             self.recent.pop_back();
         }
         self.recent.push_back((i, z));
-        (z - self.p.repeat_weight * before).max(0.0)
+        (z - p.repeat_weight * before).max(0.0)
     }
 
-    fn learn_cadence(&mut self, dt_ms: i64) {
-        let Some(season) = self.p.season_secs else {
+    fn learn_cadence(&mut self, p: &EwmaParams, dt_ms: i64) {
+        let Some(season) = p.season_secs else {
             return;
         };
         if self.period.is_some() || dt_ms <= 0 {
@@ -332,8 +277,12 @@ impl Ewma {
         }
     }
 
+    fn period(&self) -> Option<usize> {
+        self.period.filter(|p| *p > 0)
+    }
+
     fn remember(&mut self, value: f64) {
-        if let Some(period) = self.period.filter(|p| *p > 0) {
+        if let Some(period) = self.period() {
             self.history.push_back(value);
             if self.history.len() > period {
                 self.history.pop_front();
@@ -341,10 +290,83 @@ impl Ewma {
         }
     }
 
+    /// The value one period ago, once a whole period is kept.
+    fn season_ago(&self) -> Option<f64> {
+        self.period()
+            .filter(|p| self.history.len() == *p)
+            .map(|_| self.history[0])
+    }
+}
+
+impl Ewma {
+    /// Scores a value, then learns from it.
+    pub fn update(&mut self, ts_ms: i64, value: f64) -> Result<Point, DetectorError> {
+        check_value(ts_ms, value)?;
+        let dt_ms = self.last_ms.map_or(0, |l| ts_ms.saturating_sub(l).max(0));
+        let p = self.p;
+        if let Some(c) = self.context.as_deref_mut() {
+            c.learn_cadence(&p, dt_ms);
+        }
+        self.last_ms = Some(ts_ms);
+        if self.n == 0 {
+            self.mean = value;
+            self.n = 1;
+            if let Some(c) = self.context.as_deref_mut() {
+                c.remember(value);
+            }
+            return Ok(Point::warming(ts_ms, value, value));
+        }
+        let alpha = match p.half_life {
+            HalfLife::Samples(h) => 1.0 - 0.5f64.powf(1.0 / h),
+            HalfLife::Seconds(h) => 1.0 - 0.5f64.powf(dt_ms as f64 / 1000.0 / h),
+        };
+        let floor = |var: f64, level: f64| (var.sqrt() + p.rel_std * level.abs()).max(p.min_std);
+        // The level predictor, and the seasonal one when it has done better.
+        let mut expected = self.mean;
+        let mut z = (value - self.mean) / floor(self.var, self.mean);
+        let warm = self.n < p.warmup;
+        let mut novel = z.abs();
+        if let Some(c) = self.context.as_deref_mut() {
+            if let Some(past) = c.season_ago() {
+                let err = value - past;
+                match c.season_var {
+                    None => c.season_var = Some(err * err),
+                    Some(sv) => {
+                        if sv < self.var {
+                            expected = past;
+                            z = err / floor(sv, self.mean);
+                        }
+                        c.season_var = Some((1.0 - alpha) * sv + alpha * err * err);
+                    }
+                }
+            }
+            // Warm-up values are unreliable z-scores: they do not damp the first real alarms.
+            novel = c.novelty(&p, if warm { 0.0 } else { z.abs() });
+            c.remember(value);
+        }
+        let diff = value - self.mean;
+        let incr = alpha * diff;
+        self.mean += incr;
+        self.var = (1.0 - alpha) * (self.var + diff * incr);
+        self.n += 1;
+        if warm {
+            return Ok(Point::warming(ts_ms, value, expected));
+        }
+        let x = novel / std::f64::consts::SQRT_2;
+        Ok(Point {
+            ts_ms,
+            value,
+            expected,
+            statistic: z,
+            score: (1.0 - erfc(x)).clamp(0.0, 1.0),
+            surprisal: (-ln_erfc(x) / std::f64::consts::LN_2).max(0.0),
+        })
+    }
+
     /// The seasonal period in values, once the cadence has been estimated (`None` before,
     /// or when no season is configured or usable).
     pub fn period(&self) -> Option<usize> {
-        self.period.filter(|p| *p > 0)
+        self.context.as_deref().and_then(Context::period)
     }
 
     /// Scores a whole series.
