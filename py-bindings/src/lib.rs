@@ -309,6 +309,7 @@ fn fit_baseline(
             clients: 0,
             source: "a features DataFrame".into(),
             label_filter: None,
+            description: None,
         };
         let spec = gatewatch_models::TrainSpec {
             name: name.to_string(),

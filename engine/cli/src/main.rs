@@ -96,6 +96,10 @@ struct TrainArgs {
     /// Fit only on events with this label.
     #[arg(long)]
     label: Option<String>,
+    /// What the training traffic is, in words, kept in the manifest and shown by `score`
+    /// (for example the site and the period).
+    #[arg(long)]
+    describe: Option<String>,
     /// Fit on at most this many events: beyond it, a uniform sample of this many (reservoir
     /// sampling with a fixed seed), so memory stays bounded (83 features × 8 bytes each).
     #[arg(long, default_value_t = 1_000_000)]

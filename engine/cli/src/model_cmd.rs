@@ -92,6 +92,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         clients: clients.count(),
         source,
         label_filter: a.label.clone(),
+        description: a.describe.clone(),
     };
     let spec = TrainSpec {
         name: a.name.clone(),
@@ -335,6 +336,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let engine = FeatureEngine::with_parts(cfg, a.input.threads() as u32)?;
     // --model, else the configuration's [model] path, else the built-in default.
     let model = a.model.as_deref().or(settings.model.path.as_deref());
+    let builtin = model.is_none();
     let scorer = load_model(model, engine.registry())?;
     let mut out = None;
     let mut table = None;
@@ -373,6 +375,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .map(|m| format!("{} ≥ {}", m.name, m.threshold))
         .collect();
     let model_id = scorer.id();
+    let fitted_on = scorer.manifest.training.description.clone();
     let mut session = Session::new(
         engine,
         Some(scorer),
@@ -467,6 +470,16 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         rejects.total(),
         read.unit()
     );
+    if let Some(d) = &fitted_on {
+        e.push_str(&format!("  the model was fitted on {d}\n"));
+    }
+    if builtin {
+        e.push_str(
+            "  this is the built-in default: to fit a model on your own traffic, \
+             `gatewatch train -i YOUR_LOG -o DIR`, then `gatewatch score --model DIR` \
+             (EVALUATION.md: on a real site the default flags most browsers)\n",
+        );
+    }
     let Summary {
         clients,
         seen,

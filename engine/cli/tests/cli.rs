@@ -362,6 +362,8 @@ fn train_then_score_flags_abuse_and_explains_it() {
             "m",
             "--label",
             "normal",
+            "--describe",
+            "twenty simulated minutes",
             "-o",
             model.to_str().unwrap(),
         ],
@@ -374,6 +376,13 @@ fn train_then_score_flags_abuse_and_explains_it() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fitted m@1"), "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["training"]["description"],
+        "twenty simulated minutes"
+    );
     assert!(stderr.contains("p99"), "{stderr}");
     let limits: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(model.join("volumetric/limits.json")).unwrap(),
@@ -403,8 +412,21 @@ fn train_then_score_flags_abuse_and_explains_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("the model was fitted on twenty simulated minutes"),
+        "{summary}"
+    );
+    assert!(!summary.contains("built-in default"), "{summary}");
     let recs = lines(&out.stdout);
     assert_eq!(recs.len(), lines(&mixed.stdout).len());
+    let builtin = run_with_stdin(&["score", "-o", "/dev/null"], &mixed.stdout);
+    let summary = String::from_utf8_lossy(&builtin.stderr);
+    assert!(
+        summary.contains("the model was fitted on simulated API traffic")
+            && summary.contains("this is the built-in default: to fit a model on your own traffic"),
+        "{summary}"
+    );
     let mut by_label: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
     for r in &recs {
         let s = r["score"].as_f64().unwrap();

@@ -55,6 +55,9 @@ pub struct Training {
     pub source: String,
     /// Only events with this label were used, if set.
     pub label_filter: Option<String>,
+    /// What the traffic was, in words (`gatewatch train --describe`), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// Checks that a path named by a manifest stays inside the model folder: relative, without

@@ -262,6 +262,7 @@ pub fn export_onnx(
             clients: 0,
             source: "gatewatch.export_model".into(),
             label_filter: None,
+            description: None,
         },
         artefacts: vec!["model.onnx".into()],
         onnx: Some(crate::onnx::OnnxSpec {

@@ -81,6 +81,7 @@ fn folder(name: &str, edit: impl FnOnce(&mut OnnxSpec)) -> tempfile::TempDir {
             clients: 0,
             source: "make_models.py".into(),
             label_filter: None,
+            description: None,
         },
         artefacts: vec!["model.onnx".into()],
         onnx: Some(spec),

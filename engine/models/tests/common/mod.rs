@@ -16,6 +16,7 @@ pub fn training() -> Training {
         clients: 0,
         source: "test rows".into(),
         label_filter: None,
+        description: None,
     }
 }
 
