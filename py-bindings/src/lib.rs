@@ -375,9 +375,10 @@ fn export_onnx(
 /// (Float64): every value scored against the values before it, then learnt from. Returns
 /// the points (`ts`, `value`, `expected`, `statistic`, `score`, `surprisal`; null where the
 /// value was refused) and the refused values as `(index, reason)`. `ewma` takes its half-life
-/// in values unless `half_life_secs` is given.
+/// in values unless `half_life_secs` is given, and no season unless `season_secs` is given
+/// (`gw.EwmaDetector` passes every parameter).
 #[pyfunction]
-#[pyo3(signature = (df, kind, half_life=1000.0, half_life_secs=None, warmup=20, min_std=1e-9, rel_std=1e-3, season_secs=Some(86_400.0), repeat_window=150, repeat_weight=0.7, reference=240, recent=30, bins=8))]
+#[pyo3(signature = (df, kind, half_life=1000.0, half_life_secs=None, warmup=20, min_std=1e-9, rel_std=1e-3, season_secs=None, repeat_window=150, repeat_weight=0.7, reference=240, recent=30, bins=8))]
 #[allow(clippy::too_many_arguments)]
 fn univariate(
     py: Python<'_>,

@@ -89,7 +89,7 @@ def univariate(
     warmup: int = 20,
     min_std: float = 1e-9,
     rel_std: float = 1e-3,
-    season_secs: float | None = 86400.0,
+    season_secs: float | None = None,
     repeat_window: int = 150,
     repeat_weight: float = 0.7,
     reference: int = 240,
