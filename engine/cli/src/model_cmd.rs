@@ -401,7 +401,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 let (member, what, digits) = &members[s.decided_by[i]];
                 if let Some(t) = table.as_mut() {
                     t.push_key(&r);
-                    t.push_values(&[s.score[i]]);
+                    t.push_values(&[s.score[i], s.surprisal[i]]);
                     t.push_values(&s.member[i * k..(i + 1) * k]);
                     t.push_flag(flagged, member, rs);
                 }

@@ -156,7 +156,8 @@ pub(crate) fn run<S: BorrowMut<Scorer>>(
 /// Every event scored by `scorer` (its features computed as in [`features_frame`], scored
 /// in batches of `batch` as they come out of the engine): one row per event in time order
 /// with the columns of [`gatewatch_pipeline::schema::score_columns`]: `id`/`label` (when
-/// present), `ts`, `client`, `endpoint`, `score`, one `score_<member>` column per detector,
+/// present), `ts`, `client`, `endpoint`, `score`, `surprisal`, one `score_<member>` column
+/// per detector,
 /// `flagged`, and the deciding member's reasons as `reasons` (a JSON array of `{detector,
 /// feature, value, baseline, contribution}`, the same objects `gatewatch score` writes).
 pub fn scores_frame(
@@ -171,6 +172,7 @@ pub fn scores_frame(
     let mut session = session_for(cfg, Some(scorer), SessionOptions { batch, reasons })?;
     let k = members.len();
     let mut score = Vec::new();
+    let mut surprisal = Vec::new();
     let mut member: Vec<Vec<f64>> = vec![Vec::new(); k];
     let mut flagged = Vec::new();
     let mut why = Vec::new();
@@ -179,6 +181,7 @@ pub fn scores_frame(
         keys.add(out);
         let s = out.scores().expect("a session with a model scores");
         score.extend_from_slice(&s.score);
+        surprisal.extend_from_slice(&s.surprisal);
         flagged.extend_from_slice(&s.flagged);
         append_columns(&mut member, &s.member, k);
         for (i, rs) in s.reasons.iter().enumerate() {
@@ -190,7 +193,7 @@ pub fn scores_frame(
     })?;
     let n = keys.rows.len();
     let mut keep = keys.columns(df)?;
-    let values = std::iter::once(score).chain(member);
+    let values = [score, surprisal].into_iter().chain(member);
     for (name, v) in value_names.iter().zip(values) {
         keep.push(Column::new(name.as_str().into(), v));
     }

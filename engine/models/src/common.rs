@@ -53,6 +53,22 @@ pub(crate) fn calibrate_open(q: &[f64], raw: f64, n: u64) -> f64 {
     }
 }
 
+/// The tail probability `1 − calibrate_open(q, raw, n)` as surprisal, `−log2` of it, computed
+/// without forming the score, so it keeps growing where the score rounds to 1.0.
+pub(crate) fn open_bits(q: &[f64], raw: f64, n: u64) -> f64 {
+    let last = q[q.len() - 1];
+    if raw > last {
+        ((n + 1) as f64).log2() + (raw - last) * std::f64::consts::LOG2_10
+    } else {
+        tail_bits(calibrate_open(q, raw, n))
+    }
+}
+
+/// `−log2(1 − score)`: a score's tail as surprisal in bits (at most 1022, for a score of 1).
+pub fn tail_bits(score: f64) -> f64 {
+    (-(1.0 - score).max(f64::MIN_POSITIVE).log2()).max(0.0)
+}
+
 /// Position of `raw` in the calibration quantiles in [0, 1]: linearly interpolated between
 /// neighbouring quantiles, the middle of the run for a value equal to several of them.
 pub(crate) fn calibrate(q: &[f64], raw: f64) -> f64 {

@@ -19,7 +19,7 @@ pub mod train;
 pub mod univariate;
 pub mod volumetric;
 
-pub use common::Reason;
+pub use common::{Reason, tail_bits};
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
 pub use monitor::{Alert, EndpointMonitor, Metric, MonitorParams, OVERFLOW_ENDPOINT};

@@ -25,7 +25,7 @@ use std::path::Path;
 use gatewatch_features::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Reason, calibrate_open, calibration_quantiles, resolve, t, t_inv};
+use crate::common::{Reason, calibrate_open, calibration_quantiles, open_bits, resolve, t, t_inv};
 use crate::error::{ModelError, Result};
 use crate::manifest::{MANIFEST_FORMAT, Manifest, Training};
 
@@ -653,6 +653,11 @@ impl RobustModel {
     /// `name@version`.
     pub fn id(&self) -> String {
         format!("{}@{}", self.manifest.name, self.manifest.version)
+    }
+
+    /// The surprisal (bits) of a raw score: `−log2(1 − score)` at full resolution.
+    pub fn score_bits(&self, raw: f64) -> f64 {
+        open_bits(&self.baseline.calibration, raw, self.baseline.n)
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use gatewatch_features::Registry;
 
-use crate::common::Reason;
+use crate::common::{Reason, tail_bits};
 use crate::error::{ModelError, Result};
 use crate::manifest::Manifest;
 use crate::multivariate::{self, MultiModel};
@@ -182,6 +182,10 @@ impl Batch {
 pub struct BatchScores {
     /// Combined score per event.
     pub score: Vec<f64>,
+    /// The combined score's tail as surprisal, `−log2(1 − score)` bits per event, at full
+    /// resolution where the score rounds to 1.0 (the robust detector's; the others' are
+    /// computed from their scores). With the maximum combination, the highest member's.
+    pub surprisal: Vec<f64>,
     /// Member scores, `members` per event.
     pub member: Vec<f64>,
     /// Flagged per event.
@@ -191,6 +195,7 @@ pub struct BatchScores {
     /// The deciding member per event.
     pub decided_by: Vec<usize>,
     raw: Vec<f64>,
+    member_bits: Vec<f64>,
 }
 
 /// A loaded model: one or several detectors.
@@ -375,6 +380,7 @@ impl Scorer {
         let n = batch.len();
         let k = self.members.len();
         out.score.clear();
+        out.surprisal.clear();
         out.flagged.clear();
         out.decided_by.clear();
         out.member.clear();
@@ -385,8 +391,10 @@ impl Scorer {
             r.clear();
         }
         // Member scores; robust and volumetric reasons are kept as they come (cheap), the
-        // deciding member's are kept.
+        // deciding member's are kept. Member surprisal: exact for robust members.
         let mut own: Vec<Vec<Vec<Reason>>> = Vec::new();
+        out.member_bits.clear();
+        out.member_bits.resize(n * k, f64::NAN);
         for (j, m) in self.members.iter_mut().enumerate() {
             let mut rs: Vec<Vec<Reason>> = Vec::new();
             match &mut m.detector {
@@ -399,6 +407,7 @@ impl Scorer {
                             &mut scratch,
                         );
                         out.member[i * k + j] = s.score;
+                        out.member_bits[i * k + j] = d.score_bits(s.raw);
                         rs.push(s.reasons);
                     }
                 }
@@ -430,6 +439,14 @@ impl Scorer {
         #[allow(clippy::needless_range_loop, reason = "i indexes five parallel arrays")]
         for i in 0..n {
             let s = &out.member[i * k..(i + 1) * k];
+            let bits = |j: usize| {
+                let b = out.member_bits[i * k + j];
+                if b.is_nan() { tail_bits(s[j]) } else { b }
+            };
+            let surprisal = match self.combine {
+                Combine::Max => (0..k).map(bits).fold(0.0, f64::max),
+                Combine::WeightedMean => f64::NAN,
+            };
             let (score, flagged) = match self.combine {
                 Combine::Max => (
                     s.iter().copied().fold(0.0, f64::max),
@@ -458,6 +475,11 @@ impl Scorer {
                 }
             }
             out.score.push(score);
+            out.surprisal.push(if surprisal.is_nan() {
+                tail_bits(score)
+            } else {
+                surprisal
+            });
             out.flagged.push(flagged);
             out.decided_by.push(best);
             if reasons > 0 {

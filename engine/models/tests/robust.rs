@@ -300,3 +300,30 @@ fn empty_or_bad_training_is_refused() {
     let e = RobustModel::fit(&reg, &p, [row.as_slice()], "t", training()).unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
 }
+
+#[test]
+fn surprisal_is_the_score_tail_in_bits_past_what_the_score_resolves() {
+    let reg = registry();
+    let m = fit(&reg);
+    for row in rows(&reg, 300) {
+        let s = m.score(&row, 0);
+        let bits = m.score_bits(s.raw);
+        let want = -(1.0 - s.score).log2();
+        assert!((bits - want).abs() < 1e-9 * want.max(1.0), "{bits} {want}");
+    }
+    // Past the largest training raw score the tail is (n + 1)^-1 · 10^-(raw − max): its
+    // bits grow linearly, however far, where the score's double runs out of digits.
+    let last = *m.baseline.calibration.last().unwrap();
+    let at = |raw: f64| m.score_bits(raw);
+    let step = at(last + 30.0) - at(last + 20.0);
+    assert!(
+        (step - 10.0 * std::f64::consts::LOG2_10).abs() < 1e-9,
+        "{step}"
+    );
+    assert!(at(last + 400.0) > at(last + 300.0));
+    assert!(
+        (at(last + 1e-9) - 2001f64.log2()).abs() < 1e-6,
+        "{}",
+        at(last + 1e-9)
+    );
+}

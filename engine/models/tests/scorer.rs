@@ -10,7 +10,7 @@ use gatewatch_features::Registry;
 use gatewatch_models::{
     Batch, BatchScores, Combine, ENSEMBLE_KIND, EnsembleSpec, MANIFEST_FORMAT, Manifest,
     MemberSpec, ModelError, PeakCollector, RobustModel, RobustParams, Scorer, VolumetricModel,
-    VolumetricParams,
+    VolumetricParams, tail_bits,
 };
 
 /// Peaks: endpoint `busy` seen by 500 clients with peaks 1..=10 (client c peaks at
@@ -167,8 +167,13 @@ fn an_ensemble_keeps_every_member_score_and_combines_by_max() {
     assert_eq!(out.score.len(), 3);
     for i in 0..3 {
         let row = if i == 0 { &quiet } else { &loud };
-        let rob = r.score(row, 0).score;
-        assert_eq!(out.member[2 * i], rob);
+        let rob = r.score(row, 0);
+        assert_eq!(out.member[2 * i], rob.score);
+        // Surprisal: the highest member's, the robust member's exact, the other's from its
+        // score.
+        let want = r.score_bits(rob.raw).max(tail_bits(out.member[2 * i + 1]));
+        assert_eq!(out.surprisal[i], want);
+        assert!((out.surprisal[i] - tail_bits(out.score[i])).abs() < 1e-6);
         assert_eq!(out.score[i], out.member[2 * i].max(out.member[2 * i + 1]));
         assert_eq!(
             out.flagged[i],
@@ -207,6 +212,7 @@ fn a_weighted_mean_flags_at_the_ensemble_threshold() {
     s.score_batch(&b, reg.len(), 0, &mut out).unwrap();
     let expected = (out.member[0] + 3.0 * 0.75) / 4.0;
     assert!((out.score[0] - expected).abs() < 1e-12);
+    assert_eq!(out.surprisal[0], tail_bits(out.score[0]));
     assert_eq!(out.flagged[0], expected >= 0.6);
     assert!(out.reasons[0].is_empty());
 }

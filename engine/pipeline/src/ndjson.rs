@@ -249,6 +249,8 @@ impl ScoreWriter {
             write_head(r.id, r.label, r.ts_ms, r.client, r.endpoint, out);
             out.push_str(",\"score\":");
             write_float(out, s.score[i]);
+            out.push_str(",\"surprisal\":");
+            write_float(out, s.surprisal[i]);
             out.push_str(",\"scores\":{");
             for (j, m) in self.members.iter().enumerate() {
                 if j > 0 {

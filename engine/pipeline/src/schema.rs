@@ -3,8 +3,8 @@
 //! - [`FeatureRecord`]: one per event — `id` and `label` (as the event had them, when it
 //!   had them), `ts` (RFC 3339 with milliseconds, UTC), `client`, `endpoint`, then every
 //!   feature by its registry name (`null` for a value that is not finite).
-//! - [`ScoreRecord`]: one per event — the same head, then `score`, `scores` (one per
-//!   detector), `flagged`, `reasons` ([`ReasonRecord`]s of the deciding detector) and
+//! - [`ScoreRecord`]: one per event — the same head, then `score`, `surprisal` (the score's
+//!   tail in bits, unsaturated), `scores` (one per detector), `flagged`, `reasons` ([`ReasonRecord`]s of the deciding detector) and
 //!   `model` (`name@version`).
 //! - [`RejectionRecord`]: one per rejected input — its position (`line`, `row`, or
 //!   `partition` and `offset`), `category` and `reason`.
@@ -130,6 +130,9 @@ pub struct ScoreRecord {
     pub endpoint: String,
     /// The model's score in [0, 1].
     pub score: Option<f64>,
+    /// The score's tail as surprisal, `−log2(1 − score)` bits, at full resolution where the
+    /// score rounds to 1.0: rank and threshold extreme events by it.
+    pub surprisal: Option<f64>,
     /// Each detector's score, by detector name.
     pub scores: BTreeMap<String, Option<f64>>,
     /// Whether the model flags the event.
@@ -155,6 +158,7 @@ impl ScoreRecord {
             client: r.client.to_string(),
             endpoint: r.endpoint.to_string(),
             score: finite(s.score[i]),
+            surprisal: finite(s.surprisal[i]),
             scores: scorer
                 .members
                 .iter()
@@ -213,11 +217,11 @@ pub fn feature_columns(registry: &Registry) -> Vec<String> {
         .collect()
 }
 
-/// The columns after the key columns in a scores table or frame: `score`, one
-/// `score_NAME` per detector (Float64), `flagged` (Boolean) and `reasons` (the JSON text of
-/// the [`ReasonRecord`] array).
+/// The value columns after the key columns in a scores table or frame: `score`,
+/// `surprisal` and one `score_NAME` per detector (Float64).
 pub fn score_value_columns(scorer: &Scorer) -> Vec<String> {
-    std::iter::once("score".to_string())
+    ["score".to_string(), "surprisal".to_string()]
+        .into_iter()
         .chain(scorer.members.iter().map(|m| format!("score_{}", m.name)))
         .collect()
 }

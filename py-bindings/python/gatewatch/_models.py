@@ -70,8 +70,9 @@ class Model:
         -------
         polars.DataFrame
             One row per event in time order: ``id``/``label`` when present, ``ts``,
-            ``client``, ``endpoint``, ``score`` in [0, 1], ``score_<detector>`` per
-            detector and ``flagged``.
+            ``client``, ``endpoint``, ``score`` in [0, 1], ``surprisal`` (the score's tail
+            ``-log2(1 - score)`` in bits, which keeps ordering events where ``score``
+            rounds to 1.0), ``score_<detector>`` per detector and ``flagged``.
         """
         return self._native.score(_compatible(df), 0).drop("reasons")
 
