@@ -282,7 +282,7 @@ fn check_parity(
 /// Fits the named detectors on a features frame and writes the model folder, with the code
 /// `gatewatch train` runs (an ensemble of one sub-folder per detector).
 #[pyfunction]
-#[pyo3(signature = (features, path, name="baseline", top_k=3, threshold=0.999, config=None, detectors=vec!["robust".to_string()]))]
+#[pyo3(signature = (features, path, name="baseline", top_k=3, threshold=0.999, config=None, detectors=vec!["robust".to_string()], contamination=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn fit_baseline(
     py: Python<'_>,
@@ -293,6 +293,7 @@ fn fit_baseline(
     threshold: f64,
     config: Option<PathBuf>,
     detectors: Vec<String>,
+    contamination: f64,
 ) -> PyResult<String> {
     let cfg = load_config(config)?;
     py.detach(|| {
@@ -317,6 +318,7 @@ fn fit_baseline(
             robust: gatewatch_models::RobustParams {
                 top_k,
                 threshold,
+                contamination,
                 ..gatewatch_models::RobustParams::default()
             },
             volumetric: gatewatch_models::VolumetricParams::default(),

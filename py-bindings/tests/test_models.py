@@ -109,6 +109,21 @@ def test_a_baseline_fitted_in_python_scores_like_one_trained_by_the_cli(tmp_path
                 assert a == b, f"{sub}/{f.name}"
             else:
                 assert mine == f.read_text(), f"{sub}/{f.name}"
+    # Unlabelled traffic with an assumed share of abuse: the same fit from both sides.
+    gw.Baseline(name="py", contamination=0.1).fit(feats).save(tmp_path / "pyc")
+    args = ["--name", "py", "--detectors", "robust", "--contamination", "0.1"]
+    subprocess.run(
+        [gatewatch_bin(), "train", "-i", path, "-o", tmp_path / "clic", *args],
+        check=True,
+        capture_output=True,
+    )
+    fitted = (tmp_path / "pyc" / "robust" / "baseline.json").read_text()
+    assert fitted == (tmp_path / "clic" / "robust" / "baseline.json").read_text()
+    manifest = json.loads((tmp_path / "pyc" / "robust" / "manifest.json").read_text())
+    assert manifest["calibration"].startswith("contamination 0.1:")
+    assert fitted != (tmp_path / "py" / "robust" / "baseline.json").read_text()
+    with pytest.raises(gw.ModelError, match="contamination"):
+        gw.Baseline(contamination=0.6).fit(feats).save(tmp_path / "badc")
     with pytest.raises(gw.ModelError, match="unknown detector"):
         gw.Baseline(detectors=["robust", "lof"]).fit(feats).save(tmp_path / "lof")
     with pytest.raises(gw.DataError, match="req_count_10s"):

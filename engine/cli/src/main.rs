@@ -113,6 +113,11 @@ struct TrainArgs {
     /// Flag threshold on the robust baseline's calibrated score.
     #[arg(long, default_value_t = 0.999)]
     threshold: f64,
+    /// The share of the training events presumed abnormal in unlabelled traffic (robots,
+    /// attacks), in [0, 0.5): the robust baseline sets aside that share of its most
+    /// anomalous training events and is fitted again on the rest.
+    #[arg(long, default_value_t = 0.0)]
+    contamination: f64,
     /// Fewest distinct clients an endpoint needs for its own rate limits (others are scored
     /// against all endpoints pooled).
     #[arg(long, default_value_t = 30)]

@@ -100,6 +100,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         robust: RobustParams {
             top_k: a.top_k,
             threshold: a.threshold,
+            contamination: a.contamination,
             ..RobustParams::default()
         },
         volumetric: VolumetricParams {

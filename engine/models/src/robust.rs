@@ -92,6 +92,12 @@ pub struct RobustParams {
     pub z_clip: f64,
     /// Flag threshold on the calibrated score.
     pub threshold: f64,
+    /// The share of the training events presumed abnormal (robots, attacks) in unlabelled
+    /// traffic, in [0, 0.5): the model is fitted once, the events with the highest raw
+    /// scores up to that share are set aside, and it is fitted again on the rest, so that
+    /// the abuse in the training traffic neither widens the baselines nor sets the
+    /// calibration. 0: fit on everything.
+    pub contamination: f64,
 }
 
 impl Default for RobustParams {
@@ -101,6 +107,7 @@ impl Default for RobustParams {
             top_k: 3,
             z_clip: 50.0,
             threshold: 0.999,
+            contamination: 0.0,
         }
     }
 }
@@ -387,9 +394,11 @@ impl RobustModel {
             || params.z_clip.is_nan()
             || params.z_clip <= 0.0
             || !(0.0..=1.0).contains(&params.threshold)
+            || !(0.0..0.5).contains(&params.contamination)
         {
             return Err(ModelError::Fit(
-                "top_k must be ≥ 1, z_clip > 0 and threshold in [0, 1]".into(),
+                "top_k must be ≥ 1, z_clip > 0, threshold in [0, 1] and contamination in [0, 0.5)"
+                    .into(),
             ));
         }
         let features: Vec<String> = if params.features.is_empty() {
@@ -418,25 +427,46 @@ impl RobustModel {
                 "no training events (empty log, or no event with the label filter)".into(),
             ));
         }
+        let c = params.contamination;
+        // Per feature, the share `c` of the training values on the side(s) where abuse lies
+        // is set aside (half on each side for two-sided features), and so is that share of
+        // the highest raw scores for the calibration: abuse in unlabelled traffic, even a
+        // cluster of it, then lies past the fitted extremes instead of widening them.
+        let m = (c * n as f64).floor() as usize;
+        let kept = n - m as u64;
+        let sides: Vec<Side> = features.iter().map(|f| Side::of(f)).collect();
         let mut med = Vec::with_capacity(idx.len());
         let mut scale = Vec::with_capacity(idx.len());
         let mut tails = Vec::with_capacity(idx.len());
-        for c in &cols {
-            let mut v = c.clone();
+        for (col, side) in cols.iter().zip(&sides) {
+            let mut v = col.clone();
             v.sort_by(f64::total_cmp);
+            let (lo, hi) = match side {
+                Side::Up => (0, m),
+                Side::Down => (m, 0),
+                Side::Both | Side::Neither => (m / 2, m - m / 2),
+            };
+            let v = &v[lo..v.len() - hi];
             let y: Vec<f64> = v.iter().map(|&x| t(x)).collect();
-            let m = median(&mut y.clone());
-            let mut dev: Vec<f64> = y.iter().map(|x| (x - m).abs()).collect();
+            let md = median(&mut y.clone());
+            let mut dev: Vec<f64> = y.iter().map(|x| (x - md).abs()).collect();
             let mean_abs = dev.iter().sum::<f64>() / dev.len() as f64;
             let mad = median(&mut dev);
             // MAD, or the mean absolute deviation when more than half the values equal the
             // median, or a floor when the feature never varied.
-            let s = (1.4826 * mad).max(1.2533 * mean_abs).max(1e-6);
-            med.push(m);
-            scale.push(s);
-            tails.push(tail_of(&v));
+            let sc = (1.4826 * mad).max(1.2533 * mean_abs).max(1e-6);
+            med.push(md);
+            scale.push(sc);
+            tails.push(tail_of(v));
         }
-        let sides: Vec<Side> = features.iter().map(|f| Side::of(f)).collect();
+        let calibration = if c == 0.0 {
+            "empirical CDF of the training events' raw scores (baseline.json: calibration)"
+                .to_string()
+        } else {
+            format!(
+                "contamination {c}: per feature, the {m} most extreme of the {n} training values on the abuse side set aside; empirical CDF of the lowest {kept} training raw scores (baseline.json: calibration)"
+            )
+        };
         let mut model = Self {
             manifest: Manifest {
                 format_version: MANIFEST_FORMAT,
@@ -447,16 +477,14 @@ impl RobustModel {
                 features,
                 outputs: vec!["score".into()],
                 threshold: params.threshold,
-                calibration:
-                    "empirical CDF of the training events' raw scores (baseline.json: calibration)"
-                        .into(),
+                calibration,
                 training,
                 artefacts: vec![BASELINE_FILE.into()],
                 onnx: None,
                 ensemble: None,
             },
             baseline: Baseline {
-                n,
+                n: kept,
                 median: med,
                 scale,
                 tails,
@@ -483,6 +511,7 @@ impl RobustModel {
             })
             .collect();
         raws.sort_by(f64::total_cmp);
+        raws.truncate(kept as usize);
         model.baseline.calibration = calibration_quantiles(&raws);
         Ok(model)
     }

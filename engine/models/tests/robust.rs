@@ -327,3 +327,63 @@ fn surprisal_is_the_score_tail_in_bits_past_what_the_score_resolves() {
         at(last + 1e-9)
     );
 }
+
+#[test]
+fn contamination_sets_the_abuse_in_unlabelled_training_aside() {
+    let reg = registry();
+    let f = reg.index_of("distinct_ids_10m").unwrap();
+    // Unlabelled training traffic: 1800 ordinary rows and 200 (10%) of an attack with a
+    // high `distinct_ids_10m`.
+    let mut data = rows(&reg, 2000);
+    for r in data.iter_mut().skip(1800) {
+        r[f] = 60.0;
+    }
+    let fit_with = |contamination: f64| {
+        RobustModel::fit(
+            &reg,
+            &RobustParams {
+                top_k: 1,
+                features: vec!["distinct_ids_10m".into(), "bytes_mean_1h".into()],
+                contamination,
+                ..RobustParams::default()
+            },
+            data.iter().map(Vec::as_slice),
+            "t",
+            training(),
+        )
+        .unwrap()
+    };
+    let plain = fit_with(0.0);
+    let trimmed = fit_with(0.15);
+    // Trimmed: per feature the most extreme 15% on the abuse side were set aside (the
+    // attack's values among them), so the attack lies past the fitted extreme and scores
+    // above every ordinary row.
+    assert!(trimmed.baseline.n < 1800 && trimmed.baseline.n >= 1700);
+    assert!(trimmed.manifest.calibration.contains("set aside"));
+    let mut attack = typical(&reg);
+    attack[f] = 60.0;
+    let ordinary_max = |m: &RobustModel| {
+        data[..1800]
+            .iter()
+            .map(|r| m.score(r, 0).score)
+            .fold(0.0, f64::max)
+    };
+    assert!(trimmed.score(&attack, 0).score > ordinary_max(&trimmed));
+    // Fitted on everything, the attack is a tenth of the training and scores like an
+    // ordinary tail value.
+    assert!(plain.score(&attack, 0).score < ordinary_max(&plain));
+    for bad in [-0.1, 0.5, f64::NAN] {
+        let e = RobustModel::fit(
+            &reg,
+            &RobustParams {
+                contamination: bad,
+                ..RobustParams::default()
+            },
+            data.iter().map(Vec::as_slice),
+            "t",
+            training(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("contamination"), "{e}");
+    }
+}

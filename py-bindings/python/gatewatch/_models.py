@@ -164,6 +164,11 @@ class Baseline:
         Members, from ``"robust"``, ``"volumetric"`` (per-endpoint rate baselines; reads the
         frame's ``endpoint``, ``client`` and ``endpoint_count_1m`` columns), ``"pca"`` and
         ``"gmm"``.
+    contamination : float
+        The share of the training events presumed abnormal (robots, attacks) when the
+        frame is unlabelled traffic, in [0, 0.5): the robust member sets aside that share
+        of its most anomalous training events and is fitted again on the rest (as
+        ``gatewatch train --contamination``).
     """
 
     def __init__(
@@ -173,9 +178,11 @@ class Baseline:
         name: str = "baseline",
         config: str | Path | None = None,
         detectors: Sequence[str] = ("robust",),
+        contamination: float = 0.0,
     ) -> None:
         self.top_k = top_k
         self.threshold = threshold
+        self.contamination = contamination
         self.name = name
         self.config = config
         self.detectors = detectors
@@ -228,6 +235,7 @@ class Baseline:
             self.threshold,
             None if self.config is None else str(self.config),
             list(self.detectors),
+            self.contamination,
         )
         return Model.load(path, self.config)
 

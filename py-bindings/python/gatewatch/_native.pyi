@@ -66,6 +66,7 @@ def fit_baseline(
     threshold: float = 0.999,
     config: str | Path | None = None,
     detectors: list[str] = ...,
+    contamination: float = 0.0,
 ) -> str: ...
 def export_onnx(
     path: str | Path,
