@@ -8,7 +8,10 @@
 //! (status ≥ 400 without 401/403, per bucket); for the failure series only increases count.
 //! Buckets without requests are series values of 0, so quiet periods are learnt too (gaps
 //! longer than `max_gap_buckets` restart the endpoint's detectors). An alert is a bucket
-//! value whose detector score reaches `threshold`.
+//! value whose detector score reaches `threshold`. An alerting value is not learnt, for at
+//! most `max_hold_buckets` buckets in a row: an attack keeps alerting while it lasts
+//! instead of becoming the baseline within minutes, and a lasting change of level is
+//! learnt after the hold.
 
 use std::collections::HashMap;
 
@@ -25,6 +28,9 @@ pub struct MonitorParams {
     pub threshold: f64,
     /// A longer silence restarts the endpoint's detectors.
     pub max_gap_buckets: i64,
+    /// Alerting values are not learnt for up to this many consecutive buckets (0: every
+    /// value is learnt).
+    pub max_hold_buckets: u32,
     /// At most this many endpoints get series of their own; requests to further ones share
     /// the [`OVERFLOW_ENDPOINT`] series (counted in [`EndpointMonitor::overflowed`]).
     pub max_endpoints: usize,
@@ -43,6 +49,7 @@ impl Default for MonitorParams {
             ewma: EwmaParams::plain(600.0, 30, 0.5),
             threshold: 0.9999,
             max_gap_buckets: 360,
+            max_hold_buckets: 360,
             max_endpoints: 10_000,
             max_alerts: 100_000,
         }
@@ -99,6 +106,8 @@ struct Series {
     rate: Ewma,
     auth_d: Ewma,
     errors_d: Ewma,
+    /// Consecutive alerting buckets not learnt, per metric.
+    held: [u32; 3],
 }
 
 /// Per-endpoint bucket series with their detectors.
@@ -148,6 +157,7 @@ impl EndpointMonitor {
             rate: d(),
             auth_d: d(),
             errors_d: d(),
+            held: [0; 3],
         }
     }
 
@@ -175,6 +185,7 @@ impl EndpointMonitor {
                 self.buckets += 1;
                 let d = || p.ewma.build().expect("checked in new");
                 (s.rate, s.auth_d, s.errors_d) = (d(), d(), d());
+                s.held = [0; 3];
                 s.start_ms = start;
             } else {
                 while s.start_ms < start {
@@ -254,14 +265,26 @@ fn close(s: &mut Series, endpoint: &str, p: &MonitorParams, alerts: &mut Vec<Ale
         (Metric::AuthFailures, s.auth as f64, true),
         (Metric::Errors, s.errors as f64, true),
     ];
-    for (metric, v, up_only) in values {
+    for (m, (metric, v, up_only)) in values.into_iter().enumerate() {
         let d = match metric {
             Metric::RequestRate => &mut s.rate,
             Metric::AuthFailures => &mut s.auth_d,
             Metric::Errors => &mut s.errors_d,
         };
+        let before = (s.held[m] < p.max_hold_buckets).then(|| d.clone());
         let Ok(pt) = d.update(t, v) else { continue };
-        if pt.score >= p.threshold && (!up_only || pt.statistic > 0.0) {
+        let alert = pt.score >= p.threshold && (!up_only || pt.statistic > 0.0);
+        match (alert, before) {
+            // Not learnt: the detector as it was before this value.
+            (true, Some(b)) => {
+                *d = b;
+                s.held[m] += 1;
+            }
+            // The hold is spent: learnt, until a bucket does not alert.
+            (true, None) => {}
+            (false, _) => s.held[m] = 0,
+        }
+        if alert {
             alerts.push(Alert {
                 endpoint: endpoint.to_string(),
                 metric,
@@ -309,6 +332,64 @@ mod tests {
         );
         assert!(alerts.iter().any(|a| a.metric == Metric::AuthFailures));
         assert!(m.buckets() >= 2 * 190);
+    }
+
+    /// Failed logins per 10-second bucket: about one for 30 minutes, then `wave` minutes of
+    /// about four, then quiet again; the auth-failure alerts' bucket starts.
+    fn failure_wave(p: MonitorParams, wave: i64) -> (Vec<i64>, i64, i64) {
+        let mut m = EndpointMonitor::new(p).unwrap();
+        let start = 1800 * 1000;
+        let end = start + wave * 60_000;
+        for i in 0..(3600 + wave * 60) {
+            let t = i * 1000;
+            let fails = if (start..end).contains(&t) { 4 } else { 1 };
+            // The base rate varies a little, so the detectors learn a spread.
+            if i % 10 < fails + i64::from(i % 70 == 0) {
+                m.add("POST /login", t, 401);
+            }
+            m.add("POST /login", t + 1, 200);
+        }
+        let alerts = m
+            .finish()
+            .into_iter()
+            .filter(|a| a.metric == Metric::AuthFailures)
+            .map(|a| a.bucket_start_ms)
+            .collect();
+        (alerts, start, end)
+    }
+
+    #[test]
+    fn an_alert_stays_up_while_the_attack_lasts() {
+        // Held: the wave is not learnt, so its last minutes alert like its first.
+        let (held, start, end) = failure_wave(MonitorParams::default(), 20);
+        let last_five = held
+            .iter()
+            .filter(|t| **t >= end - 300_000 && **t < end)
+            .count();
+        assert!(last_five >= 25, "{last_five} of 30 buckets: {held:?}");
+        assert!(held.iter().all(|t| *t >= start), "{held:?}");
+        // Learnt as before: the wave becomes the baseline within minutes.
+        let learnt = MonitorParams {
+            max_hold_buckets: 0,
+            ..MonitorParams::default()
+        };
+        let (adapted, _, end) = failure_wave(learnt, 20);
+        let last_five = adapted
+            .iter()
+            .filter(|t| **t >= end - 300_000 && **t < end)
+            .count();
+        assert!(last_five <= 5, "{last_five}: {adapted:?}");
+        // A hold of 30 buckets: after five minutes of alerts the new level is learnt.
+        let short = MonitorParams {
+            max_hold_buckets: 30,
+            ..MonitorParams::default()
+        };
+        let (alerts, start, end) = failure_wave(short, 20);
+        assert!(alerts.iter().filter(|t| **t < start + 300_000).count() >= 25);
+        assert!(
+            alerts.iter().filter(|t| **t >= end - 300_000).count() <= 5,
+            "{alerts:?}"
+        );
     }
 
     #[test]
