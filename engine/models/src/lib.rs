@@ -32,7 +32,7 @@ pub use scorer::{
 };
 pub use train::{DETECTORS, OnnxExport, TrainSpec, Trained, export_onnx, train};
 pub use univariate::{
-    DetectorError, Ewma, EwmaParams, HalfLife, MAX_SEASON, Point, RelativeEntropy,
+    DetectorError, Ewma, EwmaParams, HalfLife, MAX_SEASON, MAX_VALUE, Point, RelativeEntropy,
     RelativeEntropyParams,
 };
 pub use volumetric::{PeakCollector, VolumetricModel, VolumetricParams};

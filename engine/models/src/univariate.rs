@@ -26,7 +26,20 @@ pub enum DetectorError {
         /// The value.
         value: f64,
     },
+    /// A value's magnitude is beyond [`MAX_VALUE`], where its square would overflow (it
+    /// is not learnt from).
+    #[error("value at ts {ts_ms} is out of range ({value}; at most ±1e150)")]
+    OutOfRange {
+        /// Its timestamp.
+        ts_ms: i64,
+        /// The value.
+        value: f64,
+    },
 }
+
+/// The largest magnitude a series value may have: differences of two such values, and
+/// their squares, stay finite.
+pub const MAX_VALUE: f64 = 1e150;
 
 /// One scored value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,10 +77,12 @@ impl Point {
 }
 
 fn check_value(ts_ms: i64, value: f64) -> Result<(), DetectorError> {
-    if value.is_finite() {
-        Ok(())
-    } else {
+    if !value.is_finite() {
         Err(DetectorError::NonFinite { ts_ms, value })
+    } else if value.abs() > MAX_VALUE {
+        Err(DetectorError::OutOfRange { ts_ms, value })
+    } else {
+        Ok(())
     }
 }
 
@@ -352,7 +367,8 @@ impl Ewma {
         if warm {
             return Ok(Point::warming(ts_ms, value, expected));
         }
-        let x = novel / std::f64::consts::SQRT_2;
+        // (|z| can reach 1e159; its square must stay finite.)
+        let x = novel.min(MAX_VALUE) / std::f64::consts::SQRT_2;
         Ok(Point {
             ts_ms,
             value,

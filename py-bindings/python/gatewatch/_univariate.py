@@ -49,7 +49,8 @@ class _Univariate:
         values : array-like
             Numbers, one per timestamp.
         errors : {"raise", "skip"}
-            What to do with a value that cannot be learnt from (NaN or infinite, or null):
+            What to do with a value that cannot be learnt from (NaN, infinite, beyond
+            ±1e150, or null):
             raise ``ValueError`` naming the first one, or give it a null score and go on
             (the detector does not learn from it), as the service does. Timestamps that
             repeat or go backwards are not errors: the value is scored as the next one.
