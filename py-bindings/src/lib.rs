@@ -80,6 +80,37 @@ fn load_config(path: Option<PathBuf>) -> PyResult<Config> {
     }
 }
 
+/// Combined access-log lines (nginx / Apache, with the configuration's `[input.combined]`
+/// positions) as an events frame, in file order; the refused lines as `(line number,
+/// reason)`. The file is read whole.
+#[pyfunction]
+#[pyo3(signature = (path, config=None))]
+fn read_combined(
+    py: Python<'_>,
+    path: PathBuf,
+    config: Option<PathBuf>,
+) -> PyResult<(PyDataFrame, Vec<(u64, String)>)> {
+    let cfg = load_config(config)?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| PyOSError::new_err(format!("{}: {e}", path.display())))?;
+    py.detach(|| {
+        let mut events = Vec::new();
+        let mut refused = Vec::new();
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match gatewatch_event::parse_combined(line, &cfg.input.combined) {
+                Ok(e) => events.push(e),
+                Err(e) => refused.push((i as u64 + 1, e.to_string())),
+            }
+        }
+        let df = gatewatch_frames::events_to_frame(&events).map_err(frame_err)?;
+        Ok((PyDataFrame(df), refused))
+    })
+}
+
 /// Simulated labelled API traffic as a DataFrame of events.
 #[pyfunction]
 #[pyo3(signature = (seed=1, duration="10m", users=200, scenarios=None, start=None))]
@@ -495,6 +526,7 @@ fn univariate(
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(read_combined, m)?)?;
     m.add_function(wrap_pyfunction!(feature_schema_json, m)?)?;
     m.add_function(wrap_pyfunction!(feature_docs, m)?)?;
     m.add_class::<FeatureExtractor>()?;

@@ -261,3 +261,37 @@ def test_errors_have_a_class_per_kind_and_are_value_errors() -> None:
     with pytest.raises(gw.DataError) as e:
         gw.FeatureExtractor().transform(pl.DataFrame({"ts": [1]}))
     assert not isinstance(e.value, (gw.ConfigError, gw.ModelError))
+
+
+def test_a_real_combined_log_reads_and_gives_the_features_of_the_cli(tmp_path: Path) -> None:
+    import gzip
+    from datetime import datetime
+
+    raw = gzip.decompress(
+        (ROOT / "tests/data/real/elastic-apache-2015/apache_logs.gz").read_bytes()
+    ).split(b"\n")
+    # The engine processes a log in arrival order (late lines are refused); this one is
+    # shuffled within each minute, so both sides get it in time order.
+    lines = sorted(
+        (ln for ln in raw if ln.strip()),
+        key=lambda ln: datetime.strptime(
+            ln.split(b"[")[1].split(b"]")[0].decode(), "%d/%b/%Y:%H:%M:%S %z"
+        ),
+    )
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    # One line's user agent lacks its closing quote: refused, naming the line and field.
+    with pytest.raises(gw.DataError, match=r"access\.log: line \d+: .*user_agent"):
+        gw.read_log(log)
+    events = gw.read_log(log, errors="skip")
+    assert events.height == len(lines) - 1
+    assert events["headers"].struct.field("referer").null_count() < events.height
+    got = gw.FeatureExtractor().transform(events)
+    out = tmp_path / "features.ndjson"
+    subprocess.run(
+        [gatewatch_bin(), "features", "--format", "combined", "-i", log, "-o", out],
+        check=True,
+        capture_output=True,
+    )
+    compare(got, pl.read_ndjson(out, infer_schema_length=None))
+    assert (got["asset_ratio_1m"] == 1.0).any() and (got["robots_count_1h"] >= 1.0).any()

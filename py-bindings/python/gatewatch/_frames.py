@@ -19,6 +19,7 @@ _FORMATS = {
     ".csv": "csv",
     ".ndjson": "ndjson",
     ".jsonl": "ndjson",
+    ".log": "combined",
 }
 
 # The event schema's columns (and ``headers.NAME`` columns): what read_log keeps.
@@ -65,19 +66,29 @@ def read_log(
     path: str | Path,
     format: str | None = None,
     mapping: Mapping[str, str] | None = None,
+    config: str | Path | None = None,
+    errors: str = "raise",
 ) -> pl.DataFrame:
     """Read a request log into an events frame.
 
     Parameters
     ----------
     path : str or Path
-        A Parquet, CSV or NDJSON file.
-    format : {"parquet", "csv", "ndjson"}, optional
-        The file format; taken from the extension when ``None``.
+        A Parquet, CSV or NDJSON file, or an nginx / Apache combined access log.
+    format : {"parquet", "csv", "ndjson", "combined"}, optional
+        The file format; taken from the extension when ``None`` (``.log``: combined).
     mapping : mapping of str to str, optional
         Column renames from the file's names to the event schema's (``{"time": "ts"}``).
         Header values may come as ``headers.NAME`` text columns (as CSV files have them)
-        instead of a ``headers`` struct.
+        instead of a ``headers`` struct. Not for combined logs.
+    config : str or Path, optional
+        A gatewatch configuration whose ``[input.combined]`` says where a combined log's
+        extra fields are (combined logs only).
+    errors : {"raise", "skip"}
+        A combined-log line that is not one: raise ``DataError`` naming the first (its
+        line number and what is wrong), or leave such lines out. Combined logs are parsed
+        by the engine's own reader (the referer becomes the ``referer`` header) and read
+        whole.
 
     Returns
     -------
@@ -98,12 +109,25 @@ def read_log(
     """
     p = Path(path)
     fmt = format or _FORMATS.get(p.suffix.lower())
-    if fmt not in ("parquet", "csv", "ndjson"):
+    if fmt not in ("parquet", "csv", "ndjson", "combined"):
         raise ValueError(
-            f"{p}: unknown log format {fmt or p.suffix!r} (use parquet, csv or ndjson)"
+            f"{p}: unknown log format {fmt or p.suffix!r} (use parquet, csv, ndjson or combined)"
         )
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
+    if fmt == "combined":
+        if mapping:
+            raise ValueError("a combined log has fixed fields: no mapping")
+        df, refused = _native.read_combined(str(p), None if config is None else str(config))
+        if refused and errors == "raise":
+            line, why = refused[0]
+            raise DataError(
+                f"{p}: line {line}: {why} ({len(refused)} line(s) refused; errors='skip' "
+                "leaves them out)"
+            )
+        return df.sort("ts", maintain_order=True)
     if fmt == "parquet":
         lf = pl.scan_parquet(p)
     elif fmt == "csv":

@@ -17,6 +17,7 @@ __all__ = [
     "feature_docs",
     "feature_schema_json",
     "fit_baseline",
+    "read_combined",
     "simulate",
     "univariate",
 ]
@@ -68,6 +69,9 @@ def fit_baseline(
     detectors: list[str] = ...,
     contamination: float = 0.0,
 ) -> str: ...
+def read_combined(
+    path: str | Path, config: str | Path | None = None
+) -> tuple[pl.DataFrame, list[tuple[int, str]]]: ...
 def export_onnx(
     path: str | Path,
     onnx_path: str | Path,
