@@ -91,8 +91,8 @@ fn read_combined(
     config: Option<PathBuf>,
 ) -> PyResult<(PyDataFrame, Vec<(u64, String)>)> {
     let cfg = load_config(config)?;
-    let bytes = std::fs::read(&path)
-        .map_err(|e| PyOSError::new_err(format!("{}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| PyOSError::new_err(format!("{}: {e}", path.display())))?;
     py.detach(|| {
         let mut events = Vec::new();
         let mut refused = Vec::new();
