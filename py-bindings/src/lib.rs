@@ -81,8 +81,8 @@ fn load_config(path: Option<PathBuf>) -> PyResult<Config> {
 }
 
 /// Combined access-log lines (nginx / Apache, with the configuration's `[input.combined]`
-/// positions) as an events frame, in file order; the refused lines as `(line number,
-/// reason)`. The file is read whole.
+/// positions) as an events frame, in file order, read by the engine's line reader; the
+/// refused lines as `(line number, reason)`.
 #[pyfunction]
 #[pyo3(signature = (path, config=None))]
 fn read_combined(
@@ -90,22 +90,28 @@ fn read_combined(
     path: PathBuf,
     config: Option<PathBuf>,
 ) -> PyResult<(PyDataFrame, Vec<(u64, String)>)> {
+    use std::io::Read;
     let cfg = load_config(config)?;
-    let bytes =
-        std::fs::read(&path).map_err(|e| PyOSError::new_err(format!("{}: {e}", path.display())))?;
+    let os_err = |e: std::io::Error| PyOSError::new_err(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(&path).map_err(os_err)?;
     py.detach(|| {
+        let format = gatewatch_features::Format::Combined(cfg.input.combined.clone());
+        let mut ingest = gatewatch_features::Ingest::new(format.clone());
         let mut events = Vec::new();
         let mut refused = Vec::new();
-        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+        let mut each = |n: u64, line: gatewatch_features::Line<'_>| match line.event(&format) {
+            Ok(e) => events.push(e),
+            Err(e) => refused.push((n, e.to_string())),
+        };
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let got = file.read(&mut chunk).map_err(os_err)?;
+            if got == 0 {
+                break;
             }
-            match gatewatch_event::parse_combined(line, &cfg.input.combined) {
-                Ok(e) => events.push(e),
-                Err(e) => refused.push((i as u64 + 1, e.to_string())),
-            }
+            ingest.split(&chunk[..got], &mut each);
         }
+        ingest.split_end(&mut each);
         let df = gatewatch_frames::events_to_frame(&events).map_err(frame_err)?;
         Ok((PyDataFrame(df), refused))
     })

@@ -114,8 +114,9 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.999)]
     threshold: f64,
     /// The share of the training events presumed abnormal in unlabelled traffic (robots,
-    /// attacks), in [0, 0.5): the robust baseline sets aside that share of its most
-    /// anomalous training events and is fitted again on the rest.
+    /// attacks), in [0, 0.5): the robust baseline sets aside, per feature, that share of
+    /// the training values on the side where abuse lies, and that share of the highest raw
+    /// scores for its calibration.
     #[arg(long, default_value_t = 0.0)]
     contamination: f64,
     /// Fewest distinct clients an endpoint needs for its own rate limits (others are scored

@@ -53,14 +53,15 @@ pub(crate) fn calibrate_open(q: &[f64], raw: f64, n: u64) -> f64 {
     }
 }
 
-/// The tail probability `1 − calibrate_open(q, raw, n)` as surprisal, `−log2` of it, computed
-/// without forming the score, so it keeps growing where the score rounds to 1.0.
-pub(crate) fn open_bits(q: &[f64], raw: f64, n: u64) -> f64 {
+/// The tail probability `1 − score` of `score = calibrate_open(q, raw, n)` as surprisal,
+/// `−log2` of it; past the largest quantile it is computed from `raw`, not from the score, so
+/// it keeps growing where the score rounds to 1.0.
+pub(crate) fn open_bits(q: &[f64], raw: f64, n: u64, score: f64) -> f64 {
     let last = q[q.len() - 1];
     if raw > last {
         ((n + 1) as f64).log2() + (raw - last) * std::f64::consts::LOG2_10
     } else {
-        tail_bits(calibrate_open(q, raw, n))
+        tail_bits(score)
     }
 }
 

@@ -93,10 +93,11 @@ pub struct RobustParams {
     /// Flag threshold on the calibrated score.
     pub threshold: f64,
     /// The share of the training events presumed abnormal (robots, attacks) in unlabelled
-    /// traffic, in [0, 0.5): the model is fitted once, the events with the highest raw
-    /// scores up to that share are set aside, and it is fitted again on the rest, so that
-    /// the abuse in the training traffic neither widens the baselines nor sets the
-    /// calibration. 0: fit on everything.
+    /// traffic, in [0, 0.5): per feature, that share of the training values on the side
+    /// where abuse lies is set aside (half on each side for two-sided features), and so is
+    /// that share of the highest raw scores for the calibration, so that the abuse in the
+    /// training traffic neither widens the baselines nor sets the calibration. 0: fit on
+    /// everything.
     pub contamination: f64,
 }
 
@@ -227,6 +228,9 @@ pub struct Scored {
     pub score: f64,
     /// Raw score (mean of the top |z|).
     pub raw: f64,
+    /// The score's tail as surprisal, `−log2(1 − score)` bits, at full resolution (see
+    /// [`RobustModel::score_bits`]).
+    pub surprisal: f64,
     /// Largest contributions first.
     pub reasons: Vec<Reason>,
 }
@@ -643,11 +647,7 @@ impl RobustModel {
         );
         ss.retain(|g| g.1 != usize::MAX);
         if ss.is_empty() {
-            return Scored {
-                score: calibrate_open(&b.calibration, 0.0, b.n),
-                raw: 0.0,
-                reasons: Vec::new(),
-            };
+            return self.scored(0.0, Vec::new());
         }
         // Largest surprisal first, ties by feature order; only the first `m` need ordering.
         let by_size = |a: &(f64, usize), c: &(f64, usize)| {
@@ -672,9 +672,16 @@ impl RobustModel {
                 contribution: s,
             })
             .collect();
+        self.scored(raw, reasons)
+    }
+
+    fn scored(&self, raw: f64, reasons: Vec<Reason>) -> Scored {
+        let b = &self.baseline;
+        let score = calibrate_open(&b.calibration, raw, b.n);
         Scored {
-            score: calibrate_open(&b.calibration, raw, b.n),
+            score,
             raw,
+            surprisal: open_bits(&b.calibration, raw, b.n, score),
             reasons,
         }
     }
@@ -686,7 +693,7 @@ impl RobustModel {
 
     /// The surprisal (bits) of a raw score: `−log2(1 − score)` at full resolution.
     pub fn score_bits(&self, raw: f64) -> f64 {
-        open_bits(&self.baseline.calibration, raw, self.baseline.n)
+        self.scored(raw, Vec::new()).surprisal
     }
 }
 

@@ -391,10 +391,11 @@ impl Scorer {
             r.clear();
         }
         // Member scores; robust and volumetric reasons are kept as they come (cheap), the
-        // deciding member's are kept. Member surprisal: exact for robust members.
+        // deciding member's are kept. Member surprisal: exact for robust members, from the
+        // score for the others.
         let mut own: Vec<Vec<Vec<Reason>>> = Vec::new();
         out.member_bits.clear();
-        out.member_bits.resize(n * k, f64::NAN);
+        out.member_bits.resize(n * k, 0.0);
         for (j, m) in self.members.iter_mut().enumerate() {
             let mut rs: Vec<Vec<Reason>> = Vec::new();
             match &mut m.detector {
@@ -407,7 +408,7 @@ impl Scorer {
                             &mut scratch,
                         );
                         out.member[i * k + j] = s.score;
-                        out.member_bits[i * k + j] = d.score_bits(s.raw);
+                        out.member_bits[i * k + j] = s.surprisal;
                         rs.push(s.reasons);
                     }
                 }
@@ -416,6 +417,7 @@ impl Scorer {
                         let (s, r) =
                             d.score(&batch.rows[i * stride..(i + 1) * stride], batch.endpoint(i));
                         out.member[i * k + j] = s;
+                        out.member_bits[i * k + j] = tail_bits(s);
                         rs.push(r.into_iter().take(reasons).collect());
                     }
                 }
@@ -424,6 +426,7 @@ impl Scorer {
                     d.score_batch(&batch.rows, stride, &mut out.raw);
                     for i in 0..n {
                         out.member[i * k + j] = out.raw[i];
+                        out.member_bits[i * k + j] = tail_bits(out.raw[i]);
                     }
                 }
                 Detector::Onnx(d) => {
@@ -431,6 +434,7 @@ impl Scorer {
                     d.score_batch(&batch.rows, stride, &mut out.raw)?;
                     for i in 0..n {
                         out.member[i * k + j] = out.raw[i];
+                        out.member_bits[i * k + j] = tail_bits(out.raw[i]);
                     }
                 }
             }
@@ -439,18 +443,14 @@ impl Scorer {
         #[allow(clippy::needless_range_loop, reason = "i indexes five parallel arrays")]
         for i in 0..n {
             let s = &out.member[i * k..(i + 1) * k];
-            let bits = |j: usize| {
-                let b = out.member_bits[i * k + j];
-                if b.is_nan() { tail_bits(s[j]) } else { b }
-            };
-            let surprisal = match self.combine {
-                Combine::Max => (0..k).map(bits).fold(0.0, f64::max),
-                Combine::WeightedMean => f64::NAN,
-            };
-            let (score, flagged) = match self.combine {
+            let (score, flagged, surprisal) = match self.combine {
                 Combine::Max => (
                     s.iter().copied().fold(0.0, f64::max),
                     self.members.iter().zip(s).any(|(m, &v)| v >= m.threshold),
+                    out.member_bits[i * k..(i + 1) * k]
+                        .iter()
+                        .copied()
+                        .fold(0.0, f64::max),
                 ),
                 Combine::WeightedMean => {
                     let w: f64 = self.members.iter().map(|m| m.weight).sum();
@@ -461,7 +461,7 @@ impl Scorer {
                         .map(|(m, &v)| m.weight * v)
                         .sum::<f64>()
                         / w;
-                    (v, v >= self.threshold)
+                    (v, v >= self.threshold, tail_bits(v))
                 }
             };
             // The deciding member: the highest-scoring flagging one, else the highest.
@@ -475,11 +475,7 @@ impl Scorer {
                 }
             }
             out.score.push(score);
-            out.surprisal.push(if surprisal.is_nan() {
-                tail_bits(score)
-            } else {
-                surprisal
-            });
+            out.surprisal.push(surprisal);
             out.flagged.push(flagged);
             out.decided_by.push(best);
             if reasons > 0 {

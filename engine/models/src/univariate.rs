@@ -234,13 +234,27 @@ pub struct Ewma {
     context: Option<Box<Context>>,
 }
 
+/// The seasonal period, as the series' cadence becomes known.
+#[derive(Debug, Clone)]
+enum Cadence {
+    /// Positive time steps seen so far, until [`CADENCE_STEPS`] of them.
+    Learning(Vec<i64>),
+    /// The season in values.
+    Period(usize),
+    /// No usable period (none configured, or outside 2..=[`MAX_SEASON`] values).
+    Unusable,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Self::Learning(Vec::new())
+    }
+}
+
 /// What the seasonal predictor and the repeat damping keep.
 #[derive(Debug, Clone, Default)]
 struct Context {
-    /// Positive time steps seen while estimating the cadence.
-    steps: Vec<i64>,
-    /// Seasonal period in values, once the cadence is known (0: none).
-    period: Option<usize>,
+    cadence: Cadence,
     /// The last `period` values.
     history: VecDeque<f64>,
     /// Weighted variance of the seasonal predictor's errors.
@@ -272,28 +286,33 @@ impl Context {
     }
 
     fn learn_cadence(&mut self, p: &EwmaParams, dt_ms: i64) {
-        let Some(season) = p.season_secs else {
+        let Cadence::Learning(steps) = &mut self.cadence else {
             return;
         };
-        if self.period.is_some() || dt_ms <= 0 {
+        let Some(season) = p.season_secs else {
+            self.cadence = Cadence::Unusable;
+            return;
+        };
+        if dt_ms <= 0 {
             return;
         }
-        self.steps.push(dt_ms);
-        if self.steps.len() == CADENCE_STEPS {
-            self.steps.sort_unstable();
-            let cadence = self.steps[CADENCE_STEPS / 2] as f64 / 1000.0;
-            let period = (season / cadence).round();
-            self.period = Some(if (2.0..=MAX_SEASON as f64).contains(&period) {
-                period as usize
+        steps.push(dt_ms);
+        if steps.len() == CADENCE_STEPS {
+            steps.sort_unstable();
+            let period = (season / (steps[CADENCE_STEPS / 2] as f64 / 1000.0)).round();
+            self.cadence = if (2.0..=MAX_SEASON as f64).contains(&period) {
+                Cadence::Period(period as usize)
             } else {
-                0
-            });
-            self.steps = Vec::new();
+                Cadence::Unusable
+            };
         }
     }
 
     fn period(&self) -> Option<usize> {
-        self.period.filter(|p| *p > 0)
+        match self.cadence {
+            Cadence::Period(p) => Some(p),
+            _ => None,
+        }
     }
 
     fn remember(&mut self, value: f64) {
@@ -367,15 +386,15 @@ impl Ewma {
         if warm {
             return Ok(Point::warming(ts_ms, value, expected));
         }
-        // (|z| can reach 1e159; its square must stay finite.)
-        let x = novel.min(MAX_VALUE) / std::f64::consts::SQRT_2;
+        // (|z| can reach 1e159; its square must stay finite.) The two-sided tail, once.
+        let ln_tail = ln_erfc(novel.min(MAX_VALUE) / std::f64::consts::SQRT_2);
         Ok(Point {
             ts_ms,
             value,
             expected,
             statistic: z,
-            score: (1.0 - erfc(x)).clamp(0.0, 1.0),
-            surprisal: (-ln_erfc(x) / std::f64::consts::LN_2).max(0.0),
+            score: (1.0 - ln_tail.exp()).clamp(0.0, 1.0),
+            surprisal: (-ln_tail / std::f64::consts::LN_2).max(0.0),
         })
     }
 
@@ -496,14 +515,14 @@ impl RelativeEntropy {
             .map(|(pi, qi)| (qi / qs) * ((qi / qs) / (pi / ps)).ln())
             .sum();
         let g = 2.0 * self.p.recent as f64 * kl.max(0.0);
-        let k = (b - 1) as f64;
+        let (cdf, ln_sf) = chi2_pq(g, (b - 1) as f64);
         Ok(Point {
             ts_ms,
             value,
             expected: sorted[sorted.len() / 2],
             statistic: g,
-            score: chi2_cdf(g, k),
-            surprisal: (-ln_chi2_sf(g, k) / std::f64::consts::LN_2).max(0.0),
+            score: cdf,
+            surprisal: (-ln_sf / std::f64::consts::LN_2).max(0.0),
         })
     }
 }
@@ -556,10 +575,12 @@ fn ln_gamma(x: f64) -> f64 {
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
 }
 
-/// Regularised lower incomplete gamma P(a, x): series below a + 1, continued fraction above.
-fn gamma_p(a: f64, x: f64) -> f64 {
+/// The regularised lower incomplete gamma `P(a, x)` and `ln Q(a, x) = ln(1 − P(a, x))`: the
+/// series below `a + 1`, the continued fraction above (where `Q` is computed directly, so
+/// its logarithm keeps full resolution far in the tail).
+fn gamma_pq(a: f64, x: f64) -> (f64, f64) {
     if x <= 0.0 {
-        return 0.0;
+        return (0.0, 0.0);
     }
     let gln = ln_gamma(a);
     if x < a + 1.0 {
@@ -573,56 +594,51 @@ fn gamma_p(a: f64, x: f64) -> f64 {
                 break;
             }
         }
-        (sum.ln() - x + a * x.ln() - gln).exp().min(1.0)
-    } else {
-        (1.0 - ln_gamma_q_fraction(a, x).exp()).max(0.0)
+        let p = (sum.ln() - x + a * x.ln() - gln).exp().min(1.0);
+        return (p, (1.0 - p).max(f64::MIN_POSITIVE).ln());
     }
+    let tiny = 1e-300;
+    let mut b = x + 1.0 - a;
+    let mut c = 1.0 / tiny;
+    let mut d = 1.0 / b;
+    let mut h = d;
+    for i in 1..500 {
+        let an = -(i as f64) * (i as f64 - a);
+        b += 2.0;
+        d = an * d + b;
+        if d.abs() < tiny {
+            d = tiny;
+        }
+        c = b + an / c;
+        if c.abs() < tiny {
+            c = tiny;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    let ln_q = -x + a * x.ln() - gln + h.ln();
+    ((1.0 - ln_q.exp()).max(0.0), ln_q)
 }
 
-/// ln Q(a, x) = ln(1 − P(a, x)) by the continued fraction (x ≥ a + 1).
-fn ln_gamma_q_fraction(a: f64, x: f64) -> f64 {
-    let gln = ln_gamma(a);
-    {
-        let tiny = 1e-300;
-        let mut b = x + 1.0 - a;
-        let mut c = 1.0 / tiny;
-        let mut d = 1.0 / b;
-        let mut h = d;
-        for i in 1..500 {
-            let an = -(i as f64) * (i as f64 - a);
-            b += 2.0;
-            d = an * d + b;
-            if d.abs() < tiny {
-                d = tiny;
-            }
-            c = b + an / c;
-            if c.abs() < tiny {
-                c = tiny;
-            }
-            d = 1.0 / d;
-            let del = d * c;
-            h *= del;
-            if (del - 1.0).abs() < 1e-15 {
-                break;
-            }
-        }
-        -x + a * x.ln() - gln + h.ln()
-    }
+/// The χ² distribution with `k` degrees of freedom at `x`: its CDF and the logarithm of its
+/// upper tail `1 − CDF`, at full resolution far in the tail.
+fn chi2_pq(x: f64, k: f64) -> (f64, f64) {
+    gamma_pq(k / 2.0, x / 2.0)
 }
 
 /// ln of the χ² distribution's upper tail `1 − CDF` with `k` degrees of freedom, at full
 /// resolution far in the tail.
 pub fn ln_chi2_sf(x: f64, k: f64) -> f64 {
-    let (a, x) = (k / 2.0, x / 2.0);
-    if x < a + 1.0 {
-        return (1.0 - gamma_p(a, x)).max(f64::MIN_POSITIVE).ln();
-    }
-    ln_gamma_q_fraction(a, x)
+    chi2_pq(x, k).1
 }
 
 /// CDF of the χ² distribution with `k` degrees of freedom.
 pub fn chi2_cdf(x: f64, k: f64) -> f64 {
-    gamma_p(k / 2.0, x / 2.0)
+    chi2_pq(x, k).0
 }
 
 #[cfg(test)]

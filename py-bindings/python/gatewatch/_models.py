@@ -166,8 +166,9 @@ class Baseline:
         ``"gmm"``.
     contamination : float
         The share of the training events presumed abnormal (robots, attacks) when the
-        frame is unlabelled traffic, in [0, 0.5): the robust member sets aside that share
-        of its most anomalous training events and is fitted again on the rest (as
+        frame is unlabelled traffic, in [0, 0.5): the robust member sets aside, per
+        feature, that share of the training values on the side where abuse lies, and that
+        share of the highest raw scores for its calibration (as
         ``gatewatch train --contamination``).
     """
 
