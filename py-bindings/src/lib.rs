@@ -364,8 +364,9 @@ fn fit_baseline(
                 ..gatewatch_models::MultiParams::default()
             },
         };
-        let trained = gatewatch_models::train(&registry, &spec, &rows, &peaks, training, &path)
-            .map_err(model_err)?;
+        let trained =
+            gatewatch_models::train(&registry, &spec, &rows, &peaks, None, training, &path)
+                .map_err(model_err)?;
         Ok(format!(
             "{}@{}",
             trained.manifest.name, trained.manifest.version

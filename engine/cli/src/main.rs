@@ -164,9 +164,12 @@ struct ScoreArgs {
     /// Events scored together (ONNX models run once per batch).
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Write the endpoint alerts (per-endpoint request rate, authentication failures and
-    /// errors per ten-second bucket, unusual against their own history) as NDJSON to this
-    /// file; the summary lists them either way.
+    /// Write the monitor's alerts as NDJSON to this file: client alerts (`"kind": "client"`,
+    /// a client whose authentication failures, never followed by a success, fell in an
+    /// endpoint's alerting buckets) as they are decided, then endpoint alerts (`"kind":
+    /// "endpoint"`: request rate, share of clients failing authentication, errors per
+    /// ten-second bucket, unusual against the model's baselines or their own history). The
+    /// summary lists them either way.
     #[arg(long)]
     alerts: Option<PathBuf>,
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use gatewatch_features::{DistinctCount, FeatureEngine, Registry, TopKeys};
 use gatewatch_models::{
-    Alert, Detector, EndpointMonitor, MonitorParams, MultiParams, PeakCollector, RobustParams,
-    Scorer, TrainSpec, Training, VolumetricParams, volumetric,
+    Alert, ClientAlert, Detector, EndpointMonitor, MonitorParams, MultiParams, PeakCollector,
+    RobustParams, Scorer, TrainSpec, Training, VolumetricParams, volumetric,
 };
 use gatewatch_pipeline::{Output, ScoreWriter, Session, SessionOptions};
 
@@ -44,6 +44,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let mut rows = Reservoir::new(a.max_train_events.max(1), n);
     let mut peaks = PeakCollector::default();
     let mut clients = DistinctCount::default();
+    let mut monitor = EndpointMonitor::new(MonitorParams::default())?;
     let mut skipped = 0u64;
     let started = Instant::now();
     let read = {
@@ -60,6 +61,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     peaks.add(r.endpoint, r.client, r.features[i]);
                 }
                 clients.add(r.client);
+                monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
+                monitor.take_client_alerts();
             }
             Ok(())
         };
@@ -112,7 +115,17 @@ pub fn train(a: TrainArgs) -> Result<()> {
             ..MultiParams::default()
         },
     };
-    let trained = gatewatch_models::train(&registry, &spec, &rows, &peaks, training, &a.output)?;
+    monitor.finish();
+    let baselines = monitor.baselines();
+    let trained = gatewatch_models::train(
+        &registry,
+        &spec,
+        &rows,
+        &peaks,
+        Some(&baselines),
+        training,
+        &a.output,
+    )?;
     let manifest = &trained.manifest;
     let fitted: Vec<String> = trained
         .fitted
@@ -254,6 +267,7 @@ struct LabelSummary {
     flagged: u64,
     clients: DistinctCount,
     clients_flagged: DistinctCount,
+    clients_named: DistinctCount,
 }
 
 /// Clients whose summaries `score` keeps (the most flagged and highest scoring stay).
@@ -376,6 +390,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .map(|m| format!("{} ≥ {}", m.name, m.threshold))
         .collect();
     let model_id = scorer.id();
+    let monitor_baselines = scorer.monitor.clone();
     let fitted_on = scorer.manifest.training.description.clone();
     let mut session = Session::new(
         engine,
@@ -387,7 +402,21 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     );
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let mut summary = Summary::default();
-    let mut monitor = EndpointMonitor::new(MonitorParams::default())?;
+    let mut monitor = match &monitor_baselines {
+        Some(b) => EndpointMonitor::with_baselines(MonitorParams::default(), b)?,
+        None => EndpointMonitor::new(MonitorParams::default())?,
+    };
+    let mut alerts_out = match &a.alerts {
+        Some(path) => Some((
+            std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            path.clone(),
+        )),
+        None => None,
+    };
+    let mut named = NamedClients::default();
     let mut line = String::with_capacity(1 << 16);
     let started = Instant::now();
     let read = {
@@ -397,7 +426,10 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 .context("the session did not score its output")?;
             let k = members.len();
             for (i, r) in batch.records().enumerate() {
-                monitor.add(r.endpoint, r.ts_ms, r.status);
+                monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
+                for x in monitor.take_client_alerts() {
+                    named.add(&x, &mut summary, alerts_out.as_mut())?;
+                }
                 let (flagged, rs) = (s.flagged[i], &s.reasons[i]);
                 let (member, what, digits) = &members[s.decided_by[i]];
                 if let Some(t) = table.as_mut() {
@@ -449,6 +481,10 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             |_| {},
         )?
     };
+    let alerts = monitor.finish();
+    for x in monitor.take_client_alerts() {
+        named.add(&x, &mut summary, alerts_out.as_mut())?;
+    }
     if let Some(p) = parallel {
         p.finish()?;
     }
@@ -512,16 +548,19 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         ));
     }
     if !labels.is_empty() {
-        e.push_str("  by label:            events  flagged   clients  flagged clients\n");
+        e.push_str(
+            "  by label:            events  flagged   clients  flagged clients  named by the monitor\n",
+        );
         for (l, s) in labels {
             e.push_str(&format!(
-                "    {:<18} {:>8} {:>7.1}% {:>9} {:>8} ({:.0}%)\n",
+                "    {:<18} {:>8} {:>7.1}% {:>9} {:>8} ({:>3.0}%) {:>8}\n",
                 l,
                 s.events,
                 100.0 * s.flagged as f64 / s.events.max(1) as f64,
                 distinct(&s.clients),
                 distinct(&s.clients_flagged),
-                100.0 * s.clients_flagged.count() as f64 / s.clients.count().max(1) as f64
+                100.0 * s.clients_flagged.count() as f64 / s.clients.count().max(1) as f64,
+                distinct(&s.clients_named),
             ));
         }
     }
@@ -533,24 +572,23 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             clients.dropped()
         ));
     }
-    let alerts = monitor.finish();
-    if let Some(path) = &a.alerts {
-        let mut w = std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        );
-        for x in &alerts {
-            let mut ts = String::new();
-            gatewatch_event::write_rfc3339_ms(x.bucket_start_ms, &mut ts);
-            let rec = serde_json::json!({
-                "ts": ts, "endpoint": x.endpoint, "metric": x.metric.name(),
-                "value": x.value, "expected": x.expected, "z": x.z, "score": x.score,
-            });
-            writeln!(w, "{rec}")?;
-        }
-        w.flush()?;
+    if let Some((w, path)) = alerts_out.as_mut() {
+        let write = |w: &mut std::io::BufWriter<std::fs::File>| -> std::io::Result<()> {
+            for x in &alerts {
+                let rec = serde_json::json!({
+                    "kind": "endpoint", "ts": rfc3339(x.bucket_start_ms),
+                    "endpoint": x.endpoint, "metric": x.metric.name(),
+                    "value": x.value, "expected": x.expected, "z": x.z, "score": x.score,
+                    "surprisal": x.surprisal,
+                });
+                writeln!(w, "{rec}")?;
+            }
+            w.flush()
+        };
+        write(w).with_context(|| format!("cannot write {}", path.display()))?;
     }
     e.push_str(&alerts_summary(&alerts, monitor.buckets(), a.top));
+    e.push_str(&named.summary(monitor_baselines.is_some(), a.top));
     if monitor.overflowed() > 0 || monitor.alerts_dropped() > 0 {
         e.push_str(&format!(
             "  endpoint monitor: {} series (cap {}), {} requests in the shared {} series, {} alerts beyond the cap of {} not kept\n",
@@ -596,6 +634,72 @@ fn alerts_summary(alerts: &[Alert], buckets: u64, top: usize) -> String {
         ));
     }
     e
+}
+
+fn rfc3339(ms: i64) -> String {
+    let mut ts = String::new();
+    gatewatch_event::write_rfc3339_ms(ms, &mut ts);
+    ts
+}
+
+/// The clients the endpoint monitor named (client alerts): counted, per endpoint and in the
+/// summary's label of the client, and written to the alerts file.
+#[derive(Default)]
+struct NamedClients {
+    alerts: u64,
+    clients: DistinctCount,
+    endpoints: BTreeMap<String, u64>,
+}
+
+impl NamedClients {
+    fn add(
+        &mut self,
+        x: &ClientAlert,
+        summary: &mut Summary,
+        out: Option<&mut (std::io::BufWriter<std::fs::File>, std::path::PathBuf)>,
+    ) -> Result<()> {
+        self.alerts += 1;
+        self.clients.add(&x.client);
+        *self.endpoints.entry(x.endpoint.clone()).or_default() += 1;
+        let label = summary
+            .clients
+            .get_mut(&x.client)
+            .map(|c| c.label.clone())
+            .unwrap_or_default();
+        if let Some(l) = summary.labels.get_mut(&label) {
+            l.clients_named.add(&x.client);
+        }
+        if let Some((w, path)) = out {
+            let rec = serde_json::json!({
+                "kind": "client", "ts": rfc3339(x.ts_ms), "client": x.client,
+                "endpoint": x.endpoint, "metric": "auth_failures",
+                "first_failure": rfc3339(x.first_failure_ms),
+                "last_failure": rfc3339(x.last_failure_ms),
+                "failures": x.failures, "score": x.score, "surprisal": x.surprisal,
+            });
+            writeln!(w, "{rec}").with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn summary(&self, baselines: bool, top: usize) -> String {
+        let mut e = format!(
+            "  client alerts: {} clients named in {} alerts (authentication failures never followed by a success, in an endpoint's alerting buckets; failure baselines {})\n",
+            distinct(&self.clients),
+            self.alerts,
+            if baselines {
+                "from the model"
+            } else {
+                "learnt from this input: the model has none"
+            }
+        );
+        let mut v: Vec<(&String, &u64)> = self.endpoints.iter().collect();
+        v.sort_by(|x, y| y.1.cmp(x.1).then(x.0.cmp(y.0)));
+        for (endpoint, n) in v.into_iter().take(top) {
+            e.push_str(&format!("    {endpoint}: {n}\n"));
+        }
+        e
+    }
 }
 
 fn short(v: f64) -> String {

@@ -30,6 +30,18 @@ fn simulate(seed: &str, duration: &str, users: &str, scenarios: &str) -> Output 
     out
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 fn lines(b: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(b)
         .lines()
@@ -383,6 +395,35 @@ fn train_then_score_flags_abuse_and_explains_it() {
         manifest["training"]["description"],
         "twenty simulated minutes"
     );
+    // The endpoint monitor's failure baselines, learnt on the same events.
+    assert_eq!(manifest["monitor"], "monitor.json");
+    let monitor: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("monitor.json")).unwrap())
+            .unwrap();
+    let (_, login) = monitor["auth_failures"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(e, _)| e.ends_with("/v1/auth/login"))
+        .unwrap();
+    let share = login["failed"].as_f64().unwrap() / login["units"].as_f64().unwrap();
+    assert!((0.01..0.15).contains(&share), "{login}");
+    // A model whose baselines are broken is refused, naming the file and the value.
+    let broken = dir.path().join("broken");
+    copy_dir(&model, &broken);
+    let text = std::fs::read_to_string(broken.join("monitor.json")).unwrap();
+    std::fs::write(
+        broken.join("monitor.json"),
+        text.replacen("\"units\": ", "\"units\": -", 1),
+    )
+    .unwrap();
+    let out = run_with_stdin(&["score", "--model", broken.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("monitor.json") && err.contains("units -"),
+        "{err}"
+    );
     assert!(stderr.contains("p99"), "{stderr}");
     let limits: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(model.join("volumetric/limits.json")).unwrap(),
@@ -712,28 +753,29 @@ fn train_fits_the_named_detectors_and_refuses_unknown_ones() {
 }
 
 #[test]
-fn score_alerts_on_endpoints_under_a_spread_out_attack() {
+fn score_alerts_on_endpoints_under_a_spread_out_attack_and_names_its_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = simulate("31", "30m", "100", "credential_stuffing");
+    let sim = simulate("31", "30m", "100", "credential_stuffing,low_and_slow");
     let alerts = dir.path().join("alerts.ndjson");
     let out = run_with_stdin(
-        &["score", "--no-output", "--alerts", alerts.to_str().unwrap()],
+        &["score", "--alerts", alerts.to_str().unwrap()],
         &sim.stdout,
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("endpoint alerts:"), "{err}");
+    assert!(err.contains("failure baselines from the model"), "{err}");
     let recs = lines(&std::fs::read(&alerts).unwrap());
-    assert!(!recs.is_empty(), "{err}");
     let login: Vec<_> = recs
         .iter()
         .filter(|r| {
-            r["endpoint"].as_str().unwrap().ends_with("/v1/auth/login")
+            r["kind"] == "endpoint"
+                && r["endpoint"].as_str().unwrap().ends_with("/v1/auth/login")
                 && r["metric"] == "auth_failures"
         })
         .collect();
     assert!(!login.is_empty(), "{recs:?}");
-    // Alerts come after the detectors' warm-up and name more failures than expected.
+    // Alerts come after the first event and name more failing clients than expected.
     let first_event =
         lines(&sim.stdout[..sim.stdout.iter().position(|b| *b == b'\n').unwrap() + 1])[0]["ts"]
             .as_str()
@@ -743,7 +785,37 @@ fn score_alerts_on_endpoints_under_a_spread_out_attack() {
         assert!(r["ts"].as_str().unwrap() > first_event.as_str());
         assert!(r["value"].as_f64().unwrap() > r["expected"].as_f64().unwrap());
         assert!(r["score"].as_f64().unwrap() >= 0.9999);
+        assert!(r["surprisal"].as_f64().unwrap() >= 13.0);
     }
+    // The clients of the attacks are named, the normal ones are not: a user who mistypes a
+    // password logs in seconds later.
+    let mut label = std::collections::HashMap::new();
+    for r in lines(&out.stdout) {
+        label
+            .entry(r["client"].as_str().unwrap().to_string())
+            .or_insert_with(|| r["label"].as_str().unwrap().to_string());
+    }
+    let mut named: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for r in recs.iter().filter(|r| r["kind"] == "client") {
+        let c = r["client"].as_str().unwrap();
+        named.entry(label[c].clone()).or_default().insert(c.into());
+        assert!(r["score"].as_f64().unwrap() >= 0.9999);
+        assert!(r["first_failure"].as_str() <= r["last_failure"].as_str());
+        assert!(r["last_failure"].as_str() < r["ts"].as_str());
+    }
+    let attackers = |l: &str| label.iter().filter(|(_, v)| v.as_str() == l).count();
+    assert_eq!(
+        named.keys().collect::<Vec<_>>(),
+        ["credential_stuffing", "low_and_slow"]
+    );
+    assert!(
+        named["low_and_slow"].len() * 10 >= attackers("low_and_slow") * 9,
+        "{err}"
+    );
+    // (A stuffing address whose last attempt succeeded is let go: 3% of its logins do.)
+    assert!(named["credential_stuffing"].len() * 10 >= attackers("credential_stuffing") * 8);
+    assert!(err.contains("client alerts:"), "{err}");
 }
 
 #[test]

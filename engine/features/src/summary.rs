@@ -149,6 +149,11 @@ impl<V> TopKeys<V> {
         self.dropped += (before - self.map.len()) as u64;
     }
 
+    /// The value of `key`, if held.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.map.get_mut(key)
+    }
+
     /// Keys and values.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
         self.map.iter().map(|(k, v)| (&**k, v))

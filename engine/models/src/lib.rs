@@ -22,7 +22,10 @@ pub mod volumetric;
 pub use common::{Reason, tail_bits};
 pub use error::{ModelError, Result};
 pub use manifest::{MANIFEST_FORMAT, Manifest, Training};
-pub use monitor::{Alert, EndpointMonitor, Metric, MonitorParams, OVERFLOW_ENDPOINT};
+pub use monitor::{
+    Alert, ClientAlert, EndpointMonitor, FailureParams, Metric, MonitorBaselines, MonitorParams,
+    OVERFLOW_ENDPOINT, ShareBaseline,
+};
 pub use multivariate::{GMM_KIND, MultiModel, MultiParams, PCA_KIND};
 pub use onnx::{OnnxModel, OnnxSpec};
 pub use robust::{Baseline, KIND as ROBUST_KIND, RobustModel, RobustParams, Scored, Side, Tail};
@@ -30,7 +33,7 @@ pub use scorer::{
     Batch, BatchScores, Combine, Detector, ENSEMBLE_KIND, EnsembleSpec, Folder, Member, MemberSpec,
     Scorer,
 };
-pub use train::{DETECTORS, OnnxExport, TrainSpec, Trained, export_onnx, train};
+pub use train::{DETECTORS, MONITOR_FILE, OnnxExport, TrainSpec, Trained, export_onnx, train};
 pub use univariate::{
     DetectorError, Ewma, EwmaParams, HalfLife, MAX_SEASON, MAX_VALUE, Point, RelativeEntropy,
     RelativeEntropyParams,
@@ -75,6 +78,10 @@ pub fn builtin_default() -> Folder {
         (
             "volumetric/limits.json",
             include_str!("../../../models/default/volumetric/limits.json"),
+        ),
+        (
+            "monitor.json",
+            include_str!("../../../models/default/monitor.json"),
         ),
     ];
     Folder::Embedded {

@@ -41,6 +41,10 @@ pub struct Manifest {
     /// Members of an `ensemble`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleSpec>,
+    /// The endpoint monitor's baselines learnt on the training traffic (a file of the
+    /// folder, `monitor.json`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<String>,
 }
 
 /// Training data description.
@@ -118,6 +122,9 @@ impl Manifest {
         }
         for a in &m.artefacts {
             confined(a).map_err(|e| corrupt(format!("artefacts: {e}")))?;
+        }
+        if let Some(f) = &m.monitor {
+            confined(f).map_err(|e| corrupt(format!("monitor: {e}")))?;
         }
         if let Some(o) = &m.onnx {
             confined(&o.file).map_err(|e| corrupt(format!("onnx.file: {e}")))?;

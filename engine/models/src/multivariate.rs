@@ -237,6 +237,7 @@ impl MultiModel {
             artefacts: vec![PARAMS_FILE.into()],
             onnx: None,
             ensemble: None,
+            monitor: None,
         };
         let mut model = Self::new(manifest, file, idx, "")?;
         if kind == GMM_KIND {

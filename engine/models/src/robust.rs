@@ -486,6 +486,7 @@ impl RobustModel {
                 artefacts: vec![BASELINE_FILE.into()],
                 onnx: None,
                 ensemble: None,
+                monitor: None,
             },
             baseline: Baseline {
                 n: kept,

@@ -16,6 +16,7 @@ use gatewatch_features::Registry;
 use crate::common::{Reason, tail_bits};
 use crate::error::{ModelError, Result};
 use crate::manifest::Manifest;
+use crate::monitor::MonitorBaselines;
 use crate::multivariate::{self, MultiModel};
 use crate::onnx::{self, OnnxModel};
 use crate::robust::{self, RobustModel};
@@ -209,6 +210,9 @@ pub struct Scorer {
     pub threshold: f64,
     /// The detectors.
     pub members: Vec<Member>,
+    /// The endpoint monitor's baselines learnt on the training traffic, if the model has
+    /// them.
+    pub monitor: Option<MonitorBaselines>,
 }
 
 fn load_detector(folder: &Folder, registry: &Registry) -> Result<(Manifest, Option<Detector>)> {
@@ -333,11 +337,21 @@ impl Scorer {
         if spec.combine == Combine::WeightedMean && members.iter().all(|m| m.weight == 0.0) {
             return Err(corrupt("all member weights are 0".into()));
         }
+        let monitor = match &manifest.monitor {
+            Some(f) => Some(MonitorBaselines::parse(&folder.read(f)?).map_err(|reason| {
+                ModelError::Corrupt {
+                    path: format!("{origin}/{f}"),
+                    reason,
+                }
+            })?),
+            None => None,
+        };
         Ok(Self {
             threshold: manifest.threshold,
             combine: spec.combine,
             manifest,
             members,
+            monitor,
         })
     }
 
@@ -360,6 +374,7 @@ impl Scorer {
                 detector,
             }],
             manifest,
+            monitor: None,
         }
     }
 

@@ -9,6 +9,7 @@ use gatewatch_features::Registry;
 
 use crate::error::{ModelError, Result};
 use crate::manifest::{MANIFEST_FORMAT, Manifest, Training};
+use crate::monitor::MonitorBaselines;
 use crate::multivariate::{MultiModel, MultiParams};
 use crate::robust::{RobustModel, RobustParams};
 use crate::scorer::{Combine, ENSEMBLE_KIND, EnsembleSpec, MemberSpec};
@@ -16,6 +17,9 @@ use crate::volumetric::{self, PeakCollector, VolumetricModel, VolumetricParams};
 
 /// The detectors a model folder can be trained with.
 pub const DETECTORS: [&str; 4] = ["robust", "volumetric", "pca", "gmm"];
+
+/// The file of a model folder holding the endpoint monitor's baselines.
+pub const MONITOR_FILE: &str = "monitor.json";
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -85,12 +89,14 @@ pub struct Trained {
 
 /// Fits the detectors of `spec` on feature rows (registry order, row after row) and the
 /// per-client peaks (for the volumetric detector), and writes the model folder `out`: one
-/// sub-folder per detector and the ensemble's `manifest.json`.
+/// sub-folder per detector, the endpoint monitor's baselines when given (`monitor.json`,
+/// learnt by the monitor on the same training events) and the ensemble's `manifest.json`.
 pub fn train(
     registry: &Registry,
     spec: &TrainSpec,
     rows: &[f64],
     peaks: &PeakCollector,
+    monitor: Option<&MonitorBaselines>,
     training: Training,
     out: &Path,
 ) -> Result<Trained> {
@@ -146,6 +152,20 @@ pub fn train(
             weight: 1.0,
         });
     }
+    let mut artefacts = spec.detectors.clone();
+    let mut monitor_file = None;
+    if let Some(b) = monitor {
+        b.check()
+            .map_err(|e| ModelError::Fit(format!("monitor baselines: {e}")))?;
+        let path = out.join(MONITOR_FILE);
+        let text = serde_json::to_string_pretty(b).expect("baselines serialise");
+        std::fs::write(&path, text + "\n").map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        artefacts.push(MONITOR_FILE.into());
+        monitor_file = Some(MONITOR_FILE.to_string());
+    }
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT,
         name: spec.name.clone(),
@@ -157,12 +177,13 @@ pub fn train(
         threshold: spec.robust.threshold,
         calibration: "per member (the highest member score counts)".into(),
         training,
-        artefacts: spec.detectors.clone(),
+        artefacts,
         onnx: None,
         ensemble: Some(EnsembleSpec {
             combine: Combine::Max,
             members,
         }),
+        monitor: monitor_file,
     };
     manifest.save(out)?;
     Ok(Trained {
@@ -275,6 +296,7 @@ pub fn export_onnx(
             reference: spec.reference.clone(),
         }),
         ensemble: None,
+        monitor: None,
     };
     manifest.save(out)?;
     Ok(manifest)

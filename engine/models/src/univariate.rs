@@ -641,6 +641,72 @@ pub fn chi2_cdf(x: f64, k: f64) -> f64 {
     chi2_pq(x, k).0
 }
 
+/// The continued fraction of the regularised incomplete beta function (modified Lentz),
+/// for `x < (a + 1) / (a + b + 2)` where it converges quickly.
+fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
+    let tiny = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < tiny {
+        d = tiny;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..1000 {
+        let m = f64::from(m);
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < tiny {
+            d = tiny;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < tiny {
+            c = tiny;
+        }
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < tiny {
+            d = tiny;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < tiny {
+            c = tiny;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln of the binomial upper tail `P(X ≥ k)` for `X ~ Binomial(n, p)`, at full resolution far
+/// in the tail (by the regularised incomplete beta function `I_p(k, n − k + 1)`). 0 (the
+/// logarithm of 1) for `k = 0`, −∞ for `k > n` or `p = 0 < k`.
+pub fn ln_binom_sf(k: u64, n: u64, p: f64) -> f64 {
+    if k == 0 || p >= 1.0 {
+        return if k <= n { 0.0 } else { f64::NEG_INFINITY };
+    }
+    if k > n || p <= 0.0 || p.is_nan() {
+        return f64::NEG_INFINITY;
+    }
+    let (a, b) = (k as f64, (n - k) as f64 + 1.0);
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * p.ln() + b * (-p).ln_1p();
+    if p < (a + 1.0) / (a + b + 2.0) {
+        ln_front + (beta_cf(a, b, p) / a).ln()
+    } else {
+        // The lower side is the small one here: P(X ≥ k) = 1 − I_{1−p}(b, a).
+        let lower = (ln_front + (beta_cf(b, a, 1.0 - p) / b).ln()).exp();
+        (1.0 - lower).max(f64::MIN_POSITIVE).ln()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,6 +735,24 @@ mod tests {
         assert!((chi2_cdf(18.475_306_9, 7.0) - 0.99).abs() < 1e-6);
         assert!((chi2_cdf(0.454_936_4, 1.0) - 0.5).abs() < 1e-6);
         assert_eq!(chi2_cdf(0.0, 4.0), 0.0);
+        // Binomial upper tails (reference values from scipy.stats.binom.logsf).
+        let close = |got: f64, want: f64| (got - want).abs() <= 1e-9 * want.abs().max(1.0);
+        assert!(close(ln_binom_sf(8, 10, 0.5), 0.054_687_5f64.ln()));
+        assert!(close(ln_binom_sf(15, 100, 0.05), -8.903_928_019_102_17));
+        assert!(close(ln_binom_sf(100, 600, 0.05), -57.713_957_991_122_7));
+        assert!(close(ln_binom_sf(1, 5, 0.1), 0.409_51f64.ln()));
+        assert!(close(ln_binom_sf(60, 60, 0.001), -414.465_316_738_928_2));
+        assert!(close(
+            ln_binom_sf(4, 1_000_000, 1e-6),
+            0.018_988_095_562_903_394f64.ln()
+        ));
+        assert_eq!(ln_binom_sf(0, 7, 0.3), 0.0);
+        assert_eq!(ln_binom_sf(8, 7, 0.3), f64::NEG_INFINITY);
+        assert_eq!(ln_binom_sf(1, 7, 0.0), f64::NEG_INFINITY);
+        assert_eq!(ln_binom_sf(7, 7, 1.0), 0.0);
+        // The tail falls as k grows.
+        let tail: Vec<f64> = (0..=40).map(|k| ln_binom_sf(k, 40, 0.2)).collect();
+        assert!(tail.windows(2).all(|w| w[1] < w[0]), "{tail:?}");
     }
 
     #[test]

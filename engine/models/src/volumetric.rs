@@ -296,6 +296,7 @@ impl VolumetricModel {
             artefacts: vec![LIMITS_FILE.into()],
             onnx: None,
                 ensemble: None,
+                monitor: None,
         };
         Self::new(manifest, limits, registry, "")
     }

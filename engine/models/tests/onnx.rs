@@ -86,6 +86,7 @@ fn folder(name: &str, edit: impl FnOnce(&mut OnnxSpec)) -> tempfile::TempDir {
         artefacts: vec!["model.onnx".into()],
         onnx: Some(spec),
         ensemble: None,
+        monitor: None,
     };
     let out = tempfile::tempdir().unwrap();
     m.save(out.path()).unwrap();

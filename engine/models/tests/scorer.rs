@@ -128,6 +128,7 @@ fn ensemble(dir: &Path, reg: &Registry, combine: Combine, members: Vec<MemberSpe
         artefacts: vec!["robust".into(), "volumetric".into()],
         onnx: None,
         ensemble: Some(EnsembleSpec { combine, members }),
+        monitor: None,
     }
     .save(dir)
     .unwrap();
