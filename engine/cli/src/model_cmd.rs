@@ -589,15 +589,18 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     }
     e.push_str(&alerts_summary(&alerts, monitor.buckets(), a.top));
     e.push_str(&named.summary(monitor_baselines.is_some(), a.top));
-    if monitor.overflowed() > 0 || monitor.alerts_dropped() > 0 {
+    if monitor.overflowed() > 0 || monitor.alerts_dropped() > 0 || monitor.pending_dropped() > 0 {
+        let p = MonitorParams::default();
         e.push_str(&format!(
-            "  endpoint monitor: {} series (cap {}), {} requests in the shared {} series, {} alerts beyond the cap of {} not kept\n",
+            "  endpoint monitor: {} series (cap {}), {} requests in the shared {} series, {} alerts beyond the cap of {} not kept, {} failures not followed (cap {} clients)\n",
             monitor.endpoints(),
-            MonitorParams::default().max_endpoints,
+            p.max_endpoints,
             monitor.overflowed(),
             gatewatch_models::OVERFLOW_ENDPOINT,
             monitor.alerts_dropped(),
-            MonitorParams::default().max_alerts
+            p.max_alerts,
+            monitor.pending_dropped(),
+            p.failures.max_pending
         ));
     }
     say_raw!("{e}");

@@ -12,7 +12,8 @@
 //! - **authentication failures**: the share of the endpoint's clients that got a 401/403,
 //!   tested against the endpoint's baseline share. The unit is a client in a bucket (a
 //!   client retrying ten times in one bucket counts once: single heavy clients are the
-//!   per-client detectors' job). Over the last 1, 6 and 60 buckets (10 s, 1 min, 10 min),
+//!   per-client detectors' job; beyond `max_bucket_clients` clients in the open buckets,
+//!   each further request is a unit). Over the last 1, 6 and 60 buckets (10 s, 1 min, 10 min),
 //!   the number of failing units is compared with the binomial distribution of the window's
 //!   units at the baseline share; the smallest tail probability, times the number of
 //!   windows (Bonferroni), is the bucket's p-value, its score `1 − p` and its surprisal
@@ -61,8 +62,8 @@ pub struct FailureParams {
     /// At most this many clients are followed; failures of further ones are counted in
     /// [`EndpointMonitor::pending_dropped`] and not attributed.
     pub max_pending: usize,
-    /// At most this many distinct clients per endpoint and bucket are told apart; the
-    /// requests of further ones count as a unit each.
+    /// At most this many distinct clients are told apart in the open buckets of all
+    /// endpoints together; the requests of further ones count as a unit each.
     pub max_bucket_clients: usize,
 }
 
@@ -79,7 +80,7 @@ impl Default for FailureParams {
             prior_units: 10_000.0,
             settle_ms: 60_000,
             max_pending: 100_000,
-            max_bucket_clients: 100_000,
+            max_bucket_clients: 1_000_000,
         }
     }
 }
@@ -295,6 +296,8 @@ pub struct EndpointMonitor {
     /// Latest event time seen, and the bucket the followed clients were last judged in.
     now_ms: i64,
     judged_bucket: i64,
+    /// Clients told apart in the open buckets.
+    bucket_clients: usize,
     buckets: u64,
     overflowed: u64,
     alerts_dropped: u64,
@@ -344,6 +347,7 @@ impl EndpointMonitor {
             alerts: Vec::new(),
             now_ms: i64::MIN,
             judged_bucket: i64::MIN,
+            bucket_clients: 0,
             buckets: 0,
             overflowed: 0,
             alerts_dropped: 0,
@@ -434,7 +438,7 @@ impl EndpointMonitor {
         }
         let p = self.p;
         let s = self.endpoints.get_mut(endpoint).expect("inserted above");
-        advance(
+        self.bucket_clients -= advance(
             s,
             endpoint,
             start,
@@ -452,8 +456,9 @@ impl EndpointMonitor {
         let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(client);
         if let Some(f) = s.clients.get_mut(&h) {
             *f |= failed;
-        } else if s.clients.len() < p.failures.max_bucket_clients {
+        } else if self.bucket_clients < p.failures.max_bucket_clients {
             s.clients.insert(h, failed);
+            self.bucket_clients += 1;
         } else {
             s.extra_units += 1;
             s.extra_failed += u64::from(failed);
@@ -523,7 +528,7 @@ impl EndpointMonitor {
                 now_start
             };
             if s.start_ms < to {
-                advance(
+                self.bucket_clients -= advance(
                     s,
                     name,
                     to,
@@ -574,6 +579,7 @@ impl EndpointMonitor {
         let p = self.p;
         for (e, s) in &mut self.endpoints {
             if s.requests > 0 {
+                self.bucket_clients -= s.clients.len();
                 close(s, e, &p, &mut self.alerts, &mut self.pending);
                 self.buckets += 1;
                 s.start_ms += p.bucket_ms;
@@ -617,7 +623,8 @@ impl EndpointMonitor {
 }
 
 /// Closes an endpoint's buckets before `start`: the open one, then empty ones (a silence
-/// longer than `max_gap_buckets` restarts the rate and error detectors instead).
+/// longer than `max_gap_buckets` restarts the rate and error detectors instead). Returns
+/// the clients the open bucket told apart.
 fn advance(
     s: &mut Series,
     endpoint: &str,
@@ -626,10 +633,11 @@ fn advance(
     alerts: &mut Vec<Alert>,
     pending: &mut HashMap<(u32, u64), Pending>,
     buckets: &mut u64,
-) {
+) -> usize {
     if start <= s.start_ms {
-        return;
+        return 0;
     }
+    let released = s.clients.len();
     let gap = (start - s.start_ms) / p.bucket_ms;
     close(s, endpoint, p, alerts, pending);
     *buckets += 1;
@@ -647,6 +655,7 @@ fn advance(
             s.start_ms += p.bucket_ms;
         }
     }
+    released
 }
 
 /// Keeps at most `max` alerts, counting the others in `dropped`.
