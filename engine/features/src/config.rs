@@ -84,6 +84,20 @@ pub struct FeatureConfig {
     /// a configuration that keeps the same horizons.
     #[serde(default)]
     pub select: Option<Vec<String>>,
+    /// At most this many addresses, and as many networks, have population statistics of
+    /// their own (the address and network features); new ones beyond are not counted.
+    #[serde(default = "default_max_addresses")]
+    pub max_addresses: usize,
+    /// Prefix length of an IPv4 address's network (8–32).
+    #[serde(default = "default_v4_prefix")]
+    pub network_v4_prefix: u8,
+    /// Prefix length of an IPv6 address's network (16–128).
+    #[serde(default = "default_v6_prefix")]
+    pub network_v6_prefix: u8,
+    /// What a request's network is: `"prefix"` (the address's prefix) or `"asn"` (the
+    /// event's autonomous system when it has one, else the prefix).
+    #[serde(default = "default_network")]
+    pub network: String,
 }
 
 fn default_horizons() -> Vec<u32> {
@@ -110,6 +124,18 @@ fn default_max_endpoints() -> u32 {
 fn default_endpoint_slots() -> usize {
     8
 }
+fn default_max_addresses() -> usize {
+    1_000_000
+}
+fn default_v4_prefix() -> u8 {
+    24
+}
+fn default_v6_prefix() -> u8 {
+    48
+}
+fn default_network() -> String {
+    "prefix".into()
+}
 
 impl Default for FeatureConfig {
     fn default() -> Self {
@@ -124,6 +150,10 @@ impl Default for FeatureConfig {
             max_endpoints: default_max_endpoints(),
             endpoint_slots: default_endpoint_slots(),
             select: None,
+            max_addresses: default_max_addresses(),
+            network_v4_prefix: default_v4_prefix(),
+            network_v6_prefix: default_v6_prefix(),
+            network: default_network(),
         }
     }
 }
@@ -202,6 +232,30 @@ impl FeatureConfig {
                 self.future_confirm
             ));
         }
+        if !(1..=10_000_000).contains(&self.max_addresses) {
+            return bad(format!(
+                "max_addresses: must be 1..=10000000, got {}",
+                self.max_addresses
+            ));
+        }
+        if !(8..=32).contains(&self.network_v4_prefix) {
+            return bad(format!(
+                "network_v4_prefix: must be 8..=32, got {}",
+                self.network_v4_prefix
+            ));
+        }
+        if !(16..=128).contains(&self.network_v6_prefix) {
+            return bad(format!(
+                "network_v6_prefix: must be 16..=128, got {}",
+                self.network_v6_prefix
+            ));
+        }
+        if !["prefix", "asn"].contains(&self.network.as_str()) {
+            return bad(format!(
+                "network: \"prefix\" or \"asn\", got {:?}",
+                self.network
+            ));
+        }
         if let Some(names) = &self.select {
             if names.is_empty() {
                 return bad(
@@ -232,6 +286,15 @@ impl FeatureConfig {
             }
         }
         Ok(())
+    }
+
+    /// How a request's network is found.
+    pub fn network_rule(&self) -> crate::levels::NetworkRule {
+        crate::levels::NetworkRule {
+            v4_prefix: self.network_v4_prefix,
+            v6_prefix: self.network_v6_prefix,
+            asn: self.network == "asn",
+        }
     }
 
     /// The idle TTL in milliseconds.

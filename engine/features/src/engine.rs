@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::levels::{address_key, network_key};
 use crate::population::{Delta, Ep, Population, START, epoch_of};
 use crate::registry::{PointFeature, Registry};
 use crate::sketch::{fnv1a, part_of};
@@ -167,7 +168,7 @@ pub struct FeatureEngine {
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
 /// Version of the snapshot format: 2 adds the body's length and CRC-32 and the window shape.
-pub const SNAPSHOT_VERSION: u16 = 3;
+pub const SNAPSHOT_VERSION: u16 = 4;
 /// Bytes before the body: magic, version, body length (u64), CRC-32 of the body (u32).
 const SNAPSHOT_HEADER: usize = 8 + 2 + 8 + 4;
 
@@ -292,6 +293,29 @@ fn compute(
     };
     let (count, repeat) = state.update(&obs, windows, registry, out);
     part.delta.count(pop, from, to, ep, count, repeat);
+    let address = address_key(ev.client_ip);
+    let network = network_key(ev.client_ip, ev.asn.as_deref(), pop.network);
+    part.delta.levels.count(
+        &pop.levels,
+        address,
+        network,
+        fnv1a(key.as_bytes()),
+        matches!(ev.status, 401 | 403),
+    );
+    let (a, n) = (
+        pop.levels.addresses.view(address, epoch),
+        pop.levels.networks.view(network, epoch),
+    );
+    for (f, v) in [
+        (PointFeature::AddrClients, a.members),
+        (PointFeature::AddrRequests, a.requests),
+        (PointFeature::AddrAuthFailures, a.failures),
+        (PointFeature::NetAddrs, n.members),
+        (PointFeature::NetRequests, n.requests),
+        (PointFeature::NetAuthFailures, n.failures),
+    ] {
+        out[registry.point_index(f)] = f64::from(v);
+    }
     out[registry.point_index(PointFeature::TransitionSurprise)] = surprise;
     out[registry.point_index(PointFeature::EndpointRateRatio)] = pop.rate_ratio(to, count);
     out[registry.point_index(PointFeature::EndpointPopRate)] =
@@ -344,7 +368,11 @@ impl FeatureEngine {
                     delta: Delta::default(),
                 })
                 .collect(),
-            population: Population::new(cfg.features.max_endpoints),
+            population: Population::new(
+                cfg.features.max_endpoints,
+                cfg.features.max_addresses,
+                cfg.features.network_rule(),
+            ),
             epoch: i64::MIN,
             pending: VecDeque::new(),
             max_ts: i64::MIN,
@@ -950,6 +978,13 @@ impl FeatureEngine {
             .validate(self.population.max_endpoints())
             .map_err(|e| Error::Snapshot(format!("population: {e}")))?;
         population.set_max_endpoints(self.population.max_endpoints());
+        if population.network != self.population.network {
+            return bad(format!(
+                "the state's networks are {:?}, this configuration's are {:?}",
+                population.network, self.population.network
+            ));
+        }
+        population.set_max_addresses(self.population.max_addresses());
         if epoch != i64::MIN
             && (epoch <= population.epoch || max_ts == i64::MIN || epoch > epoch_of(max_ts))
         {

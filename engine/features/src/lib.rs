@@ -9,6 +9,7 @@ mod config;
 mod engine;
 mod error;
 mod ingest;
+mod levels;
 mod population;
 mod registry;
 mod sketch;
@@ -20,6 +21,7 @@ pub use config::{Config, FeatureConfig, InputConfig};
 pub use engine::{FeatureEngine, LateEvent, Record, RefusedKind, SNAPSHOT_VERSION, Stats};
 pub use error::{Error, Result};
 pub use ingest::{Format, Ingest, Line, MAX_LINE_BYTES, Rejection, push_parsed};
+pub use levels::{LEVEL_EPOCHS, MAX_MEMBERS, NetworkRule};
 pub use population::{
     EPOCH_MS, MAX_TRANSITIONS, OVERFLOW_TEMPLATE, Population, VOTE_DECAY, epoch_of,
 };

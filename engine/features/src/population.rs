@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::levels::{Levels, LevelsDelta, NetworkRule};
 use crate::registry::ENDPOINT_BUCKET_MS;
 use crate::sketch::fnv1a;
 
@@ -196,6 +197,8 @@ pub(crate) struct Delta {
     new: HashMap<u64, (Box<str>, EpDelta)>,
     transitions: HashMap<(u32, u32), u32>,
     start: u64,
+    /// Contributions to the address and network tables.
+    pub(crate) levels: LevelsDelta,
     #[serde(skip)]
     new_heap: BinaryHeap<u64>,
     #[serde(skip)]
@@ -298,6 +301,7 @@ impl Delta {
             .filter(|p| !pop.transitions.contains_key(*p))
             .copied()
             .collect();
+        self.levels.reindex(&pop.levels);
     }
 
     /// Adds another part's delta of the same epoch (when parts are joined), with the bounds.
@@ -317,6 +321,7 @@ impl Delta {
         for (p, n) in other.transitions {
             self.add_pair(pop, p, n);
         }
+        self.levels.absorb(&pop.levels, other.levels);
     }
 
     /// Checks a restored delta against its population.
@@ -339,7 +344,8 @@ impl Delta {
                 ));
             }
         }
-        check_transitions(&self.transitions, n)
+        check_transitions(&self.transitions, n)?;
+        self.levels.validate()
     }
 }
 
@@ -383,6 +389,12 @@ pub struct Population {
     /// Requests on templates not admitted because the table was full (they share the
     /// overflow endpoint's statistics).
     pub overflowed: u64,
+    /// The address and network tables.
+    pub(crate) levels: Levels,
+    /// Their cap (each).
+    max_addresses: usize,
+    /// How a request's network is found.
+    pub(crate) network: NetworkRule,
 }
 
 /// Template of the shared overflow endpoint.
@@ -415,9 +427,12 @@ impl Population {
             && self.start_total == other.start_total
             && self.epoch == other.epoch
             && self.overflowed == other.overflowed
+            && self.levels == other.levels
+            && self.max_addresses == other.max_addresses
+            && self.network == other.network
     }
 
-    pub(crate) fn new(max_endpoints: u32) -> Self {
+    pub(crate) fn new(max_endpoints: u32, max_addresses: usize, network: NetworkRule) -> Self {
         let mut p = Self {
             max_endpoints,
             templates: Vec::new(),
@@ -427,7 +442,11 @@ impl Population {
             start_total: 0,
             epoch: i64::MIN,
             overflowed: 0,
+            levels: Levels::default(),
+            max_addresses,
+            network,
         };
+        p.levels.open(max_addresses);
         p.push(OVERFLOW_TEMPLATE, fnv1a(OVERFLOW_TEMPLATE.as_bytes()));
         p
     }
@@ -508,7 +527,22 @@ impl Population {
                 return Err(format!("endpoint {t:?} has counts after the state's epoch"));
             }
         }
-        check_transitions(&self.transitions, self.templates.len() as u32)
+        check_transitions(&self.transitions, self.templates.len() as u32)?;
+        self.levels.validate(self.epoch, self.max_addresses)
+    }
+
+    /// The cap on addresses and on networks.
+    pub(crate) fn max_addresses(&self) -> usize {
+        self.max_addresses
+    }
+
+    /// Applies a configured cap on addresses and networks (after a restore): the open
+    /// epoch's room is counted again.
+    pub(crate) fn set_max_addresses(&mut self, m: usize) {
+        if m != self.max_addresses {
+            self.max_addresses = m;
+            self.levels.open(m);
+        }
     }
 
     /// The cap on templates.
@@ -571,8 +605,10 @@ impl Population {
         let mut new: BTreeMap<u64, (Box<str>, EpDelta)> = BTreeMap::new();
         let mut pairs: BTreeMap<(u32, u32), u32> = BTreeMap::new();
         let mut start = 0u64;
+        let mut levels = Vec::new();
         for d in deltas {
-            let d = std::mem::take(d);
+            let mut d = std::mem::take(d);
+            levels.push(std::mem::take(&mut d.levels));
             start += d.start;
             for (i, e) in d.known {
                 known.entry(i).or_default().add(&e);
@@ -616,6 +652,8 @@ impl Population {
             }
         }
         self.start_total = self.start_total.saturating_add(start);
+        self.levels.merge(epoch, levels.iter_mut());
+        self.levels.open(self.max_addresses);
         self.epoch = epoch;
     }
 
@@ -663,7 +701,15 @@ mod tests {
 
     #[test]
     fn transitions_stop_being_counted_at_the_cap() {
-        let mut p = Population::new(2000);
+        let mut p = Population::new(
+            2000,
+            1000,
+            NetworkRule {
+                v4_prefix: 24,
+                v6_prefix: 48,
+                asn: false,
+            },
+        );
         let mut d = Delta::default();
         for i in 0..1100u32 {
             let t = format!("GET /e{i}");

@@ -9,7 +9,7 @@ use crate::config::FeatureConfig;
 
 /// Version of the feature definitions' code; part of the registry hash, raised whenever a
 /// definition changes meaning.
-pub const DEFINITIONS_VERSION: u32 = 4;
+pub const DEFINITIONS_VERSION: u32 = 5;
 
 /// Width of the per-endpoint windows of one client and of the population (milliseconds).
 pub const ENDPOINT_BUCKET_MS: i64 = 30_000;
@@ -192,11 +192,23 @@ pub enum PointFeature {
     EndpointEntropy,
     /// Population requests per second to this endpoint.
     EndpointPopRate,
+    /// Distinct client keys seen from this address.
+    AddrClients,
+    /// Requests from this address.
+    AddrRequests,
+    /// Authentication failures of this address.
+    AddrAuthFailures,
+    /// Distinct addresses seen in this network.
+    NetAddrs,
+    /// Requests from this network.
+    NetRequests,
+    /// Authentication failures of this network.
+    NetAuthFailures,
 }
 
 impl PointFeature {
     /// All, in vector order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 13] = [
         Self::SecsSincePrev,
         Self::ClientAgeSecs,
         Self::TransitionSurprise,
@@ -204,6 +216,12 @@ impl PointFeature {
         Self::EndpointRateRatio,
         Self::EndpointEntropy,
         Self::EndpointPopRate,
+        Self::AddrClients,
+        Self::AddrRequests,
+        Self::AddrAuthFailures,
+        Self::NetAddrs,
+        Self::NetRequests,
+        Self::NetAuthFailures,
     ];
     /// How many there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -244,6 +262,36 @@ impl PointFeature {
                 "endpoint_pop_rate_1m",
                 "count / 60 s",
                 "Requests of all clients to this endpoint in the two 30-second population epochs before the current one, per second (count / 60).",
+            ),
+            Self::AddrClients => (
+                "addr_clients_10m",
+                "distinct (population)",
+                "Distinct client keys (tokens, API keys, sessions, the address itself) that sent requests from this request's address in the 20 population epochs (10 minutes) before the current one, counted up to 32. Many keys from one address: a NAT or proxy, or one caller cycling through accounts.",
+            ),
+            Self::AddrRequests => (
+                "addr_req_10m",
+                "count (population)",
+                "Requests from this request's address, by any client key, in the 20 population epochs (10 minutes) before the current one.",
+            ),
+            Self::AddrAuthFailures => (
+                "addr_auth_fail_10m",
+                "count (population)",
+                "401/403 answers to this request's address, by any client key, in the 20 population epochs (10 minutes) before the current one: a token's requests see the failed logins from its address before it.",
+            ),
+            Self::NetAddrs => (
+                "net_addrs_10m",
+                "distinct (population)",
+                "Distinct addresses that sent requests from this request's network (its /24 or /48, or its autonomous system with `features.network = \"asn\"`) in the 20 population epochs (10 minutes) before the current one, counted up to 32.",
+            ),
+            Self::NetRequests => (
+                "net_req_10m",
+                "count (population)",
+                "Requests from this request's network in the 20 population epochs (10 minutes) before the current one.",
+            ),
+            Self::NetAuthFailures => (
+                "net_auth_fail_10m",
+                "count (population)",
+                "401/403 answers to this request's network in the 20 population epochs (10 minutes) before the current one.",
             ),
         }
     }
@@ -338,7 +386,10 @@ impl Registry {
                 doc,
             });
         }
-        let mut canon = format!("v{DEFINITIONS_VERSION};b{};", cfg.buckets_per_horizon);
+        let mut canon = format!(
+            "v{DEFINITIONS_VERSION};b{};n{}/{}/{};",
+            cfg.buckets_per_horizon, cfg.network_v4_prefix, cfg.network_v6_prefix, cfg.network
+        );
         for f in &features {
             let _ = write!(canon, "{}|{}|{};", f.name, f.aggregation, f.doc);
         }

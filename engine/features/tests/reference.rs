@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use gatewatch_event::RequestEvent;
 use gatewatch_features::{
-    Config, ENDPOINT_BUCKET_MS, EPOCH_MS, FeatureEngine, Format, Ingest, PointFeature, Registry,
-    VOTE_DECAY, WindowFeature, bit, fnv1a, linear_count,
+    Config, ENDPOINT_BUCKET_MS, EPOCH_MS, FeatureEngine, Format, Ingest, LEVEL_EPOCHS, MAX_MEMBERS,
+    PointFeature, Registry, VOTE_DECAY, WindowFeature, bit, fnv1a, linear_count,
 };
 use proptest::prelude::*;
 
@@ -36,10 +36,13 @@ fn config_with(lateness: u64, confirm: usize) -> Config {
     .unwrap()
 }
 
+/// An event of client `client` (its API key) from address `addr` (two /24 networks of three
+/// addresses each, so addresses serve several keys and networks several addresses).
 #[derive(Debug, Clone)]
 struct Raw {
     ts: i64,
     client: u8,
+    addr: u8,
     path: usize,
     id: u64,
     status: u16,
@@ -62,16 +65,24 @@ impl Raw {
     fn id(&self) -> Option<u64> {
         PATHS[self.path].contains("{}").then_some(self.id)
     }
+    fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, self.addr / 3, self.addr % 3)
+    }
+    fn net(&self) -> u8 {
+        self.addr / 3
+    }
     fn event(&self) -> RequestEvent {
         let path = PATHS[self.path].replace("{}", &self.id.to_string());
         let mut e = RequestEvent::new(
             self.ts,
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.client)),
+            IpAddr::V4(self.ip()),
             self.method(),
             &path,
             self.status,
         );
         e.resp_bytes = Some(self.bytes);
+        e.headers
+            .push(("x-api-key".into(), format!("k{}", self.client).into()));
         if self.referred {
             e.headers
                 .push(("referer".into(), "https://example.com/".into()));
@@ -92,34 +103,38 @@ fn stream() -> impl Strategy<Value = Vec<Raw>> {
             0u64..5000,
             0u8..40,
             0u8..8,
+            0u8..6,
         ),
         1..150,
     )
     .prop_map(|v| {
         let mut t = 1_700_000_000_000i64;
         v.into_iter()
-            .map(|(dt, jitter, client, path, id, st, bytes, jump, kind)| {
-                t += dt;
-                // Now and then the log resumes after a gap, or one event carries a wild time.
-                let wild = match jump {
-                    0 => 50_000_000,
-                    1 => {
-                        t += 4_000;
-                        0
+            .map(
+                |(dt, jitter, client, path, id, st, bytes, jump, kind, addr)| {
+                    t += dt;
+                    // Now and then the log resumes after a gap, or one event carries a wild time.
+                    let wild = match jump {
+                        0 => 50_000_000,
+                        1 => {
+                            t += 4_000;
+                            0
+                        }
+                        _ => 0,
+                    };
+                    Raw {
+                        ts: t - jitter + wild,
+                        client,
+                        addr,
+                        path,
+                        id,
+                        status: STATUSES[st],
+                        bytes,
+                        head: kind == 0,
+                        referred: kind % 2 == 1,
                     }
-                    _ => 0,
-                };
-                Raw {
-                    ts: t - jitter + wild,
-                    client,
-                    path,
-                    id,
-                    status: STATUSES[st],
-                    bytes,
-                    head: kind == 0,
-                    referred: kind % 2 == 1,
-                }
-            })
+                },
+            )
             .collect()
     })
 }
@@ -425,6 +440,32 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             Some(t) => (1.0 + f64::from(count)) / t,
             None => 1.0,
         };
+        // Key levels: the address's and the network's requests in the 20 epochs before.
+        let before: Vec<&Raw> = (0..order.len())
+            .filter(|&q| (1..=LEVEL_EPOCHS).contains(&(e_p - epoch(q))))
+            .map(|q| &raw[order[q]])
+            .collect();
+        let level = |same: &dyn Fn(&Raw) -> bool, member: &dyn Fn(&Raw) -> u8| {
+            let mine: Vec<&&Raw> = before.iter().filter(|x| same(x)).collect();
+            let failed = mine
+                .iter()
+                .filter(|x| [401, 403].contains(&x.status))
+                .count();
+            let members: std::collections::BTreeSet<u8> = mine.iter().map(|x| member(x)).collect();
+            (
+                mine.len() as f64,
+                failed as f64,
+                members.len().min(MAX_MEMBERS) as f64,
+            )
+        };
+        let (r, fl, m) = level(&|x| x.addr == e.addr, &|x| x.client);
+        f[reg.point_index(PointFeature::AddrRequests)] = r;
+        f[reg.point_index(PointFeature::AddrAuthFailures)] = fl;
+        f[reg.point_index(PointFeature::AddrClients)] = m;
+        let (r, fl, m) = level(&|x| x.net() == e.net(), &|x| x.addr);
+        f[reg.point_index(PointFeature::NetRequests)] = r;
+        f[reg.point_index(PointFeature::NetAuthFailures)] = fl;
+        f[reg.point_index(PointFeature::NetAddrs)] = m;
         out.push((order[p], f));
     }
     out
@@ -469,11 +510,12 @@ fn ndjson(raw: &[Raw]) -> Vec<u8> {
     let mut s = String::new();
     for (i, r) in raw.iter().enumerate() {
         let e = r.event();
-        let headers = if r.referred {
-            ",\"headers\":{\"Referer\":\"https://example.com/\"}"
+        let referer = if r.referred {
+            ",\"Referer\":\"https://example.com/\""
         } else {
             ""
         };
+        let headers = format!(",\"headers\":{{\"X-Api-Key\":\"k{}\"{referer}}}", r.client);
         s.push_str(&format!(
             "{{\"id\":{i},\"ts\":{},\"client_ip\":\"{}\",\"method\":\"{}\",\"path\":\"{}\",\"status\":{},\"resp_bytes\":{}{headers}}}\n",
             e.ts_ms,

@@ -50,7 +50,8 @@ pub enum Side {
 impl Side {
     /// The side of a feature by its name (without the horizon), from what the engine's
     /// features measure: more requests, errors, distinct objects, surprise, HEAD requests or
-    /// `/robots.txt` reads than usual are evidence, fewer are not; shorter and more regular
+    /// `/robots.txt` reads than usual are evidence, fewer are not (so are more keys,
+    /// requests and failures at the client's address and network); shorter and more regular
     /// gaps, and fewer assets and referers (robots fetch neither) are evidence, the opposite
     /// is not;
     /// the endpoint's traffic from all clients and the client's age describe context. Sizes,
@@ -72,7 +73,13 @@ impl Side {
             | "endpoint_count"
             | "endpoint_rate_ratio"
             | "head_ratio"
-            | "robots_count" => Self::Up,
+            | "robots_count"
+            | "addr_clients"
+            | "addr_req"
+            | "addr_auth_fail"
+            | "net_addrs"
+            | "net_req"
+            | "net_auth_fail" => Self::Up,
             "iat_mean" | "iat_min" | "iat_cv" | "secs_since_prev" | "asset_ratio"
             | "referrer_ratio" => Self::Down,
             "endpoint_pop_rate" | "client_age_secs" => Self::Neither,

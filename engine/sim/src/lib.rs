@@ -40,17 +40,20 @@ pub enum Scenario {
     LowAndSlow,
     /// Payment calls without the browse → cart → checkout flow (card testing).
     SequenceAbuse,
+    /// One address logging into many leaked accounts in turn, each used briefly.
+    AccountTakeover,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Self::CredentialStuffing,
         Self::BolaEnumeration,
         Self::Scraping,
         Self::Volumetric,
         Self::LowAndSlow,
         Self::SequenceAbuse,
+        Self::AccountTakeover,
     ];
 
     /// The name used in options and labels.
@@ -62,6 +65,7 @@ impl Scenario {
             Self::Volumetric => "volumetric",
             Self::LowAndSlow => "low_and_slow",
             Self::SequenceAbuse => "sequence_abuse",
+            Self::AccountTakeover => "account_takeover",
         }
     }
 
@@ -85,6 +89,9 @@ impl Scenario {
             }
             Self::SequenceAbuse => {
                 "3 accounts POST /v1/payments directly every ~3 s for 5 min, ~85% 402"
+            }
+            Self::AccountTakeover => {
+                "one address logs into 25–40 leaked accounts in turn, each token then reads its profile and orders"
             }
         }
     }
@@ -295,6 +302,7 @@ pub fn simulate(cfg: &SimConfig) -> Vec<RequestEvent> {
             Scenario::Volumetric => volumetric(&mut em, &mut rng, cfg),
             Scenario::LowAndSlow => low_and_slow(&mut em, &mut rng, cfg),
             Scenario::SequenceAbuse => sequence_abuse(&mut em, &mut rng, cfg),
+            Scenario::AccountTakeover => account_takeover(&mut em, &mut rng, cfg),
         }
     }
     let mut events = em.events;
@@ -757,6 +765,60 @@ fn low_and_slow(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
                 },
             );
         }
+    }
+}
+
+fn account_takeover(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
+    let n = rng.range(25, 41);
+    let mut t = window(rng, cfg, n as f64 * 20_000.0);
+    let ip = residential(rng);
+    let ua = BROWSER_UAS[1];
+    let none = Auth::None;
+    let login = |em: &mut Emitter, rng: &mut Rng, t: f64, status: u16| {
+        em.emit(
+            rng,
+            t,
+            Req {
+                ip,
+                method: "POST",
+                path: "/v1/auth/login",
+                status,
+                auth: &none,
+                ua,
+                label: "account_takeover",
+            },
+        );
+    };
+    for a in 0..n {
+        // Leaked accounts of users not active in this run: some passwords were changed.
+        if rng.chance(0.3) {
+            login(em, rng, t, 401);
+            t += rng.lognormal(2500.0, 0.5);
+        }
+        login(em, rng, t, 200);
+        let victim = user_id(cfg.users as u64 + 100 + a);
+        let auth = Auth::Jwt(jwt(&format!("u{victim}"), rng));
+        for path in [
+            format!("/v1/users/{victim}/profile"),
+            format!("/v1/users/{victim}/orders"),
+            "/v1/cart".to_string(),
+        ] {
+            t += rng.lognormal(2500.0, 0.5);
+            em.emit(
+                rng,
+                t,
+                Req {
+                    ip,
+                    method: "GET",
+                    path: &path,
+                    status: 200,
+                    auth: &auth,
+                    ua,
+                    label: "account_takeover",
+                },
+            );
+        }
+        t += rng.lognormal(8000.0, 0.5);
     }
 }
 
