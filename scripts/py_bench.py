@@ -5,7 +5,7 @@ Usage: python py_bench.py [ROWS] [CONFIG]
 Builds a synthetic events frame (default 5,000,000 rows: 50,000 clients over two hours,
 12 path shapes with ids, 6% errors), then times, once each on the same frame:
 
-- gatewatch: ``FeatureExtractor().transform(df)`` (every default feature, 89 columns);
+- gatewatch: ``FeatureExtractor().transform(df)`` (every default feature, 93 columns);
 - gatewatch again with ``scripts/bench-six.toml``, which selects the same six features as
   the peer (``[features] select``: only those are computed and output);
 - polars: request count, distinct endpoints and error ratio per client over 1 min and

@@ -205,7 +205,7 @@ def test_a_selection_gives_those_columns_of_the_full_transform(tmp_path: Path) -
 def test_the_stored_schema_is_json_of_the_registry() -> None:
     s = gw.feature_schema()
     assert json.loads(json.dumps(s)) == s
-    assert len(s["features"]) == 89
+    assert len(s["features"]) == 93
 
 
 def latest_first(events: pl.DataFrame) -> pl.DataFrame:

@@ -101,7 +101,7 @@ struct TrainArgs {
     #[arg(long)]
     describe: Option<String>,
     /// Fit on at most this many events: beyond it, a uniform sample of this many (reservoir
-    /// sampling with a fixed seed), so memory stays bounded (89 features × 8 bytes each).
+    /// sampling with a fixed seed), so memory stays bounded (93 features × 8 bytes each).
     #[arg(long, default_value_t = 1_000_000)]
     max_train_events: usize,
     /// Model name.

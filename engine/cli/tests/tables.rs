@@ -100,7 +100,7 @@ fn parquet_in_and_out_gives_the_ndjson_records() {
         .map(|c| c.to_string())
         .filter(|c| !["id", "label", "ts", "client", "endpoint"].contains(&c.as_str()))
         .collect();
-    assert_eq!(feats.len(), 89);
+    assert_eq!(feats.len(), 93);
     let mut cols: Vec<&str> = vec!["id", "label", "client", "endpoint"];
     cols.extend(feats.iter().map(String::as_str));
     assert_same_records(&table, &records, &cols);

@@ -98,6 +98,11 @@ pub struct FeatureConfig {
     /// event's autonomous system when it has one, else the prefix).
     #[serde(default = "default_network")]
     pub network: String,
+    /// The site's time zone as an offset from UTC in minutes (−840..=840), for
+    /// `night_ratio` (requests between 00:00 and 06:00 local time). Fixed: daylight saving
+    /// time is not followed.
+    #[serde(default)]
+    pub local_utc_offset_minutes: i32,
 }
 
 fn default_horizons() -> Vec<u32> {
@@ -154,6 +159,7 @@ impl Default for FeatureConfig {
             network_v4_prefix: default_v4_prefix(),
             network_v6_prefix: default_v6_prefix(),
             network: default_network(),
+            local_utc_offset_minutes: 0,
         }
     }
 }
@@ -248,6 +254,12 @@ impl FeatureConfig {
             return bad(format!(
                 "network_v6_prefix: must be 16..=128, got {}",
                 self.network_v6_prefix
+            ));
+        }
+        if !(-840..=840).contains(&self.local_utc_offset_minutes) {
+            return bad(format!(
+                "local_utc_offset_minutes: must be -840..=840, got {}",
+                self.local_utc_offset_minutes
             ));
         }
         if !["prefix", "asn"].contains(&self.network.as_str()) {

@@ -289,7 +289,10 @@ fn compute(
         id_hash,
         num_id,
         surprise,
-        kind: RequestKind::of(&ev.method, &ev.path, ev.header("referer").is_some()),
+        kind: RequestKind {
+            night: windows.is_night(ev.ts_ms),
+            ..RequestKind::of(&ev.method, &ev.path, ev.header("referer").is_some())
+        },
     };
     let (count, repeat) = state.update(&obs, windows, registry, out);
     part.delta.count(pop, from, to, ep, count, repeat);

@@ -56,11 +56,13 @@ pub enum WindowFeature {
     HeadRatio,
     /// Requests for /robots.txt.
     RobotsCount,
+    /// Share of requests at night, local time.
+    NightRatio,
 }
 
 impl WindowFeature {
     /// All, in vector order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::ReqCount,
         Self::ReqRate,
         Self::ErrorRatio,
@@ -80,6 +82,7 @@ impl WindowFeature {
         Self::ReferrerRatio,
         Self::HeadRatio,
         Self::RobotsCount,
+        Self::NightRatio,
     ];
     /// How many there are.
     pub const COUNT: usize = Self::ALL.len();
@@ -164,6 +167,11 @@ impl WindowFeature {
                 "robots_count",
                 "count",
                 "Requests for `/robots.txt` in the window: a crawler announcing itself by reading the site's crawling rules (Doran and Gokhale 2011).",
+            ),
+            Self::NightRatio => (
+                "night_ratio",
+                "ratio",
+                "Share of the window's requests made between 00:00 and 06:00 in the site's time zone (`features.local_utc_offset_minutes`, a fixed offset; the client's own time zone is unknown): people sleep, crawlers and scripts do not (a web-robot detection feature, Stevanovic, An and Vlajic 2012).",
             ),
         }
     }
@@ -387,8 +395,12 @@ impl Registry {
             });
         }
         let mut canon = format!(
-            "v{DEFINITIONS_VERSION};b{};n{}/{}/{};",
-            cfg.buckets_per_horizon, cfg.network_v4_prefix, cfg.network_v6_prefix, cfg.network
+            "v{DEFINITIONS_VERSION};b{};n{}/{}/{};o{};",
+            cfg.buckets_per_horizon,
+            cfg.network_v4_prefix,
+            cfg.network_v6_prefix,
+            cfg.network,
+            cfg.local_utc_offset_minutes
         );
         for f in &features {
             let _ = write!(canon, "{}|{}|{};", f.name, f.aggregation, f.doc);

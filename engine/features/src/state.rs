@@ -26,6 +26,8 @@ pub(crate) struct Windows {
     /// `select`ion only the horizons of selected window features (the others keep no
     /// buckets).
     pub active: [bool; 8],
+    /// The site's offset from UTC, ms (`night_ratio`).
+    pub local_offset_ms: i64,
 }
 
 impl Windows {
@@ -66,7 +68,17 @@ impl Windows {
             max_ms,
             slots: cfg.endpoint_slots,
             active,
+            local_offset_ms: i64::from(cfg.local_utc_offset_minutes) * 60_000,
         }
+    }
+
+    /// Whether a timestamp falls between 00:00 and 06:00 in the site's time zone.
+    pub fn is_night(&self, ts_ms: i64) -> bool {
+        ts_ms
+            .saturating_add(self.local_offset_ms)
+            .div_euclid(3_600_000)
+            .rem_euclid(24)
+            < 6
     }
 }
 
@@ -98,6 +110,7 @@ pub(crate) struct Bucket {
     pub referred: u32,
     pub head: u32,
     pub robots: u32,
+    pub night: u32,
     /// Smallest gap, ms (`u32::MAX` when none).
     pub gap_min: u32,
     /// Sum of gaps, ms.
@@ -125,6 +138,7 @@ impl Bucket {
             referred: 0,
             head: 0,
             robots: 0,
+            night: 0,
             gap_min: u32::MAX,
             gap_sum: 0,
             gap_sq: 0,
@@ -160,6 +174,7 @@ pub(crate) struct Agg {
     pub referred: u32,
     pub head: u32,
     pub robots: u32,
+    pub night: u32,
     /// Requests in the window that have a previous request of the same client.
     pub gaps: u32,
     pub gap_min: u32,
@@ -253,6 +268,8 @@ pub(crate) struct RequestKind {
     pub referred: bool,
     pub head: bool,
     pub robots: bool,
+    /// Made between 00:00 and 06:00 local time.
+    pub night: bool,
 }
 
 /// Extensions of static assets (`asset_ratio`).
@@ -274,6 +291,7 @@ impl RequestKind {
             referred,
             head: method == "HEAD",
             robots: path == "/robots.txt",
+            night: false,
         }
     }
 }
@@ -342,6 +360,7 @@ impl ClientState {
             }
             let counts = [
                 b.err, b.auth, b.nf, b.rl, b.s5, b.seq, b.asset, b.referred, b.head, b.robots,
+                b.night,
             ];
             let bound = w.widths_ms[h].unsigned_abs() + w.horizons_ms[h].unsigned_abs();
             if b.n == 0
@@ -494,6 +513,7 @@ impl ClientState {
             b.referred += u32::from(o.kind.referred);
             b.head += u32::from(o.kind.head);
             b.robots += u32::from(o.kind.robots);
+            b.night += u32::from(o.kind.night);
             b.bytes = b.bytes.saturating_add(o.bytes);
             b.surprise += o.surprise;
             b.ep_bits |= bit(o.ep_hash);
@@ -529,6 +549,7 @@ impl ClientState {
             a.referred += b.referred;
             a.head += b.head;
             a.robots += b.robots;
+            a.night += b.night;
             a.gap_min = a.gap_min.min(b.gap_min);
             a.gap_sum += u64::from(b.gap_sum);
             a.gap_sq += b.gap_sq as f64;
@@ -604,6 +625,7 @@ pub(crate) fn window_features(a: &Agg, horizon_ms: i64, out: &mut [f64]) {
     out[F::ReferrerRatio as usize] = f64::from(a.referred) / n;
     out[F::HeadRatio as usize] = f64::from(a.head) / n;
     out[F::RobotsCount as usize] = f64::from(a.robots);
+    out[F::NightRatio as usize] = f64::from(a.night) / n;
 }
 
 #[cfg(test)]
@@ -612,7 +634,7 @@ mod tests {
 
     #[test]
     fn compact_layout() {
-        assert_eq!(std::mem::size_of::<Bucket>(), 96);
+        assert_eq!(std::mem::size_of::<Bucket>(), 104);
         assert_eq!(std::mem::size_of::<Slot>(), 24);
     }
 }

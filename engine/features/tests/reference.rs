@@ -28,10 +28,11 @@ fn config(lateness: u64) -> Config {
 }
 
 /// Event time may move 2 s ahead on its own; `confirm` consecutive events confirm a jump.
-/// Sixteen endpoint slots: every template of the generated streams keeps its own.
+/// Sixteen endpoint slots: every template of the generated streams keeps its own. The site's
+/// time zone puts the streams' start 40 s before local midnight, so `night_ratio` changes.
 fn config_with(lateness: u64, confirm: usize) -> Config {
     Config::parse(&format!(
-        "[features]\nhorizons_secs = [1, 5, 20]\nbuckets_per_horizon = 5\nendpoint_slots = 16\nallowed_lateness_ms = {lateness}\nclient_idle_ttl_secs = 100000\nmax_future_ms = 2000\nfuture_confirm = {confirm}\n"
+        "[features]\nhorizons_secs = [1, 5, 20]\nbuckets_per_horizon = 5\nendpoint_slots = 16\nallowed_lateness_ms = {lateness}\nclient_idle_ttl_secs = 100000\nmax_future_ms = 2000\nfuture_confirm = {confirm}\nlocal_utc_offset_minutes = 106\n"
     ))
     .unwrap()
 }
@@ -315,7 +316,8 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             let mut gaps = Vec::new();
             let (mut ep_bits, mut id_bits, mut seq, mut surprise, mut bytes) =
                 (0u64, 0u64, 0.0, 0.0, 0.0);
-            let (mut asset, mut referred, mut head, mut robots) = (0.0, 0.0, 0.0, 0.0);
+            let (mut asset, mut referred, mut head, mut robots, mut night) =
+                (0.0, 0.0, 0.0, 0.0, 0.0);
             for &q in &win {
                 let x = &raw[order[q]];
                 let k = mine.iter().position(|&m| m == q).unwrap();
@@ -343,6 +345,9 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
                 referred += f64::from(u8::from(x.referred));
                 head += f64::from(u8::from(x.head));
                 robots += f64::from(u8::from(PATHS[x.path] == "/robots.txt"));
+                // Local time 00:00–06:00 at the configured offset of 106 minutes.
+                let local_hour = (x.ts + 106 * 60_000).div_euclid(3_600_000).rem_euclid(24);
+                night += f64::from(u8::from(local_hour < 6));
             }
             let o = |wf: WindowFeature| Registry::window_index(h, wf);
             f[o(WindowFeature::ReqCount)] = n;
@@ -376,6 +381,7 @@ fn reference(raw: &[Raw], cfg: &Config) -> Vec<(usize, Vec<f64>)> {
             f[o(WindowFeature::ReferrerRatio)] = referred / n;
             f[o(WindowFeature::HeadRatio)] = head / n;
             f[o(WindowFeature::RobotsCount)] = robots;
+            f[o(WindowFeature::NightRatio)] = night / n;
         }
         let k = mine.len() - 1;
         f[reg.point_index(PointFeature::SecsSincePrev)] = if k == 0 {

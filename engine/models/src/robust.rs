@@ -74,6 +74,7 @@ impl Side {
             | "endpoint_rate_ratio"
             | "head_ratio"
             | "robots_count"
+            | "night_ratio"
             | "addr_clients"
             | "addr_req"
             | "addr_auth_fail"
