@@ -514,7 +514,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         e.push_str(
             "  this is the built-in default: to fit a model on your own traffic, \
              `gatewatch train -i YOUR_LOG -o DIR`, then `gatewatch score --model DIR` \
-             (EVALUATION.md: on a real site the default flags most browsers)\n",
+             (EVALUATION.md: on a real website the default flags a third of the visitors)\n",
         );
     }
     let Summary {
