@@ -23,6 +23,8 @@ mod model_cmd;
 mod ordered;
 mod output;
 mod pipeline;
+#[cfg(feature = "serve")]
+mod serve_cmd;
 mod simulate_cmd;
 #[cfg(feature = "tables")]
 mod table;
@@ -84,6 +86,38 @@ enum Command {
     /// value, baseline, contribution) and `model`; a summary of the most flagged clients (and
     /// per label, when the events have labels) goes to standard error.
     Score(ScoreArgs),
+    /// Run the stream scoring service: HTTP ingest, health, readiness, metrics, snapshots.
+    ///
+    /// `POST /v1/events` takes an NDJSON body of events and answers their score records
+    /// (the records `gatewatch score` writes) and a `{"rejected": …}` line per input line
+    /// that was not an event. `GET /healthz`, `GET /readyz` and `GET /metrics`
+    /// (Prometheus). With `--state FILE` the engine's state is restored on start, written
+    /// every `--snapshot-every` and on SIGTERM / SIGINT (graceful shutdown).
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
+}
+
+#[cfg(feature = "serve")]
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0: any free port, printed on start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Model folder (default: the configuration's `[model] path`, else the built-in model).
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Configuration file (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// State file: restored on start, written periodically and on shutdown.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Time between snapshots of the state (`30s`, `5m`; a bare number is seconds).
+    #[arg(long, default_value = "60s", value_parser = serve_cmd::duration)]
+    snapshot_every: std::time::Duration,
+    /// Reasons per flagged record.
+    #[arg(long, default_value_t = 3)]
+    reasons: usize,
 }
 
 #[derive(clap::Args)]
@@ -299,6 +333,8 @@ fn main() -> ExitCode {
         Command::Features(a) => features_cmd::run(a),
         Command::Train(a) => model_cmd::train(a),
         Command::Score(a) => model_cmd::score(a),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => serve_cmd::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,69 @@
+//! `gatewatch serve`: the stream scoring service (`gatewatch-serve`) with the CLI's
+//! configuration, model and engine set up as `score` sets them up.
+
+use anyhow::{Context, Result};
+use gatewatch_config::Settings;
+use gatewatch_features::FeatureEngine;
+use gatewatch_pipeline::{Session, SessionOptions};
+use gatewatch_serve::{ServeOptions, Service};
+
+use crate::ServeArgs;
+
+/// A duration: `30s`, `5m`, `1h30m`, or a bare number of seconds.
+pub fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
+    };
+    if d.is_zero() {
+        return Err("must be longer than 0 s".into());
+    }
+    Ok(d)
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let settings = match &a.config {
+        Some(p) => Settings::load(p)?,
+        None => Settings::default(),
+    };
+    let engine = FeatureEngine::new(&settings.engine)?;
+    let model = a.model.as_deref().or(settings.model.path.as_deref());
+    let scorer = crate::model_cmd::load_model(model, engine.registry())?;
+    let session = Session::new(
+        engine,
+        Some(scorer),
+        SessionOptions {
+            batch: 256,
+            reasons: a.reasons,
+        },
+    );
+    let (service, note) = Service::new(
+        session,
+        ServeOptions {
+            state: a.state.clone(),
+            snapshot_every: a.snapshot_every,
+        },
+    )?;
+    if let Some(n) = note {
+        say!("gatewatch serve: {n}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        let model = service.model().to_string();
+        gatewatch_serve::serve(service.clone(), listener, |addr| {
+            say!("gatewatch serve: listening on http://{addr} (model {model}; POST /v1/events, GET /healthz /readyz /metrics)");
+        })
+        .await
+    })?;
+    match &a.state {
+        Some(p) => say!("gatewatch serve: stopped; state saved to {}", p.display()),
+        None => say!("gatewatch serve: stopped"),
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! `gatewatch serve`, started for real on a loopback port: HTTP ingest answers the records
+//! `gatewatch score` writes, the operations endpoints answer, SIGTERM saves the state and a
+//! restart continues from it, a corrupt state is set aside.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+fn gw() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+}
+
+/// A running service and its address.
+struct Served {
+    child: Child,
+    addr: String,
+    stderr: Vec<String>,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Self {
+        let mut child = gw()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut stderr = Vec::new();
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "the service ended before listening: {stderr:?}"
+            );
+            stderr.push(line.clone());
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining standard error so the service never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// One HTTP/1.1 exchange: (status, body).
+    fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+}
+
+fn simulate() -> Vec<u8> {
+    let out = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "5",
+            "--duration",
+            "4m",
+            "--users",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The events in `n` consecutive chunks of whole lines.
+fn chunks(events: &[u8], n: usize) -> Vec<Vec<u8>> {
+    let lines: Vec<&[u8]> = events.split_inclusive(|b| *b == b'\n').collect();
+    let per = lines.len().div_ceil(n);
+    lines.chunks(per).map(|c| c.concat()).collect()
+}
+
+fn score_cli(events: &[u8], dir: &Path) -> Vec<serde_json::Value> {
+    let input = dir.join("events.ndjson");
+    std::fs::write(&input, events).unwrap();
+    let out = gw()
+        .args(["score", "-i", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    json_lines(&String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn http_ingest_answers_the_cli_records_and_a_restart_continues_from_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let events = simulate();
+    let want = score_cli(&events, dir.path());
+    let parts = chunks(&events, 4);
+
+    let s = Served::start(&["--state", state.to_str().unwrap()]);
+    assert_eq!(s.call("GET", "/healthz", b""), (200, "ok\n".to_string()));
+    assert_eq!(s.call("GET", "/readyz", b""), (200, "ready\n".to_string()));
+    let mut got = Vec::new();
+    for p in &parts[..3] {
+        let (status, body) = s.call("POST", "/v1/events", p);
+        assert_eq!(status, 200, "{body}");
+        got.extend(json_lines(&body));
+    }
+    // A line that is not an event is answered as rejected, naming the line and field.
+    let (status, body) = s.call(
+        "POST",
+        "/v1/events",
+        b"{\"ts\":\"not a time\",\"client_ip\":\"10.0.0.1\",\"method\":\"GET\",\"path\":\"/\",\"status\":200}\n",
+    );
+    assert_eq!(status, 200);
+    let rejected = json_lines(&body);
+    assert_eq!(rejected.len(), 1, "{body}");
+    assert_eq!(rejected[0]["rejected"]["line"], 1);
+    assert!(
+        rejected[0]["rejected"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ts"),
+        "{body}"
+    );
+    let (status, metrics) = s.call("GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!("gatewatch_events_total {}", got.len())),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatewatch_model_info{model=\"default@1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatewatch_inputs_rejected_total{reason="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatewatch_batch_seconds_bucket"),
+        "{metrics}"
+    );
+
+    // SIGTERM: a clean exit with the state saved; a restart restores it and continues.
+    assert!(s.stop().success());
+    assert!(state.exists());
+    let s = Served::start(&["--state", state.to_str().unwrap()]);
+    assert!(
+        s.stderr.iter().any(|l| l.contains("restored")),
+        "{:?}",
+        s.stderr
+    );
+    let (status, body) = s.call("POST", "/v1/events", &parts[3]);
+    assert_eq!(status, 200, "{body}");
+    got.extend(json_lines(&body));
+    assert!(s.stop().success());
+
+    // Every event's record, equal to `gatewatch score` on the whole log.
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}
+
+#[test]
+fn a_corrupt_state_is_set_aside_and_the_service_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    std::fs::write(&state, b"GWSTATE\0 not really a state").unwrap();
+    let s = Served::start(&["--state", state.to_str().unwrap()]);
+    assert!(
+        s.stderr.iter().any(|l| l.contains("could not restore")),
+        "{:?}",
+        s.stderr
+    );
+    assert!(dir.path().join("state.corrupt").exists());
+    assert_eq!(s.call("GET", "/readyz", b"").0, 200);
+    let (status, body) = s.call(
+        "POST",
+        "/v1/events",
+        b"{\"ts\":1767603600000,\"client_ip\":\"10.0.0.1\",\"method\":\"GET\",\"path\":\"/a\",\"status\":200}\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(json_lines(&body)[0]["client"], "ip:10.0.0.1");
+    // Bodies are bounded (2 MB): a larger one is refused, and the service goes on.
+    let big = vec![b' '; 3 << 20];
+    assert_eq!(s.call("POST", "/v1/events", &big).0, 413);
+    assert_eq!(s.call("POST", "/v1/events", b""), (200, String::new()));
+    assert!(s.stop().success());
+    assert!(state.exists(), "the new state replaces the corrupt one");
+}

@@ -1,0 +1,405 @@
+//! The gatewatch stream scoring service, around one pipeline [`Session`]:
+//!
+//! - `POST /v1/events`: an NDJSON body of events; the answer is their score records (NDJSON,
+//!   in event-time order), then a `{"rejected": …}` line per input line that was not an
+//!   event. Each request's events are scored before the answer (the session's reorder
+//!   buffer does not hold them), so a gateway plugin can call it inline; send a client's
+//!   events in time order (an event older than one already scored is scored after it, or
+//!   refused as late beyond `allowed_lateness_ms`).
+//! - `GET /healthz` (the process answers), `GET /readyz` (state restored and model loaded),
+//!   `GET /metrics` (Prometheus text format, [`Metrics`]).
+//! - Snapshots: the session's state is written to the state file periodically and on
+//!   shutdown (write to a temporary file, then rename: a crash never leaves half a file),
+//!   and restored on start; a state file that cannot be restored is reported, set aside
+//!   (renamed `*.corrupt`) and the service starts empty.
+//! - Graceful shutdown on SIGTERM or SIGINT: requests in flight finish, the state is saved.
+//!
+//! Scoring runs on blocking threads (`spawn_blocking`), never on the async runtime's workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gatewatch_features::Format;
+use gatewatch_pipeline::schema::RejectionRecord;
+use gatewatch_pipeline::{LineReader, ScoreWriter, Session};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The state file: restored on start, written every `snapshot_every` and on shutdown.
+    pub state: Option<PathBuf>,
+    /// Time between snapshots.
+    pub snapshot_every: Duration,
+}
+
+/// The service's Prometheus metrics (one registry per service).
+pub struct Metrics {
+    registry: Registry,
+    /// Events received (lines of `POST /v1/events` bodies that are events).
+    pub events: Counter,
+    /// Score records answered.
+    pub scored: Counter,
+    /// Events flagged by the model.
+    pub flagged: Counter,
+    /// Inputs rejected, by reason.
+    pub rejected: Family<Vec<(String, String)>, Counter>,
+    /// Seconds to score one request's events.
+    pub batch_seconds: Histogram,
+    /// Scores answered.
+    pub scores: Histogram,
+    /// Clients with state.
+    pub clients: Gauge,
+    /// Snapshots written, and snapshots that failed.
+    pub snapshots: Counter,
+    /// See `snapshots`.
+    pub snapshot_failures: Counter,
+    /// Seconds since the last snapshot was written (−1 before the first).
+    pub snapshot_age: Gauge,
+}
+
+impl Metrics {
+    fn new(model: &str) -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            events: Counter::default(),
+            scored: Counter::default(),
+            flagged: Counter::default(),
+            rejected: Family::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            scores: Histogram::new([0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0]),
+            clients: Gauge::default(),
+            snapshots: Counter::default(),
+            snapshot_failures: Counter::default(),
+            snapshot_age: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("gatewatch_events", "Events received", m.events.clone());
+        registry.register(
+            "gatewatch_events_scored",
+            "Score records answered",
+            m.scored.clone(),
+        );
+        registry.register(
+            "gatewatch_events_flagged",
+            "Events flagged by the model",
+            m.flagged.clone(),
+        );
+        registry.register(
+            "gatewatch_inputs_rejected",
+            "Inputs that were not events, or came too late, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "gatewatch_batch_seconds",
+            "Seconds to score one request's events",
+            m.batch_seconds.clone(),
+        );
+        registry.register("gatewatch_score", "Scores answered", m.scores.clone());
+        registry.register(
+            "gatewatch_clients_tracked",
+            "Clients with state",
+            m.clients.clone(),
+        );
+        registry.register(
+            "gatewatch_snapshots",
+            "State snapshots written",
+            m.snapshots.clone(),
+        );
+        registry.register(
+            "gatewatch_snapshot_failures",
+            "State snapshots that could not be written",
+            m.snapshot_failures.clone(),
+        );
+        registry.register(
+            "gatewatch_snapshot_age_seconds",
+            "Seconds since the last snapshot (-1 before the first)",
+            m.snapshot_age.clone(),
+        );
+        registry.register(
+            "gatewatch_model",
+            "The model scoring events",
+            Info::new(vec![("model".to_string(), model.to_string())]),
+        );
+        m.snapshot_age.set(-1);
+        Self { registry, ..m }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The running service's shared state.
+pub struct Service {
+    session: Mutex<Session>,
+    writer: ScoreWriter,
+    /// Its metrics.
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    opts: ServeOptions,
+    last_snapshot: Mutex<Option<Instant>>,
+    model: String,
+}
+
+impl Service {
+    /// A service around a session (its engine and model set up), restoring the state file
+    /// when there is one. A state that cannot be restored is set aside and reported in the
+    /// returned message; the service then starts empty.
+    pub fn new(mut session: Session, opts: ServeOptions) -> Result<(Arc<Self>, Option<String>)> {
+        let scorer = session
+            .scorer()
+            .context("the service needs a model to score with")?;
+        let writer = ScoreWriter::new(scorer);
+        let model = session.model_id().unwrap_or_default();
+        let mut note = None;
+        if let Some(path) = &opts.state {
+            if path.exists() {
+                note = Some(restore(&mut session, path)?);
+            }
+        }
+        let service = Arc::new(Self {
+            session: Mutex::new(session),
+            writer,
+            metrics: Metrics::new(&model),
+            ready: AtomicBool::new(false),
+            opts,
+            last_snapshot: Mutex::new(None),
+            model,
+        });
+        service.ready.store(true, Ordering::Release);
+        Ok((service, note))
+    }
+
+    /// The model's `name@version`.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Whether the state is restored and the model loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        // A panic while holding the lock leaves a session whose state is still consistent
+        // between events: keep serving.
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Scores an NDJSON body: the score records, then a line per rejected input.
+    pub fn score_body(&self, body: &[u8]) -> Result<String> {
+        let started = Instant::now();
+        let mut session = self.session();
+        let mut lines = LineReader::new(Format::Ndjson);
+        lines.feed(&mut session, body);
+        let format = lines.format().clone();
+        lines.split_end(&mut |n, line| {
+            gatewatch_pipeline::push_line(&mut session, &format, n, line);
+        });
+        session.finish();
+        let batch = session.take().context("scoring")?;
+        self.metrics.clients.set(session.engine().clients() as i64);
+        drop(session);
+        let mut out = String::with_capacity(batch.len() * 512);
+        self.writer.write_batch(&batch, &mut out);
+        self.metrics.events.inc_by(batch.len() as u64);
+        self.metrics.scored.inc_by(batch.len() as u64);
+        if let Some(s) = batch.scores() {
+            for (score, flagged) in s.score.iter().zip(&s.flagged) {
+                self.metrics.scores.observe(*score);
+                if *flagged {
+                    self.metrics.flagged.inc();
+                }
+            }
+        }
+        for r in batch.rejections() {
+            let rec = RejectionRecord::from(r);
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("reason".to_string(), rec.category.clone())])
+                .inc();
+            let line = serde_json::json!({ "rejected": rec });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    /// Writes the state file (temporary file, then rename). Nothing to do without one.
+    pub fn snapshot(&self) -> Result<()> {
+        let Some(path) = &self.opts.state else {
+            return Ok(());
+        };
+        let result = {
+            let mut session = self.session();
+            session.finish();
+            write_atomic(path, |w| Ok(session.save_state(w)?))
+        };
+        match &result {
+            Ok(()) => {
+                self.metrics.snapshots.inc();
+                *self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now());
+            }
+            Err(e) => {
+                self.metrics.snapshot_failures.inc();
+                tracing::error!(target: "gatewatch::serve", path = %path.display(), error = %e, "snapshot failed");
+            }
+        }
+        result
+    }
+
+    fn render_metrics(&self) -> String {
+        if let Some(t) = *self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) {
+            self.metrics.snapshot_age.set(t.elapsed().as_secs() as i64);
+        }
+        self.metrics.render()
+    }
+}
+
+/// Restores a state file into a fresh session; one that cannot be restored is renamed
+/// `*.corrupt` and the session stays empty. Returns what happened, in words.
+fn restore(session: &mut Session, path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match session.restore_state(&mut bytes.as_slice()) {
+        Ok(()) => Ok(format!(
+            "restored {} ({} clients)",
+            path.display(),
+            session.engine().clients()
+        )),
+        Err(e) => {
+            let aside = path.with_extension("corrupt");
+            std::fs::rename(path, &aside)
+                .with_context(|| format!("cannot move {} aside", path.display()))?;
+            Ok(format!(
+                "could not restore {} ({e}); moved it to {} and started empty",
+                path.display(),
+                aside.display()
+            ))
+        }
+    }
+}
+
+/// Writes a file through a temporary sibling and a rename.
+fn write_atomic(path: &Path, write: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+    let mut buf = Vec::new();
+    write(&mut buf)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &buf).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+}
+
+/// The HTTP routes.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/events", post(events))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(service)
+}
+
+async fn events(State(s): State<Arc<Service>>, body: Bytes) -> Response {
+    let result = tokio::task::spawn_blocking(move || s.score_body(&body)).await;
+    match result {
+        Ok(Ok(out)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn readyz(State(s): State<Arc<Service>>) -> Response {
+    if s.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<Service>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.render_metrics(),
+    )
+        .into_response()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Serves on `listener` until SIGTERM or SIGINT, snapshotting every `snapshot_every`, then
+/// saves the state. `on_listen` is told the bound address first.
+pub async fn serve(
+    service: Arc<Service>,
+    listener: tokio::net::TcpListener,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    on_listen(listener.local_addr()?);
+    let every = service.opts.snapshot_every;
+    let periodic = service.opts.state.is_some().then(|| {
+        let s = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = s.clone();
+                let _ = tokio::task::spawn_blocking(move || s.snapshot()).await;
+            }
+        })
+    });
+    axum::serve(listener, router(service.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    if let Some(p) = periodic {
+        p.abort();
+    }
+    let s = service.clone();
+    tokio::task::spawn_blocking(move || s.snapshot())
+        .await
+        .context("the final snapshot did not finish")??;
+    Ok(())
+}
