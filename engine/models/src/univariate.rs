@@ -646,6 +646,19 @@ pub fn chi2_cdf(x: f64, k: f64) -> f64 {
 fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
     let tiny = 1e-300;
     let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    // One Lentz step with coefficient `aa`: the factor it multiplies the fraction by.
+    let step = |aa: f64, c: &mut f64, d: &mut f64| {
+        *d = 1.0 + aa * *d;
+        if d.abs() < tiny {
+            *d = tiny;
+        }
+        *c = 1.0 + aa / *c;
+        if c.abs() < tiny {
+            *c = tiny;
+        }
+        *d = 1.0 / *d;
+        *d * *c
+    };
     let mut c = 1.0;
     let mut d = 1.0 - qab * x / qap;
     if d.abs() < tiny {
@@ -656,28 +669,12 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
     for m in 1..1000 {
         let m = f64::from(m);
         let m2 = 2.0 * m;
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < tiny {
-            d = tiny;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < tiny {
-            c = tiny;
-        }
-        d = 1.0 / d;
-        h *= d * c;
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < tiny {
-            d = tiny;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < tiny {
-            c = tiny;
-        }
-        d = 1.0 / d;
-        let del = d * c;
+        h *= step(m * (b - m) * x / ((qam + m2) * (a + m2)), &mut c, &mut d);
+        let del = step(
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+            &mut c,
+            &mut d,
+        );
         h *= del;
         if (del - 1.0).abs() < 1e-15 {
             break;

@@ -199,6 +199,23 @@ struct Req<'a> {
     label: &'static str,
 }
 
+impl<'a> Req<'a> {
+    /// An anonymous `POST /v1/auth/login`.
+    fn login(ip: IpAddr, status: u16, ua: &'a str, label: &'static str) -> Self {
+        Self {
+            ip,
+            method: "POST",
+            path: "/v1/auth/login",
+            status,
+            auth: &NO_AUTH,
+            ua,
+            label,
+        }
+    }
+}
+
+static NO_AUTH: Auth = Auth::None;
+
 impl Emitter {
     fn emit(&mut self, rng: &mut Rng, ts: f64, r: Req<'_>) -> bool {
         let ts = ts.round() as i64;
@@ -400,34 +417,10 @@ fn session(
         none.clone()
     } else {
         if rng.chance(0.06) {
-            em.emit(
-                rng,
-                t,
-                Req {
-                    ip,
-                    method: "POST",
-                    path: "/v1/auth/login",
-                    status: 401,
-                    auth: &none,
-                    ua,
-                    label: "normal",
-                },
-            );
+            em.emit(rng, t, Req::login(ip, 401, ua, "normal"));
             t += rng.lognormal(6000.0, 0.5);
         }
-        em.emit(
-            rng,
-            t,
-            Req {
-                ip,
-                method: "POST",
-                path: "/v1/auth/login",
-                status: 200,
-                auth: &none,
-                ua,
-                label: "normal",
-            },
-        );
+        em.emit(rng, t, Req::login(ip, 200, ua, "normal"));
         t += rng.lognormal(1500.0, 0.6);
         Auth::Jwt(jwt(&format!("u{uid}"), rng))
     };
@@ -579,26 +572,13 @@ fn window(rng: &mut Rng, cfg: &SimConfig, len: f64) -> f64 {
 fn credential_stuffing(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
     let len = rng.range(180_000, 360_000) as f64;
     let t0 = window(rng, cfg, len);
-    let none = Auth::None;
     for _ in 0..15 {
         let ip = datacenter(rng, 13);
         let mut t = t0 + rng.f64() * 5000.0;
         while t < t0 + len {
             let ua = *rng.pick(&BROWSER_UAS);
             let status = if rng.chance(0.03) { 200 } else { 401 };
-            em.emit(
-                rng,
-                t,
-                Req {
-                    ip,
-                    method: "POST",
-                    path: "/v1/auth/login",
-                    status,
-                    auth: &none,
-                    ua,
-                    label: "credential_stuffing",
-                },
-            );
+            em.emit(rng, t, Req::login(ip, status, ua, "credential_stuffing"));
             t += rng.exp(700.0);
         }
     }
@@ -610,21 +590,8 @@ fn bola(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
     let mut t = window(rng, cfg, len + 20_000.0);
     let ip = residential(rng);
     let ua = BROWSER_UAS[0];
-    let none = Auth::None;
     let attacker = user_id(cfg.users as u64 + 1);
-    em.emit(
-        rng,
-        t,
-        Req {
-            ip,
-            method: "POST",
-            path: "/v1/auth/login",
-            status: 200,
-            auth: &none,
-            ua,
-            label: "bola_enumeration",
-        },
-    );
+    em.emit(rng, t, Req::login(ip, 200, ua, "bola_enumeration"));
     let auth = Auth::Jwt(jwt(&format!("u{attacker}"), rng));
     for path in [
         format!("/v1/users/{attacker}/profile"),
@@ -744,26 +711,13 @@ fn volumetric(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
 }
 
 fn low_and_slow(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
-    let none = Auth::None;
     for _ in 0..150 {
         let ip = residential(rng);
         let ua = *rng.pick(&BROWSER_UAS);
         for _ in 0..rng.range(1, 4) {
             let t = cfg.start_ms as f64 + rng.f64() * cfg.duration_ms as f64;
             let status = if rng.chance(0.02) { 200 } else { 401 };
-            em.emit(
-                rng,
-                t,
-                Req {
-                    ip,
-                    method: "POST",
-                    path: "/v1/auth/login",
-                    status,
-                    auth: &none,
-                    ua,
-                    label: "low_and_slow",
-                },
-            );
+            em.emit(rng, t, Req::login(ip, status, ua, "low_and_slow"));
         }
     }
 }
@@ -773,29 +727,13 @@ fn account_takeover(em: &mut Emitter, rng: &mut Rng, cfg: &SimConfig) {
     let mut t = window(rng, cfg, n as f64 * 20_000.0);
     let ip = residential(rng);
     let ua = BROWSER_UAS[1];
-    let none = Auth::None;
-    let login = |em: &mut Emitter, rng: &mut Rng, t: f64, status: u16| {
-        em.emit(
-            rng,
-            t,
-            Req {
-                ip,
-                method: "POST",
-                path: "/v1/auth/login",
-                status,
-                auth: &none,
-                ua,
-                label: "account_takeover",
-            },
-        );
-    };
     for a in 0..n {
         // Leaked accounts of users not active in this run: some passwords were changed.
         if rng.chance(0.3) {
-            login(em, rng, t, 401);
+            em.emit(rng, t, Req::login(ip, 401, ua, "account_takeover"));
             t += rng.lognormal(2500.0, 0.5);
         }
-        login(em, rng, t, 200);
+        em.emit(rng, t, Req::login(ip, 200, ua, "account_takeover"));
         let victim = user_id(cfg.users as u64 + 100 + a);
         let auth = Auth::Jwt(jwt(&format!("u{victim}"), rng));
         for path in [
