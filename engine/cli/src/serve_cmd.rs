@@ -1,6 +1,8 @@
 //! `gatewatch serve`: the stream scoring service (`gatewatch-serve`) with the CLI's
 //! configuration, model and engine set up as `score` sets them up.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use gatewatch_config::Settings;
 use gatewatch_features::FeatureEngine;
@@ -42,6 +44,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ServeOptions {
             state: a.state.clone(),
             snapshot_every: a.snapshot_every,
+            model: model.map(Path::to_path_buf),
         },
     )?;
     if let Some(n) = note {
@@ -55,7 +58,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
-        let model = service.model().to_string();
+        let model = service.model();
         gatewatch_serve::serve(service.clone(), listener, |addr| {
             say!("gatewatch serve: listening on http://{addr} (model {model}; POST /v1/events, GET /healthz /readyz /metrics)");
         })

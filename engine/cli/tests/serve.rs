@@ -71,14 +71,30 @@ impl Served {
         (status, body.to_string())
     }
 
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
         self.child.wait().unwrap()
+    }
+
+    /// Waits (up to 10 s) until `/metrics` holds `line`.
+    fn wait_for_metric(&self, line: &str) -> String {
+        for _ in 0..200 {
+            let (_, m) = self.call("GET", "/metrics", b"");
+            if m.lines().any(|l| l == line) {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{line:?} never showed in /metrics");
     }
 }
 
@@ -165,7 +181,7 @@ fn http_ingest_answers_the_cli_records_and_a_restart_continues_from_the_state() 
         "{metrics}"
     );
     assert!(
-        metrics.contains("gatewatch_model_info{model=\"default@1\"} 1"),
+        metrics.contains("gatewatch_model{model=\"default@1\"} 1"),
         "{metrics}"
     );
     assert!(
@@ -224,4 +240,52 @@ fn a_corrupt_state_is_set_aside_and_the_service_starts_empty() {
     assert_eq!(s.call("POST", "/v1/events", b""), (200, String::new()));
     assert!(s.stop().success());
     assert!(state.exists(), "the new state replaces the corrupt one");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_a_good_model_and_keeps_the_last_good_one_when_the_new_one_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    copy_dir(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default")),
+        &model,
+    );
+    let event = b"{\"ts\":1767603600000,\"client_ip\":\"10.0.0.1\",\"method\":\"GET\",\"path\":\"/a\",\"status\":200}\n";
+    let scored_by = |s: &Served| {
+        let (status, body) = s.call("POST", "/v1/events", event);
+        assert_eq!(status, 200, "{body}");
+        json_lines(&body)[0]["model"].as_str().unwrap().to_string()
+    };
+    let s = Served::start(&["--model", model.to_str().unwrap()]);
+    assert_eq!(scored_by(&s), "default@1");
+    // A broken model: refused, counted, and scoring goes on with the last good one.
+    let manifest = std::fs::read_to_string(model.join("manifest.json")).unwrap();
+    std::fs::write(model.join("manifest.json"), "{\"format_version\": 1,").unwrap();
+    s.signal("HUP");
+    s.wait_for_metric("gatewatch_model_reload_failures_total 1");
+    assert_eq!(scored_by(&s), "default@1");
+    // A good one: it scores from now on, and the metrics say which is running.
+    std::fs::write(
+        model.join("manifest.json"),
+        manifest.replacen("\"name\": \"default\"", "\"name\": \"renamed\"", 1),
+    )
+    .unwrap();
+    s.signal("HUP");
+    let m = s.wait_for_metric("gatewatch_model_reloads_total 1");
+    assert!(m.contains("gatewatch_model{model=\"renamed@1\"} 1"), "{m}");
+    assert!(m.contains("gatewatch_model{model=\"default@1\"} 0"), "{m}");
+    assert_eq!(scored_by(&s), "renamed@1");
+    assert!(s.stop().success());
 }

@@ -150,6 +150,12 @@ impl<S: BorrowMut<Scorer>> Session<S> {
         }
     }
 
+    /// Replaces the model (a reload): records taken from now on are scored with `scorer`.
+    /// Returns the previous one.
+    pub fn set_scorer(&mut self, scorer: S) -> Option<S> {
+        self.scorer.replace(scorer)
+    }
+
     /// The feature engine (counters, clients, population statistics).
     pub fn engine(&self) -> &FeatureEngine {
         &self.engine

@@ -13,6 +13,10 @@
 //!   and restored on start; a state file that cannot be restored is reported, set aside
 //!   (renamed `*.corrupt`) and the service starts empty.
 //! - Graceful shutdown on SIGTERM or SIGINT: requests in flight finish, the state is saved.
+//! - Hot reload on SIGHUP: the model folder is loaded again and checked in full (every
+//!   file, the feature set, the members); only then does it replace the running model. A
+//!   model that fails is reported in the log and in `/metrics`
+//!   (`gatewatch_model_reload_failures_total`) and scoring goes on with the last good one.
 //!
 //! Scoring runs on blocking threads (`spawn_blocking`), never on the async runtime's workers.
 
@@ -36,8 +40,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How the service runs.
 #[derive(Debug, Clone)]
@@ -46,6 +50,9 @@ pub struct ServeOptions {
     pub state: Option<PathBuf>,
     /// Time between snapshots.
     pub snapshot_every: Duration,
+    /// The model folder reloaded on SIGHUP (`None`: the built-in default, nothing to
+    /// reload).
+    pub model: Option<PathBuf>,
 }
 
 /// The service's Prometheus metrics (one registry per service).
@@ -65,6 +72,12 @@ pub struct Metrics {
     pub scores: Histogram,
     /// Clients with state.
     pub clients: Gauge,
+    /// The model scoring events (1) and the ones it replaced (0), by `name@version`.
+    pub model: Family<Vec<(String, String)>, Gauge>,
+    /// Models reloaded, and reloads refused.
+    pub reloads: Counter,
+    /// See `reloads`.
+    pub reload_failures: Counter,
     /// Snapshots written, and snapshots that failed.
     pub snapshots: Counter,
     /// See `snapshots`.
@@ -84,6 +97,9 @@ impl Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             scores: Histogram::new([0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0]),
             clients: Gauge::default(),
+            model: Family::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
             snapshots: Counter::default(),
             snapshot_failures: Counter::default(),
             snapshot_age: Gauge::default(),
@@ -133,9 +149,20 @@ impl Metrics {
         );
         registry.register(
             "gatewatch_model",
-            "The model scoring events",
-            Info::new(vec![("model".to_string(), model.to_string())]),
+            "The model scoring events (1) and the models it replaced (0)",
+            m.model.clone(),
         );
+        registry.register(
+            "gatewatch_model_reloads",
+            "Models reloaded",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "gatewatch_model_reload_failures",
+            "Model reloads refused (scoring went on with the last good model)",
+            m.reload_failures.clone(),
+        );
+        m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);
         Self { registry, ..m }
     }
@@ -149,16 +176,20 @@ impl Metrics {
     }
 }
 
+fn model_label(model: &str) -> Vec<(String, String)> {
+    vec![("model".to_string(), model.to_string())]
+}
+
 /// The running service's shared state.
 pub struct Service {
-    session: Mutex<Session>,
-    writer: ScoreWriter,
+    /// The session and the writer of its model's records.
+    session: Mutex<(Session, ScoreWriter)>,
     /// Its metrics.
     pub metrics: Metrics,
     ready: AtomicBool,
     opts: ServeOptions,
     last_snapshot: Mutex<Option<Instant>>,
-    model: String,
+    model: Mutex<String>,
 }
 
 impl Service {
@@ -178,21 +209,53 @@ impl Service {
             }
         }
         let service = Arc::new(Self {
-            session: Mutex::new(session),
-            writer,
+            session: Mutex::new((session, writer)),
             metrics: Metrics::new(&model),
             ready: AtomicBool::new(false),
             opts,
             last_snapshot: Mutex::new(None),
-            model,
+            model: Mutex::new(model),
         });
         service.ready.store(true, Ordering::Release);
         Ok((service, note))
     }
 
-    /// The model's `name@version`.
-    pub fn model(&self) -> &str {
-        &self.model
+    /// The running model's `name@version`.
+    pub fn model(&self) -> String {
+        lock(&self.model).clone()
+    }
+
+    /// Loads the model folder again and, once it has loaded and been checked in full,
+    /// scores with it; a model that fails leaves the running one in place. Returns the new
+    /// model's `name@version`.
+    pub fn reload(&self) -> Result<String> {
+        let Some(dir) = &self.opts.model else {
+            anyhow::bail!("the built-in model has nothing to reload");
+        };
+        let registry = self.session().0.registry().clone();
+        let loaded = gatewatch_models::Scorer::load(dir, &registry)
+            .with_context(|| format!("model {}", dir.display()));
+        let scorer = match loaded {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(target: "gatewatch::serve", error = %format!("{e:#}"), "model reload refused; scoring goes on with the last good model");
+                return Err(e);
+            }
+        };
+        let id = scorer.id();
+        let writer = ScoreWriter::new(&scorer);
+        {
+            let mut guard = self.session();
+            guard.0.set_scorer(scorer);
+            guard.1 = writer;
+        }
+        let old = std::mem::replace(&mut *lock(&self.model), id.clone());
+        self.metrics.model.get_or_create(&model_label(&old)).set(0);
+        self.metrics.model.get_or_create(&model_label(&id)).set(1);
+        self.metrics.reloads.inc();
+        tracing::info!(target: "gatewatch::serve", model = %id, "model reloaded");
+        Ok(id)
     }
 
     /// Whether the state is restored and the model loaded.
@@ -200,28 +263,29 @@ impl Service {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+    fn session(&self) -> std::sync::MutexGuard<'_, (Session, ScoreWriter)> {
         // A panic while holding the lock leaves a session whose state is still consistent
         // between events: keep serving.
-        self.session.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.session)
     }
 
     /// Scores an NDJSON body: the score records, then a line per rejected input.
     pub fn score_body(&self, body: &[u8]) -> Result<String> {
         let started = Instant::now();
-        let mut session = self.session();
+        let mut guard = self.session();
+        let (session, writer) = &mut *guard;
         let mut lines = LineReader::new(Format::Ndjson);
-        lines.feed(&mut session, body);
+        lines.feed(session, body);
         let format = lines.format().clone();
         lines.split_end(&mut |n, line| {
-            gatewatch_pipeline::push_line(&mut session, &format, n, line);
+            gatewatch_pipeline::push_line(session, &format, n, line);
         });
         session.finish();
         let batch = session.take().context("scoring")?;
         self.metrics.clients.set(session.engine().clients() as i64);
-        drop(session);
         let mut out = String::with_capacity(batch.len() * 512);
-        self.writer.write_batch(&batch, &mut out);
+        writer.write_batch(&batch, &mut out);
+        drop(guard);
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.scored.inc_by(batch.len() as u64);
         if let Some(s) = batch.scores() {
@@ -254,15 +318,14 @@ impl Service {
             return Ok(());
         };
         let result = {
-            let mut session = self.session();
-            session.finish();
-            write_atomic(path, |w| Ok(session.save_state(w)?))
+            let mut guard = self.session();
+            guard.0.finish();
+            write_atomic(path, |w| Ok(guard.0.save_state(w)?))
         };
         match &result {
             Ok(()) => {
                 self.metrics.snapshots.inc();
-                *self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Instant::now());
+                *lock(&self.last_snapshot) = Some(Instant::now());
             }
             Err(e) => {
                 self.metrics.snapshot_failures.inc();
@@ -273,11 +336,16 @@ impl Service {
     }
 
     fn render_metrics(&self) -> String {
-        if let Some(t) = *self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(t) = *lock(&self.last_snapshot) {
             self.metrics.snapshot_age.set(t.elapsed().as_secs() as i64);
         }
         self.metrics.render()
     }
+}
+
+/// A lock, also after a panic elsewhere while it was held.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Restores a state file into a fresh session; one that cannot be restored is renamed
@@ -350,22 +418,11 @@ async fn metrics(State(s): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+/// Resolves on SIGTERM or SIGINT (both handlers installed before the service listens).
+async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        _ = term.recv() => {},
+        _ = int.recv() => {},
     }
 }
 
@@ -376,6 +433,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
+    let handler = |kind| signal(kind).context("cannot install a signal handler");
+    let (term, int, mut hangup) = (
+        handler(SignalKind::terminate())?,
+        handler(SignalKind::interrupt())?,
+        handler(SignalKind::hangup())?,
+    );
     on_listen(listener.local_addr()?);
     let every = service.opts.snapshot_every;
     let periodic = service.opts.state.is_some().then(|| {
@@ -390,13 +453,23 @@ pub async fn serve(
             }
         })
     });
+    let hup = {
+        let s = service.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let s = s.clone();
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+            }
+        })
+    };
     axum::serve(listener, router(service.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal(term, int))
         .await
         .context("the HTTP server failed")?;
     if let Some(p) = periodic {
         p.abort();
     }
+    hup.abort();
     let s = service.clone();
     tokio::task::spawn_blocking(move || s.snapshot())
         .await
