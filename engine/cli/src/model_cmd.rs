@@ -575,13 +575,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     if let Some((w, path)) = alerts_out.as_mut() {
         let write = |w: &mut std::io::BufWriter<std::fs::File>| -> std::io::Result<()> {
             for x in &alerts {
-                let rec = serde_json::json!({
-                    "kind": "endpoint", "ts": rfc3339(x.bucket_start_ms),
-                    "endpoint": x.endpoint, "metric": x.metric.name(),
-                    "value": x.value, "expected": x.expected, "z": x.z, "score": x.score,
-                    "surprisal": x.surprisal,
-                });
-                writeln!(w, "{rec}")?;
+                writeln!(w, "{}", gatewatch_pipeline::schema::endpoint_alert_json(x))?;
             }
             w.flush()
         };
@@ -639,12 +633,6 @@ fn alerts_summary(alerts: &[Alert], buckets: u64, top: usize) -> String {
     e
 }
 
-fn rfc3339(ms: i64) -> String {
-    let mut ts = String::new();
-    gatewatch_event::write_rfc3339_ms(ms, &mut ts);
-    ts
-}
-
 /// The clients the endpoint monitor named (client alerts): counted, per endpoint and in the
 /// summary's label of the client, and written to the alerts file.
 #[derive(Default)]
@@ -673,13 +661,7 @@ impl NamedClients {
             l.clients_named.add(&x.client);
         }
         if let Some((w, path)) = out {
-            let rec = serde_json::json!({
-                "kind": "client", "ts": rfc3339(x.ts_ms), "client": x.client,
-                "endpoint": x.endpoint, "metric": "auth_failures",
-                "first_failure": rfc3339(x.first_failure_ms),
-                "last_failure": rfc3339(x.last_failure_ms),
-                "failures": x.failures, "score": x.score, "surprisal": x.surprisal,
-            });
+            let rec = gatewatch_pipeline::schema::client_alert_json(x);
             writeln!(w, "{rec}").with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())

@@ -99,18 +99,11 @@ impl Served {
 }
 
 fn simulate() -> Vec<u8> {
-    let out = gw()
-        .args([
-            "simulate",
-            "--seed",
-            "5",
-            "--duration",
-            "4m",
-            "--users",
-            "40",
-        ])
-        .output()
-        .unwrap();
+    simulate_with(&["--seed", "5", "--duration", "4m", "--users", "40"])
+}
+
+fn simulate_with(args: &[&str]) -> Vec<u8> {
+    let out = gw().arg("simulate").args(args).output().unwrap();
     assert!(out.status.success());
     out.stdout
 }
@@ -287,5 +280,72 @@ fn sighup_reloads_a_good_model_and_keeps_the_last_good_one_when_the_new_one_is_b
     assert!(m.contains("gatewatch_model{model=\"renamed@1\"} 1"), "{m}");
     assert!(m.contains("gatewatch_model{model=\"default@1\"} 0"), "{m}");
     assert_eq!(scored_by(&s), "renamed@1");
+    assert!(s.stop().success());
+}
+
+#[test]
+fn the_endpoint_monitor_names_the_clients_of_a_distributed_login_attack() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate_with(&[
+        "--seed",
+        "31",
+        "--duration",
+        "30m",
+        "--users",
+        "100",
+        "--scenarios",
+        "low_and_slow",
+    ]);
+    // What `gatewatch score --alerts` names on the same events.
+    let input = dir.path().join("events.ndjson");
+    let alerts = dir.path().join("alerts.ndjson");
+    std::fs::write(&input, &events).unwrap();
+    let out = gw()
+        .args(["score", "--no-output", "-i", input.to_str().unwrap()])
+        .args(["--alerts", alerts.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cli: Vec<serde_json::Value> = json_lines(&std::fs::read_to_string(&alerts).unwrap())
+        .into_iter()
+        .filter(|r| r["kind"] == "client")
+        .collect();
+    assert!(cli.len() > 100, "{}", cli.len());
+
+    let s = Served::start(&[]);
+    let mut label = std::collections::HashMap::new();
+    for p in chunks(&events, 20) {
+        let (status, body) = s.call("POST", "/v1/events", &p);
+        assert_eq!(status, 200);
+        for r in json_lines(&body) {
+            label.insert(
+                r["client"].as_str().unwrap().to_string(),
+                r["label"].clone(),
+            );
+        }
+    }
+    let (status, body) = s.call("GET", "/v1/alerts", b"");
+    assert_eq!(status, 200);
+    let named: Vec<serde_json::Value> = json_lines(&body)
+        .into_iter()
+        .filter(|r| r["kind"] == "client")
+        .collect();
+    // The service names what the CLI names (the CLI also judges the clients of the last
+    // minute at the end of its input; the service is still waiting for them).
+    assert!(
+        named.len() * 10 >= cli.len() * 9,
+        "{} of {}",
+        named.len(),
+        cli.len()
+    );
+    for r in &named {
+        assert!(cli.contains(r), "{r}");
+        assert_eq!(label[r["client"].as_str().unwrap()], "low_and_slow", "{r}");
+    }
+    let (_, m) = s.call("GET", "/metrics", b"");
+    assert!(
+        m.contains(&format!("gatewatch_client_alerts_total {}", named.len())),
+        "{m}"
+    );
     assert!(s.stop().success());
 }

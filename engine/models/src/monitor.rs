@@ -566,6 +566,19 @@ impl EndpointMonitor {
         self.client_alerts.extend(decided);
     }
 
+    /// The endpoint alerts of the buckets closed since the last call (a long-running
+    /// service drains them; [`finish`](Self::finish) returns the rest), oldest first.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        let mut a = std::mem::take(&mut self.alerts);
+        a.sort_by(|x, y| {
+            x.bucket_start_ms
+                .cmp(&y.bucket_start_ms)
+                .then(x.endpoint.cmp(&y.endpoint))
+                .then(x.metric.cmp(&y.metric))
+        });
+        a
+    }
+
     /// The client alerts decided since the last call, oldest first.
     pub fn take_client_alerts(&mut self) -> Vec<ClientAlert> {
         std::mem::take(&mut self.client_alerts)
@@ -586,14 +599,7 @@ impl EndpointMonitor {
             }
         }
         cap_alerts(&mut self.alerts, p.max_alerts, &mut self.alerts_dropped);
-        let mut a = std::mem::take(&mut self.alerts);
-        a.sort_by(|x, y| {
-            x.bucket_start_ms
-                .cmp(&y.bucket_start_ms)
-                .then(x.endpoint.cmp(&y.endpoint))
-                .then(x.metric.cmp(&y.metric))
-        });
-        a
+        self.take_alerts()
     }
 
     /// Buckets closed so far (over all endpoints).

@@ -236,3 +236,25 @@ pub fn score_columns(scorer: &Scorer) -> Vec<String> {
         .chain(["flagged".to_string(), "reasons".to_string()])
         .collect()
 }
+
+/// The record of an endpoint alert of the endpoint monitor (`"kind": "endpoint"`), as
+/// `gatewatch score --alerts` and the service's `/v1/alerts` write it.
+pub fn endpoint_alert_json(x: &gatewatch_models::Alert) -> Value {
+    serde_json::json!({
+        "kind": "endpoint", "ts": rfc3339(x.bucket_start_ms),
+        "endpoint": x.endpoint, "metric": x.metric.name(),
+        "value": x.value, "expected": x.expected, "z": x.z, "score": x.score,
+        "surprisal": x.surprisal,
+    })
+}
+
+/// The record of a client alert of the endpoint monitor (`"kind": "client"`).
+pub fn client_alert_json(x: &gatewatch_models::ClientAlert) -> Value {
+    serde_json::json!({
+        "kind": "client", "ts": rfc3339(x.ts_ms), "client": x.client,
+        "endpoint": x.endpoint, "metric": "auth_failures",
+        "first_failure": rfc3339(x.first_failure_ms),
+        "last_failure": rfc3339(x.last_failure_ms),
+        "failures": x.failures, "score": x.score, "surprisal": x.surprisal,
+    })
+}

@@ -6,6 +6,10 @@
 //!   buffer does not hold them), so a gateway plugin can call it inline; send a client's
 //!   events in time order (an event older than one already scored is scored after it, or
 //!   refused as late beyond `allowed_lateness_ms`).
+//! - The endpoint monitor (the model's failure baselines, else a warm-up) watches the
+//!   scored requests; `GET /v1/alerts` answers its most recent alerts (at most
+//!   [`KEEP_ALERTS`] of each kind), client alerts first, as `gatewatch score --alerts`
+//!   writes them.
 //! - `GET /healthz` (the process answers), `GET /readyz` (state restored and model loaded),
 //!   `GET /metrics` (Prometheus text format, [`Metrics`]).
 //! - Snapshots: the session's state is written to the state file periodically and on
@@ -20,6 +24,7 @@
 //!
 //! Scoring runs on blocking threads (`spawn_blocking`), never on the async runtime's workers.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,8 +38,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gatewatch_features::Format;
-use gatewatch_pipeline::schema::RejectionRecord;
-use gatewatch_pipeline::{LineReader, ScoreWriter, Session};
+use gatewatch_models::{Alert, ClientAlert, EndpointMonitor, MonitorParams};
+use gatewatch_pipeline::schema::{self, RejectionRecord};
+use gatewatch_pipeline::{LineReader, Output, ScoreWriter, Session};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -78,6 +84,10 @@ pub struct Metrics {
     pub reloads: Counter,
     /// See `reloads`.
     pub reload_failures: Counter,
+    /// Client alerts and endpoint alerts of the endpoint monitor.
+    pub client_alerts: Counter,
+    /// See `client_alerts`.
+    pub endpoint_alerts: Counter,
     /// Snapshots written, and snapshots that failed.
     pub snapshots: Counter,
     /// See `snapshots`.
@@ -100,6 +110,8 @@ impl Metrics {
             model: Family::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
+            client_alerts: Counter::default(),
+            endpoint_alerts: Counter::default(),
             snapshots: Counter::default(),
             snapshot_failures: Counter::default(),
             snapshot_age: Gauge::default(),
@@ -162,6 +174,16 @@ impl Metrics {
             "Model reloads refused (scoring went on with the last good model)",
             m.reload_failures.clone(),
         );
+        registry.register(
+            "gatewatch_client_alerts",
+            "Clients named by the endpoint monitor (failures in an alerting bucket)",
+            m.client_alerts.clone(),
+        );
+        registry.register(
+            "gatewatch_endpoint_alerts",
+            "Endpoint buckets the endpoint monitor found unusual",
+            m.endpoint_alerts.clone(),
+        );
         m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);
         Self { registry, ..m }
@@ -180,10 +202,30 @@ fn model_label(model: &str) -> Vec<(String, String)> {
     vec![("model".to_string(), model.to_string())]
 }
 
+/// Recent alerts the service keeps for `/v1/alerts`, per kind.
+pub const KEEP_ALERTS: usize = 10_000;
+
+/// The endpoint monitor and its most recent alerts.
+struct Watch {
+    monitor: EndpointMonitor,
+    clients: VecDeque<ClientAlert>,
+    endpoints: VecDeque<Alert>,
+}
+
+impl Watch {
+    fn keep<T>(q: &mut VecDeque<T>, items: Vec<T>) {
+        q.extend(items);
+        while q.len() > KEEP_ALERTS {
+            q.pop_front();
+        }
+    }
+}
+
 /// The running service's shared state.
 pub struct Service {
     /// The session and the writer of its model's records.
     session: Mutex<(Session, ScoreWriter)>,
+    watch: Mutex<Watch>,
     /// Its metrics.
     pub metrics: Metrics,
     ready: AtomicBool,
@@ -201,6 +243,11 @@ impl Service {
             .scorer()
             .context("the service needs a model to score with")?;
         let writer = ScoreWriter::new(scorer);
+        let monitor = match &scorer.monitor {
+            Some(b) => EndpointMonitor::with_baselines(MonitorParams::default(), b),
+            None => EndpointMonitor::new(MonitorParams::default()),
+        }
+        .context("the endpoint monitor")?;
         let model = session.model_id().unwrap_or_default();
         let mut note = None;
         if let Some(path) = &opts.state {
@@ -210,6 +257,11 @@ impl Service {
         }
         let service = Arc::new(Self {
             session: Mutex::new((session, writer)),
+            watch: Mutex::new(Watch {
+                monitor,
+                clients: VecDeque::new(),
+                endpoints: VecDeque::new(),
+            }),
             metrics: Metrics::new(&model),
             ready: AtomicBool::new(false),
             opts,
@@ -286,6 +338,7 @@ impl Service {
         let mut out = String::with_capacity(batch.len() * 512);
         writer.write_batch(&batch, &mut out);
         drop(guard);
+        self.watch(&batch);
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.scored.inc_by(batch.len() as u64);
         if let Some(s) = batch.scores() {
@@ -310,6 +363,34 @@ impl Service {
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(out)
+    }
+
+    /// The endpoint monitor over a scored batch; its alerts join the recent ones.
+    fn watch(&self, batch: &Output) {
+        let mut w = lock(&self.watch);
+        for r in batch.records() {
+            w.monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
+        }
+        let (c, e) = (w.monitor.take_client_alerts(), w.monitor.take_alerts());
+        self.metrics.client_alerts.inc_by(c.len() as u64);
+        self.metrics.endpoint_alerts.inc_by(e.len() as u64);
+        Watch::keep(&mut w.clients, c);
+        Watch::keep(&mut w.endpoints, e);
+    }
+
+    /// The recent alerts as NDJSON: client alerts, then endpoint alerts, oldest first.
+    pub fn alerts(&self) -> String {
+        let w = lock(&self.watch);
+        let mut out = String::new();
+        for x in &w.clients {
+            out.push_str(&schema::client_alert_json(x).to_string());
+            out.push('\n');
+        }
+        for x in &w.endpoints {
+            out.push_str(&schema::endpoint_alert_json(x).to_string());
+            out.push('\n');
+        }
+        out
     }
 
     /// Writes the state file (temporary file, then rename). Nothing to do without one.
@@ -384,6 +465,7 @@ fn write_atomic(path: &Path, write: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> 
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/events", post(events))
+        .route("/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -397,6 +479,10 @@ async fn events(State(s): State<Arc<Service>>, body: Bytes) -> Response {
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+async fn alerts(State(s): State<Arc<Service>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], s.alerts()).into_response()
 }
 
 async fn readyz(State(s): State<Arc<Service>>) -> Response {
