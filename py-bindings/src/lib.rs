@@ -260,6 +260,18 @@ impl Model {
         Ok(PyDataFrame(out))
     }
 
+    /// The endpoint monitor's alerts over the events (NDJSON: client alerts, then endpoint
+    /// alerts), as `gatewatch score --alerts` writes them.
+    fn alerts(&self, py: Python<'_>, df: PyDataFrame) -> PyResult<String> {
+        py.detach(|| {
+            let mut scorer = self
+                .scorer
+                .lock()
+                .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
+            gatewatch_frames::alerts_ndjson(&self.cfg, &mut scorer, &df.0).map_err(frame_err)
+        })
+    }
+
     /// `name@version`.
     #[getter]
     fn id(&self) -> String {

@@ -39,6 +39,33 @@ def test_default_model_scores_equal_gatewatch_score(tmp_path: Path) -> None:
     assert plain["score"].to_list() == got["score"].to_list()
 
 
+def test_alerts_equal_those_of_gatewatch_score(tmp_path: Path) -> None:
+    events = gw.simulate(seed=31, duration="30m", users=100, scenarios=["low_and_slow"])
+    path = tmp_path / "events.ndjson"
+    events.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")).write_ndjson(path)
+    alerts = tmp_path / "alerts.ndjson"
+    args: list[str | Path] = ["score", "--no-output", "-i", path, "--alerts", alerts]
+    subprocess.run([gatewatch_bin(), *args], check=True, capture_output=True)
+    cli = [json.loads(line) for line in alerts.read_text().splitlines()]
+    model = gw.Model.default()
+    clients, endpoints = model.alerts(events)
+    want = [r for r in cli if r["kind"] == "client"]
+    assert clients.height == len(want) > 100
+    stamp = "%Y-%m-%dT%H:%M:%S%.3fZ"
+    got = clients.with_columns(pl.col("ts", "first_failure", "last_failure").dt.strftime(stamp))
+    for row, w in zip(got.iter_rows(named=True), want, strict=True):
+        for k in ("ts", "client", "endpoint", "first_failure", "last_failure", "failures"):
+            assert row[k] == w[k], k
+        assert row["score"] == w["score"]
+        assert row["surprisal"] == w["surprisal"]
+    # The clients named are the attack's.
+    named = model.explain(events).join(clients.select("client").unique(), on="client", how="semi")
+    assert set(named["label"]) == {"low_and_slow"}
+    assert endpoints.height == sum(r["kind"] == "endpoint" for r in cli) > 0
+    assert set(endpoints["metric"]) <= {"request_rate", "auth_failures", "errors"}
+    assert endpoints.schema["ts"] == pl.Datetime("ms", "UTC")
+
+
 def test_a_trained_model_folder_loads_and_bad_ones_are_refused(tmp_path: Path) -> None:
     events = gw.simulate(seed=4, duration="3m", users=20, scenarios=[])
     path = tmp_path / "events.ndjson"

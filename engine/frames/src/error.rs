@@ -61,6 +61,9 @@ pub enum FrameError {
     /// The engine's configuration is invalid.
     #[error(transparent)]
     Engine(#[from] gatewatch_features::Error),
+    /// The model cannot do what was asked (its monitor baselines do not fit).
+    #[error("model: {0}")]
+    Model(String),
 }
 
 /// The result type of this crate.

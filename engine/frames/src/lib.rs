@@ -31,5 +31,6 @@ pub use gatewatch_event::FileFormat;
 pub use io::{TableWriter, scan_log, write_table};
 pub use rows::{RowError, for_each_event_in_time_order, frame_to_events};
 pub use run::{
-    append_columns, collect_peaks, feature_rows, features_frame, scores_frame, service_scores,
+    alerts_ndjson, append_columns, collect_peaks, feature_rows, features_frame, scores_frame,
+    service_scores,
 };

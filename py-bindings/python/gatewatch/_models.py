@@ -3,6 +3,7 @@ baselines fitted by the code of ``gatewatch train``, and ONNX models shipped as 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,6 +106,63 @@ class Model:
             )
         )
         return out.with_columns(pl.col("reasons").str.json_decode(dtype))
+
+    def alerts(self, df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The endpoint monitor's alerts over the events, as ``gatewatch score --alerts``.
+
+        The monitor starts from the model's failure baselines (``monitor.json``; without
+        them it learns each endpoint's share during a warm-up) and runs over the events in
+        event-time order, after the model has keyed and scored them.
+
+        Parameters
+        ----------
+        df : polars.DataFrame
+            Events in the event schema.
+
+        Returns
+        -------
+        tuple of polars.DataFrame
+            ``(clients, endpoints)``. ``clients``: one row per client alert (``ts`` when it
+            was decided, ``client``, ``endpoint``, ``first_failure``, ``last_failure``,
+            ``failures``, ``score``, ``surprisal``): a client whose authentication failures,
+            never followed by a success within 60 s, fell in the endpoint's alerting
+            buckets. ``endpoints``: one row per unusual endpoint bucket (``ts``,
+            ``endpoint``, ``metric``, ``value``, ``expected``, ``z``, ``score``,
+            ``surprisal``).
+        """
+        rows = [json.loads(line) for line in self._native.alerts(_compatible(df)).splitlines()]
+        utc = pl.Datetime("ms", "UTC")
+        clients = pl.DataFrame(
+            [r for r in rows if r["kind"] == "client"],
+            schema={
+                "ts": pl.String,
+                "client": pl.String,
+                "endpoint": pl.String,
+                "first_failure": pl.String,
+                "last_failure": pl.String,
+                "failures": pl.Int64,
+                "score": pl.Float64,
+                "surprisal": pl.Float64,
+            },
+        ).with_columns(
+            pl.col("ts", "first_failure", "last_failure")
+            .str.to_datetime(time_unit="ms", time_zone="UTC")
+            .cast(utc)
+        )
+        endpoints = pl.DataFrame(
+            [r for r in rows if r["kind"] == "endpoint"],
+            schema={
+                "ts": pl.String,
+                "endpoint": pl.String,
+                "metric": pl.String,
+                "value": pl.Float64,
+                "expected": pl.Float64,
+                "z": pl.Float64,
+                "score": pl.Float64,
+                "surprisal": pl.Float64,
+            },
+        ).with_columns(pl.col("ts").str.to_datetime(time_unit="ms", time_zone="UTC").cast(utc))
+        return clients, endpoints
 
 
 def check_parity(
