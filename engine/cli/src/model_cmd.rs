@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use gatewatch_features::{DistinctCount, FeatureEngine, Registry, TopKeys};
 use gatewatch_models::{
-    Alert, ClientAlert, Detector, EndpointMonitor, MonitorParams, MultiParams, PeakCollector,
-    RobustParams, Scorer, TrainSpec, Training, VolumetricParams, volumetric,
+    Alert, ClientAlert, Detector, EndpointMonitor, FailureParams, MonitorParams, MultiParams,
+    PeakCollector, RobustParams, Scorer, TrainSpec, Training, VolumetricParams, volumetric,
 };
 use gatewatch_pipeline::{Output, ScoreWriter, Session, SessionOptions};
 
@@ -44,7 +44,15 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let mut rows = Reservoir::new(a.max_train_events.max(1), n);
     let mut peaks = PeakCollector::default();
     let mut clients = DistinctCount::default();
-    let mut monitor = EndpointMonitor::new(MonitorParams::default())?;
+    // The monitor learns the endpoints' failure baselines; it follows no client (their
+    // alerts are not wanted here).
+    let mut monitor = EndpointMonitor::new(MonitorParams {
+        failures: FailureParams {
+            max_pending: 0,
+            ..FailureParams::default()
+        },
+        ..MonitorParams::default()
+    })?;
     let mut skipped = 0u64;
     let started = Instant::now();
     let read = {
@@ -62,7 +70,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 }
                 clients.add(r.client);
                 monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
-                monitor.take_client_alerts();
             }
             Ok(())
         };
@@ -390,7 +397,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .map(|m| format!("{} ≥ {}", m.name, m.threshold))
         .collect();
     let model_id = scorer.id();
-    let monitor_baselines = scorer.monitor.clone();
+    let has_baselines = scorer.monitor.is_some();
+    let mut monitor = scorer.endpoint_monitor()?;
     let fitted_on = scorer.manifest.training.description.clone();
     let mut session = Session::new(
         engine,
@@ -402,10 +410,6 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     );
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let mut summary = Summary::default();
-    let mut monitor = match &monitor_baselines {
-        Some(b) => EndpointMonitor::with_baselines(MonitorParams::default(), b)?,
-        None => EndpointMonitor::new(MonitorParams::default())?,
-    };
     let mut alerts_out = match &a.alerts {
         Some(path) => Some((
             std::io::BufWriter::new(
@@ -427,9 +431,6 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             let k = members.len();
             for (i, r) in batch.records().enumerate() {
                 monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
-                for x in monitor.take_client_alerts() {
-                    named.add(&x, &mut summary, alerts_out.as_mut())?;
-                }
                 let (flagged, rs) = (s.flagged[i], &s.reasons[i]);
                 let (member, what, digits) = &members[s.decided_by[i]];
                 if let Some(t) = table.as_mut() {
@@ -458,6 +459,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                         }
                     },
                 );
+            }
+            for x in monitor.take_client_alerts() {
+                named.add(&x, &mut summary, alerts_out.as_mut())?;
             }
             if let Some(o) = out.as_mut() {
                 line.clear();
@@ -582,7 +586,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         write(w).with_context(|| format!("cannot write {}", path.display()))?;
     }
     e.push_str(&alerts_summary(&alerts, monitor.buckets(), a.top));
-    e.push_str(&named.summary(monitor_baselines.is_some(), a.top));
+    e.push_str(&named.summary(has_baselines, a.top));
     if monitor.overflowed() > 0 || monitor.alerts_dropped() > 0 || monitor.pending_dropped() > 0 {
         let p = MonitorParams::default();
         e.push_str(&format!(

@@ -98,12 +98,17 @@ fn renames(maps: &[String]) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// The configuration (`--config`, or the defaults) and the input it says how to read.
-pub fn setup(a: &InputArgs) -> Result<(Settings, Source)> {
-    let settings = match &a.config {
+/// The configuration file named by `--config`, or the defaults.
+pub fn settings(config: Option<&Path>) -> Result<Settings> {
+    Ok(match config {
         Some(p) => Settings::load(p)?,
         None => Settings::default(),
-    };
+    })
+}
+
+/// The configuration (`--config`, or the defaults) and the input it says how to read.
+pub fn setup(a: &InputArgs) -> Result<(Settings, Source)> {
+    let settings = settings(a.config.as_deref())?;
     let cfg = &settings.engine;
     let format = input_format(a);
     let maps = renames(&a.map)?;

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use gatewatch_config::Settings;
 use gatewatch_features::FeatureEngine;
 use gatewatch_pipeline::{Session, SessionOptions};
 use gatewatch_serve::{ServeOptions, Service};
@@ -24,10 +23,7 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let settings = match &a.config {
-        Some(p) => Settings::load(p)?,
-        None => Settings::default(),
-    };
+    let settings = crate::pipeline::settings(a.config.as_deref())?;
     let engine = FeatureEngine::new(&settings.engine)?;
     let model = a.model.as_deref().or(settings.model.path.as_deref());
     let scorer = crate::model_cmd::load_model(model, engine.registry())?;

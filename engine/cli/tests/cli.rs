@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{gw, run_with_stdin, run_with_stdin_env};
+use common::{copy_dir, gw, run_with_stdin, run_with_stdin_env};
 
 /// `gatewatch simulate` with a seed, duration, users and scenarios (it must succeed).
 fn simulate(seed: &str, duration: &str, users: &str, scenarios: &str) -> Output {
@@ -28,18 +28,6 @@ fn simulate(seed: &str, duration: &str, users: &str, scenarios: &str) -> Output 
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn lines(b: &[u8]) -> Vec<serde_json::Value> {

@@ -2,14 +2,14 @@
 //! `gatewatch score` writes, the operations endpoints answer, SIGTERM saves the state and a
 //! restart continues from it, a corrupt state is set aside.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-fn gw() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-}
+use common::{copy_dir, gw};
 
 /// A running service and its address.
 struct Served {
@@ -233,18 +233,6 @@ fn a_corrupt_state_is_set_aside_and_the_service_starts_empty() {
     assert_eq!(s.call("POST", "/v1/events", b""), (200, String::new()));
     assert!(s.stop().success());
     assert!(state.exists(), "the new state replaces the corrupt one");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

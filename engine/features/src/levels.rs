@@ -233,24 +233,28 @@ impl LevelDeltas {
     /// Counts a request of `member` at `key`; a key new to `merged` beyond its `room` is
     /// dropped, the largest first.
     fn count(&mut self, merged: &LevelTable, room: usize, key: u128, member: u64, failed: bool) {
-        if !self.table.contains_key(&key) {
-            if !merged.table.contains_key(&key) {
-                self.new_heap.push(key);
-                if self.new_heap.len() > room {
-                    let drop = self.new_heap.pop().expect("non-empty");
-                    self.dropped += 1;
-                    if drop == key {
-                        return;
-                    }
-                    self.table.remove(&drop);
-                }
-            }
-            self.table.insert(key, LevelDelta::default());
+        let count = |d: &mut LevelDelta| {
+            d.requests = d.requests.saturating_add(1);
+            d.failures = d.failures.saturating_add(u32::from(failed));
+            d.add_member(member);
+        };
+        // Most requests come from a key already counted this epoch: one lookup.
+        if let Some(d) = self.table.get_mut(&key) {
+            count(d);
+            return;
         }
-        let d = self.table.get_mut(&key).expect("inserted");
-        d.requests = d.requests.saturating_add(1);
-        d.failures = d.failures.saturating_add(u32::from(failed));
-        d.add_member(member);
+        if !merged.table.contains_key(&key) {
+            self.new_heap.push(key);
+            if self.new_heap.len() > room {
+                let drop = self.new_heap.pop().expect("non-empty");
+                self.dropped += 1;
+                if drop == key {
+                    return;
+                }
+                self.table.remove(&drop);
+            }
+        }
+        count(self.table.entry(key).or_default());
     }
 
     fn reindex(&mut self, merged: &LevelTable, room: usize) {

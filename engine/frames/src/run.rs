@@ -308,12 +308,9 @@ pub fn feature_rows(registry: &gatewatch_features::Registry, df: &DataFrame) -> 
 /// baselines, else a warm-up): NDJSON lines, client alerts then endpoint alerts, each oldest
 /// first — the records `gatewatch score --alerts` writes for the same events.
 pub fn alerts_ndjson(cfg: &Config, scorer: &mut Scorer, df: &DataFrame) -> Result<String> {
-    use gatewatch_models::{EndpointMonitor, MonitorParams};
-    let mut monitor = match &scorer.monitor {
-        Some(b) => EndpointMonitor::with_baselines(MonitorParams::default(), b),
-        None => EndpointMonitor::new(MonitorParams::default()),
-    }
-    .map_err(|e| FrameError::Model(e.to_string()))?;
+    let mut monitor = scorer
+        .endpoint_monitor()
+        .map_err(|e| FrameError::Model(e.to_string()))?;
     let mut clients = Vec::new();
     let mut session = session_for(cfg, Some(scorer), SessionOptions::default())?;
     run(&mut session, df, |out| {
@@ -325,14 +322,7 @@ pub fn alerts_ndjson(cfg: &Config, scorer: &mut Scorer, df: &DataFrame) -> Resul
     })?;
     let endpoints = monitor.finish();
     clients.extend(monitor.take_client_alerts());
-    let mut text = String::new();
-    for x in &clients {
-        text.push_str(&gatewatch_pipeline::schema::client_alert_json(x).to_string());
-        text.push('\n');
-    }
-    for x in &endpoints {
-        text.push_str(&gatewatch_pipeline::schema::endpoint_alert_json(x).to_string());
-        text.push('\n');
-    }
-    Ok(text)
+    Ok(gatewatch_pipeline::schema::alerts_ndjson(
+        &clients, &endpoints,
+    ))
 }

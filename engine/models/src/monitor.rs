@@ -37,7 +37,7 @@
 //! rules can act on it. Followed clients are capped (`max_pending`, counted).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -453,7 +453,7 @@ impl EndpointMonitor {
         if !failed && status >= 400 {
             s.errors += 1;
         }
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(client);
+        let h = gatewatch_features::fnv1a(client.as_bytes());
         if let Some(f) = s.clients.get_mut(&h) {
             *f |= failed;
         } else if self.bucket_clients < p.failures.max_bucket_clients {

@@ -16,7 +16,7 @@ use gatewatch_features::Registry;
 use crate::common::{Reason, tail_bits};
 use crate::error::{ModelError, Result};
 use crate::manifest::Manifest;
-use crate::monitor::MonitorBaselines;
+use crate::monitor::{EndpointMonitor, MonitorBaselines, MonitorParams};
 use crate::multivariate::{self, MultiModel};
 use crate::onnx::{self, OnnxModel};
 use crate::robust::{self, RobustModel};
@@ -353,6 +353,17 @@ impl Scorer {
             members,
             monitor,
         })
+    }
+
+    /// The endpoint monitor (default parameters) this model starts: from its failure
+    /// baselines when it has them, else learning each endpoint's share in a warm-up.
+    pub fn endpoint_monitor(
+        &self,
+    ) -> std::result::Result<EndpointMonitor, crate::univariate::DetectorError> {
+        match &self.monitor {
+            Some(b) => EndpointMonitor::with_baselines(MonitorParams::default(), b),
+            None => EndpointMonitor::new(MonitorParams::default()),
+        }
     }
 
     /// A scorer of one detector, its score named `name`.

@@ -237,6 +237,23 @@ pub fn score_columns(scorer: &Scorer) -> Vec<String> {
         .collect()
 }
 
+/// Alert records as NDJSON lines: the client alerts, then the endpoint alerts.
+pub fn alerts_ndjson<'a>(
+    clients: impl IntoIterator<Item = &'a gatewatch_models::ClientAlert>,
+    endpoints: impl IntoIterator<Item = &'a gatewatch_models::Alert>,
+) -> String {
+    let mut out = String::new();
+    let lines = clients
+        .into_iter()
+        .map(client_alert_json)
+        .chain(endpoints.into_iter().map(endpoint_alert_json));
+    for line in lines {
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
+
 /// The record of an endpoint alert of the endpoint monitor (`"kind": "endpoint"`), as
 /// `gatewatch score --alerts` and the service's `/v1/alerts` write it.
 pub fn endpoint_alert_json(x: &gatewatch_models::Alert) -> Value {

@@ -38,7 +38,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gatewatch_features::Format;
-use gatewatch_models::{Alert, ClientAlert, EndpointMonitor, MonitorParams};
+use gatewatch_models::{Alert, ClientAlert, EndpointMonitor};
 use gatewatch_pipeline::schema::{self, RejectionRecord};
 use gatewatch_pipeline::{LineReader, Output, ScoreWriter, Session};
 use prometheus_client::encoding::text::encode;
@@ -98,8 +98,8 @@ pub struct Metrics {
 
 impl Metrics {
     fn new(model: &str) -> Self {
-        let mut registry = Registry::default();
-        let m = Self {
+        let mut m = Self {
+            registry: Registry::default(),
             events: Counter::default(),
             scored: Counter::default(),
             flagged: Counter::default(),
@@ -115,78 +115,34 @@ impl Metrics {
             snapshots: Counter::default(),
             snapshot_failures: Counter::default(),
             snapshot_age: Gauge::default(),
-            registry: Registry::default(),
         };
-        registry.register("gatewatch_events", "Events received", m.events.clone());
-        registry.register(
-            "gatewatch_events_scored",
-            "Score records answered",
-            m.scored.clone(),
-        );
-        registry.register(
-            "gatewatch_events_flagged",
-            "Events flagged by the model",
-            m.flagged.clone(),
-        );
-        registry.register(
-            "gatewatch_inputs_rejected",
-            "Inputs that were not events, or came too late, by reason",
-            m.rejected.clone(),
-        );
-        registry.register(
-            "gatewatch_batch_seconds",
-            "Seconds to score one request's events",
-            m.batch_seconds.clone(),
-        );
-        registry.register("gatewatch_score", "Scores answered", m.scores.clone());
-        registry.register(
-            "gatewatch_clients_tracked",
-            "Clients with state",
-            m.clients.clone(),
-        );
-        registry.register(
-            "gatewatch_snapshots",
-            "State snapshots written",
-            m.snapshots.clone(),
-        );
-        registry.register(
-            "gatewatch_snapshot_failures",
-            "State snapshots that could not be written",
-            m.snapshot_failures.clone(),
-        );
-        registry.register(
-            "gatewatch_snapshot_age_seconds",
-            "Seconds since the last snapshot (-1 before the first)",
-            m.snapshot_age.clone(),
-        );
-        registry.register(
-            "gatewatch_model",
-            "The model scoring events (1) and the models it replaced (0)",
-            m.model.clone(),
-        );
-        registry.register(
-            "gatewatch_model_reloads",
-            "Models reloaded",
-            m.reloads.clone(),
-        );
-        registry.register(
-            "gatewatch_model_reload_failures",
-            "Model reloads refused (scoring went on with the last good model)",
-            m.reload_failures.clone(),
-        );
-        registry.register(
-            "gatewatch_client_alerts",
-            "Clients named by the endpoint monitor (failures in an alerting bucket)",
-            m.client_alerts.clone(),
-        );
-        registry.register(
-            "gatewatch_endpoint_alerts",
-            "Endpoint buckets the endpoint monitor found unusual",
-            m.endpoint_alerts.clone(),
-        );
+        // Each metric under its name and help text (the registry holds clones sharing the
+        // values).
+        macro_rules! register {
+            ($($name:literal, $help:literal => $metric:ident;)*) => {
+                $(m.registry.register($name, $help, m.$metric.clone());)*
+            };
+        }
+        register! {
+            "gatewatch_events", "Events received" => events;
+            "gatewatch_events_scored", "Score records answered" => scored;
+            "gatewatch_events_flagged", "Events flagged by the model" => flagged;
+            "gatewatch_inputs_rejected", "Inputs that were not events, or came too late, by reason" => rejected;
+            "gatewatch_batch_seconds", "Seconds to score one request's events" => batch_seconds;
+            "gatewatch_score", "Scores answered" => scores;
+            "gatewatch_clients_tracked", "Clients with state" => clients;
+            "gatewatch_snapshots", "State snapshots written" => snapshots;
+            "gatewatch_snapshot_failures", "State snapshots that could not be written" => snapshot_failures;
+            "gatewatch_snapshot_age_seconds", "Seconds since the last snapshot (-1 before the first)" => snapshot_age;
+            "gatewatch_model", "The model scoring events (1) and the models it replaced (0)" => model;
+            "gatewatch_model_reloads", "Models reloaded" => reloads;
+            "gatewatch_model_reload_failures", "Model reloads refused (scoring went on with the last good model)" => reload_failures;
+            "gatewatch_client_alerts", "Clients named by the endpoint monitor (failures in an alerting bucket)" => client_alerts;
+            "gatewatch_endpoint_alerts", "Endpoint buckets the endpoint monitor found unusual" => endpoint_alerts;
+        }
         m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);
-        Self { registry, ..m }
+        m
     }
 
     /// The metrics in the Prometheus text format.
@@ -243,11 +199,7 @@ impl Service {
             .scorer()
             .context("the service needs a model to score with")?;
         let writer = ScoreWriter::new(scorer);
-        let monitor = match &scorer.monitor {
-            Some(b) => EndpointMonitor::with_baselines(MonitorParams::default(), b),
-            None => EndpointMonitor::new(MonitorParams::default()),
-        }
-        .context("the endpoint monitor")?;
+        let monitor = scorer.endpoint_monitor().context("the endpoint monitor")?;
         let model = session.model_id().unwrap_or_default();
         let mut note = None;
         if let Some(path) = &opts.state {
@@ -337,8 +289,10 @@ impl Service {
         self.metrics.clients.set(session.engine().clients() as i64);
         let mut out = String::with_capacity(batch.len() * 512);
         writer.write_batch(&batch, &mut out);
-        drop(guard);
+        // Under the session's lock: the monitor sees the batches in event-time order even
+        // when requests overlap.
         self.watch(&batch);
+        drop(guard);
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.scored.inc_by(batch.len() as u64);
         if let Some(s) = batch.scores() {
@@ -381,16 +335,7 @@ impl Service {
     /// The recent alerts as NDJSON: client alerts, then endpoint alerts, oldest first.
     pub fn alerts(&self) -> String {
         let w = lock(&self.watch);
-        let mut out = String::new();
-        for x in &w.clients {
-            out.push_str(&schema::client_alert_json(x).to_string());
-            out.push('\n');
-        }
-        for x in &w.endpoints {
-            out.push_str(&schema::endpoint_alert_json(x).to_string());
-            out.push('\n');
-        }
-        out
+        schema::alerts_ndjson(&w.clients, &w.endpoints)
     }
 
     /// Writes the state file (temporary file, then rename). Nothing to do without one.

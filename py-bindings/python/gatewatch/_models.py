@@ -131,38 +131,44 @@ class Model:
             ``surprisal``).
         """
         rows = [json.loads(line) for line in self._native.alerts(_compatible(df)).splitlines()]
-        utc = pl.Datetime("ms", "UTC")
-        clients = pl.DataFrame(
-            [r for r in rows if r["kind"] == "client"],
-            schema={
-                "ts": pl.String,
-                "client": pl.String,
-                "endpoint": pl.String,
-                "first_failure": pl.String,
-                "last_failure": pl.String,
-                "failures": pl.Int64,
-                "score": pl.Float64,
-                "surprisal": pl.Float64,
-            },
-        ).with_columns(
-            pl.col("ts", "first_failure", "last_failure")
-            .str.to_datetime(time_unit="ms", time_zone="UTC")
-            .cast(utc)
-        )
-        endpoints = pl.DataFrame(
-            [r for r in rows if r["kind"] == "endpoint"],
-            schema={
-                "ts": pl.String,
-                "endpoint": pl.String,
-                "metric": pl.String,
-                "value": pl.Float64,
-                "expected": pl.Float64,
-                "z": pl.Float64,
-                "score": pl.Float64,
-                "surprisal": pl.Float64,
-            },
-        ).with_columns(pl.col("ts").str.to_datetime(time_unit="ms", time_zone="UTC").cast(utc))
-        return clients, endpoints
+        return _alert_frame(rows, "client"), _alert_frame(rows, "endpoint")
+
+
+# The columns of the monitor's alert records by kind; the times are RFC 3339 strings.
+_ALERT_COLUMNS: dict[str, dict[str, type[pl.DataType]]] = {
+    "client": {
+        "ts": pl.Datetime,
+        "client": pl.String,
+        "endpoint": pl.String,
+        "first_failure": pl.Datetime,
+        "last_failure": pl.Datetime,
+        "failures": pl.Int64,
+        "score": pl.Float64,
+        "surprisal": pl.Float64,
+    },
+    "endpoint": {
+        "ts": pl.Datetime,
+        "endpoint": pl.String,
+        "metric": pl.String,
+        "value": pl.Float64,
+        "expected": pl.Float64,
+        "z": pl.Float64,
+        "score": pl.Float64,
+        "surprisal": pl.Float64,
+    },
+}
+
+
+def _alert_frame(rows: list[dict[str, object]], kind: str) -> pl.DataFrame:
+    """The alert records of one kind as a frame, times as UTC datetimes (ms)."""
+    columns = _ALERT_COLUMNS[kind]
+    times = [c for c, t in columns.items() if t is pl.Datetime]
+    schema = {c: pl.String if t is pl.Datetime else t for c, t in columns.items()}
+    return pl.DataFrame([r for r in rows if r["kind"] == kind], schema=schema).with_columns(
+        pl.col(times)
+        .str.to_datetime(time_unit="ms", time_zone="UTC")
+        .cast(pl.Datetime("ms", "UTC"))
+    )
 
 
 def check_parity(

@@ -1,4 +1,5 @@
-//! Helpers shared by the binary's end-to-end tests.
+//! Helpers shared by the binary's end-to-end tests (each test binary uses some of them).
+#![allow(dead_code)]
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -32,4 +33,17 @@ pub fn run_with_stdin_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> 
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     out
+}
+
+/// Copies a folder tree (a model folder to edit in a test).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
