@@ -23,6 +23,7 @@ mod model_cmd;
 mod ordered;
 mod output;
 mod pipeline;
+mod rules_cmd;
 #[cfg(feature = "serve")]
 mod serve_cmd;
 mod simulate_cmd;
@@ -86,6 +87,16 @@ enum Command {
     /// value, baseline, contribution) and `model`; a summary of the most flagged clients (and
     /// per label, when the events have labels) goes to standard error.
     Score(ScoreArgs),
+    /// Back-test mitigation rules on a log: what each rule would have decided, and whom
+    /// it would have stopped.
+    ///
+    /// Scores every event as `gatewatch score` does, applies the rules in event time and
+    /// prints per rule the requests matched, decisions, distinct keys and — when the log has
+    /// labels — precision (the share of its decisions caused by requests not labelled
+    /// `normal`), per label the share of requests that would have been blocked, challenged,
+    /// rate-limited or logged, the normal requests blocked or challenged, and each rule's
+    /// share of each label's requests.
+    Backtest(BacktestArgs),
     /// Run the stream scoring service: HTTP ingest, health, readiness, metrics, snapshots.
     ///
     /// `POST /v1/events` takes an NDJSON body of events and answers their score records
@@ -206,6 +217,33 @@ struct ScoreArgs {
     /// summary lists them either way.
     #[arg(long)]
     alerts: Option<PathBuf>,
+    /// Mitigation rules (TOML; `default` for the built-in rules; default: the configuration's
+    /// `[rules] path`): each record gets the `decision` covering it, and the summary a
+    /// report per rule and label.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Write the decisions as NDJSON to this file (`"kind": "decision"`: started,
+    /// escalated, ended).
+    #[arg(long)]
+    decisions: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BacktestArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// The rules (TOML; `default` for the built-in rules).
+    #[arg(long)]
+    rules: PathBuf,
+    /// Model folder (default: the configuration's `[model] path`, else the built-in model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Write the decisions as NDJSON to this file.
+    #[arg(long)]
+    decisions: Option<PathBuf>,
+    /// Clients listed in the summary.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
 }
 
 #[derive(clap::Args)]
@@ -333,6 +371,22 @@ fn main() -> ExitCode {
         Command::Features(a) => features_cmd::run(a),
         Command::Train(a) => model_cmd::train(a),
         Command::Score(a) => model_cmd::score(a),
+        Command::Backtest(b) => model_cmd::score(ScoreArgs {
+            input: b.input,
+            output: OutputArgs {
+                output: None,
+                output_format: None,
+            },
+            model: b.model,
+            reasons: 3,
+            top: b.top,
+            rejects: None,
+            no_output: true,
+            batch: 256,
+            alerts: None,
+            rules: Some(b.rules),
+            decisions: b.decisions,
+        }),
         #[cfg(feature = "serve")]
         Command::Serve(a) => serve_cmd::run(a),
     };

@@ -408,6 +408,24 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             reasons: a.reasons,
         },
     );
+    // --rules, else the configuration's [rules] path.
+    let rules_path = a.rules.as_deref().or(settings.rules.path.as_deref());
+    if let Some(p) = rules_path {
+        session.set_rules(Some(crate::rules_cmd::load(p, &session)?));
+    }
+    let rules_source = rules_path.map(|p| {
+        if p.as_os_str() == "default" {
+            "built-in".to_string()
+        } else {
+            p.display().to_string()
+        }
+    });
+    let mut decisions_out = match &a.decisions {
+        Some(p) if rules_path.is_some() => Some(crate::rules_cmd::DecisionsOut::create(p)?),
+        Some(_) => anyhow::bail!("--decisions needs rules (--rules FILE or [rules] path)"),
+        None => None,
+    };
+    let mut report = crate::rules_cmd::Report::default();
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let mut summary = Summary::default();
     let mut alerts_out = match &a.alerts {
@@ -463,6 +481,12 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             for x in monitor.take_client_alerts() {
                 named.add(&x, &mut summary, alerts_out.as_mut())?;
             }
+            if rules_source.is_some() {
+                report.add(batch);
+            }
+            if let Some(d) = decisions_out.as_mut() {
+                d.write(batch)?;
+            }
             if let Some(o) = out.as_mut() {
                 line.clear();
                 writer.write_batch(batch, &mut line);
@@ -499,6 +523,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         t.finish()?;
     }
     rejects.finish()?;
+    if let Some(d) = decisions_out.take() {
+        d.finish()?;
+    }
     let secs = started.elapsed().as_secs_f64();
     let stats = session.stats();
     let mut e = format!(
@@ -600,6 +627,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             monitor.pending_dropped(),
             p.failures.max_pending
         ));
+    }
+    if let (Some(src), Some(d)) = (&rules_source, session.decider()) {
+        e.push_str(&report.text(d, src));
     }
     say_raw!("{e}");
     Ok(())

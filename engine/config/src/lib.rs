@@ -6,8 +6,8 @@
 //! crate puts them together, resolves `${VAR}` / `${VAR:-default}` references from the
 //! environment ([`interpolate`]), refuses unknown sections and keys with their name and line,
 //! and validates every section once: a [`Settings`] value is always valid. The sections of
-//! the stream service and the rules (`[service]`, `[kafka]`, `[rules]`, `[sinks]`) are
-//! reserved: they are refused with a message until those parts exist.
+//! the stream service (`[service]`, `[kafka]`, `[sinks]`) are reserved: they are refused with
+//! a message until those parts exist. `[rules]` names the mitigation rules file.
 
 mod interpolate;
 
@@ -33,11 +33,19 @@ pub struct ModelConfig {
     pub path: Option<PathBuf>,
 }
 
+/// `[rules]`: the mitigation rules `gatewatch score` and `gatewatch serve` apply when
+/// `--rules` is not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// A rules file (TOML; relative paths from the configuration file's folder).
+    pub path: Option<PathBuf>,
+}
+
 /// Sections reserved for parts of the program that are not built yet.
-const RESERVED: [(&str, &str); 4] = [
+const RESERVED: [(&str, &str); 3] = [
     ("service", "the stream service (`gatewatch serve`)"),
     ("kafka", "the stream service's Kafka source and sinks"),
-    ("rules", "mitigation rules"),
     ("sinks", "the stream service's sinks"),
 ];
 
@@ -55,6 +63,8 @@ struct File {
     features: FeatureConfig,
     #[serde(default)]
     model: ModelConfig,
+    #[serde(default)]
+    rules: RulesConfig,
 }
 
 /// A validated configuration of the whole program.
@@ -65,6 +75,8 @@ pub struct Settings {
     pub engine: EngineConfig,
     /// `[model]`.
     pub model: ModelConfig,
+    /// `[rules]`.
+    pub rules: RulesConfig,
 }
 
 impl Settings {
@@ -92,6 +104,7 @@ impl Settings {
             };
             rel(&mut s.engine.endpoints.openapi);
             rel(&mut s.model.path);
+            rel(&mut s.rules.path);
         }
         s.validate().map_err(named)?;
         Ok(s)
@@ -142,6 +155,7 @@ impl Settings {
         Ok(Self {
             engine,
             model: f.model,
+            rules: f.rules,
         })
     }
 }

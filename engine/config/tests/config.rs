@@ -122,7 +122,7 @@ fn bad_values_are_named_and_reserved_sections_refused() {
             .to_string();
         assert!(e.contains(needle), "{text}: {e}");
     }
-    for s in ["service", "kafka", "rules", "sinks"] {
+    for s in ["service", "kafka", "sinks"] {
         let e = Settings::parse_with(&format!("[{s}]\nx = 1\n"), &env(&[]))
             .unwrap_err()
             .to_string();
@@ -141,11 +141,13 @@ fn paths_are_taken_from_the_file_s_folder() {
     let cfg = dir.path().join("gw.toml");
     std::fs::write(
         &cfg,
-        "[endpoints]\nopenapi = \"openapi.json\"\n[model]\npath = \"models/x\"\n",
+        "[endpoints]\nopenapi = \"openapi.json\"\n[model]\npath = \"models/x\"\n\
+         [rules]\npath = \"rules.toml\"\n",
     )
     .unwrap();
     let s = Settings::load_with(&cfg, &env(&[])).unwrap();
     assert_eq!(s.model.path, Some(dir.path().join("models/x")));
+    assert_eq!(s.rules.path, Some(dir.path().join("rules.toml")));
     assert_eq!(
         s.engine.endpoints.openapi,
         Some(dir.path().join("openapi.json"))

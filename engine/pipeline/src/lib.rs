@@ -38,8 +38,10 @@ pub use ndjson::{
 pub use output::{Output, RecordRef, unquote};
 pub use position::{Ack, Position};
 pub use rejection::{Rejection, Why};
-pub use schema::{FeatureRecord, ReasonRecord, RejectionRecord, ScoreRecord};
-pub use session::{Session, SessionError, SessionOptions};
+pub use schema::{FeatureRecord, ReasonRecord, RejectionRecord, ScoreRecord, VerdictRecord};
+pub use session::{Session, SessionError, SessionOptions, rules_schema};
+
+pub use gatewatch_rules as rules;
 
 /// The result type of this crate.
 pub type Result<T> = std::result::Result<T, SessionError>;

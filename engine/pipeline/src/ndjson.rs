@@ -264,9 +264,32 @@ impl ScoreWriter {
             out.push_str(if s.flagged[i] { "true" } else { "false" });
             out.push_str(",\"reasons\":");
             write_reasons_json(out, &self.names[s.decided_by[i]], &s.reasons[i]);
+            if let Some(v) = batch.verdict(i) {
+                write_verdict(v, out);
+            }
             out.push_str(&self.tail);
         }
     }
+}
+
+/// `,"decision":{…}`: a [`crate::schema::VerdictRecord`].
+fn write_verdict(v: &gatewatch_rules::Verdict, out: &mut String) {
+    out.push_str(",\"decision\":{\"id\":");
+    out.push_str(itoa::Buffer::new().format(v.id));
+    out.push_str(",\"rule\":");
+    write_json_str(out, &v.rule);
+    out.push_str(",\"action\":\"");
+    out.push_str(v.action.as_str());
+    out.push_str("\",\"scope\":");
+    write_json_str(out, v.scope.as_str());
+    out.push_str(",\"value\":");
+    write_json_str(out, &v.value);
+    out.push_str(",\"mode\":\"");
+    out.push_str(v.mode.as_str());
+    out.push_str("\",\"until\":\"");
+    write_rfc3339_ms(v.until_ms, out);
+    out.push_str("\",\"new\":");
+    out.push_str(if v.fresh { "true}" } else { "false}" });
 }
 
 /// Integers without a fraction, other finite values as shortest round-trip decimals, and

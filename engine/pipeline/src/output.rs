@@ -1,10 +1,12 @@
 //! Owned output batches: records with features (and scores), and rejected inputs.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use gatewatch_event::KeyKind;
 use gatewatch_features::Record;
 use gatewatch_models::{Batch, BatchScores};
+use gatewatch_rules::{DecisionEvent, RequestView, Verdict};
 
 use crate::position::{Ack, Position};
 use crate::rejection::Rejection;
@@ -31,6 +33,107 @@ pub struct Output {
     pub(crate) scored: bool,
     pub(crate) rejections: Vec<Rejection>,
     pub(crate) ack: Ack,
+    /// The request fields rules read, kept when the session has rules.
+    pub(crate) requests: Option<Requests>,
+    /// Per record, the strongest decision covering it (when the session has rules).
+    pub(crate) verdicts: Vec<Option<Verdict>>,
+    /// Decisions started, escalated and ended while this batch was decided, in order.
+    pub(crate) decisions: Vec<DecisionEvent>,
+    /// Per decision change, the record whose event time it happened at.
+    pub(crate) decision_records: Vec<u32>,
+}
+
+/// The request fields of a batch's records that rules read: text in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    text: String,
+    /// method, host, path, query, user agent, ASN, country, JA4.
+    spans: Vec<[(u32, u32); 8]>,
+    ips: Vec<IpAddr>,
+    /// Per record, its first header and the number of headers.
+    header_range: Vec<(u32, u32)>,
+    headers: Vec<[(u32, u32); 2]>,
+}
+
+impl Requests {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.spans.clear();
+        self.ips.clear();
+        self.header_range.clear();
+        self.headers.clear();
+    }
+
+    fn span(&mut self, s: Option<&str>) -> (u32, u32) {
+        let a = self.text.len();
+        if let Some(s) = s {
+            self.text.push_str(s);
+        }
+        (a as u32, self.text.len() as u32)
+    }
+
+    fn push(&mut self, e: &gatewatch_event::RequestEvent) {
+        let spans = [
+            self.span(Some(&e.method)),
+            self.span(e.host.as_deref()),
+            self.span(Some(&e.path)),
+            self.span(e.query.as_deref()),
+            self.span(e.user_agent.as_deref()),
+            self.span(e.asn.as_deref()),
+            self.span(e.country.as_deref()),
+            self.span(e.ja4.as_deref()),
+        ];
+        self.spans.push(spans);
+        self.ips.push(e.client_ip);
+        let first = self.headers.len() as u32;
+        for h in &e.headers {
+            let pair = [self.span(Some(&h.0)), self.span(Some(&h.1))];
+            self.headers.push(pair);
+        }
+        self.header_range
+            .push((first, self.headers.len() as u32 - first));
+    }
+
+    fn str(&self, (a, z): (u32, u32)) -> &str {
+        &self.text[a as usize..z as usize]
+    }
+
+    /// Record `i`'s headers into `into`.
+    pub(crate) fn headers<'a>(&'a self, i: usize, into: &mut Vec<(&'a str, &'a str)>) {
+        into.clear();
+        let (first, n) = self.header_range[i];
+        for [k, v] in &self.headers[first as usize..(first + n) as usize] {
+            into.push((self.str(*k), self.str(*v)));
+        }
+    }
+
+    /// Record `i` of `out` as rules see its request (headers from `headers`).
+    pub(crate) fn view<'a>(
+        &'a self,
+        out: &'a Output,
+        i: usize,
+        headers: &'a [(&'a str, &'a str)],
+    ) -> RequestView<'a> {
+        let r = out.record(i);
+        let [method, host, path, query, ua, asn, country, ja4] = self.spans[i];
+        RequestView {
+            ts_ms: r.ts_ms,
+            ip: self.ips[i],
+            method: self.str(method),
+            host: self.str(host),
+            path: self.str(path),
+            query: self.str(query),
+            endpoint: r.endpoint,
+            status: r.status,
+            client: r.client,
+            client_kind: r.client_kind.as_str(),
+            user_agent: self.str(ua),
+            headers,
+            asn: self.str(asn),
+            country: self.str(country),
+            ja4: self.str(ja4),
+        }
+    }
 }
 
 /// One record of an [`Output`] batch.
@@ -135,6 +238,28 @@ impl Output {
         self.scored.then_some(&self.scores)
     }
 
+    /// Per record, the strongest decision covering it, when the session has rules (empty
+    /// otherwise).
+    pub fn verdicts(&self) -> &[Option<Verdict>] {
+        &self.verdicts
+    }
+
+    /// Record `i`'s verdict, when the session has rules and a decision covers it.
+    pub fn verdict(&self, i: usize) -> Option<&Verdict> {
+        self.verdicts.get(i).and_then(Option::as_ref)
+    }
+
+    /// Decisions started, escalated and ended while this batch was decided.
+    pub fn decisions(&self) -> &[DecisionEvent] {
+        &self.decisions
+    }
+
+    /// The record at whose event time decision change `j` happened (for a start or an
+    /// escalation, the request that caused it).
+    pub fn decision_record(&self, j: usize) -> usize {
+        self.decision_records[j] as usize
+    }
+
     /// Inputs rejected since the batch before, in the order they were rejected.
     pub fn rejections(&self) -> &[Rejection] {
         &self.rejections
@@ -157,6 +282,12 @@ impl Output {
         self.scored = false;
         self.rejections.clear();
         self.ack = Ack::Nothing;
+        if let Some(r) = self.requests.as_mut() {
+            r.clear();
+        }
+        self.verdicts.clear();
+        self.decisions.clear();
+        self.decision_records.clear();
     }
 
     pub(crate) fn set_width(&mut self, width: usize) {
@@ -166,7 +297,16 @@ impl Output {
 
     /// Text bytes held (records' ids, labels and clients).
     pub(crate) fn text_len(&self) -> usize {
-        self.text.len()
+        self.text.len() + self.requests.as_ref().map_or(0, |r| r.text.len())
+    }
+
+    /// Keeps (or stops keeping) the request fields rules read.
+    pub(crate) fn keep_requests(&mut self, keep: bool) {
+        match (keep, self.requests.is_some()) {
+            (true, false) => self.requests = Some(Requests::default()),
+            (false, true) => self.requests = None,
+            _ => {}
+        }
     }
 
     pub(crate) fn push(&mut self, position: Position, r: &Record<'_>) {
@@ -188,5 +328,8 @@ impl Output {
         self.status.push(r.event.status);
         self.kinds.push(r.client_kind);
         self.batch.push(r.features, r.endpoint);
+        if let Some(req) = self.requests.as_mut() {
+            req.push(r.event);
+        }
     }
 }

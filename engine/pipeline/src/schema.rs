@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use gatewatch_event::write_rfc3339_ms;
 use gatewatch_features::Registry;
 use gatewatch_models::Scorer;
+use gatewatch_rules::{DecisionEvent, Verdict};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -139,8 +140,85 @@ pub struct ScoreRecord {
     pub flagged: bool,
     /// The deciding detector's reasons, strongest first.
     pub reasons: Vec<ReasonRecord>,
+    /// The strongest decision covering the request, when rules run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<VerdictRecord>,
     /// The model, `name@version`.
     pub model: String,
+}
+
+/// The decision covering a scored request (its `decision` field).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictRecord {
+    /// The decision's id.
+    pub id: u64,
+    /// The rule that made it.
+    pub rule: String,
+    /// `log`, `rate_limit`, `challenge` or `block`.
+    pub action: String,
+    /// What it applies to (`Ip`, `Range`, `Client`…).
+    pub scope: String,
+    /// The key's value.
+    pub value: String,
+    /// `enforce` or `shadow`.
+    pub mode: String,
+    /// When it ends, RFC 3339.
+    pub until: String,
+    /// Whether this request started or escalated it.
+    pub new: bool,
+}
+
+impl From<&Verdict> for VerdictRecord {
+    fn from(v: &Verdict) -> Self {
+        Self {
+            id: v.id,
+            rule: v.rule.to_string(),
+            action: v.action.as_str().into(),
+            scope: v.scope.as_str().into(),
+            value: v.value.clone(),
+            mode: v.mode.as_str().into(),
+            until: rfc3339(v.until_ms),
+            new: v.fresh,
+        }
+    }
+}
+
+/// The record of a decision's change (`"kind": "decision"`), as `gatewatch score
+/// --decisions` writes it: `change` (`new`, `escalate`, `expire`), `ts`, the decision's
+/// `id`, `rule`, `action`, `scope`, `value`, `mode`, `level`, `start`, `until`,
+/// `duration_s` (from `ts` to `until`), `score`, `reasons`, `hits`, `rate` (for a rate
+/// limit) and, for an expiry, `why`.
+pub fn decision_json(e: &DecisionEvent) -> Value {
+    let d = &e.decision;
+    let mut v = serde_json::json!({
+        "kind": "decision", "change": e.change.as_str(), "ts": rfc3339(e.ts_ms),
+        "id": d.id, "rule": d.rule, "action": d.action.as_str(), "scope": d.scope.as_str(),
+        "value": d.value, "mode": d.mode.as_str(), "level": d.level,
+        "start": rfc3339(d.start_ms), "until": rfc3339(d.until_ms),
+        "duration_s": (d.until_ms - e.ts_ms).max(0) as f64 / 1000.0,
+        "score": d.score.filter(|x| x.is_finite()), "reasons": d.reasons, "hits": d.hits,
+    });
+    if let (Some(r), Some(m)) = (d.rate, v.as_object_mut()) {
+        m.insert(
+            "rate".into(),
+            serde_json::json!({"requests": r.requests, "per_s": r.per_ms as f64 / 1000.0}),
+        );
+    }
+    if let (Some(why), Some(m)) = (e.why, v.as_object_mut()) {
+        m.insert("why".into(), why.into());
+    }
+    v
+}
+
+/// Decision records as NDJSON lines.
+pub fn decisions_ndjson<'a>(events: impl IntoIterator<Item = &'a DecisionEvent>) -> String {
+    let mut out = String::new();
+    for e in events {
+        out.push_str(&decision_json(e).to_string());
+        out.push('\n');
+    }
+    out
 }
 
 impl ScoreRecord {
@@ -176,6 +254,7 @@ impl ScoreRecord {
                     contribution: finite(x.contribution),
                 })
                 .collect(),
+            decision: out.verdict(i).map(VerdictRecord::from),
             model: scorer.id(),
         })
     }

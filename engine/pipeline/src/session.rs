@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use gatewatch_event::{ParseError, RequestEvent};
 use gatewatch_features::{FeatureEngine, LateEvent, Record, Registry, Stats};
 use gatewatch_models::{BatchScores, Scorer};
+use gatewatch_rules::{Decider, Input, Schema, ScoreView};
 
 use crate::output::Output;
 use crate::position::{Ack, Position};
@@ -122,6 +123,18 @@ pub struct Session<S: BorrowMut<Scorer> = Scorer> {
     track: Tracker,
     /// Events the engine refused during one push.
     refused: Vec<LateEvent>,
+    /// Mitigation rules over the scored records.
+    rules: Option<Decider>,
+}
+
+/// The names rules may read: the registry's features and the scorer's detectors.
+pub fn rules_schema(registry: &Registry, scorer: Option<&Scorer>) -> Schema {
+    Schema {
+        features: registry.names().map(String::from).collect(),
+        detectors: scorer
+            .map(|s| s.members.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default(),
+    }
 }
 
 impl Session {
@@ -147,7 +160,32 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             out: Output::new(width),
             track: Tracker::default(),
             refused: Vec::new(),
+            rules: None,
         }
+    }
+
+    /// Applies mitigation rules to the records from now on (or stops, with `None`): each
+    /// record taken gets the verdict of the strongest decision covering it, and each batch
+    /// the decisions that started, escalated or ended. Returns the previous decider (a
+    /// reload passes its state on with [`Decider::set_rules`] instead).
+    pub fn set_rules(&mut self, rules: Option<Decider>) -> Option<Decider> {
+        self.out.keep_requests(rules.is_some());
+        std::mem::replace(&mut self.rules, rules)
+    }
+
+    /// The decision state, when the session has rules.
+    pub fn decider(&self) -> Option<&Decider> {
+        self.rules.as_ref()
+    }
+
+    /// The decision state, to reload rules or restore decisions.
+    pub fn decider_mut(&mut self) -> Option<&mut Decider> {
+        self.rules.as_mut()
+    }
+
+    /// The names rules may read in this session.
+    pub fn rules_schema(&self) -> Schema {
+        rules_schema(self.registry(), self.scorer())
     }
 
     /// Replaces the model (a reload): records taken from now on are scored with `scorer`.
@@ -299,11 +337,19 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             }
             self.out.scored = true;
         }
+        if let Some(decider) = self.rules.as_mut() {
+            decide(
+                decider,
+                &mut self.out,
+                self.scorer.as_ref().map(Borrow::borrow),
+            );
+        }
         self.out.ack = self.track.ack();
         std::mem::swap(into, &mut self.out);
         let width = into.width();
         self.out.clear();
         self.out.set_width(width);
+        self.out.keep_requests(self.rules.is_some());
         Ok(())
     }
 
@@ -340,4 +386,44 @@ impl<S: BorrowMut<Scorer>> Session<S> {
     pub fn into_scorer(self) -> Option<S> {
         self.scorer
     }
+}
+
+/// Runs the rules over a batch's records in order: their verdicts and the decision changes
+/// go into the batch.
+fn decide(decider: &mut Decider, out: &mut Output, scorer: Option<&Scorer>) {
+    let Some(requests) = out.requests.take() else {
+        return;
+    };
+    let mut verdicts = std::mem::take(&mut out.verdicts);
+    let mut events = std::mem::take(&mut out.decisions);
+    let mut records = std::mem::take(&mut out.decision_records);
+    verdicts.clear();
+    let k = scorer.map_or(0, |s| s.members.len());
+    let mut headers = Vec::new();
+    for i in 0..out.len() {
+        requests.headers(i, &mut headers);
+        let scores = out.scores();
+        let score = scores.map(|s| ScoreView {
+            overall: s.score[i],
+            surprisal: s.surprisal[i],
+            flagged: s.flagged[i],
+            members: &s.member[i * k..(i + 1) * k],
+        });
+        let input = Input {
+            request: requests.view(out, i, &headers),
+            features: out.features(i),
+            score,
+        };
+        let reasons = || {
+            scores.map_or_else(Vec::new, |s| {
+                s.reasons[i].iter().map(|r| r.feature.clone()).collect()
+            })
+        };
+        verdicts.push(decider.observe(&input, &reasons, &mut events));
+        records.resize(events.len(), i as u32);
+    }
+    out.verdicts = verdicts;
+    out.decisions = events;
+    out.decision_records = records;
+    out.requests = Some(requests);
 }
