@@ -331,7 +331,7 @@ impl Decider {
         let now = self.now_ms.max(input.request.ts_ms);
         self.stats.requests += 1;
         let rules = Arc::clone(&self.rules);
-        let build = || Bindings::build(input, &rules.schema, &rules.cel_fields, &rules.root);
+        let build = || Bindings::build(input, &rules.cel_fields, &rules.cel_keys, &rules.root);
         let mut scope: Option<Bindings<'_>> = None;
         if !rules.allow.is_empty() {
             let mut errors = 0;

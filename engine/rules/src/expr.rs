@@ -163,6 +163,42 @@ enum Test {
         equal: bool,
         value: String,
     },
+    /// `field.startsWith('x')`, `endsWith`, `contains` with a literal.
+    Affix {
+        field: ReqField,
+        kind: Affix,
+        value: String,
+    },
+    /// A text field in a list of text literals.
+    TextIn {
+        field: ReqField,
+        values: Vec<String>,
+    },
+    /// A numeric field in a list of number literals.
+    NumIn { field: Field, values: Vec<f64> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Affix {
+    Starts,
+    Ends,
+    Contains,
+}
+
+fn text_literal(e: &IdedExpr) -> Option<String> {
+    match &e.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_string()),
+        _ => None,
+    }
+}
+
+fn number_literal(e: &IdedExpr) -> Option<f64> {
+    match &e.expr {
+        Expr::Literal(LiteralValue::Int(i)) => Some(*i.inner() as f64),
+        Expr::Literal(LiteralValue::UInt(u)) => Some(*u.inner() as f64),
+        Expr::Literal(LiteralValue::Double(d)) => Some(*d.inner()),
+        _ => None,
+    }
 }
 
 /// One top-level conjunct of a condition.
@@ -466,8 +502,41 @@ fn native(e: &IdedExpr, schema: &Schema) -> Option<Test> {
     let Expr::Call(c) = &e.expr else {
         return None;
     };
-    if c.target.is_some() {
-        return None;
+    if let Some(t) = &c.target {
+        let kind = match c.func_name.as_str() {
+            "startsWith" => Affix::Starts,
+            "endsWith" => Affix::Ends,
+            "contains" => Affix::Contains,
+            _ => return None,
+        };
+        let field = is_text(as_field(t, schema)?)?;
+        let [arg] = c.args.as_slice() else {
+            return None;
+        };
+        return Some(Test::Affix {
+            field,
+            kind,
+            value: text_literal(arg)?,
+        });
+    }
+    if c.func_name == "@in" && c.args.len() == 2 {
+        let field = as_field(&c.args[0], schema)?;
+        let Expr::List(l) = &c.args[1].expr else {
+            return None;
+        };
+        if is_numeric(field) {
+            let values = l
+                .elements
+                .iter()
+                .map(number_literal)
+                .collect::<Option<_>>()?;
+            return Some(Test::NumIn { field, values });
+        }
+        let values = l.elements.iter().map(text_literal).collect::<Option<_>>()?;
+        return Some(Test::TextIn {
+            field: is_text(field)?,
+            values,
+        });
     }
     if c.func_name == "!_" && c.args.len() == 1 {
         return matches!(
@@ -604,7 +673,8 @@ impl Condition {
         if !cels.is_empty() {
             let zeros = vec![0.0; schema.features.len().max(schema.detectors.len())];
             let probe = Input::probe(&zeros);
-            let scope = Bindings::build(&probe, schema, &cel_fields, root);
+            let keys = field_keys(&cel_fields, schema);
+            let scope = Bindings::build(&probe, &cel_fields, &keys, root);
             for c in &cels {
                 match scope.ctx.resolve(c) {
                     Ok(Value::Bool(_)) => {}
@@ -679,6 +749,22 @@ impl Test {
                 equal,
                 value,
             } => (input.text(*field) == value.as_str()) == *equal,
+            Self::Affix { field, kind, value } => {
+                let t = input.text(*field);
+                match kind {
+                    Affix::Starts => t.starts_with(value.as_str()),
+                    Affix::Ends => t.ends_with(value.as_str()),
+                    Affix::Contains => t.contains(value.as_str()),
+                }
+            }
+            Self::TextIn { field, values } => {
+                let t = input.text(*field);
+                values.iter().any(|v| *v == t)
+            }
+            Self::NumIn { field, values } => {
+                let x = input.number(*field);
+                values.iter().any(|v| *v == x)
+            }
         }
     }
 }
@@ -693,17 +779,36 @@ fn key(name: &str) -> Key {
     Key::String(Arc::new(name.to_string()))
 }
 
+/// The names of the fields the interpreted conjuncts read, as map keys made once.
+pub(crate) fn field_keys(fields: &[Field], schema: &Schema) -> Vec<Key> {
+    fields
+        .iter()
+        .map(|f| match *f {
+            Field::Request(r) => key(r.name()),
+            Field::Feature(i) => key(schema.features.get(i).map_or("", String::as_str)),
+            Field::Score(s) => key(match s {
+                ScoreField::Flagged => "flagged",
+                ScoreField::Overall => "overall",
+                ScoreField::Surprisal => "surprisal",
+                ScoreField::Member(i) => schema.detectors.get(i).map_or("", String::as_str),
+            }),
+        })
+        .collect()
+}
+
 impl<'r> Bindings<'r> {
+    /// The scope of `input`: `fields`, named by `keys` (from [`field_keys`]).
     pub(crate) fn build(
         input: &Input<'_>,
-        schema: &Schema,
         fields: &[Field],
+        keys: &[Key],
         root: &'r Context<'static, 'static>,
     ) -> Self {
         let mut request = HashMap::new();
         let mut features = HashMap::new();
         let mut score = HashMap::new();
-        for f in fields {
+        for (f, k) in fields.iter().zip(keys) {
+            let k = k.clone();
             match *f {
                 Field::Request(r) => {
                     let v = match r {
@@ -717,25 +822,18 @@ impl<'r> Bindings<'r> {
                                 .collect();
                             Value::Map(Map { map: Arc::new(m) })
                         }
-                        t => Value::String(Arc::new(input.text(t).to_string())),
+                        t => Value::String(Arc::new(input.text(t).into_owned())),
                     };
-                    request.insert(key(r.name()), v);
+                    request.insert(k, v);
                 }
-                Field::Feature(i) => {
-                    let name = schema.features.get(i).map_or("", String::as_str);
-                    features.insert(key(name), Value::Float(input.number(*f)));
+                Field::Feature(_) => {
+                    features.insert(k, Value::Float(input.number(*f)));
                 }
-                Field::Score(s) => {
-                    let (name, v) = match s {
-                        ScoreField::Flagged => ("flagged", Value::Bool(input.flagged())),
-                        ScoreField::Overall => ("overall", Value::Float(input.number(*f))),
-                        ScoreField::Surprisal => ("surprisal", Value::Float(input.number(*f))),
-                        ScoreField::Member(i) => (
-                            schema.detectors.get(i).map_or("", String::as_str),
-                            Value::Float(input.number(*f)),
-                        ),
-                    };
-                    score.insert(key(name), v);
+                Field::Score(ScoreField::Flagged) => {
+                    score.insert(k, Value::Bool(input.flagged()));
+                }
+                Field::Score(_) => {
+                    score.insert(k, Value::Float(input.number(*f)));
                 }
             }
         }

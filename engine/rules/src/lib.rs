@@ -236,6 +236,7 @@ pub struct Rules {
     /// Past offences remembered at most.
     pub max_history: usize,
     cel_fields: Vec<expr::Field>,
+    cel_keys: Vec<cel::objects::Key>,
     root: Context<'static, 'static>,
 }
 
@@ -399,6 +400,7 @@ impl Rules {
             key_specs,
             max_decisions: file.settings.max_decisions,
             max_history: file.settings.max_history,
+            cel_keys: expr::field_keys(&cel_fields, schema),
             cel_fields,
             root,
         })

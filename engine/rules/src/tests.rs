@@ -452,9 +452,25 @@ fn part() -> impl Strategy<Value = String> {
         prop::sample::select(vec!["'POST'", "'/login'", "'GET'"]),
     )
         .prop_map(|(f, o, l)| format!("{f} {o} {l}"));
+    let affix = (
+        prop::sample::select(vec!["request.path", "request.user_agent", "request.method"]),
+        prop::sample::select(vec!["startsWith", "endsWith", "contains"]),
+        prop::sample::select(vec!["'/lo'", "'gin'", "'curl'", "''", "'POST'"]),
+    )
+        .prop_map(|(f, m, l)| format!("{f}.{m}({l})"));
+    let list = prop_oneof![
+        Just("request.status in [401, 403]".to_string()),
+        Just("request.status in [200]".to_string()),
+        Just("features.req_rate_1m in [1, 2.5, 3]".to_string()),
+        Just("score.overall in []".to_string()),
+        Just("request.method in ['GET', 'POST']".to_string()),
+        Just("request.path in ['/a']".to_string()),
+    ];
     prop_oneof![
         4 => num,
         1 => text,
+        1 => affix,
+        1 => list,
         1 => Just("score.flagged".to_string()),
         1 => Just("!score.flagged".to_string()),
     ]
@@ -504,5 +520,72 @@ proptest! {
         let mut events = Vec::new();
         d.observe(&input, &Vec::new, &mut events);
         prop_assert_eq!(d.stats().rules[0].matched, d.stats().rules[1].matched, "{}", native);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Any condition text is compiled or refused, and a compiled one evaluates (to a match
+    /// or not) without stopping the process.
+    #[test]
+    fn hostile_conditions_are_refused_or_run(
+        text in prop_oneof![
+            "[ -~]{0,80}",
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "request.path", "features.req_rate_1m", "score.overall", "1", "0",
+                    "9223372036854775807", "-9223372036854775808", "1.5e308", "'a'", "\"b\"",
+                    "+", "-", "*", "/", "%", "==", "<", "&&", "||", "!", "(", ")", "[", "]",
+                    "{", "}", ",", ":", ".", "?", "size(", "int(", "double(", "string(",
+                    ".matches(", ".startsWith(", "in", "has(", ".exists(x,", "x", "request.headers",
+                    "'[('", "b'\\xff'", "u", "null", "true",
+                ]),
+                0..30,
+            )
+            .prop_map(|v| v.join(" ")),
+        ],
+    ) {
+        let rule = format!(
+            "[[rule]]\nid = \"h\"\nwhen = {}\naction = \"log\"\n",
+            toml::Value::String(text.clone())
+        );
+        if let Ok(r) = Rules::parse(&rule, &schema()) {
+            let mut d = Decider::new(Arc::new(r));
+            let mut events = Vec::new();
+            for rate in [0.0, 1e300, f64::NAN] {
+                observe(&mut d, &ev(0, "10.0.0.1", rate), &mut events);
+            }
+            prop_assert_eq!(d.stats().requests, 3);
+        }
+    }
+}
+
+#[test]
+fn arithmetic_overflow_and_bad_patterns_do_not_stop_the_process() {
+    for when in [
+        "9223372036854775807 + 1 > 0",
+        "-9223372036854775808 / -1 == 0",
+        "-9223372036854775808 % -1 == 0",
+        "size(request.path) * 9223372036854775807 > 0",
+        "request.status * 9223372036854775807 > 0",
+        "request.status - 9223372036854775807 - 9223372036854775807 < 0",
+        "request.path.matches('[')",
+        "request.path.matches(request.user_agent)",
+        "int(features.req_rate_1m) > 0",
+        "int(score.overall * 1e300) > 0",
+        "request.headers['x-missing'] == 'a'",
+        "double(request.path) > 1.0",
+    ] {
+        let text = format!("[[rule]]\nid = \"o\"\nwhen = \"{when}\"\naction = \"log\"\n");
+        if let Ok(r) = Rules::parse(&text, &schema()) {
+            let mut d = Decider::new(Arc::new(r));
+            let mut events = Vec::new();
+            let mut e = ev(0, "10.0.0.1", 1e300);
+            e.ua = "((";
+            observe(&mut d, &e, &mut events);
+            observe(&mut d, &ev(0, "10.0.0.1", f64::NAN), &mut events);
+            assert_eq!(d.stats().requests, 2, "{when}");
+        }
     }
 }
