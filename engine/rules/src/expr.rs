@@ -763,7 +763,7 @@ impl Test {
             }
             Self::NumIn { field, values } => {
                 let x = input.number(*field);
-                values.iter().any(|v| *v == x)
+                values.contains(&x)
             }
         }
     }
