@@ -129,6 +129,16 @@ struct ServeArgs {
     /// Reasons per flagged record.
     #[arg(long, default_value_t = 3)]
     reasons: usize,
+    /// Mitigation rules (TOML; `default` for the built-in rules; default: the
+    /// configuration's `[rules] path`): records carry their decision, and the enforced
+    /// decisions are served to CrowdSec bouncers at `GET /v1/decisions` and
+    /// `GET /v1/decisions/stream`.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// A key bouncers send as `X-Api-Key` to read the decisions (repeatable; also
+    /// `[rules] bouncer_keys` and `GATEWATCH_BOUNCER_KEY`).
+    #[arg(long = "bouncer-key", env = "GATEWATCH_BOUNCER_KEY")]
+    bouncer_keys: Vec<String>,
 }
 
 #[derive(clap::Args)]

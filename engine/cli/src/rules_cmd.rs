@@ -12,17 +12,10 @@ use gatewatch_features::DistinctCount;
 use gatewatch_pipeline::rules::{Action, Change, Decider, Mode, Rules};
 use gatewatch_pipeline::{Output, Session};
 
-/// The built-in default rules, shipped with the default model.
-pub const DEFAULT_RULES: &str = include_str!("../../../models/default/rules.toml");
-
 /// The rules file `--rules` names: a path, or `default` for the built-in rules.
 pub fn load(path: &Path, session: &Session) -> Result<Decider> {
-    let schema = session.rules_schema();
-    let rules = if path.as_os_str() == "default" {
-        Rules::parse(DEFAULT_RULES, &schema).context("the built-in rules")?
-    } else {
-        Rules::load(path, &schema).with_context(|| format!("{}", path.display()))?
-    };
+    let rules = Rules::load_named(path, &session.rules_schema())
+        .with_context(|| format!("{}", path.display()))?;
     Ok(Decider::new(Arc::new(rules)))
 }
 

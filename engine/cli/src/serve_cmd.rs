@@ -27,7 +27,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let engine = FeatureEngine::new(&settings.engine)?;
     let model = a.model.as_deref().or(settings.model.path.as_deref());
     let scorer = crate::model_cmd::load_model(model, engine.registry())?;
-    let session = Session::new(
+    let mut session = Session::new(
         engine,
         Some(scorer),
         SessionOptions {
@@ -35,12 +35,26 @@ pub fn run(a: ServeArgs) -> Result<()> {
             reasons: a.reasons,
         },
     );
+    let rules = a.rules.as_deref().or(settings.rules.path.as_deref());
+    if let Some(p) = rules {
+        session.set_rules(Some(crate::rules_cmd::load(p, &session)?));
+    }
+    let mut bouncer_keys = a.bouncer_keys.clone();
+    bouncer_keys.extend(settings.rules.bouncer_keys.iter().cloned());
+    bouncer_keys.retain(|k| !k.is_empty());
+    if rules.is_some() && bouncer_keys.is_empty() {
+        say!(
+            "gatewatch serve: no bouncer key (--bouncer-key, [rules] bouncer_keys): the decisions API refuses every request"
+        );
+    }
     let (service, note) = Service::new(
         session,
         ServeOptions {
             state: a.state.clone(),
             snapshot_every: a.snapshot_every,
             model: model.map(Path::to_path_buf),
+            rules: rules.map(Path::to_path_buf),
+            bouncer_keys,
         },
     )?;
     if let Some(n) = note {
@@ -56,7 +70,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let model = service.model();
         gatewatch_serve::serve(service.clone(), listener, |addr| {
-            say!("gatewatch serve: listening on http://{addr} (model {model}; POST /v1/events, GET /healthz /readyz /metrics)");
+            say!("gatewatch serve: listening on http://{addr} (model {model}; POST /v1/events, GET /healthz /readyz /metrics /v1/alerts /v1/decisions)");
         })
         .await
     })?;

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{copy_dir, gw, run_with_stdin, run_with_stdin_env};
+use common::{copy_dir, gw, python, run_with_stdin, run_with_stdin_env};
 
 /// `gatewatch simulate` with a seed, duration, users and scenarios (it must succeed).
 fn simulate(seed: &str, duration: &str, users: &str, scenarios: &str) -> Output {
@@ -528,20 +528,6 @@ fn bad_models_and_empty_training_fail_with_a_message() {
     let out = run_with_stdin(&["train", "-o", m.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no training events"));
-}
-
-fn python() -> std::path::PathBuf {
-    let p = std::env::var_os("GATEWATCH_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run scripts/setup-python (scripts/test does) or set GATEWATCH_PYTHON",
-        p.display()
-    );
-    p
 }
 
 /// A labelled log, its features and schema, and a classifier trained on them in Python

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{copy_dir, gw};
+use common::{copy_dir, gw, python};
 
 /// A running service and its address.
 struct Served {
@@ -77,6 +77,25 @@ impl Served {
             .status()
             .unwrap();
         assert!(ok.success());
+    }
+
+    /// `GET path` with a bouncer key: (status, body).
+    fn call_with_key(&self, path: &str, key: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (
+            head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+            body.to_string(),
+        )
     }
 
     /// SIGTERM, then the exit status.
@@ -336,4 +355,91 @@ fn the_endpoint_monitor_names_the_clients_of_a_distributed_login_attack() {
         "{m}"
     );
     assert!(s.stop().success());
+}
+
+#[test]
+fn a_crowdsec_bouncer_sees_the_rules_decisions_appear_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+id = "stuffing"
+when = "request.status == 401 && features.auth_fail_ratio_10m >= 0.5 && features.req_count_10m >= 5"
+action = "block"
+key = "ip"
+ttl = "60s"
+[[rule]]
+id = "watch"
+when = "request.status == 401"
+action = "block"
+key = "ip/24"
+mode = "shadow"
+"#,
+    )
+    .unwrap();
+    let state = dir.path().join("state.bin");
+    let s = Served::start(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--bouncer-key",
+        "k-test",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/bouncer/crowdsec_bouncer.py"))
+        .arg(format!("http://{}", s.addr))
+        .arg("k-test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_for_metric("gatewatch_decisions_total{change=\"new\",mode=\"enforce\"} 1");
+    s.wait_for_metric("gatewatch_decisions_total{change=\"expire\",mode=\"enforce\"} 1");
+    s.wait_for_metric("gatewatch_bouncer_requests_total{outcome=\"forbidden\"} 2");
+    // The shadow range decision is made, never served.
+    let (status, body) = s.call_with_key("/v1/decisions?scope=range", "k-test");
+    assert_eq!((status, body.as_str()), (200, "null"));
+    // A new block, then a restart: the decision survives it and is served again.
+    let t0 = 1_767_603_600_000i64 + 100_000;
+    let burst: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"ts\":{},\"client_ip\":\"203.0.113.9\",\"method\":\"POST\",\"path\":\"/v1/login\",\"status\":401}}\n",
+                t0 + i * 100
+            )
+        })
+        .collect();
+    assert_eq!(s.call("POST", "/v1/events", burst.as_bytes()).0, 200);
+    let (_, listed) = s.call_with_key("/v1/decisions?ip=203.0.113.9", "k-test");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["type"], "ban");
+    s.stop();
+    let again = Served::start(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--bouncer-key",
+        "k-test",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        again
+            .stderr
+            .iter()
+            .any(|l| l.contains("restored 3 decisions")),
+        "{:?}",
+        again.stderr
+    );
+    let (_, stream) = again.call_with_key("/v1/decisions/stream?startup=true", "k-test");
+    let stream: serde_json::Value = serde_json::from_str(&stream).unwrap();
+    assert_eq!(stream["new"][0]["value"], "203.0.113.9", "{stream}");
+    assert_eq!(stream["new"].as_array().unwrap().len(), 1);
+    again.stop();
 }

@@ -38,8 +38,13 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
-    /// A rules file (TOML; relative paths from the configuration file's folder).
+    /// A rules file (TOML; relative paths from the configuration file's folder; `default`
+    /// for the built-in rules).
     pub path: Option<PathBuf>,
+    /// Keys CrowdSec bouncers send (`X-Api-Key`) to read `gatewatch serve`'s decisions API;
+    /// write them as `${VAR}` references to keep them out of the file.
+    #[serde(default)]
+    pub bouncer_keys: Vec<String>,
 }
 
 /// Sections reserved for parts of the program that are not built yet.
@@ -104,7 +109,9 @@ impl Settings {
             };
             rel(&mut s.engine.endpoints.openapi);
             rel(&mut s.model.path);
-            rel(&mut s.rules.path);
+            if s.rules.path.as_deref() != Some(Path::new("default")) {
+                rel(&mut s.rules.path);
+            }
         }
         s.validate().map_err(named)?;
         Ok(s)

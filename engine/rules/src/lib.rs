@@ -58,6 +58,9 @@ pub use keys::{KeyScope, KeySpec};
 use expr::Condition;
 use file::{RuleSpec, RulesFile};
 
+/// The built-in rules, shipped with the built-in model (`models/default/rules.toml`).
+pub const DEFAULT_RULES: &str = include_str!("../../../models/default/rules.toml");
+
 /// Most rules a file may hold.
 pub const MAX_RULES: usize = 1000;
 
@@ -306,6 +309,15 @@ impl Rules {
             reason: e.to_string(),
         })?;
         Self::parse(&text, schema)
+    }
+
+    /// The rules `name` names: `default` for the built-in rules, else a file.
+    pub fn load_named(name: &std::path::Path, schema: &Schema) -> Result<Self, RulesError> {
+        if name.as_os_str() == "default" {
+            Self::parse(DEFAULT_RULES, schema)
+        } else {
+            Self::load(name, schema)
+        }
     }
 
     /// Compiles a rules file's text.

@@ -22,7 +22,16 @@
 //!   model that fails is reported in the log and in `/metrics`
 //!   (`gatewatch_model_reload_failures_total`) and scoring goes on with the last good one.
 //!
+//! - Mitigation rules (`ServeOptions::rules`): each score record carries the decision
+//!   covering it; the enforced decisions are served to CrowdSec bouncers by the decisions
+//!   API ([`decisions`]: `GET /v1/decisions`, `GET /v1/decisions/stream`, `X-Api-Key` one
+//!   of the bouncer keys, 403 otherwise). Decisions are saved next to the state file
+//!   (`STATE.decisions.json`) and restored with it; SIGHUP reloads the rules file too (a
+//!   bad one is refused and counted, the last good rules keep deciding).
+//!
 //! Scoring runs on blocking threads (`spawn_blocking`), never on the async runtime's workers.
+
+pub mod decisions;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -59,6 +68,12 @@ pub struct ServeOptions {
     /// The model folder reloaded on SIGHUP (`None`: the built-in default, nothing to
     /// reload).
     pub model: Option<PathBuf>,
+    /// The rules file reloaded on SIGHUP (`default`: the built-in rules; `None`: the
+    /// session has no rules).
+    pub rules: Option<PathBuf>,
+    /// Keys bouncers send as `X-Api-Key` to read decisions (none: the decisions API refuses
+    /// every request).
+    pub bouncer_keys: Vec<String>,
 }
 
 /// The service's Prometheus metrics (one registry per service).
@@ -94,6 +109,16 @@ pub struct Metrics {
     pub snapshot_failures: Counter,
     /// Seconds since the last snapshot was written (−1 before the first).
     pub snapshot_age: Gauge,
+    /// Decision changes, by change (`new`, `escalate`, `expire`) and mode.
+    pub decisions: Family<Vec<(String, String)>, Counter>,
+    /// Decisions served to bouncers now.
+    pub decisions_served: Gauge,
+    /// Decisions API requests, by outcome (`ok`, `forbidden`, `bad_request`).
+    pub bouncer_requests: Family<Vec<(String, String)>, Counter>,
+    /// Rules reloaded, and reloads refused.
+    pub rules_reloads: Counter,
+    /// See `rules_reloads`.
+    pub rules_reload_failures: Counter,
 }
 
 impl Metrics {
@@ -115,6 +140,11 @@ impl Metrics {
             snapshots: Counter::default(),
             snapshot_failures: Counter::default(),
             snapshot_age: Gauge::default(),
+            decisions: Family::default(),
+            decisions_served: Gauge::default(),
+            bouncer_requests: Family::default(),
+            rules_reloads: Counter::default(),
+            rules_reload_failures: Counter::default(),
         };
         // Each metric under its name and help text (the registry holds clones sharing the
         // values).
@@ -139,6 +169,11 @@ impl Metrics {
             "gatewatch_model_reload_failures", "Model reloads refused (scoring went on with the last good model)" => reload_failures;
             "gatewatch_client_alerts", "Clients named by the endpoint monitor (failures in an alerting bucket)" => client_alerts;
             "gatewatch_endpoint_alerts", "Endpoint buckets the endpoint monitor found unusual" => endpoint_alerts;
+            "gatewatch_decisions", "Decision changes of the rules, by change and mode" => decisions;
+            "gatewatch_decisions_served", "Enforced decisions served to bouncers" => decisions_served;
+            "gatewatch_bouncer_requests", "Decisions API requests, by outcome" => bouncer_requests;
+            "gatewatch_rules_reloads", "Rules files reloaded" => rules_reloads;
+            "gatewatch_rules_reload_failures", "Rules reloads refused (the last good rules kept deciding)" => rules_reload_failures;
         }
         m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);
@@ -188,6 +223,12 @@ pub struct Service {
     opts: ServeOptions,
     last_snapshot: Mutex<Option<Instant>>,
     model: Mutex<String>,
+    feed: Mutex<decisions::Feed>,
+}
+
+/// Where the decisions are saved next to a state file.
+pub fn decisions_path(state: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.decisions.json", state.display()))
 }
 
 impl Service {
@@ -202,9 +243,21 @@ impl Service {
         let monitor = scorer.endpoint_monitor().context("the endpoint monitor")?;
         let model = session.model_id().unwrap_or_default();
         let mut note = None;
+        let mut feed = decisions::Feed::default();
         if let Some(path) = &opts.state {
             if path.exists() {
                 note = Some(restore(&mut session, path)?);
+            }
+            let dpath = decisions_path(path);
+            if dpath.exists()
+                && let Some(d) = session.decider_mut()
+            {
+                let said = restore_decisions(d, &dpath)?;
+                feed.restore(d.active(), d.now_ms());
+                note = Some(match note {
+                    Some(n) => format!("{n}; {said}"),
+                    None => said,
+                });
             }
         }
         let service = Arc::new(Self {
@@ -219,7 +272,12 @@ impl Service {
             opts,
             last_snapshot: Mutex::new(None),
             model: Mutex::new(model),
+            feed: Mutex::new(feed),
         });
+        service
+            .metrics
+            .decisions_served
+            .set(lock(&service.feed).len() as i64);
         service.ready.store(true, Ordering::Release);
         Ok((service, note))
     }
@@ -227,6 +285,99 @@ impl Service {
     /// The running model's `name@version`.
     pub fn model(&self) -> String {
         lock(&self.model).clone()
+    }
+
+    /// Loads the rules file again and, once it has compiled against the running model's
+    /// names, decides with it (decisions of rules that are gone end now); a file that fails
+    /// leaves the running rules in place.
+    pub fn reload_rules(&self) -> Result<usize> {
+        let Some(path) = &self.opts.rules else {
+            anyhow::bail!("the service has no rules");
+        };
+        let mut guard = self.session();
+        let session = &mut guard.0;
+        let loaded = gatewatch_pipeline::rules::Rules::load_named(path, &session.rules_schema())
+            .with_context(|| format!("rules {}", path.display()));
+        let rules = match loaded {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.rules_reload_failures.inc();
+                tracing::error!(target: "gatewatch::serve", error = %format!("{e:#}"), "rules reload refused; the last good rules keep deciding");
+                return Err(e);
+            }
+        };
+        let n = rules.len();
+        let mut changes = Vec::new();
+        if let Some(d) = session.decider_mut() {
+            d.set_rules(Arc::new(rules), &mut changes);
+            let now = d.now_ms();
+            lock(&self.feed).apply(&changes, now);
+        }
+        self.count_decisions(&changes);
+        self.metrics.rules_reloads.inc();
+        tracing::info!(target: "gatewatch::serve", rules = n, "rules reloaded");
+        Ok(n)
+    }
+
+    fn count_decisions(&self, changes: &[gatewatch_pipeline::rules::DecisionEvent]) {
+        for c in changes {
+            self.metrics
+                .decisions
+                .get_or_create(&vec![
+                    ("change".to_string(), c.change.as_str().to_string()),
+                    ("mode".to_string(), c.decision.mode.as_str().to_string()),
+                ])
+                .inc();
+        }
+        self.metrics
+            .decisions_served
+            .set(lock(&self.feed).len() as i64);
+    }
+
+    /// The decisions API's answer to `GET path?query` with bouncer key `key`: (status,
+    /// JSON body).
+    pub fn decisions_api(&self, stream: bool, query: &str, key: Option<&str>) -> (u16, String) {
+        let outcome = |o: &str| vec![("outcome".to_string(), o.to_string())];
+        let allowed = key.is_some_and(|k| self.opts.bouncer_keys.iter().any(|b| b == k));
+        if !allowed {
+            self.metrics
+                .bouncer_requests
+                .get_or_create(&outcome("forbidden"))
+                .inc();
+            return (403, r#"{"message":"access forbidden"}"#.to_string());
+        }
+        let filter = match decisions::Filter::parse(query) {
+            Ok(f) => f,
+            Err(e) => {
+                self.metrics
+                    .bouncer_requests
+                    .get_or_create(&outcome("bad_request"))
+                    .inc();
+                return (400, serde_json::json!({ "message": e }).to_string());
+            }
+        };
+        self.metrics
+            .bouncer_requests
+            .get_or_create(&outcome("ok"))
+            .inc();
+        let mut feed = lock(&self.feed);
+        let body = if stream {
+            let pairs: Vec<(&str, &str)> =
+                query.split('&').filter_map(|p| p.split_once('=')).collect();
+            let startup = pairs.iter().any(|(k, v)| *k == "startup" && *v == "true");
+            let scopes: Option<Vec<String>> =
+                pairs.iter().find(|(k, _)| *k == "scopes").map(|(_, v)| {
+                    v.replace("%2C", ",")
+                        .replace("%2c", ",")
+                        .split(',')
+                        .map(String::from)
+                        .collect()
+                });
+            feed.stream(key.unwrap_or(""), startup, scopes.as_deref())
+        } else {
+            feed.list(&filter)
+        };
+        (200, body.to_string())
     }
 
     /// Loads the model folder again and, once it has loaded and been checked in full,
@@ -247,13 +398,41 @@ impl Service {
                 return Err(e);
             }
         };
+        // Rules read the detectors by name: they are compiled again for the new model, and
+        // a model they do not fit is refused like a broken one.
+        let rules = match &self.opts.rules {
+            Some(path) => {
+                let schema = gatewatch_pipeline::rules_schema(&registry, Some(&scorer));
+                match gatewatch_pipeline::rules::Rules::load_named(path, &schema) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        self.metrics.reload_failures.inc();
+                        let e = anyhow::anyhow!("{e}").context(format!(
+                            "model {}: the rules {} do not fit it",
+                            dir.display(),
+                            path.display()
+                        ));
+                        tracing::error!(target: "gatewatch::serve", error = %format!("{e:#}"), "model reload refused; scoring goes on with the last good model");
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         let id = scorer.id();
         let writer = ScoreWriter::new(&scorer);
+        let mut changes = Vec::new();
         {
             let mut guard = self.session();
             guard.0.set_scorer(scorer);
             guard.1 = writer;
+            if let (Some(r), Some(d)) = (rules, guard.0.decider_mut()) {
+                d.set_rules(Arc::new(r), &mut changes);
+                let now = d.now_ms();
+                lock(&self.feed).apply(&changes, now);
+            }
         }
+        self.count_decisions(&changes);
         let old = std::mem::replace(&mut *lock(&self.model), id.clone());
         self.metrics.model.get_or_create(&model_label(&old)).set(0);
         self.metrics.model.get_or_create(&model_label(&id)).set(1);
@@ -289,10 +468,14 @@ impl Service {
         self.metrics.clients.set(session.engine().clients() as i64);
         let mut out = String::with_capacity(batch.len() * 512);
         writer.write_batch(&batch, &mut out);
-        // Under the session's lock: the monitor sees the batches in event-time order even
-        // when requests overlap.
+        // Under the session's lock: the monitor and the decisions feed see the batches in
+        // event-time order even when requests overlap.
         self.watch(&batch);
+        if let Some(d) = session.decider() {
+            lock(&self.feed).apply(batch.decisions(), d.now_ms());
+        }
         drop(guard);
+        self.count_decisions(batch.decisions());
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.scored.inc_by(batch.len() as u64);
         if let Some(s) = batch.scores() {
@@ -346,7 +529,14 @@ impl Service {
         let result = {
             let mut guard = self.session();
             guard.0.finish();
-            write_atomic(path, |w| Ok(guard.0.save_state(w)?))
+            write_atomic(path, |w| Ok(guard.0.save_state(w)?)).and_then(|()| {
+                match guard.0.decider() {
+                    Some(d) => write_atomic(&decisions_path(path), |w| {
+                        serde_json::to_writer(w, &d.save()).context("the decisions")
+                    }),
+                    None => Ok(()),
+                }
+            })
         };
         match &result {
             Ok(()) => {
@@ -397,6 +587,37 @@ fn restore(session: &mut Session, path: &Path) -> Result<String> {
     }
 }
 
+/// Restores saved decisions into the session's decider; a file that cannot be restored is
+/// renamed `*.corrupt` and the decisions start empty.
+fn restore_decisions(d: &mut gatewatch_pipeline::rules::Decider, path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let restored = serde_json::from_slice::<gatewatch_pipeline::rules::SavedState>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|s| d.restore(s));
+    match restored {
+        Ok(dropped) => Ok(format!(
+            "restored {} decisions from {}{}",
+            d.active().count(),
+            path.display(),
+            if dropped > 0 {
+                format!(" ({dropped} of rules no longer in the file dropped)")
+            } else {
+                String::new()
+            }
+        )),
+        Err(e) => {
+            let aside = path.with_extension("corrupt");
+            std::fs::rename(path, &aside)
+                .with_context(|| format!("cannot move {} aside", path.display()))?;
+            Ok(format!(
+                "could not restore the decisions in {} ({e}); moved it to {}",
+                path.display(),
+                aside.display()
+            ))
+        }
+    }
+}
+
 /// Writes a file through a temporary sibling and a rename.
 fn write_atomic(path: &Path, write: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
     let mut buf = Vec::new();
@@ -411,6 +632,8 @@ pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/events", post(events))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/decisions", get(decisions_list))
+        .route("/v1/decisions/stream", get(decisions_stream))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -424,6 +647,38 @@ async fn events(State(s): State<Arc<Service>>, body: Bytes) -> Response {
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+async fn decisions_list(
+    State(s): State<Arc<Service>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    decisions_answer(&s, false, &uri, &headers)
+}
+
+async fn decisions_stream(
+    State(s): State<Arc<Service>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    decisions_answer(&s, true, &uri, &headers)
+}
+
+fn decisions_answer(
+    s: &Service,
+    stream: bool,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let (status, body) = s.decisions_api(stream, uri.query().unwrap_or(""), key);
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn alerts(State(s): State<Arc<Service>>) -> Response {
@@ -489,7 +744,11 @@ pub async fn serve(
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 let s = s.clone();
+                let r = s.clone();
                 let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                if r.opts.rules.is_some() {
+                    let _ = tokio::task::spawn_blocking(move || r.reload_rules()).await;
+                }
             }
         })
     };

@@ -47,3 +47,18 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The project's Python (`.venv`, or `GATEWATCH_PYTHON`).
+pub fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("GATEWATCH_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/setup-python (scripts/test does) or set GATEWATCH_PYTHON",
+        p.display()
+    );
+    p
+}
