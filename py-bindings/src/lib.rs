@@ -165,6 +165,12 @@ fn feature_schema_json() -> PyResult<String> {
     serde_json::to_string(&r).map_err(value_err)
 }
 
+/// The built-in rules file's text.
+#[pyfunction]
+fn default_rules() -> &'static str {
+    gatewatch_pipeline::rules::DEFAULT_RULES
+}
+
 /// The feature reference (Markdown).
 #[pyfunction]
 fn feature_docs() -> String {
@@ -270,6 +276,44 @@ impl Model {
                 .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
             gatewatch_frames::alerts_ndjson(&self.cfg, &mut scorer, &df.0).map_err(frame_err)
         })
+    }
+
+    /// Scores of every event decided by the rules `rules` (a rules file's text), as
+    /// `gatewatch score --rules`: (the scores frame with the decision columns, the decision
+    /// records as NDJSON, the back-test figures as JSON).
+    #[pyo3(signature = (df, rules, reasons=3, batch=256))]
+    fn decide(
+        &self,
+        py: Python<'_>,
+        df: PyDataFrame,
+        rules: String,
+        reasons: usize,
+        batch: usize,
+    ) -> PyResult<(PyDataFrame, String, String)> {
+        let (frame, changes, backtest) = py.detach(|| {
+            let mut scorer = self
+                .scorer
+                .lock()
+                .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
+            gatewatch_frames::decide_frame(&self.cfg, &mut scorer, &rules, &df.0, reasons, batch)
+                .map_err(frame_err)
+        })?;
+        let backtest = serde_json::to_string(&backtest).map_err(value_err)?;
+        Ok((PyDataFrame(frame), changes, backtest))
+    }
+
+    /// Compiles a rules file's text against this model's features and detectors; raises
+    /// `ValueError` naming the rule, the position and the reason when it does not compile.
+    fn check_rules(&self, rules: &str) -> PyResult<usize> {
+        let registry = Registry::new(&self.cfg.features);
+        let scorer = self
+            .scorer
+            .lock()
+            .map_err(|_| value_err("the model was poisoned by an earlier panic"))?;
+        let schema = gatewatch_pipeline::rules_schema(&registry, Some(&scorer));
+        gatewatch_pipeline::rules::Rules::parse(rules, &schema)
+            .map(|r| r.len())
+            .map_err(config_err)
     }
 
     /// `name@version`.
@@ -548,6 +592,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_combined, m)?)?;
     m.add_function(wrap_pyfunction!(feature_schema_json, m)?)?;
     m.add_function(wrap_pyfunction!(feature_docs, m)?)?;
+    m.add_function(wrap_pyfunction!(default_rules, m)?)?;
     m.add_class::<FeatureExtractor>()?;
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(check_parity, m)?)?;

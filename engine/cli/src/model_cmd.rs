@@ -425,7 +425,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         Some(_) => anyhow::bail!("--decisions needs rules (--rules FILE or [rules] path)"),
         None => None,
     };
-    let mut report = crate::rules_cmd::Report::default();
+    let mut report = gatewatch_pipeline::backtest::BacktestCollector::default();
     let mut rejects = Rejects::new(a.rejects.as_deref())?;
     let mut summary = Summary::default();
     let mut alerts_out = match &a.alerts {
@@ -629,7 +629,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         ));
     }
     if let (Some(src), Some(d)) = (&rules_source, session.decider()) {
-        e.push_str(&report.text(d, src));
+        e.push_str(&crate::rules_cmd::report_text(&report.finish(d), src));
     }
     say_raw!("{e}");
     Ok(())

@@ -7,6 +7,8 @@
 //! - [`features_frame`]: every event's point-in-time features, computed by the same
 //!   [`FeatureEngine`] as `gatewatch features`, as a DataFrame.
 //! - [`scores_frame`]: every event scored by a model folder, as `gatewatch score` does.
+//! - [`decide_frame`]: the same, decided by mitigation rules, as `gatewatch score --rules`
+//!   and `gatewatch backtest` do.
 //!
 //! Event columns: `ts`, `client_ip`, `method`, `path` and `status` are required; `host`,
 //! `req_bytes`, `resp_bytes`, `latency_ms`, `user_agent`, `headers` (a struct of string
@@ -31,6 +33,6 @@ pub use gatewatch_event::FileFormat;
 pub use io::{TableWriter, scan_log, write_table};
 pub use rows::{RowError, for_each_event_in_time_order, frame_to_events};
 pub use run::{
-    alerts_ndjson, append_columns, collect_peaks, feature_rows, features_frame, scores_frame,
-    service_scores,
+    Decided, alerts_ndjson, append_columns, collect_peaks, decide_frame, feature_rows,
+    features_frame, scores_frame, service_scores,
 };

@@ -167,9 +167,86 @@ pub fn scores_frame(
     reasons: usize,
     batch: usize,
 ) -> Result<DataFrame> {
+    Ok(scored(cfg, scorer, df, reasons, batch, None)?.0)
+}
+
+/// What [`decide_frame`] answers: the scores frame with the decision columns, the decision
+/// records as NDJSON (the lines `gatewatch score --decisions` writes), and the back-test
+/// figures (`gatewatch backtest`'s).
+pub type Decided = (DataFrame, String, gatewatch_pipeline::backtest::Backtest);
+
+/// Every event scored by `scorer` and decided by the rules `rules_text` (a rules file's
+/// text, compiled against the model's features and detectors), as `gatewatch score --rules`
+/// does: the columns of [`scores_frame`], then `decision_id`, `decision_rule`,
+/// `decision_action`, `decision_scope`, `decision_value`, `decision_mode`, `decision_until`
+/// (RFC 3339) and `decision_new` — the strongest decision covering each request, null where
+/// none does.
+pub fn decide_frame(
+    cfg: &Config,
+    scorer: &mut Scorer,
+    rules_text: &str,
+    df: &DataFrame,
+    reasons: usize,
+    batch: usize,
+) -> Result<Decided> {
+    let registry = gatewatch_features::Registry::new(&cfg.features);
+    let schema = gatewatch_pipeline::rules_schema(&registry, Some(scorer));
+    let rules = gatewatch_pipeline::rules::Rules::parse(rules_text, &schema)
+        .map_err(|e| FrameError::Model(e.to_string()))?;
+    let decider = gatewatch_pipeline::rules::Decider::new(std::sync::Arc::new(rules));
+    let (frame, decided) = scored(cfg, scorer, df, reasons, batch, Some(decider))?;
+    let (text, backtest) = decided.expect("a run with rules decides");
+    Ok((frame, text, backtest))
+}
+
+/// The decision columns of a run with rules.
+#[derive(Default)]
+struct DecisionColumns {
+    id: Vec<Option<u64>>,
+    text: [Vec<Option<String>>; 6],
+    new: Vec<Option<bool>>,
+}
+
+impl DecisionColumns {
+    fn add(&mut self, out: &Output) {
+        for i in 0..out.len() {
+            let v = out.verdict(i).map(gatewatch_pipeline::VerdictRecord::from);
+            self.id.push(v.as_ref().map(|v| v.id));
+            self.new.push(v.as_ref().map(|v| v.new));
+            let fields = v.map(|v| [v.rule, v.action, v.scope, v.value, v.mode, v.until]);
+            for (k, col) in self.text.iter_mut().enumerate() {
+                col.push(fields.as_ref().map(|f| f[k].clone()));
+            }
+        }
+    }
+
+    fn columns(self) -> Vec<Column> {
+        let names = ["rule", "action", "scope", "value", "mode", "until"];
+        let mut cols = vec![Column::new("decision_id".into(), self.id)];
+        for (n, v) in names.iter().zip(self.text) {
+            cols.push(Column::new(format!("decision_{n}").into(), v));
+        }
+        cols.push(Column::new("decision_new".into(), self.new));
+        cols
+    }
+}
+
+fn scored(
+    cfg: &Config,
+    scorer: &mut Scorer,
+    df: &DataFrame,
+    reasons: usize,
+    batch: usize,
+    rules: Option<gatewatch_pipeline::rules::Decider>,
+) -> Result<(
+    DataFrame,
+    Option<(String, gatewatch_pipeline::backtest::Backtest)>,
+)> {
     let members: Vec<String> = scorer.members.iter().map(|m| m.name.clone()).collect();
     let value_names = gatewatch_pipeline::schema::score_value_columns(scorer);
+    let with_rules = rules.is_some();
     let mut session = session_for(cfg, Some(scorer), SessionOptions { batch, reasons })?;
+    session.set_rules(rules);
     let k = members.len();
     let mut score = Vec::new();
     let mut surprisal = Vec::new();
@@ -177,6 +254,9 @@ pub fn scores_frame(
     let mut flagged = Vec::new();
     let mut why = Vec::new();
     let mut keys = Keys::with_capacity(df.height());
+    let mut decisions = DecisionColumns::default();
+    let mut changes = String::new();
+    let mut backtest = gatewatch_pipeline::backtest::BacktestCollector::default();
     run(&mut session, df, |out| {
         keys.add(out);
         let s = out.scores().expect("a session with a model scores");
@@ -189,6 +269,13 @@ pub fn scores_frame(
             gatewatch_pipeline::write_reasons_json(&mut text, &members[s.decided_by[i]], rs);
             why.push(text);
         }
+        if with_rules {
+            decisions.add(out);
+            changes.push_str(&gatewatch_pipeline::schema::decisions_ndjson(
+                out.decisions(),
+            ));
+            backtest.add(out);
+        }
         Ok(())
     })?;
     let n = keys.rows.len();
@@ -199,7 +286,14 @@ pub fn scores_frame(
     }
     keep.push(Column::new("flagged".into(), flagged));
     keep.push(Column::new("reasons".into(), why));
-    Ok(DataFrame::new(n, keep)?)
+    let decided = match session.decider() {
+        Some(d) => {
+            keep.extend(decisions.columns());
+            Some((changes, backtest.finish(d)))
+        }
+        None => None,
+    };
+    Ok((DataFrame::new(n, keep)?, decided))
 }
 
 /// Scores of the frame's events through the service's own path: the events written as

@@ -23,6 +23,7 @@
 //! exactly those, and the table writers and frames use the same column names
 //! ([`schema::feature_columns`], [`schema::score_columns`]).
 
+pub mod backtest;
 mod lines;
 mod ndjson;
 mod output;

@@ -13,12 +13,15 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 
-use gatewatch_event::write_rfc3339_ms;
+use gatewatch_event::{write_json_str, write_rfc3339_ms};
 use gatewatch_pipeline::rules::{Action, Change, Decision, DecisionEvent, KeyScope, Mode};
-use serde_json::{Value, json};
 
 /// Decision changes kept for the stream's cursors.
 pub const KEEP_CHANGES: usize = 100_000;
+
+/// Bouncer keys with a stream cursor at most (beyond, every cursor starts over: those
+/// bouncers get the full list once).
+pub const MAX_BOUNCERS: usize = 10_000;
 
 /// Decisions answered by one `GET /v1/decisions` at most (`limit` may ask for fewer).
 pub const MAX_PAGE: usize = 10_000;
@@ -63,22 +66,44 @@ pub fn go_duration(ms: i64) -> String {
     out
 }
 
-/// A decision as CrowdSec's API writes one; `now_ms` is the event time its duration counts
-/// from.
-pub fn crowdsec_json(d: &Decision, now_ms: i64) -> Value {
-    let mut until = String::new();
-    write_rfc3339_ms(d.until_ms, &mut until);
-    json!({
-        "id": d.id,
-        "origin": "gatewatch",
-        "type": crowdsec_type(d.action).unwrap_or("log"),
-        "scope": d.scope.as_str(),
-        "value": d.value,
-        "duration": go_duration(d.until_ms - now_ms),
-        "until": until,
-        "scenario": d.rule,
-        "simulated": d.mode == Mode::Shadow,
-    })
+/// A decision as CrowdSec's API writes one, appended to `out`; `duration_ms` is what its
+/// `duration` says (from the event time now to its end; negative for a deleted one).
+pub fn write_crowdsec(d: &Decision, duration_ms: i64, out: &mut String) {
+    out.push_str("{\"id\":");
+    out.push_str(itoa::Buffer::new().format(d.id));
+    out.push_str(",\"origin\":\"gatewatch\",\"type\":\"");
+    out.push_str(crowdsec_type(d.action).unwrap_or("log"));
+    out.push_str("\",\"scope\":");
+    write_json_str(out, d.scope.as_str());
+    out.push_str(",\"value\":");
+    write_json_str(out, &d.value);
+    out.push_str(",\"duration\":\"");
+    out.push_str(&go_duration(duration_ms));
+    out.push_str("\",\"until\":\"");
+    write_rfc3339_ms(d.until_ms, out);
+    out.push_str("\",\"scenario\":");
+    write_json_str(out, &d.rule);
+    out.push_str(",\"simulated\":");
+    out.push_str(if d.mode == Mode::Shadow {
+        "true}"
+    } else {
+        "false}"
+    });
+}
+
+/// A JSON array of decisions, or `null` when there are none (as CrowdSec answers, and
+/// bouncers expect).
+fn write_list<'a>(items: impl Iterator<Item = (&'a Decision, i64)>, out: &mut String) {
+    let start = out.len();
+    for (d, duration) in items {
+        out.push(if out.len() == start { '[' } else { ',' });
+        write_crowdsec(d, duration, out);
+    }
+    if out.len() == start {
+        out.push_str("null");
+    } else {
+        out.push(']');
+    }
 }
 
 /// One served change.
@@ -93,6 +118,10 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Feed {
     active: BTreeMap<u64, Decision>,
+    /// Active `Ip` decisions by address, and the ids of the active `Range` ones: an `ip`
+    /// lookup (what a live-mode bouncer sends per request) reads these, not every decision.
+    by_ip: HashMap<IpAddr, Vec<u64>>,
+    ranges: BTreeMap<u64, (IpAddr, u8)>,
     log: VecDeque<Entry>,
     seq: u64,
     cursors: HashMap<String, u64>,
@@ -277,18 +306,18 @@ impl Feed {
             if !served(d) {
                 // An escalation can turn a served decision into one that is not (never
                 // with the built-in actions' order, but a ladder may say so).
-                if self.active.remove(&d.id).is_some() {
+                if self.remove(d.id).is_some() {
                     self.push(true, d.clone());
                 }
                 continue;
             }
             match e.change {
                 Change::New | Change::Escalate => {
-                    self.active.insert(d.id, d.clone());
+                    self.insert(d.clone());
                     self.push(false, d.clone());
                 }
                 Change::Expire => {
-                    if self.active.remove(&d.id).is_some() {
+                    if self.remove(d.id).is_some() {
                         self.push(true, d.clone());
                     }
                 }
@@ -300,9 +329,43 @@ impl Feed {
     /// Starts from saved decisions (a restart): the active served ones.
     pub fn restore<'a>(&mut self, decisions: impl IntoIterator<Item = &'a Decision>, now_ms: i64) {
         for d in decisions.into_iter().filter(|d| served(d)) {
-            self.active.insert(d.id, d.clone());
+            self.insert(d.clone());
         }
         self.now_ms = now_ms;
+    }
+
+    fn insert(&mut self, d: Decision) {
+        match d.scope {
+            KeyScope::Ip => {
+                if let Ok(a) = d.value.parse::<IpAddr>() {
+                    let ids = self.by_ip.entry(a).or_default();
+                    if !ids.contains(&d.id) {
+                        ids.push(d.id);
+                    }
+                }
+            }
+            KeyScope::Range => {
+                if let Some(r) = parse_cidr(&d.value) {
+                    self.ranges.insert(d.id, r);
+                }
+            }
+            _ => {}
+        }
+        self.active.insert(d.id, d);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Decision> {
+        let d = self.active.remove(&id)?;
+        if let Ok(a) = d.value.parse::<IpAddr>()
+            && let Some(ids) = self.by_ip.get_mut(&a)
+        {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.by_ip.remove(&a);
+            }
+        }
+        self.ranges.remove(&id);
+        Some(d)
     }
 
     fn push(&mut self, deleted: bool, decision: Decision) {
@@ -327,70 +390,88 @@ impl Feed {
         self.active.is_empty()
     }
 
-    /// `GET /v1/decisions`: the matching active decisions, `null` when there are none (as
-    /// CrowdSec answers, and bouncers expect).
-    pub fn list(&self, f: &Filter) -> Value {
+    /// `GET /v1/decisions`: the matching active decisions as JSON, `null` when there are
+    /// none (as CrowdSec answers, and bouncers expect).
+    pub fn list(&self, f: &Filter) -> String {
         let limit = f.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-        let items: Vec<Value> = self
-            .active
-            .values()
-            .filter(|d| f.accepts(d))
-            .skip(f.offset)
-            .take(limit)
-            .map(|d| crowdsec_json(d, self.now_ms))
-            .collect();
-        if items.is_empty() {
-            Value::Null
-        } else {
-            Value::Array(items)
-        }
+        let candidates: Box<dyn Iterator<Item = &Decision>> = match f.ip {
+            // An address: its own decisions and the ranges', in id order.
+            Some(ip) => {
+                let mut ids: Vec<u64> = self.by_ip.get(&ip).cloned().unwrap_or_default();
+                ids.extend(
+                    self.ranges
+                        .iter()
+                        .filter(|(_, r)| in_range(ip, **r))
+                        .map(|(id, _)| *id),
+                );
+                ids.sort_unstable();
+                Box::new(ids.into_iter().filter_map(|id| self.active.get(&id)))
+            }
+            None => Box::new(self.active.values()),
+        };
+        let mut out = String::new();
+        write_list(
+            candidates
+                .filter(|d| f.accepts(d))
+                .skip(f.offset)
+                .take(limit)
+                .map(|d| (d, d.until_ms - self.now_ms)),
+            &mut out,
+        );
+        out
     }
 
-    /// `GET /v1/decisions/stream` for bouncer `key`: everything at startup (or when its
-    /// cursor fell off the log), else the changes since its last poll. `scopes` narrows to
-    /// those scopes (case-insensitive) when given.
-    pub fn stream(&mut self, key: &str, startup: bool, scopes: Option<&[String]>) -> Value {
+    /// `GET /v1/decisions/stream` for bouncer `key`, as JSON: everything at startup (or
+    /// when its cursor fell off the log), else the changes since its last poll. `scopes`
+    /// narrows to those scopes (case-insensitive) when given.
+    pub fn stream(&mut self, key: &str, startup: bool, scopes: Option<&[String]>) -> String {
         let in_scope = |d: &Decision| {
             scopes.is_none_or(|s| s.iter().any(|x| d.scope.as_str().eq_ignore_ascii_case(x)))
         };
         let cursor = self.cursors.get(key).copied();
         let oldest = self.log.front().map_or(self.seq + 1, |e| e.seq);
         let full = startup || cursor.is_none_or(|c| c + 1 < oldest);
+        if !self.cursors.contains_key(key) && self.cursors.len() >= MAX_BOUNCERS {
+            self.cursors.clear();
+        }
         self.cursors.insert(key.to_string(), self.seq);
-        let list = |v: Vec<Value>| {
-            if v.is_empty() {
-                Value::Null
-            } else {
-                Value::Array(v)
-            }
-        };
+        let now = self.now_ms;
+        let mut out = String::from("{\"new\":");
         if full {
-            let new: Vec<Value> = self
-                .active
-                .values()
-                .filter(|d| in_scope(d))
-                .map(|d| crowdsec_json(d, self.now_ms))
-                .collect();
-            return json!({ "new": list(new), "deleted": Value::Null });
+            write_list(
+                self.active
+                    .values()
+                    .filter(|d| in_scope(d))
+                    .map(|d| (d, d.until_ms - now)),
+                &mut out,
+            );
+            out.push_str(",\"deleted\":null}");
+            return out;
         }
         let since = cursor.unwrap_or(0);
-        // The last change of each decision since the cursor decides where it goes.
+        // The log is in sequence order: start at the first change after the cursor. The
+        // last change of each decision since then decides where it goes.
+        let first = self.log.partition_point(|e| e.seq <= since);
         let mut last: BTreeMap<u64, &Entry> = BTreeMap::new();
-        for e in self.log.iter().filter(|e| e.seq > since) {
+        for e in self.log.range(first..) {
             last.insert(e.decision.id, e);
         }
-        let (mut new, mut deleted) = (Vec::new(), Vec::new());
-        for e in last.values().filter(|e| in_scope(&e.decision)) {
-            if e.deleted {
-                let mut v = crowdsec_json(&e.decision, self.now_ms);
-                v["duration"] =
-                    Value::String(go_duration((e.decision.until_ms - self.now_ms).min(0) - 1));
-                deleted.push(v);
-            } else {
-                new.push(crowdsec_json(&e.decision, self.now_ms));
-            }
-        }
-        json!({ "new": list(new), "deleted": list(deleted) })
+        let scoped = || last.values().filter(|e| in_scope(&e.decision));
+        write_list(
+            scoped()
+                .filter(|e| !e.deleted)
+                .map(|e| (&e.decision, e.decision.until_ms - now)),
+            &mut out,
+        );
+        out.push_str(",\"deleted\":");
+        write_list(
+            scoped()
+                .filter(|e| e.deleted)
+                .map(|e| (&e.decision, (e.decision.until_ms - now).min(0) - 1)),
+            &mut out,
+        );
+        out.push('}');
+        out
     }
 }
 
@@ -398,6 +479,11 @@ impl Feed {
 mod tests {
     use super::*;
     use gatewatch_pipeline::rules::RateLimit;
+    use serde_json::{Value, json};
+
+    fn parse(s: String) -> Value {
+        serde_json::from_str(&s).unwrap()
+    }
 
     fn decision(id: u64, value: &str, action: Action, mode: Mode) -> Decision {
         Decision {
@@ -467,12 +553,12 @@ mod tests {
             0,
         );
         assert_eq!(f.len(), 2);
-        let all = f.list(&Filter::default());
+        let all = parse(f.list(&Filter::default()));
         assert_eq!(all.as_array().unwrap().len(), 2);
         assert_eq!(all[0]["type"], "ban");
         assert_eq!(all[0]["duration"], "10m0s");
         assert_eq!(all[1]["type"], "captcha");
-        let q = |s: &str| f.list(&Filter::parse(s).unwrap());
+        let q = |s: &str| parse(f.list(&Filter::parse(s).unwrap()));
         assert_eq!(q("ip=198.51.100.20")[0]["id"], 4);
         assert_eq!(q("ip=203.0.113.7")[0]["id"], 1);
         assert_eq!(q("ip=203.0.113.8"), Value::Null);
@@ -490,12 +576,12 @@ mod tests {
         let mut f = Feed::default();
         let d1 = decision(1, "203.0.113.7", Action::Challenge, Mode::Enforce);
         f.apply(&[ev(Change::New, d1.clone())], 0);
-        let s = f.stream("a", true, None);
+        let s = parse(f.stream("a", true, None));
         assert_eq!(s["new"][0]["id"], 1);
         assert_eq!(s["deleted"], Value::Null);
         // Nothing changed: nothing sent.
         assert_eq!(
-            f.stream("a", false, None),
+            parse(f.stream("a", false, None)),
             json!({"new": null, "deleted": null})
         );
         // An escalation is a new entry with the same id; a second bouncer starts fresh.
@@ -506,10 +592,10 @@ mod tests {
             &[ev(Change::Escalate, d1b), ev(Change::New, d2.clone())],
             1_000,
         );
-        let s = f.stream("a", false, None);
+        let s = parse(f.stream("a", false, None));
         assert_eq!(s["new"].as_array().unwrap().len(), 2);
         assert_eq!(s["new"][0]["type"], "ban");
-        let b = f.stream("b", false, None);
+        let b = parse(f.stream("b", false, None));
         assert_eq!(b["new"].as_array().unwrap().len(), 2);
         // An expiry is a deletion with a negative duration; started-and-ended in between
         // is sent as deleted only.
@@ -522,14 +608,14 @@ mod tests {
             ],
             700_000,
         );
-        let s = f.stream("a", false, None);
+        let s = parse(f.stream("a", false, None));
         assert_eq!(s["new"], Value::Null);
         let del = s["deleted"].as_array().unwrap();
         assert_eq!(del.len(), 2);
         assert!(del[0]["duration"].as_str().unwrap().starts_with('-'));
         // Scopes narrow.
         assert_eq!(
-            f.stream("c", true, Some(&["range".to_string()])),
+            parse(f.stream("c", true, Some(&["range".to_string()]))),
             json!({"new": null, "deleted": null})
         );
     }

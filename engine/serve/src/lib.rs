@@ -377,7 +377,7 @@ impl Service {
         } else {
             feed.list(&filter)
         };
-        (200, body.to_string())
+        (200, body)
     }
 
     /// Loads the model folder again and, once it has loaded and been checked in full,

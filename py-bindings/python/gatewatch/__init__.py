@@ -28,6 +28,7 @@ from gatewatch._frames import (
 )
 from gatewatch._models import Baseline, Model, check_parity, export_model
 from gatewatch._native import ConfigError, DataError, GatewatchError, ModelError
+from gatewatch._rules import Rules
 from gatewatch._univariate import EwmaDetector, RelativeEntropyDetector
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Model",
     "ModelError",
     "RelativeEntropyDetector",
+    "Rules",
     "__version__",
     "check_parity",
     "export_model",
