@@ -107,8 +107,8 @@ pub fn report_text(b: &Backtest, source: &str) -> String {
                 share(l.rate_limit),
                 share(l.log),
                 share(l.shadow),
-                count(l.clients_stopped, l.exact),
-                count(l.clients, l.exact),
+                count(l.clients_stopped, l.stopped_exact),
+                count(l.clients, l.clients_exact),
             ));
         }
         if let Some(n) = b.labels.iter().find(|l| l.label == "normal") {
@@ -117,7 +117,7 @@ pub fn report_text(b: &Backtest, source: &str) -> String {
                 "    normal requests blocked or challenged: {hit} of {} ({:.2}%), {} clients\n",
                 n.requests,
                 100.0 * hit as f64 / n.requests.max(1) as f64,
-                count(n.clients_stopped, n.exact)
+                count(n.clients_stopped, n.stopped_exact)
             ));
         }
         let attack: Vec<&str> = {

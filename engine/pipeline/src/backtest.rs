@@ -84,8 +84,10 @@ pub struct LabelRow {
     pub clients: u64,
     /// Clients with a request under an enforced challenge or block.
     pub clients_stopped: u64,
-    /// Whether the client counts are exact.
-    pub exact: bool,
+    /// Whether `clients` is exact (an estimate beyond the exact range).
+    pub clients_exact: bool,
+    /// Whether `clients_stopped` is exact.
+    pub stopped_exact: bool,
 }
 
 /// A rule's share of a label's requests.
@@ -253,7 +255,8 @@ impl BacktestCollector {
                 shadow: a.shadow,
                 clients: a.clients.count(),
                 clients_stopped: a.stopped.count(),
-                exact: a.clients.is_exact() && a.stopped.is_exact(),
+                clients_exact: a.clients.is_exact(),
+                stopped_exact: a.stopped.is_exact(),
             })
             .collect();
         let mut coverage = Vec::new();

@@ -189,7 +189,8 @@ class Rules:
                     "shadow": pl.Int64,
                     "clients": pl.Int64,
                     "clients_stopped": pl.Int64,
-                    "exact": pl.Boolean,
+                    "clients_exact": pl.Boolean,
+                    "stopped_exact": pl.Boolean,
                 },
             ),
             "coverage": pl.DataFrame(
