@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("snapshot", snapshot),
     ("model", model),
     ("config", config),
+    ("rules", rules),
 ];
 
 static KEYS: LazyLock<ClientKeyExtractor> = LazyLock::new(|| {
@@ -301,4 +302,54 @@ pub fn config(data: &[u8]) {
             let _ = FeatureEngine::new(&cfg);
         }
     }
+}
+
+/// A rules file: compiled against the default features and two detectors, or refused; a
+/// compiled one decides a few requests (values at the edges, text with odd bytes).
+pub fn rules(data: &[u8]) {
+    use gatewatch_pipeline::rules::{Decider, Input, RequestView, Rules, Schema, ScoreView};
+    let schema = Schema {
+        features: REGISTRY.names().map(String::from).collect(),
+        detectors: vec!["robust".into(), "volumetric".into()],
+    };
+    let Ok(rules) = Rules::parse(&text(data), &schema) else {
+        return;
+    };
+    let mut d = Decider::new(std::sync::Arc::new(rules));
+    let mut events = Vec::new();
+    let width = schema.features.len();
+    for (k, v) in [0.0, -1.0, 1e308, f64::NAN, f64::INFINITY]
+        .into_iter()
+        .enumerate()
+    {
+        let features = vec![v; width];
+        let input = Input {
+            request: RequestView {
+                ts_ms: k as i64 * 60_000,
+                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, k as u8)),
+                method: "POST",
+                host: "h\u{0}\u{ffff}",
+                path: "/v1/login/%ff",
+                query: "a=1&b",
+                endpoint: "POST h/v1/login",
+                status: [200, 401, 0, 999, 404][k],
+                client: "jwt:\u{7f}",
+                client_kind: "jwt",
+                user_agent: "((",
+                headers: &[("x-api-key", "k"), ("", "")],
+                asn: "",
+                country: "NL",
+                ja4: "",
+            },
+            features: &features,
+            score: Some(ScoreView {
+                overall: v,
+                surprisal: v,
+                flagged: k % 2 == 0,
+                members: &[v, v],
+            }),
+        };
+        let _ = d.observe(&input, &|| vec!["f".into()], &mut events);
+    }
+    assert_eq!(d.stats().requests, 5);
 }
