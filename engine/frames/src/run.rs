@@ -133,6 +133,17 @@ fn scoring_failed(e: gatewatch_pipeline::SessionError) -> FrameError {
 pub(crate) fn run<S: BorrowMut<Scorer>>(
     session: &mut Session<S>,
     df: &DataFrame,
+    each: impl FnMut(&Output) -> Result<()>,
+) -> Result<()> {
+    run_tagged(session, df, false, each)
+}
+
+/// [`run`], with the rows' `id` and `label` carried in the events when `tags` (what the
+/// back-test of rules reads per record).
+fn run_tagged<S: BorrowMut<Scorer>>(
+    session: &mut Session<S>,
+    df: &DataFrame,
+    tags: bool,
     mut each: impl FnMut(&Output) -> Result<()>,
 ) -> Result<()> {
     let mut batch = Output::default();
@@ -145,7 +156,7 @@ pub(crate) fn run<S: BorrowMut<Scorer>>(
         }
         Ok(())
     };
-    for_each_event_in_time_order(df, false, |row, e| {
+    for_each_event_in_time_order(df, tags, |row, e| {
         session.push(Position::row(row as u64), e?);
         deliver(session, false)
     })?;
@@ -257,7 +268,7 @@ fn scored(
     let mut decisions = DecisionColumns::default();
     let mut changes = String::new();
     let mut backtest = gatewatch_pipeline::backtest::BacktestCollector::default();
-    run(&mut session, df, |out| {
+    run_tagged(&mut session, df, with_rules, |out| {
         keys.add(out);
         let s = out.scores().expect("a session with a model scores");
         score.extend_from_slice(&s.score);

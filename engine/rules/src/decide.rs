@@ -144,6 +144,16 @@ struct Strikes {
 
 type Slot = (Arc<str>, KeyScope, Box<str>);
 
+/// A borrowed `(scope, value)` key: looks up `by_key` without building its owned key.
+#[derive(Hash)]
+struct KeyRef<'a>(KeyScope, &'a str);
+
+impl hashbrown::Equivalent<(KeyScope, Box<str>)> for KeyRef<'_> {
+    fn equivalent(&self, key: &(KeyScope, Box<str>)) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
+
 /// The decider's state as saved: decisions, past offences and the next id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedState {
@@ -455,11 +465,12 @@ impl Decider {
             return None;
         }
         let mut best: Option<&Decision> = None;
+        let mut value = String::new();
         for spec in &self.rules.key_specs {
-            let Some((scope, value)) = spec.key(&input.request) else {
+            let Some(scope) = spec.key_into(&input.request, &mut value) else {
                 continue;
             };
-            let Some(ids) = self.by_key.get(&(scope, Box::<str>::from(value))) else {
+            let Some(ids) = self.by_key.get(&KeyRef(scope, &value)) else {
                 continue;
             };
             for d in ids.iter().filter_map(|id| self.active.get(id)) {

@@ -176,6 +176,8 @@ enum Test {
     },
     /// A numeric field in a list of number literals.
     NumIn { field: Field, values: Vec<f64> },
+    /// Any of several native tests (`a || b`).
+    Any(Vec<Test>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,8 +496,37 @@ fn is_text(f: Field) -> Option<ReqField> {
     }
 }
 
-/// The conjunct `e` as a native test, when it is a simple one.
+/// The disjuncts of `e` (`a || b || c` → `[a, b, c]`).
+fn disjuncts<'e>(e: &'e IdedExpr, out: &mut Vec<&'e IdedExpr>) {
+    if let Expr::Call(c) = &e.expr
+        && c.func_name == "_||_"
+        && c.target.is_none()
+        && c.args.len() == 2
+    {
+        disjuncts(&c.args[0], out);
+        disjuncts(&c.args[1], out);
+    } else {
+        out.push(e);
+    }
+}
+
+/// The conjunct `e` as a native test, when it is a simple one or a disjunction of simple
+/// ones.
 fn native(e: &IdedExpr, schema: &Schema) -> Option<Test> {
+    let mut parts = Vec::new();
+    disjuncts(e, &mut parts);
+    if parts.len() > 1 {
+        return parts
+            .into_iter()
+            .map(|p| simple(p, schema))
+            .collect::<Option<Vec<_>>>()
+            .map(Test::Any);
+    }
+    simple(e, schema)
+}
+
+/// `e` as a native test, when it is a simple one.
+fn simple(e: &IdedExpr, schema: &Schema) -> Option<Test> {
     if let Some(Field::Score(ScoreField::Flagged)) = as_field(e, schema) {
         return Some(Test::Flagged(true));
     }
@@ -765,6 +796,7 @@ impl Test {
                 let x = input.number(*field);
                 values.contains(&x)
             }
+            Self::Any(tests) => tests.iter().any(|t| t.eval(input)),
         }
     }
 }

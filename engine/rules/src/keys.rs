@@ -175,42 +175,61 @@ impl KeySpec {
         }
     }
 
-    /// The key of `r`: its scope and value; `None` when the request has no such field.
-    pub fn key(self, r: &RequestView<'_>) -> Option<(KeyScope, String)> {
-        let text = |scope, v: &str| (!v.is_empty()).then(|| (scope, v.to_string()));
+    /// The key of `r` with its value written into `buf` (cleared first): its scope, `None`
+    /// when the request has no such field. Allocates nothing once `buf` has grown.
+    pub fn key_into(self, r: &RequestView<'_>, buf: &mut String) -> Option<KeyScope> {
+        use std::fmt::Write as _;
+        buf.clear();
+        let text = |scope, v: &str, buf: &mut String| {
+            buf.push_str(v);
+            (!v.is_empty()).then_some(scope)
+        };
         match self {
             Self::Client => match r.client.strip_prefix("ip:") {
-                Some(addr) => text(KeyScope::Ip, addr),
-                None => text(KeyScope::Client, r.client),
+                Some(addr) => text(KeyScope::Ip, addr, buf),
+                None => text(KeyScope::Client, r.client, buf),
             },
-            Self::Ip => Some((KeyScope::Ip, r.ip.to_string())),
-            Self::Range { v4, v6 } => Some((KeyScope::Range, range(r.ip, v4, v6))),
-            Self::Endpoint => text(KeyScope::Endpoint, r.endpoint),
-            Self::EndpointClient => Some((
-                KeyScope::EndpointClient,
-                format!("{}@{}", r.client, r.endpoint),
-            )),
+            Self::Ip => {
+                let _ = write!(buf, "{}", r.ip);
+                Some(KeyScope::Ip)
+            }
+            Self::Range { v4, v6 } => {
+                write_range(r.ip, v4, v6, buf);
+                Some(KeyScope::Range)
+            }
+            Self::Endpoint => text(KeyScope::Endpoint, r.endpoint, buf),
+            Self::EndpointClient => {
+                let _ = write!(buf, "{}@{}", r.client, r.endpoint);
+                Some(KeyScope::EndpointClient)
+            }
             Self::Field(f) => match f {
-                KeyField::Asn => text(KeyScope::As, r.asn),
-                KeyField::Country => text(KeyScope::Country, r.country),
-                KeyField::UserAgent => text(KeyScope::UserAgent, r.user_agent),
-                KeyField::Ja4 => text(KeyScope::Ja4, r.ja4),
-                KeyField::Host => text(KeyScope::Host, r.host),
+                KeyField::Asn => text(KeyScope::As, r.asn, buf),
+                KeyField::Country => text(KeyScope::Country, r.country, buf),
+                KeyField::UserAgent => text(KeyScope::UserAgent, r.user_agent, buf),
+                KeyField::Ja4 => text(KeyScope::Ja4, r.ja4, buf),
+                KeyField::Host => text(KeyScope::Host, r.host, buf),
             },
         }
     }
+
+    /// The key of `r`: its scope and value; `None` when the request has no such field.
+    pub fn key(self, r: &RequestView<'_>) -> Option<(KeyScope, String)> {
+        let mut value = String::new();
+        self.key_into(r, &mut value).map(|scope| (scope, value))
+    }
 }
 
-/// The range of `ip` as `network/prefix` text.
-pub(crate) fn range(ip: IpAddr, v4: u8, v6: u8) -> String {
-    match ip {
+/// Writes the range of `ip` as `network/prefix` text.
+fn write_range(ip: IpAddr, v4: u8, v6: u8, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = match ip {
         IpAddr::V4(a) => {
             let mask = if v4 == 0 {
                 0
             } else {
                 u32::MAX << (32 - u32::from(v4))
             };
-            format!("{}/{v4}", Ipv4Addr::from(u32::from(a) & mask))
+            write!(out, "{}/{v4}", Ipv4Addr::from(u32::from(a) & mask))
         }
         IpAddr::V6(a) => {
             let mask = if v6 == 0 {
@@ -218,7 +237,7 @@ pub(crate) fn range(ip: IpAddr, v4: u8, v6: u8) -> String {
             } else {
                 u128::MAX << (128 - u32::from(v6))
             };
-            format!("{}/{v6}", Ipv6Addr::from(u128::from(a) & mask))
+            write!(out, "{}/{v6}", Ipv6Addr::from(u128::from(a) & mask))
         }
-    }
+    };
 }

@@ -492,12 +492,14 @@ proptest! {
     /// CEL, such as ordering a value that is not a number, does not hold).
     #[test]
     fn native_conjuncts_agree_with_the_interpreter(
-        parts in prop::collection::vec(part(), 1..4),
+        clauses in prop::collection::vec(prop::collection::vec(part(), 1..3), 1..4),
         values in prop::collection::vec(value(), 4),
         status in prop::sample::select(vec![200u16, 401, 404]),
         flagged in any::<bool>(),
         method in prop::sample::select(vec!["GET", "POST"]),
     ) {
+        // A conjunction of disjunctions of simple parts.
+        let parts: Vec<String> = clauses.iter().map(|c| format!("({})", c.join(" || "))).collect();
         let native = parts.join(" && ");
         let interpreted = parts.iter().map(|p| format!("(({p}) == true)")).collect::<Vec<_>>().join(" && ");
         let text = format!(

@@ -128,10 +128,11 @@ class Rules:
             pl.col("decision_until").str.to_datetime(time_unit="ms", time_zone="UTC"),
         )
 
-    def decisions(self, events: pl.DataFrame) -> pl.DataFrame:
+    def decisions(self, events: pl.DataFrame, reasons: int = 3) -> pl.DataFrame:
         """The decisions started, escalated and ended over the events, in order, as
-        ``gatewatch score --decisions`` writes them (one row per change)."""
-        _, text, _ = self._run(events, 0)
+        ``gatewatch score --decisions`` writes them (one row per change; ``reasons``: the
+        top reasons kept of the request that caused each, as ``score --reasons``)."""
+        _, text, _ = self._run(events, reasons)
         rows = [json.loads(line) for line in text.splitlines()]
         cols = {k: [r.get(k) for r in rows] for k in _DECISION_COLUMNS}
         for t in _TIMES:
