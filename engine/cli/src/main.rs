@@ -97,6 +97,16 @@ enum Command {
     /// rate-limited or logged, the normal requests blocked or challenged, and each rule's
     /// share of each label's requests.
     Backtest(BacktestArgs),
+    /// Recommend per-endpoint rate limits from a log: per endpoint, the p50 / p90 / p99 of
+    /// each client's peak requests per minute, with 95% intervals, the clients seen, a
+    /// confidence and a recommended limit (the p99's upper bound).
+    ///
+    /// Endpoints with fewer than `--min-sessions` distinct clients get no limit of their own
+    /// (following Cloudflare's volumetric abuse detection: no recommendation without enough
+    /// sessions). `--rules-out FILE` writes the limits as rules (log mode by default): load
+    /// them with `score --rules` or `backtest` to see whom they would catch, then move them
+    /// to `rate_limit`.
+    RecommendLimits(RecommendArgs),
     /// Run the stream scoring service: HTTP ingest, health, readiness, metrics, snapshots.
     ///
     /// `POST /v1/events` takes an NDJSON body of events and answers their score records
@@ -236,6 +246,30 @@ struct ScoreArgs {
     /// escalated, ended).
     #[arg(long)]
     decisions: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RecommendArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Only events with this label (for example `normal` on a labelled log).
+    #[arg(long)]
+    label: Option<String>,
+    /// Fewest distinct clients an endpoint needs for a recommendation of its own.
+    #[arg(long, default_value_t = 30)]
+    min_sessions: usize,
+    /// Endpoints listed.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Write the recommended limits as rules (TOML) to this file.
+    #[arg(long)]
+    rules_out: Option<PathBuf>,
+    /// The action of the written rules (`log`, or `rate_limit` to enforce the limit).
+    #[arg(long, default_value = "log")]
+    action: String,
+    /// Write every rejected line as NDJSON to this file.
+    #[arg(long)]
+    rejects: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -381,6 +415,7 @@ fn main() -> ExitCode {
         Command::Features(a) => features_cmd::run(a),
         Command::Train(a) => model_cmd::train(a),
         Command::Score(a) => model_cmd::score(a),
+        Command::RecommendLimits(a) => rules_cmd::recommend_limits(a),
         Command::Backtest(b) => model_cmd::score(ScoreArgs {
             input: b.input,
             output: OutputArgs {

@@ -222,7 +222,7 @@ fn q(x: &gatewatch_models::volumetric::Quantile) -> String {
 }
 
 /// The rate-limit recommendations as a text table.
-fn limits_table(l: &gatewatch_models::volumetric::Limits, top: usize) -> String {
+pub fn limits_table(l: &gatewatch_models::volumetric::Limits, top: usize) -> String {
     let mut e = format!(
         "  per-client peak requests per minute, by endpoint (p50 / p90 / p99 with 95% intervals; endpoints with fewer than {} clients use the pooled row):\n",
         l.min_sessions
@@ -244,7 +244,7 @@ fn limits_table(l: &gatewatch_models::volumetric::Limits, top: usize) -> String 
     }
     if l.endpoints.len() > top {
         e.push_str(&format!(
-            "    ({} more endpoints in limits.json)\n",
+            "    ({} more endpoints; all of them in the model's limits.json, or with --top)\n",
             l.endpoints.len() - top
         ));
     }

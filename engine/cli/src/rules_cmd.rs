@@ -157,3 +157,160 @@ pub fn report_text(b: &Backtest, source: &str) -> String {
     }
     e
 }
+
+/// `gatewatch recommend-limits`: per-endpoint peaks of the log's clients, their quantiles
+/// and recommended limits, optionally written as rules.
+pub fn recommend_limits(a: crate::RecommendArgs) -> Result<()> {
+    use gatewatch_features::FeatureEngine;
+    use gatewatch_models::{PeakCollector, volumetric};
+    use gatewatch_pipeline::SessionOptions;
+
+    let action = match a.action.as_str() {
+        "log" | "rate_limit" => a.action.clone(),
+        x => anyhow::bail!("--action: {x:?} is not log or rate_limit"),
+    };
+    let (settings, source) = crate::pipeline::setup(&a.input)?;
+    let engine = FeatureEngine::with_parts(&settings.engine, a.input.threads() as u32)?;
+    let registry = engine.registry().clone();
+    let count_at = registry
+        .index_of(volumetric::FEATURE)
+        .with_context(|| format!("the feature set has no {}", volumetric::FEATURE))?;
+    let mut session = Session::features_only(
+        engine,
+        SessionOptions {
+            batch: 1024,
+            reasons: 0,
+        },
+    );
+    let mut rejects = crate::pipeline::Rejects::new(a.rejects.as_deref())?;
+    let mut peaks = PeakCollector::default();
+    let mut events = 0u64;
+    let read = {
+        let consume = |batch: &mut Output| -> Result<()> {
+            for r in batch.records() {
+                if a.label.is_some() && r.label_text().as_deref() != a.label.as_deref() {
+                    continue;
+                }
+                events += 1;
+                peaks.add(r.endpoint, r.client, r.features[count_at]);
+            }
+            Ok(())
+        };
+        let mut delivery = crate::pipeline::Delivery::new(&mut rejects, consume);
+        crate::pipeline::drive(
+            source,
+            a.input.parsers(),
+            &mut session,
+            &mut delivery,
+            |_| {},
+        )?
+    };
+    rejects.finish()?;
+    let limits = peaks
+        .limits(a.min_sessions)
+        .context("recommending limits")?;
+    let mut e = format!(
+        "gatewatch recommend-limits: {events} events{}; {} rejected {}\n",
+        a.label
+            .as_deref()
+            .map_or_else(String::new, |l| format!(" labelled {l}")),
+        rejects.total(),
+        read.unit()
+    );
+    e.push_str(&crate::model_cmd::limits_table(&limits, a.top));
+    if let Some(path) = &a.rules_out {
+        let text = limit_rules(&limits, &action);
+        // What is written must load: checked against this feature set.
+        let schema = gatewatch_pipeline::rules_schema(&registry, None);
+        let n = Rules::parse(&text, &schema)
+            .context("the written rules do not compile")?
+            .len();
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        e.push_str(&format!(
+            "  {n} rules ({action}) written to {}\n",
+            path.display()
+        ));
+    }
+    say_raw!("{e}");
+    Ok(())
+}
+
+/// A text as a CEL single-quoted string literal.
+fn cel_string(s: &str) -> String {
+    let mut out = String::from("'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The recommended limits as a rules file: one rule per endpoint with a limit of its own,
+/// keyed by client on the endpoint, matching requests beyond the limit in the current
+/// minute (`endpoint_count_1m`); then one for every other endpoint at the pooled limit.
+fn limit_rules(l: &gatewatch_models::volumetric::Limits, action: &str) -> String {
+    let mut out = String::from(
+        "# Per-endpoint rate limits recommended by `gatewatch recommend-limits`: the upper 95%\n\
+         # bound of the p99 of each client's peak requests per minute on the endpoint.\n",
+    );
+    // A JSON string is a TOML basic string (the same escapes).
+    let toml_str = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    for (n, x) in l.endpoints.iter().enumerate() {
+        let Some(limit) = x.recommended else {
+            continue;
+        };
+        let limit = limit.ceil().max(1.0);
+        let when = format!(
+            "request.endpoint == {} && features.endpoint_count_1m > {limit:.0}.0",
+            cel_string(&x.endpoint)
+        );
+        out.push_str(&format!(
+            "\n[[rule]]\nid = \"limit-{:03}\"\ndescription = {}\nwhen = {}\naction = \"{action}\"\nkey = \"endpoint+client\"\nttl = \"1m\"\n",
+            n + 1,
+            toml_str(&format!(
+                "{}: {} clients, p99 peak {:.0}/min, confidence {}",
+                x.endpoint, x.sessions, x.p99.value, x.confidence
+            )),
+            toml_str(&when),
+        ));
+        if action == "rate_limit" {
+            out.push_str(&format!("rate = {limit:.0}\nper = \"1m\"\n"));
+        }
+    }
+    if let Some(limit) = l.pooled.recommended {
+        let limit = limit.ceil().max(1.0);
+        let own: Vec<String> = l
+            .endpoints
+            .iter()
+            .filter(|x| x.recommended.is_some())
+            .map(|x| cel_string(&x.endpoint))
+            .collect();
+        let when = if own.is_empty() {
+            format!("features.endpoint_count_1m > {limit:.0}.0")
+        } else {
+            format!(
+                "features.endpoint_count_1m > {limit:.0}.0 && !(request.endpoint in [{}])",
+                own.join(", ")
+            )
+        };
+        out.push_str(&format!(
+            "\n[[rule]]\nid = \"limit-pooled\"\ndescription = {}\nwhen = {}\naction = \"{action}\"\nkey = \"endpoint+client\"\nttl = \"1m\"\npriority = -1\n",
+            toml_str(&format!(
+                "endpoints without a limit of their own: {} clients in all, p99 peak {:.0}/min, confidence {}",
+                l.pooled.sessions, l.pooled.p99.value, l.pooled.confidence
+            )),
+            toml_str(&when),
+        ));
+        if action == "rate_limit" {
+            out.push_str(&format!("rate = {limit:.0}\nper = \"1m\"\n"));
+        }
+    }
+    out
+}

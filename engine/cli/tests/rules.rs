@@ -224,3 +224,69 @@ fn the_built_in_rules_run_with_the_built_in_model_and_threads_give_the_same_reco
     assert!(three.status.success());
     assert_eq!(one.stdout, three.stdout);
 }
+
+#[test]
+fn recommend_limits_prints_the_quantiles_and_writes_rules_that_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = run_with_stdin(
+        &[
+            "simulate",
+            "--seed",
+            "9",
+            "--duration",
+            "10m",
+            "--users",
+            "120",
+        ],
+        b"",
+    );
+    assert!(events.status.success());
+    let log = dir.path().join("events.ndjson");
+    std::fs::write(&log, &events.stdout).unwrap();
+    let rules = dir.path().join("limits.toml");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "recommend-limits",
+            "-i",
+            log.to_str().unwrap(),
+            "--label",
+            "normal",
+            "--rules-out",
+            rules.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run_with_stdin(&args, b"");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        (err, std::fs::read_to_string(&rules).unwrap())
+    };
+    let (err, text) = run(&["--min-sessions", "20", "--action", "rate_limit"]);
+    assert!(
+        err.contains("labelled normal") && err.contains("p99"),
+        "{err}"
+    );
+    assert!(text.contains("id = \"limit-pooled\""), "{text}");
+    assert!(
+        text.contains("rate = ") && text.contains("per = \"1m\""),
+        "{text}"
+    );
+    // The written rules load and decide.
+    let out = run_with_stdin(
+        &[
+            "backtest",
+            "--rules",
+            rules.to_str().unwrap(),
+            "-i",
+            log.to_str().unwrap(),
+        ],
+        b"",
+    );
+    let bt = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{bt}");
+    assert!(bt.contains("limit-pooled"), "{bt}");
+    // Below the client gate no endpoint gets a limit of its own: only the pooled rule.
+    let (err, text) = run(&["--min-sessions", "100000"]);
+    assert!(err.contains("below the 100000-client gate"), "{err}");
+    assert_eq!(text.matches("[[rule]]").count(), 1, "{text}");
+    assert!(text.contains("action = \"log\""));
+}
