@@ -169,6 +169,9 @@ enum Test {
         kind: Affix,
         value: String,
     },
+    /// `field.matches('pattern')` with a literal pattern, compiled once (by the regex
+    /// engine the interpreter uses).
+    Matches { field: ReqField, re: regex::Regex },
     /// A text field in a list of text literals.
     TextIn {
         field: ReqField,
@@ -533,6 +536,18 @@ fn simple(e: &IdedExpr, schema: &Schema) -> Option<Test> {
     let Expr::Call(c) = &e.expr else {
         return None;
     };
+    if let Some(t) = &c.target
+        && c.func_name == "matches"
+    {
+        let field = is_text(as_field(t, schema)?)?;
+        let [arg] = c.args.as_slice() else {
+            return None;
+        };
+        // A pattern that does not compile is left to the interpreter, whose error refuses
+        // the rule at load.
+        let re = regex::Regex::new(&text_literal(arg)?).ok()?;
+        return Some(Test::Matches { field, re });
+    }
     if let Some(t) = &c.target {
         let kind = match c.func_name.as_str() {
             "startsWith" => Affix::Starts,
@@ -788,6 +803,7 @@ impl Test {
                     Affix::Contains => t.contains(value.as_str()),
                 }
             }
+            Self::Matches { field, re } => re.is_match(&input.text(*field)),
             Self::TextIn { field, values } => {
                 let t = input.text(*field);
                 values.iter().any(|v| *v == t)

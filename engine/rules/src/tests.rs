@@ -458,6 +458,11 @@ fn part() -> impl Strategy<Value = String> {
         prop::sample::select(vec!["'/lo'", "'gin'", "'curl'", "''", "'POST'"]),
     )
         .prop_map(|(f, m, l)| format!("{f}.{m}({l})"));
+    let pattern = (
+        prop::sample::select(vec!["request.path", "request.user_agent", "request.method"]),
+        prop::sample::select(vec!["'^/lo'", "'curl|wget'", "'P.S'", "'(?i)LOGIN$'", "''"]),
+    )
+        .prop_map(|(f, p)| format!("{f}.matches({p})"));
     let list = prop_oneof![
         Just("request.status in [401, 403]".to_string()),
         Just("request.status in [200]".to_string()),
@@ -470,6 +475,7 @@ fn part() -> impl Strategy<Value = String> {
         4 => num,
         1 => text,
         1 => affix,
+        1 => pattern,
         1 => list,
         1 => Just("score.flagged".to_string()),
         1 => Just("!score.flagged".to_string()),
