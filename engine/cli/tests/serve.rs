@@ -443,3 +443,51 @@ mode = "shadow"
     assert_eq!(stream["new"].as_array().unwrap().len(), 1);
     again.stop();
 }
+
+#[test]
+fn sighup_reloads_the_rules_and_keeps_the_last_good_ones_when_the_new_file_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let rule = |id: &str| {
+        format!(
+            "[[rule]]\nid = \"{id}\"\nwhen = \"request.status == 401\"\naction = \"block\"\nkey = \"ip\"\n"
+        )
+    };
+    std::fs::write(&rules, rule("first")).unwrap();
+    let s = Served::start(&["--rules", rules.to_str().unwrap(), "--bouncer-key", "k"]);
+    let decided_by = |s: &Served, ip: &str, ms: i64| {
+        let event = format!(
+            "{{\"ts\":{},\"client_ip\":\"{ip}\",\"method\":\"POST\",\"path\":\"/login\",\"status\":401}}\n",
+            1_767_603_600_000i64 + ms
+        );
+        let (status, body) = s.call("POST", "/v1/events", event.as_bytes());
+        assert_eq!(status, 200, "{body}");
+        json_lines(&body)[0]["decision"]["rule"]
+            .as_str()
+            .map(String::from)
+    };
+    assert_eq!(decided_by(&s, "192.0.2.1", 0).as_deref(), Some("first"));
+    // A broken file: refused, counted; the last good rules keep deciding.
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = \"x\"\nwhen = \"features.nope > 1\"\naction = \"block\"\n",
+    )
+    .unwrap();
+    s.signal("HUP");
+    s.wait_for_metric("gatewatch_rules_reload_failures_total 1");
+    assert_eq!(decided_by(&s, "192.0.2.2", 1000).as_deref(), Some("first"));
+    // A good one: its rules decide from now on; the removed rule's decisions end.
+    std::fs::write(&rules, rule("second")).unwrap();
+    s.signal("HUP");
+    let m = s.wait_for_metric("gatewatch_rules_reloads_total 1");
+    assert!(
+        m.contains("gatewatch_decisions_total{change=\"expire\",mode=\"enforce\"} 2"),
+        "{m}"
+    );
+    assert_eq!(decided_by(&s, "192.0.2.3", 2000).as_deref(), Some("second"));
+    let (_, listed) = s.call_with_key("/v1/decisions", "k");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["scenario"], "second");
+    assert!(s.stop().success());
+}
