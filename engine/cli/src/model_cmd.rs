@@ -398,7 +398,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .collect();
     let model_id = scorer.id();
     let has_baselines = scorer.monitor.is_some();
-    let mut monitor = scorer.endpoint_monitor()?;
+    let monitor = scorer.endpoint_monitor()?;
     let fitted_on = scorer.manifest.training.description.clone();
     let mut session = Session::new(
         engine,
@@ -408,6 +408,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             reasons: a.reasons,
         },
     );
+    // The session runs the endpoint monitor before the rules, which read it.
+    session.set_monitor(Some(monitor));
     // --rules, else the configuration's [rules] path.
     let rules_path = a.rules.as_deref().or(settings.rules.path.as_deref());
     if let Some(p) = rules_path {
@@ -448,7 +450,6 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                 .context("the session did not score its output")?;
             let k = members.len();
             for (i, r) in batch.records().enumerate() {
-                monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
                 let (flagged, rs) = (s.flagged[i], &s.reasons[i]);
                 let (member, what, digits) = &members[s.decided_by[i]];
                 if let Some(t) = table.as_mut() {
@@ -478,8 +479,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                     },
                 );
             }
-            for x in monitor.take_client_alerts() {
-                named.add(&x, &mut summary, alerts_out.as_mut())?;
+            for x in batch.client_alerts() {
+                named.add(x, &mut summary, alerts_out.as_mut())?;
             }
             if rules_source.is_some() {
                 report.add(batch);
@@ -509,10 +510,16 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             |_| {},
         )?
     };
+    let monitor = session
+        .monitor_mut()
+        .context("the session has its endpoint monitor")?;
     let alerts = monitor.finish();
     for x in monitor.take_client_alerts() {
         named.add(&x, &mut summary, alerts_out.as_mut())?;
     }
+    let monitor = session
+        .monitor()
+        .context("the session has its endpoint monitor")?;
     if let Some(p) = parallel {
         p.finish()?;
     }

@@ -256,7 +256,17 @@ fn scored(
     let members: Vec<String> = scorer.members.iter().map(|m| m.name.clone()).collect();
     let value_names = gatewatch_pipeline::schema::score_value_columns(scorer);
     let with_rules = rules.is_some();
+    // With rules, the endpoint monitor runs before them, as in `gatewatch score`.
+    let monitor = match rules.is_some() {
+        true => Some(
+            scorer
+                .endpoint_monitor()
+                .map_err(|e| FrameError::Model(e.to_string()))?,
+        ),
+        false => None,
+    };
     let mut session = session_for(cfg, Some(scorer), SessionOptions { batch, reasons })?;
+    session.set_monitor(monitor);
     session.set_rules(rules);
     let k = members.len();
     let mut score = Vec::new();
@@ -413,18 +423,17 @@ pub fn feature_rows(registry: &gatewatch_features::Registry, df: &DataFrame) -> 
 /// baselines, else a warm-up): NDJSON lines, client alerts then endpoint alerts, each oldest
 /// first — the records `gatewatch score --alerts` writes for the same events.
 pub fn alerts_ndjson(cfg: &Config, scorer: &mut Scorer, df: &DataFrame) -> Result<String> {
-    let mut monitor = scorer
+    let monitor = scorer
         .endpoint_monitor()
         .map_err(|e| FrameError::Model(e.to_string()))?;
     let mut clients = Vec::new();
     let mut session = session_for(cfg, Some(scorer), SessionOptions::default())?;
+    session.set_monitor(Some(monitor));
     run(&mut session, df, |out| {
-        for r in out.records() {
-            monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
-        }
-        clients.extend(monitor.take_client_alerts());
+        clients.extend_from_slice(out.client_alerts());
         Ok(())
     })?;
+    let monitor = session.monitor_mut().expect("set above");
     let endpoints = monitor.finish();
     clients.extend(monitor.take_client_alerts());
     Ok(gatewatch_pipeline::schema::alerts_ndjson(

@@ -347,6 +347,7 @@ pub fn rules(data: &[u8]) {
                 surprisal: v,
                 flagged: k % 2 == 0,
                 members: &[v, v],
+                endpoint_auth: v,
             }),
         };
         let _ = d.observe(&input, &|| vec!["f".into()], &mut events);

@@ -268,6 +268,8 @@ struct Series {
     trained: bool,
     /// Consecutive alerting buckets not learnt, per metric.
     held: [u32; 3],
+    /// The start of the last closed bucket whose failure share alerted, and its score.
+    last_auth_alert: Option<(i64, f64)>,
 }
 
 /// A client followed after an authentication failure.
@@ -418,6 +420,25 @@ impl EndpointMonitor {
             }),
             trained: trained.is_some(),
             held: [0; 3],
+            last_auth_alert: None,
+        }
+    }
+
+    /// The authentication-failure alert score of `endpoint` at `ts_ms`: the score of the
+    /// latest of its closed buckets whose failure share alerted, when that bucket is one of
+    /// the two before the bucket of `ts_ms` (the endpoint is under a failure wave now), else
+    /// 0. Read it after [`add`](Self::add) of the request at `ts_ms`, whose bucket is open.
+    pub fn auth_alert(&self, endpoint: &str, ts_ms: i64) -> f64 {
+        let Some(s) = self
+            .endpoints
+            .get(endpoint)
+            .or_else(|| self.endpoints.get(OVERFLOW_ENDPOINT))
+        else {
+            return 0.0;
+        };
+        match s.last_auth_alert {
+            Some((start, score)) if ts_ms < start + 3 * self.p.bucket_ms => score,
+            _ => 0.0,
         }
     }
 
@@ -705,7 +726,9 @@ fn close(
             });
         }
     }
-    if let Some(a) = share_test(s, t, endpoint, p) {
+    let auth = share_test(s, t, endpoint, p);
+    s.last_auth_alert = auth.as_ref().map(|a| (t, a.score)).or(s.last_auth_alert);
+    if let Some(a) = auth {
         for (h, failed) in &s.clients {
             if *failed {
                 if let Some(x) = pending.get_mut(&(s.id, *h)) {

@@ -41,6 +41,11 @@ pub struct Output {
     pub(crate) decisions: Vec<DecisionEvent>,
     /// Per decision change, the record whose event time it happened at.
     pub(crate) decision_records: Vec<u32>,
+    /// Per record, the endpoint monitor's authentication-failure alert score of its
+    /// endpoint (when the session has a monitor).
+    pub(crate) endpoint_auth: Vec<f64>,
+    /// Client alerts the endpoint monitor decided while this batch went through it.
+    pub(crate) client_alerts: Vec<gatewatch_models::ClientAlert>,
 }
 
 /// The request fields of a batch's records that rules read: text in one buffer.
@@ -254,6 +259,18 @@ impl Output {
         &self.decisions
     }
 
+    /// Client alerts the session's endpoint monitor decided while this batch went through
+    /// it (empty without a monitor).
+    pub fn client_alerts(&self) -> &[gatewatch_models::ClientAlert] {
+        &self.client_alerts
+    }
+
+    /// Per record, the endpoint monitor's authentication-failure alert score of its
+    /// endpoint when the record went through it (empty without a monitor).
+    pub fn endpoint_auth(&self) -> &[f64] {
+        &self.endpoint_auth
+    }
+
     /// The record at whose event time decision change `j` happened (for a start or an
     /// escalation, the request that caused it).
     pub fn decision_record(&self, j: usize) -> usize {
@@ -288,6 +305,8 @@ impl Output {
         self.verdicts.clear();
         self.decisions.clear();
         self.decision_records.clear();
+        self.endpoint_auth.clear();
+        self.client_alerts.clear();
     }
 
     pub(crate) fn set_width(&mut self, width: usize) {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 
 use gatewatch_event::{ParseError, RequestEvent};
 use gatewatch_features::{FeatureEngine, LateEvent, Record, Registry, Stats};
-use gatewatch_models::{BatchScores, Scorer};
+use gatewatch_models::{BatchScores, EndpointMonitor, Scorer};
 use gatewatch_rules::{Decider, Input, Schema, ScoreView};
 
 use crate::output::Output;
@@ -125,6 +125,8 @@ pub struct Session<S: BorrowMut<Scorer> = Scorer> {
     refused: Vec<LateEvent>,
     /// Mitigation rules over the scored records.
     rules: Option<Decider>,
+    /// The endpoint monitor over the scored records (before the rules, which read it).
+    monitor: Option<EndpointMonitor>,
 }
 
 /// The names rules may read: the registry's features and the scorer's detectors.
@@ -161,7 +163,26 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             track: Tracker::default(),
             refused: Vec::new(),
             rules: None,
+            monitor: None,
         }
+    }
+
+    /// Runs the endpoint monitor over the records from now on (or stops, with `None`), in
+    /// output order, before the rules (`score.endpoint_auth` reads it): each batch carries
+    /// the client alerts it decided ([`Output::client_alerts`]); the endpoint alerts stay
+    /// in the monitor ([`monitor_mut`](Self::monitor_mut)). Returns the previous one.
+    pub fn set_monitor(&mut self, monitor: Option<EndpointMonitor>) -> Option<EndpointMonitor> {
+        std::mem::replace(&mut self.monitor, monitor)
+    }
+
+    /// The endpoint monitor, when the session has one.
+    pub fn monitor(&self) -> Option<&EndpointMonitor> {
+        self.monitor.as_ref()
+    }
+
+    /// The endpoint monitor, to take its endpoint alerts or finish it.
+    pub fn monitor_mut(&mut self) -> Option<&mut EndpointMonitor> {
+        self.monitor.as_mut()
     }
 
     /// Applies mitigation rules to the records from now on (or stops, with `None`): each
@@ -337,6 +358,17 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             }
             self.out.scored = true;
         }
+        if let Some(monitor) = self.monitor.as_mut() {
+            let out = &mut self.out;
+            out.endpoint_auth.clear();
+            for i in 0..out.len() {
+                let r = out.record(i);
+                monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
+                let a = monitor.auth_alert(r.endpoint, r.ts_ms);
+                out.endpoint_auth.push(a);
+            }
+            out.client_alerts = monitor.take_client_alerts();
+        }
         if let Some(decider) = self.rules.as_mut() {
             decide(
                 decider,
@@ -408,6 +440,7 @@ fn decide(decider: &mut Decider, out: &mut Output, scorer: Option<&Scorer>) {
             surprisal: s.surprisal[i],
             flagged: s.flagged[i],
             members: &s.member[i * k..(i + 1) * k],
+            endpoint_auth: out.endpoint_auth.get(i).copied().unwrap_or(f64::NAN),
         });
         let input = Input {
             request: requests.view(out, i, &headers),

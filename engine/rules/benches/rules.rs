@@ -90,6 +90,7 @@ fn run(c: &mut Criterion, name: &str, path: &str) {
                         surprisal: 1.0,
                         flagged: false,
                         members: &members,
+                        endpoint_auth: 0.0,
                     }),
                 };
                 black_box(d.observe(&input, &Vec::new, &mut events));

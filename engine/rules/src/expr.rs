@@ -91,6 +91,9 @@ pub(crate) enum ScoreField {
     Surprisal,
     /// `score.flagged`.
     Flagged,
+    /// `score.endpoint_auth`: the endpoint monitor's authentication-failure alert score of
+    /// the request's endpoint now.
+    EndpointAuth,
     /// `score.NAME`: detector `i`'s score.
     Member(usize),
 }
@@ -341,6 +344,7 @@ impl Checker<'_> {
                 "overall" => Ok(Field::Score(ScoreField::Overall)),
                 "surprisal" => Ok(Field::Score(ScoreField::Surprisal)),
                 "flagged" => Ok(Field::Score(ScoreField::Flagged)),
+                "endpoint_auth" => Ok(Field::Score(ScoreField::EndpointAuth)),
                 _ => self
                     .schema
                     .detectors
@@ -352,7 +356,7 @@ impl Checker<'_> {
                             id,
                             format!(
                                 "unknown score field {name:?} (known: overall, surprisal, \
-                                 flagged, {})",
+                                 flagged, endpoint_auth, {})",
                                 self.schema.detectors.join(", ")
                             ),
                         )
@@ -474,6 +478,7 @@ fn as_field(e: &IdedExpr, schema: &Schema) -> Option<Field> {
             "overall" => Some(Field::Score(ScoreField::Overall)),
             "surprisal" => Some(Field::Score(ScoreField::Surprisal)),
             "flagged" => Some(Field::Score(ScoreField::Flagged)),
+            "endpoint_auth" => Some(Field::Score(ScoreField::EndpointAuth)),
             n => schema
                 .detectors
                 .iter()
@@ -838,6 +843,7 @@ pub(crate) fn field_keys(fields: &[Field], schema: &Schema) -> Vec<Key> {
                 ScoreField::Flagged => "flagged",
                 ScoreField::Overall => "overall",
                 ScoreField::Surprisal => "surprisal",
+                ScoreField::EndpointAuth => "endpoint_auth",
                 ScoreField::Member(i) => schema.detectors.get(i).map_or("", String::as_str),
             }),
         })

@@ -50,6 +50,9 @@ pub struct ScoreView<'a> {
     pub flagged: bool,
     /// Each detector's score, in the schema's detector order.
     pub members: &'a [f64],
+    /// The endpoint monitor's authentication-failure alert score of the request's endpoint
+    /// now (0 when it is not alerting; not a number without a monitor).
+    pub endpoint_auth: f64,
 }
 
 /// One event as rules see it.
@@ -91,6 +94,7 @@ impl<'a> Input<'a> {
                 surprisal: 0.0,
                 flagged: false,
                 members: zeros,
+                endpoint_auth: 0.0,
             }),
         }
     }
@@ -107,6 +111,7 @@ impl Input<'_> {
                 (None, _) | (_, ScoreField::Flagged) => f64::NAN,
                 (Some(v), ScoreField::Overall) => v.overall,
                 (Some(v), ScoreField::Surprisal) => v.surprisal,
+                (Some(v), ScoreField::EndpointAuth) => v.endpoint_auth,
                 (Some(v), ScoreField::Member(i)) => v.members.get(i).copied().unwrap_or(f64::NAN),
             },
         }

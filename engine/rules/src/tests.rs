@@ -78,6 +78,7 @@ impl Ev {
                 surprisal: 3.3,
                 flagged: self.flagged,
                 members: &[0.9, 0.1],
+                endpoint_auth: 0.0,
             }),
         }
     }
@@ -431,6 +432,7 @@ fn part() -> impl Strategy<Value = String> {
         "features.req_rate_1m",
         "features.error_ratio_1m",
         "score.overall",
+        "score.endpoint_auth",
         "score.robust",
         "request.status",
     ]);
@@ -523,7 +525,7 @@ proptest! {
         e.method = method;
         let members = [values[3], 0.0];
         let mut input = e.input();
-        input.score = Some(ScoreView { overall: e.score, surprisal: 1.0, flagged, members: &members });
+        input.score = Some(ScoreView { overall: e.score, surprisal: 1.0, flagged, members: &members, endpoint_auth: values[1] });
         let mut d = Decider::new(Arc::new(r));
         let mut events = Vec::new();
         d.observe(&input, &Vec::new, &mut events);

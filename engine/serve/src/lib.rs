@@ -196,9 +196,8 @@ fn model_label(model: &str) -> Vec<(String, String)> {
 /// Recent alerts the service keeps for `/v1/alerts`, per kind.
 pub const KEEP_ALERTS: usize = 10_000;
 
-/// The endpoint monitor and its most recent alerts.
+/// The endpoint monitor's most recent alerts (the monitor runs in the session).
 struct Watch {
-    monitor: EndpointMonitor,
     clients: VecDeque<ClientAlert>,
     endpoints: VecDeque<Alert>,
 }
@@ -242,6 +241,7 @@ impl Service {
         let writer = ScoreWriter::new(scorer);
         let monitor = scorer.endpoint_monitor().context("the endpoint monitor")?;
         let model = session.model_id().unwrap_or_default();
+        session.set_monitor(Some(monitor));
         let mut note = None;
         let mut feed = decisions::Feed::default();
         if let Some(path) = &opts.state {
@@ -263,7 +263,6 @@ impl Service {
         let service = Arc::new(Self {
             session: Mutex::new((session, writer)),
             watch: Mutex::new(Watch {
-                monitor,
                 clients: VecDeque::new(),
                 endpoints: VecDeque::new(),
             }),
@@ -476,7 +475,7 @@ impl Service {
         writer.write_batch(&batch, &mut out);
         // Under the session's lock: the monitor and the decisions feed see the batches in
         // event-time order even when requests overlap.
-        self.watch(&batch);
+        self.watch(session, &batch);
         if let Some(d) = session.decider() {
             lock(&self.feed).apply(batch.decisions(), d.now_ms());
         }
@@ -508,13 +507,14 @@ impl Service {
         Ok(out)
     }
 
-    /// The endpoint monitor over a scored batch; its alerts join the recent ones.
-    fn watch(&self, batch: &Output) {
+    /// The endpoint monitor's alerts of a scored batch join the recent ones.
+    fn watch(&self, session: &mut Session, batch: &Output) {
         let mut w = lock(&self.watch);
-        for r in batch.records() {
-            w.monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
-        }
-        let (c, e) = (w.monitor.take_client_alerts(), w.monitor.take_alerts());
+        let c = batch.client_alerts().to_vec();
+        let e = session
+            .monitor_mut()
+            .map(EndpointMonitor::take_alerts)
+            .unwrap_or_default();
         self.metrics.client_alerts.inc_by(c.len() as u64);
         self.metrics.endpoint_alerts.inc_by(e.len() as u64);
         Watch::keep(&mut w.clients, c);
