@@ -270,7 +270,9 @@ fn duration_ms(id: &str, field: &str, text: &str) -> Result<i64, RulesError> {
     Ok(ms)
 }
 
-fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+/// An address range written `10.0.0.0/8` (or one address, a range of one): its network and
+/// prefix length; `None` when it is not one.
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     let (addr, len) = match text.split_once('/') {
         Some((a, l)) => (
             a.trim().parse::<IpAddr>().ok()?,
@@ -283,7 +285,9 @@ fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((addr, len))
 }
 
-fn in_cidr(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+/// Whether `ip` lies in the range `(net, len)` (an IPv4 address never lies in an IPv6
+/// range, nor the other way).
+pub fn in_cidr(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };

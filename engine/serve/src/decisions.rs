@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 
 use gatewatch_event::{write_json_str, write_rfc3339_ms};
-use gatewatch_pipeline::rules::{Action, Change, Decision, DecisionEvent, KeyScope, Mode};
+use gatewatch_pipeline::rules::{
+    Action, Change, Decision, DecisionEvent, KeyScope, Mode, in_cidr, parse_cidr,
+};
 
 /// Decision changes kept for the stream's cursors.
 pub const KEEP_CHANGES: usize = 100_000;
@@ -149,31 +151,6 @@ pub struct Filter {
     pub offset: usize,
 }
 
-fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (a, l) = s.split_once('/')?;
-    let addr: IpAddr = a.parse().ok()?;
-    let len: u8 = l.parse().ok()?;
-    (len <= if addr.is_ipv4() { 32 } else { 128 }).then_some((addr, len))
-}
-
-fn in_range(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
-
 impl Filter {
     /// The filter of a query string; the first bad parameter is an error naming it.
     pub fn parse(query: &str) -> Result<Self, String> {
@@ -237,7 +214,7 @@ impl Filter {
         if let Some(ip) = self.ip {
             let hit = match d.scope {
                 KeyScope::Ip => d.value.parse::<IpAddr>().is_ok_and(|a| a == ip),
-                KeyScope::Range => parse_cidr(&d.value).is_some_and(|r| in_range(ip, r)),
+                KeyScope::Range => parse_cidr(&d.value).is_some_and(|r| in_cidr(ip, r)),
                 _ => false,
             };
             if !hit {
@@ -249,9 +226,9 @@ impl Filter {
                 KeyScope::Ip => d
                     .value
                     .parse::<IpAddr>()
-                    .is_ok_and(|a| in_range(a, (net, len))),
+                    .is_ok_and(|a| in_cidr(a, (net, len))),
                 KeyScope::Range => parse_cidr(&d.value).is_some_and(|(n, l)| {
-                    (l >= len && in_range(n, (net, len))) || (l <= len && in_range(net, (n, l)))
+                    (l >= len && in_cidr(n, (net, len))) || (l <= len && in_cidr(net, (n, l)))
                 }),
                 _ => false,
             };
@@ -401,7 +378,7 @@ impl Feed {
                 ids.extend(
                     self.ranges
                         .iter()
-                        .filter(|(_, r)| in_range(ip, **r))
+                        .filter(|(_, r)| in_cidr(ip, **r))
                         .map(|(id, _)| *id),
                 );
                 ids.sort_unstable();
