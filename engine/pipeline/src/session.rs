@@ -432,8 +432,12 @@ fn decide(decider: &mut Decider, out: &mut Output, scorer: Option<&Scorer>) {
     verdicts.clear();
     let k = scorer.map_or(0, |s| s.members.len());
     let mut headers = Vec::new();
+    // The headers are handed over only when a condition reads them.
+    let with_headers = decider.rules().reads_headers();
     for i in 0..out.len() {
-        requests.headers(i, &mut headers);
+        if with_headers {
+            requests.headers(i, &mut headers);
+        }
         let scores = out.scores();
         let score = scores.map(|s| ScoreView {
             overall: s.score[i],

@@ -422,6 +422,13 @@ impl Rules {
         })
     }
 
+    /// Whether a condition reads `request.headers` (only then does a caller need to hand
+    /// the headers over).
+    pub fn reads_headers(&self) -> bool {
+        self.cel_fields
+            .contains(&expr::Field::Request(expr::ReqField::Headers))
+    }
+
     /// Rules in the set.
     pub fn len(&self) -> usize {
         self.rules.len()

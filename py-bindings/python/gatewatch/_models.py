@@ -13,6 +13,19 @@ from gatewatch import _native
 from gatewatch._frames import _compatible
 from gatewatch._native import ModelError
 
+# The type of a ``reasons`` column: the reasons of ``gatewatch score`` records.
+REASONS = pl.List(
+    pl.Struct(
+        {
+            "detector": pl.String,
+            "feature": pl.String,
+            "value": pl.Float64,
+            "baseline": pl.Float64,
+            "contribution": pl.Float64,
+        }
+    )
+)
+
 
 class Model:
     """A gatewatch model: one detector or an ensemble, as ``gatewatch score`` uses.
@@ -94,18 +107,7 @@ class Model:
             ``feature``, ``value``, ``baseline``, ``contribution``) per event.
         """
         out = self._native.score(_compatible(df), top)
-        dtype = pl.List(
-            pl.Struct(
-                {
-                    "detector": pl.String,
-                    "feature": pl.String,
-                    "value": pl.Float64,
-                    "baseline": pl.Float64,
-                    "contribution": pl.Float64,
-                }
-            )
-        )
-        return out.with_columns(pl.col("reasons").str.json_decode(dtype))
+        return out.with_columns(pl.col("reasons").str.json_decode(REASONS))
 
     def alerts(self, df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The endpoint monitor's alerts over the events, as ``gatewatch score --alerts``.

@@ -10,19 +10,7 @@ import polars as pl
 
 from gatewatch import _native
 from gatewatch._frames import _compatible
-from gatewatch._models import Model
-
-_REASONS = pl.List(
-    pl.Struct(
-        {
-            "detector": pl.String,
-            "feature": pl.String,
-            "value": pl.Float64,
-            "baseline": pl.Float64,
-            "contribution": pl.Float64,
-        }
-    )
-)
+from gatewatch._models import REASONS, Model
 
 # The decision records' columns (`gatewatch score --decisions`); times are RFC 3339 text.
 _DECISION_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
@@ -124,7 +112,7 @@ class Rules:
         """
         frame, _, _ = self._run(events, reasons)
         return frame.with_columns(
-            pl.col("reasons").str.json_decode(_REASONS),
+            pl.col("reasons").str.json_decode(REASONS),
             pl.col("decision_until").str.to_datetime(time_unit="ms", time_zone="UTC"),
         )
 
