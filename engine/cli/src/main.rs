@@ -149,6 +149,36 @@ struct ServeArgs {
     /// `[rules] bouncer_keys` and `GATEWATCH_BOUNCER_KEY`).
     #[arg(long = "bouncer-key", env = "GATEWATCH_BOUNCER_KEY")]
     bouncer_keys: Vec<String>,
+    /// Read events from this file (`-`: standard input) instead of `POST /v1/events`; the
+    /// service stops at its end, unless `--follow`.
+    #[arg(long, short, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Follow the input file like `tail -F`: lines appended are scored as they come, a
+    /// rotated or truncated file is read again from its start, and with `--state` reading
+    /// goes on after a restart where the last snapshot left it.
+    #[arg(long, requires = "input")]
+    follow: bool,
+    /// The input's line format.
+    #[arg(long, value_enum, default_value = "ndjson", requires = "input")]
+    format: LineFormat,
+    /// Write score records here (NDJSON, appended; `-`: standard output).
+    #[arg(long, value_name = "FILE", requires = "input")]
+    scores_out: Option<String>,
+    /// Write decision changes here (NDJSON, appended; `-`: standard output).
+    #[arg(long, value_name = "FILE", requires = "input")]
+    decisions_out: Option<String>,
+    /// When no input has come for this long, the events held for reordering are scored.
+    #[arg(long, default_value = "250ms", value_parser = serve_cmd::duration)]
+    idle_flush: std::time::Duration,
+}
+
+/// A line format of a stream input.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LineFormat {
+    /// One JSON event per line.
+    Ndjson,
+    /// nginx / Apache combined access-log lines (`[input.combined]` of the configuration).
+    Combined,
 }
 
 #[derive(clap::Args)]

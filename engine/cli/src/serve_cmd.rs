@@ -5,10 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use gatewatch_features::FeatureEngine;
+use gatewatch_features::Format;
 use gatewatch_pipeline::{Session, SessionOptions};
+use gatewatch_serve::stream::{Input, SinkTarget, StreamOptions};
 use gatewatch_serve::{ServeOptions, Service};
 
-use crate::ServeArgs;
+use crate::{LineFormat, ServeArgs};
 
 /// A duration: `30s`, `5m`, `1h30m`, or a bare number of seconds.
 pub fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -20,6 +22,27 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
         return Err("must be longer than 0 s".into());
     }
     Ok(d)
+}
+
+/// The stream input and sinks of `--input`.
+fn stream_options(a: &ServeArgs, settings: &gatewatch_config::Settings) -> Option<StreamOptions> {
+    let path = a.input.as_ref()?;
+    let input = if path.as_os_str() == "-" {
+        Input::Stdin
+    } else if a.follow {
+        Input::Follow(path.clone())
+    } else {
+        Input::File(path.clone())
+    };
+    let mut o = StreamOptions::new(input);
+    o.format = match a.format {
+        LineFormat::Ndjson => Format::Ndjson,
+        LineFormat::Combined => Format::Combined(settings.engine.input.combined.clone()),
+    };
+    o.scores = a.scores_out.as_deref().map(SinkTarget::parse);
+    o.decisions = a.decisions_out.as_deref().map(SinkTarget::parse);
+    o.idle_flush = a.idle_flush;
+    Some(o)
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -55,6 +78,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             model: model.map(Path::to_path_buf),
             rules: rules.map(Path::to_path_buf),
             bouncer_keys,
+            stream: stream_options(&a, &settings),
         },
     )?;
     if let Some(n) = note {
@@ -69,14 +93,30 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let model = service.model();
+        let input = match &a.input {
+            Some(_) => format!("input {}; ", stream_input(&a)),
+            None => "POST /v1/events, ".to_string(),
+        };
         gatewatch_serve::serve(service.clone(), listener, |addr| {
-            say!("gatewatch serve: listening on http://{addr} (model {model}; POST /v1/events, GET /healthz /readyz /metrics /v1/alerts /v1/decisions)");
+            say!("gatewatch serve: listening on http://{addr} (model {model}; {input}GET /healthz /readyz /metrics /v1/alerts /v1/decisions)");
         })
         .await
     })?;
+    if a.input.is_some() {
+        say!("gatewatch serve: {}", service.summary());
+    }
     match &a.state {
         Some(p) => say!("gatewatch serve: stopped; state saved to {}", p.display()),
         None => say!("gatewatch serve: stopped"),
     }
     Ok(())
+}
+
+fn stream_input(a: &ServeArgs) -> String {
+    match &a.input {
+        Some(p) if p.as_os_str() == "-" => "standard input".into(),
+        Some(p) if a.follow => format!("{} (followed)", p.display()),
+        Some(p) => p.display().to_string(),
+        None => String::new(),
+    }
 }

@@ -491,3 +491,184 @@ fn sighup_reloads_the_rules_and_keeps_the_last_good_ones_when_the_new_file_is_br
     assert_eq!(listed[0]["scenario"], "second");
     assert!(s.stop().success());
 }
+
+/// Waits (up to 20 s) until `path` holds `n` lines.
+fn wait_for_lines(path: &Path, n: usize) -> String {
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let have = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    panic!("{} has {have} lines, never {n}", path.display());
+}
+
+fn score_cli_rules(events: &[u8], dir: &Path) -> (String, String) {
+    let input = dir.join("cli-events.ndjson");
+    let decisions = dir.join("cli-decisions.ndjson");
+    std::fs::write(&input, events).unwrap();
+    let out = gw()
+        .args(["score", "--rules", "default", "-i", input.to_str().unwrap()])
+        .args(["--decisions", decisions.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        std::fs::read_to_string(decisions).unwrap(),
+    )
+}
+
+#[test]
+fn a_file_or_standard_input_is_scored_into_the_sinks_as_the_cli_scores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate();
+    let (want, want_decisions) = score_cli_rules(&events, dir.path());
+    let input = dir.path().join("events.ndjson");
+    std::fs::write(&input, &events).unwrap();
+    let (scores, decisions) = (dir.path().join("s.ndjson"), dir.path().join("d.ndjson"));
+
+    // A file: read to its end, then the service stops by itself with its summary.
+    let out = gw()
+        .args(["serve", "--listen", "127.0.0.1:0", "--rules", "default"])
+        .args(["-i", input.to_str().unwrap()])
+        .args(["--scores-out", scores.to_str().unwrap()])
+        .args(["--decisions-out", decisions.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(std::fs::read_to_string(&scores).unwrap(), want);
+    assert_eq!(std::fs::read_to_string(&decisions).unwrap(), want_decisions);
+    let n = want.lines().count();
+    assert!(err.contains(&format!("{n} events scored")), "{err}");
+
+    // Standard input, records to standard output; an odd line is rejected, named and
+    // counted, and the stream goes on.
+    let mut odd = events.clone();
+    let cut = odd.len() / 2
+        + odd[odd.len() / 2..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .unwrap()
+        + 1;
+    odd.splice(cut..cut, b"{\"ts\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}\n\xff\xfe garbage\n".iter().copied());
+    let mut child = gw()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "-i",
+            "-",
+            "--scores-out",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&odd));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let got = json_lines(&String::from_utf8(out.stdout).unwrap());
+    let plain = score_cli(&events, dir.path());
+    assert_eq!(got.len(), plain.len());
+    for (g, w) in got.iter().zip(&plain) {
+        assert_eq!(g["id"], w["id"]);
+        assert_eq!(g["score"], w["score"]);
+    }
+    assert!(err.contains("2 inputs rejected"), "{err}");
+    assert!(err.contains("input rejected"), "{err}");
+
+    // With a stream input, HTTP ingest is closed.
+    let s = Served::start(&["--follow", "-i", input.to_str().unwrap()]);
+    let (status, body) = s.call("POST", "/v1/events", b"{}\n");
+    assert_eq!(status, 409, "{body}");
+    assert!(s.stop().success());
+}
+
+#[test]
+fn a_followed_file_is_scored_as_it_grows_through_rotation_and_a_restart_reads_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate();
+    let want = score_cli(&events, dir.path());
+    let parts = chunks(&events, 5);
+    let log = dir.path().join("access.ndjson");
+    let state = dir.path().join("state.bin");
+    let scores = dir.path().join("scores.ndjson");
+    let args = [
+        "--follow",
+        "-i",
+        log.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--scores-out",
+        scores.to_str().unwrap(),
+        "--idle-flush",
+        "100ms",
+    ];
+    let count = |upto: usize| {
+        parts[..upto]
+            .iter()
+            .map(|p| p.split(|b| *b == b'\n').count() - 1)
+            .sum::<usize>()
+    };
+    let append = |bytes: &[u8]| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    };
+
+    // Started before the file exists: it waits for it.
+    let s = Served::start(&args);
+    append(&parts[0]);
+    wait_for_lines(&scores, count(1));
+    // A line written in two pieces is read whole.
+    let cut = parts[1].len() / 2;
+    append(&parts[1][..cut]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    append(&parts[1][cut..]);
+    wait_for_lines(&scores, count(2));
+    // Rotation: the file is moved away and a new one takes its name.
+    std::fs::rename(&log, dir.path().join("access.ndjson.1")).unwrap();
+    append(&parts[2]);
+    wait_for_lines(&scores, count(3));
+    let m = s.wait_for_metric("gatewatch_input_rotations_total 1");
+    assert!(m.contains("gatewatch_input_bytes_total"), "{m}");
+    assert!(s.stop().success());
+
+    // Lines appended while the service is down are read after the restart, from where
+    // the last snapshot left the file; nothing is read twice.
+    append(&parts[3]);
+    let s = Served::start(&args);
+    assert!(
+        s.stderr.iter().any(|l| l.contains("restored")),
+        "{:?}",
+        s.stderr
+    );
+    wait_for_lines(&scores, count(4));
+    // Truncation: the file is emptied and written again from its start.
+    std::fs::write(&log, b"").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    append(&parts[4]);
+    wait_for_lines(&scores, count(5));
+    assert!(s.stop().success());
+
+    let got = json_lines(&std::fs::read_to_string(&scores).unwrap());
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}

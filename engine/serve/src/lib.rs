@@ -32,6 +32,7 @@
 //! Scoring runs on blocking threads (`spawn_blocking`), never on the async runtime's workers.
 
 pub mod decisions;
+pub mod stream;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,8 @@ pub struct ServeOptions {
     /// Keys bouncers send as `X-Api-Key` to read decisions (none: the decisions API refuses
     /// every request).
     pub bouncer_keys: Vec<String>,
+    /// A stream input and its sinks (`None`: events come by `POST /v1/events`).
+    pub stream: Option<stream::StreamOptions>,
 }
 
 /// The service's Prometheus metrics (one registry per service).
@@ -119,6 +122,12 @@ pub struct Metrics {
     pub rules_reloads: Counter,
     /// See `rules_reloads`.
     pub rules_reload_failures: Counter,
+    /// Bytes read from the stream input.
+    pub input_bytes: Counter,
+    /// Times the followed input file was rotated or truncated.
+    pub input_rotations: Counter,
+    /// Failed writes to a sink, by sink (each retried; the input waits meanwhile).
+    pub sink_failures: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -145,6 +154,9 @@ impl Metrics {
             bouncer_requests: Family::default(),
             rules_reloads: Counter::default(),
             rules_reload_failures: Counter::default(),
+            input_bytes: Counter::default(),
+            input_rotations: Counter::default(),
+            sink_failures: Family::default(),
         };
         // Each metric under its name and help text (the registry holds clones sharing the
         // values).
@@ -174,6 +186,9 @@ impl Metrics {
             "gatewatch_bouncer_requests", "Decisions API requests, by outcome" => bouncer_requests;
             "gatewatch_rules_reloads", "Rules files reloaded" => rules_reloads;
             "gatewatch_rules_reload_failures", "Rules reloads refused (the last good rules kept deciding)" => rules_reload_failures;
+            "gatewatch_input_bytes", "Bytes read from the stream input" => input_bytes;
+            "gatewatch_input_rotations", "Times the followed input file was rotated or truncated" => input_rotations;
+            "gatewatch_sink_failures", "Failed writes to a sink, by sink (retried; the input waits)" => sink_failures;
         }
         m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);
@@ -223,6 +238,18 @@ pub struct Service {
     last_snapshot: Mutex<Option<Instant>>,
     model: Mutex<String>,
     feed: Mutex<decisions::Feed>,
+    /// The stream input in words, when there is one.
+    stream_input: Option<String>,
+    tally: Mutex<Tally>,
+}
+
+/// What the service has done, for its closing summary.
+#[derive(Debug, Default)]
+struct Tally {
+    scored: u64,
+    flagged: u64,
+    rejected: std::collections::BTreeMap<String, u64>,
+    decisions: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Where the decisions are saved next to a state file.
@@ -268,10 +295,12 @@ impl Service {
             }),
             metrics: Metrics::new(&model),
             ready: AtomicBool::new(false),
-            opts,
             last_snapshot: Mutex::new(None),
             model: Mutex::new(model),
             feed: Mutex::new(feed),
+            stream_input: opts.stream.as_ref().map(|s| s.input.describe()),
+            tally: Mutex::default(),
+            opts,
         });
         service
             .metrics
@@ -279,6 +308,28 @@ impl Service {
             .set(lock(&service.feed).len() as i64);
         service.ready.store(true, Ordering::Release);
         Ok((service, note))
+    }
+
+    /// What the service has done so far, in one line: events scored and flagged, inputs
+    /// rejected by reason, decision changes.
+    pub fn summary(&self) -> String {
+        let t = lock(&self.tally);
+        let mut s = format!("{} events scored, {} flagged", t.scored, t.flagged);
+        let rejected: u64 = t.rejected.values().sum();
+        s.push_str(&format!(", {rejected} inputs rejected"));
+        if rejected > 0 {
+            let by: Vec<String> = t.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            s.push_str(&format!(" ({})", by.join(", ")));
+        }
+        if !t.decisions.is_empty() {
+            let by: Vec<String> = t
+                .decisions
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            s.push_str(&format!("; decision changes: {}", by.join(", ")));
+        }
+        s
     }
 
     /// The running model's `name@version`.
@@ -470,34 +521,12 @@ impl Service {
         });
         session.finish();
         let batch = session.take().context("scoring")?;
-        self.metrics.clients.set(session.engine().clients() as i64);
         let mut out = String::with_capacity(batch.len() * 512);
         writer.write_batch(&batch, &mut out);
-        // Under the session's lock: the monitor and the decisions feed see the batches in
-        // event-time order even when requests overlap.
-        self.watch(session, &batch);
-        if let Some(d) = session.decider() {
-            lock(&self.feed).apply(batch.decisions(), d.now_ms());
-        }
+        self.account(session, &batch);
         drop(guard);
-        self.count_decisions(batch.decisions());
-        self.metrics.events.inc_by(batch.len() as u64);
-        self.metrics.scored.inc_by(batch.len() as u64);
-        if let Some(s) = batch.scores() {
-            for (score, flagged) in s.score.iter().zip(&s.flagged) {
-                self.metrics.scores.observe(*score);
-                if *flagged {
-                    self.metrics.flagged.inc();
-                }
-            }
-        }
         for r in batch.rejections() {
-            let rec = RejectionRecord::from(r);
-            self.metrics
-                .rejected
-                .get_or_create(&vec![("reason".to_string(), rec.category.clone())])
-                .inc();
-            let line = serde_json::json!({ "rejected": rec });
+            let line = serde_json::json!({ "rejected": RejectionRecord::from(r) });
             out.push_str(&line.to_string());
             out.push('\n');
         }
@@ -505,6 +534,42 @@ impl Service {
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(out)
+    }
+
+    /// A scored batch taken from the session goes into the metrics, the recent alerts and
+    /// the decisions feed (under the session's lock: they see the batches in event-time
+    /// order).
+    fn account(&self, session: &mut Session, batch: &Output) {
+        self.metrics.clients.set(session.engine().clients() as i64);
+        self.watch(session, batch);
+        if let Some(d) = session.decider() {
+            lock(&self.feed).apply(batch.decisions(), d.now_ms());
+        }
+        self.count_decisions(batch.decisions());
+        self.metrics.events.inc_by(batch.len() as u64);
+        self.metrics.scored.inc_by(batch.len() as u64);
+        let mut t = lock(&self.tally);
+        t.scored += batch.len() as u64;
+        if let Some(s) = batch.scores() {
+            for (score, flagged) in s.score.iter().zip(&s.flagged) {
+                self.metrics.scores.observe(*score);
+                if *flagged {
+                    self.metrics.flagged.inc();
+                    t.flagged += 1;
+                }
+            }
+        }
+        for r in batch.rejections() {
+            let category = r.category();
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("reason".to_string(), category.clone())])
+                .inc();
+            *t.rejected.entry(category).or_default() += 1;
+        }
+        for c in batch.decisions() {
+            *t.decisions.entry(c.change.as_str()).or_default() += 1;
+        }
     }
 
     /// The endpoint monitor's alerts of a scored batch join the recent ones.
@@ -655,6 +720,13 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 async fn events(State(s): State<Arc<Service>>, body: Bytes) -> Response {
+    if let Some(name) = &s.stream_input {
+        return (
+            StatusCode::CONFLICT,
+            format!("the service reads its events from {name}; POST /v1/events is open when it has no other input\n"),
+        )
+            .into_response();
+    }
     let result = tokio::task::spawn_blocking(move || s.score_body(&body)).await;
     match result {
         Ok(Ok(out)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response(),
@@ -740,8 +812,13 @@ pub async fn serve(
         handler(SignalKind::hangup())?,
     );
     on_listen(listener.local_addr()?);
+    let stream = match service.opts.stream.clone() {
+        Some(o) => Some(stream::Stream::start(service.clone(), o)?),
+        None => None,
+    };
     let every = service.opts.snapshot_every;
-    let periodic = service.opts.state.is_some().then(|| {
+    // With a stream input its worker takes the snapshots (it knows what the sinks have).
+    let periodic = (service.opts.state.is_some() && stream.is_none()).then(|| {
         let s = service.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -766,17 +843,36 @@ pub async fn serve(
             }
         })
     };
+    let done = stream.as_ref().map(stream::Stream::done);
+    let stopped = async move {
+        match done {
+            Some(d) => tokio::select! {
+                () = shutdown_signal(term, int) => {},
+                () = d.notified() => {},
+            },
+            None => shutdown_signal(term, int).await,
+        }
+    };
     axum::serve(listener, router(service.clone()))
-        .with_graceful_shutdown(shutdown_signal(term, int))
+        .with_graceful_shutdown(stopped)
         .await
         .context("the HTTP server failed")?;
     if let Some(p) = periodic {
         p.abort();
     }
     hup.abort();
-    let s = service.clone();
-    tokio::task::spawn_blocking(move || s.snapshot())
-        .await
-        .context("the final snapshot did not finish")??;
+    match stream {
+        Some(st) => {
+            tokio::task::spawn_blocking(move || st.stop())
+                .await
+                .context("the stream did not stop")??;
+        }
+        None => {
+            let s = service.clone();
+            tokio::task::spawn_blocking(move || s.snapshot())
+                .await
+                .context("the final snapshot did not finish")??;
+        }
+    }
     Ok(())
 }
