@@ -158,8 +158,8 @@ struct ServeArgs {
     /// goes on after a restart where the last snapshot left it.
     #[arg(long, requires = "input")]
     follow: bool,
-    /// The input's line format.
-    #[arg(long, value_enum, default_value = "ndjson", requires = "input")]
+    /// The line format of the input (file, standard input or Kafka messages).
+    #[arg(long, value_enum, default_value = "ndjson")]
     format: LineFormat,
     /// Write score records here (NDJSON, appended; `-`: standard output).
     #[arg(long, value_name = "FILE", requires = "input")]
@@ -170,6 +170,42 @@ struct ServeArgs {
     /// When no input has come for this long, the events held for reordering are scored.
     #[arg(long, default_value = "250ms", value_parser = serve_cmd::duration)]
     idle_flush: std::time::Duration,
+    /// Kafka brokers (`bootstrap.servers`) to read `--kafka-input` from.
+    #[cfg(feature = "kafka")]
+    #[arg(long, env = "GATEWATCH_KAFKA_BROKERS", requires = "kafka_input")]
+    kafka_brokers: Option<String>,
+    /// The Kafka topic of events (NDJSON: one event, or several lines of them, per
+    /// message), read by the consumer group `--kafka-group`.
+    #[cfg(feature = "kafka")]
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        requires = "kafka_brokers",
+        conflicts_with = "input"
+    )]
+    kafka_input: Option<String>,
+    /// The consumer group.
+    #[cfg(feature = "kafka")]
+    #[arg(long, default_value = "gatewatch", value_name = "GROUP")]
+    kafka_group: String,
+    /// Write score records to this topic (key: the client).
+    #[cfg(feature = "kafka")]
+    #[arg(long, value_name = "TOPIC", requires = "kafka_input")]
+    kafka_scores: Option<String>,
+    /// Write decision changes to this topic (key: the decision's value).
+    #[cfg(feature = "kafka")]
+    #[arg(long, value_name = "TOPIC", requires = "kafka_input")]
+    kafka_decisions: Option<String>,
+    /// Copy messages that are not events to this topic, with the reason in a header.
+    #[cfg(feature = "kafka")]
+    #[arg(long, value_name = "TOPIC", requires = "kafka_input")]
+    kafka_dead_letters: Option<String>,
+    /// A librdkafka property for both clients (`consumer.NAME=…` or `producer.NAME=…` for
+    /// one): `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`,
+    /// `sasl.username=…`, `ssl.ca.location=…`, `session.timeout.ms=…` (repeatable).
+    #[cfg(feature = "kafka")]
+    #[arg(long, value_name = "KEY=VALUE", requires = "kafka_input")]
+    kafka_set: Vec<String>,
 }
 
 /// A line format of a stream input.

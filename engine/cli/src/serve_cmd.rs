@@ -45,6 +45,35 @@ fn stream_options(a: &ServeArgs, settings: &gatewatch_config::Settings) -> Optio
     Some(o)
 }
 
+/// The Kafka topics of `--kafka-*`.
+#[cfg(feature = "kafka")]
+fn kafka_options(
+    a: &ServeArgs,
+    settings: &gatewatch_config::Settings,
+) -> Result<Option<gatewatch_serve::kafka::KafkaOptions>> {
+    let (Some(brokers), Some(input)) = (&a.kafka_brokers, &a.kafka_input) else {
+        return Ok(None);
+    };
+    let mut o = gatewatch_serve::kafka::KafkaOptions::new(brokers, input);
+    o.group = a.kafka_group.clone();
+    o.scores = a.kafka_scores.clone();
+    o.decisions = a.kafka_decisions.clone();
+    o.dead_letters = a.kafka_dead_letters.clone();
+    for kv in &a.kafka_set {
+        let Some((k, v)) = kv.split_once('=') else {
+            anyhow::bail!("--kafka-set {kv:?}: expected KEY=VALUE (a librdkafka property)");
+        };
+        o.properties
+            .push((k.trim().to_string(), v.trim().to_string()));
+    }
+    o.format = match a.format {
+        LineFormat::Ndjson => Format::Ndjson,
+        LineFormat::Combined => Format::Combined(settings.engine.input.combined.clone()),
+    };
+    o.idle_flush = a.idle_flush;
+    Ok(Some(o))
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
     let settings = crate::pipeline::settings(a.config.as_deref())?;
     let engine = FeatureEngine::new(&settings.engine)?;
@@ -79,6 +108,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
             rules: rules.map(Path::to_path_buf),
             bouncer_keys,
             stream: stream_options(&a, &settings),
+            #[cfg(feature = "kafka")]
+            kafka: kafka_options(&a, &settings)?,
         },
     )?;
     if let Some(n) = note {
@@ -93,8 +124,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let model = service.model();
-        let input = match &a.input {
-            Some(_) => format!("input {}; ", stream_input(&a)),
+        let input = match service.input() {
+            Some(i) => format!("input {i}; "),
             None => "POST /v1/events, ".to_string(),
         };
         gatewatch_serve::serve(service.clone(), listener, |addr| {
@@ -102,7 +133,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         })
         .await
     })?;
-    if a.input.is_some() {
+    if service.input().is_some() {
         say!("gatewatch serve: {}", service.summary());
     }
     match &a.state {
@@ -110,13 +141,4 @@ pub fn run(a: ServeArgs) -> Result<()> {
         None => say!("gatewatch serve: stopped"),
     }
     Ok(())
-}
-
-fn stream_input(a: &ServeArgs) -> String {
-    match &a.input {
-        Some(p) if p.as_os_str() == "-" => "standard input".into(),
-        Some(p) if a.follow => format!("{} (followed)", p.display()),
-        Some(p) => p.display().to_string(),
-        None => String::new(),
-    }
 }

@@ -32,6 +32,8 @@
 //! Scoring runs on blocking threads (`spawn_blocking`), never on the async runtime's workers.
 
 pub mod decisions;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod stream;
 
 use std::collections::VecDeque;
@@ -75,8 +77,22 @@ pub struct ServeOptions {
     /// Keys bouncers send as `X-Api-Key` to read decisions (none: the decisions API refuses
     /// every request).
     pub bouncer_keys: Vec<String>,
-    /// A stream input and its sinks (`None`: events come by `POST /v1/events`).
+    /// A stream input and its sinks (`None`: events come by `POST /v1/events`, or Kafka).
     pub stream: Option<stream::StreamOptions>,
+    /// Kafka input and output topics.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<kafka::KafkaOptions>,
+}
+
+impl ServeOptions {
+    /// The stream input in words, when the service has one.
+    fn input(&self) -> Option<String> {
+        #[cfg(feature = "kafka")]
+        if let Some(k) = &self.kafka {
+            return Some(k.describe());
+        }
+        self.stream.as_ref().map(|s| s.input.describe())
+    }
 }
 
 /// The service's Prometheus metrics (one registry per service).
@@ -128,6 +144,23 @@ pub struct Metrics {
     pub input_rotations: Counter,
     /// Failed writes to a sink, by sink (each retried; the input waits meanwhile).
     pub sink_failures: Family<Vec<(String, String)>, Counter>,
+    /// Kafka messages read (skipped ones not counted).
+    pub kafka_messages: Counter,
+    /// Kafka messages already covered by the restored state, skipped.
+    pub kafka_skipped: Counter,
+    /// Events of Kafka messages read again after a crash (their records are written
+    /// again).
+    pub kafka_redelivered: Counter,
+    /// Poison messages copied to the dead-letter topic.
+    pub kafka_dead_letters: Counter,
+    /// Errors the Kafka consumer reported.
+    pub kafka_errors: Counter,
+    /// Partition assignments and revocations.
+    pub kafka_rebalances: Counter,
+    /// Partitions assigned to this instance.
+    pub kafka_partitions: Gauge,
+    /// Consumer lag per partition (messages behind the high watermark).
+    pub kafka_lag: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Metrics {
@@ -157,6 +190,14 @@ impl Metrics {
             input_bytes: Counter::default(),
             input_rotations: Counter::default(),
             sink_failures: Family::default(),
+            kafka_messages: Counter::default(),
+            kafka_skipped: Counter::default(),
+            kafka_redelivered: Counter::default(),
+            kafka_dead_letters: Counter::default(),
+            kafka_errors: Counter::default(),
+            kafka_rebalances: Counter::default(),
+            kafka_partitions: Gauge::default(),
+            kafka_lag: Family::default(),
         };
         // Each metric under its name and help text (the registry holds clones sharing the
         // values).
@@ -189,6 +230,14 @@ impl Metrics {
             "gatewatch_input_bytes", "Bytes read from the stream input" => input_bytes;
             "gatewatch_input_rotations", "Times the followed input file was rotated or truncated" => input_rotations;
             "gatewatch_sink_failures", "Failed writes to a sink, by sink (retried; the input waits)" => sink_failures;
+            "gatewatch_kafka_messages", "Kafka messages read" => kafka_messages;
+            "gatewatch_kafka_skipped", "Kafka messages already in the restored state, skipped" => kafka_skipped;
+            "gatewatch_kafka_redelivered", "Events of Kafka messages read again after a crash (their records written again)" => kafka_redelivered;
+            "gatewatch_kafka_dead_letters", "Poison messages copied to the dead-letter topic" => kafka_dead_letters;
+            "gatewatch_kafka_errors", "Errors the Kafka consumer reported" => kafka_errors;
+            "gatewatch_kafka_rebalances", "Partition assignments and revocations" => kafka_rebalances;
+            "gatewatch_kafka_partitions", "Partitions assigned to this instance" => kafka_partitions;
+            "gatewatch_kafka_lag", "Consumer lag per partition (messages behind the high watermark)" => kafka_lag;
         }
         m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);
@@ -298,7 +347,7 @@ impl Service {
             last_snapshot: Mutex::new(None),
             model: Mutex::new(model),
             feed: Mutex::new(feed),
-            stream_input: opts.stream.as_ref().map(|s| s.input.describe()),
+            stream_input: opts.input(),
             tally: Mutex::default(),
             opts,
         });
@@ -330,6 +379,11 @@ impl Service {
             s.push_str(&format!("; decision changes: {}", by.join(", ")));
         }
         s
+    }
+
+    /// The stream input in words, when the service has one.
+    pub fn input(&self) -> Option<String> {
+        self.stream_input.clone()
     }
 
     /// The running model's `name@version`.
@@ -592,14 +646,24 @@ impl Service {
         schema::alerts_ndjson(&w.clients, &w.endpoints)
     }
 
-    /// Writes the state file (temporary file, then rename). Nothing to do without one.
+    /// Writes the state file (temporary file, then rename), every event buffered for
+    /// reordering processed first. Nothing to do without one.
     pub fn snapshot(&self) -> Result<()> {
+        self.snapshot_state(true)
+    }
+
+    /// [`snapshot`](Self::snapshot); without `finish`, the events buffered for reordering
+    /// stay buffered and are not part of the state (a source that can read them again, from
+    /// offsets the state covers, keeps the run exact).
+    pub fn snapshot_state(&self, finish: bool) -> Result<()> {
         let Some(path) = &self.opts.state else {
             return Ok(());
         };
         let result = {
             let mut guard = self.session();
-            guard.0.finish();
+            if finish {
+                guard.0.finish();
+            }
             write_atomic(path, |w| Ok(guard.0.save_state(w)?)).and_then(|()| {
                 match guard.0.decider() {
                     Some(d) => write_atomic(&decisions_path(path), |w| {
@@ -790,6 +854,45 @@ async fn metrics(State(s): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
+/// The service's stream input, running.
+enum Running {
+    Lines(stream::Stream),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaStream),
+}
+
+impl Running {
+    fn start(service: &Arc<Service>) -> Result<Option<Self>> {
+        #[cfg(feature = "kafka")]
+        if let Some(k) = service.opts.kafka.clone() {
+            return Ok(Some(Self::Kafka(kafka::KafkaStream::start(
+                service.clone(),
+                k,
+            )?)));
+        }
+        Ok(match service.opts.stream.clone() {
+            Some(o) => Some(Self::Lines(stream::Stream::start(service.clone(), o)?)),
+            None => None,
+        })
+    }
+
+    fn done(&self) -> Arc<tokio::sync::Notify> {
+        match self {
+            Self::Lines(s) => s.done(),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(k) => k.done(),
+        }
+    }
+
+    fn stop(self) -> Result<()> {
+        match self {
+            Self::Lines(s) => s.stop(),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(k) => k.stop(),
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (both handlers installed before the service listens).
 async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
@@ -812,10 +915,7 @@ pub async fn serve(
         handler(SignalKind::hangup())?,
     );
     on_listen(listener.local_addr()?);
-    let stream = match service.opts.stream.clone() {
-        Some(o) => Some(stream::Stream::start(service.clone(), o)?),
-        None => None,
-    };
+    let stream = Running::start(&service)?;
     let every = service.opts.snapshot_every;
     // With a stream input its worker takes the snapshots (it knows what the sinks have).
     let periodic = (service.opts.state.is_some() && stream.is_none()).then(|| {
@@ -843,7 +943,7 @@ pub async fn serve(
             }
         })
     };
-    let done = stream.as_ref().map(stream::Stream::done);
+    let done = stream.as_ref().map(Running::done);
     let stopped = async move {
         match done {
             Some(d) => tokio::select! {

@@ -1,8 +1,9 @@
 //! Helpers shared by the binary's end-to-end tests (each test binary uses some of them).
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
 
 /// The `gatewatch` binary under test.
 pub fn gw() -> Command {
@@ -61,4 +62,113 @@ pub fn python() -> std::path::PathBuf {
         p.display()
     );
     p
+}
+
+/// A running service and its address.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+    pub stderr: Vec<String>,
+}
+
+impl Served {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = gw()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut stderr = Vec::new();
+        let addr = loop {
+            let mut line = String::new();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "the service ended before listening: {stderr:?}"
+            );
+            stderr.push(line.clone());
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining standard error so the service never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// One HTTP/1.1 exchange: (status, body).
+    pub fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// `GET path` with a bouncer key: (status, body).
+    pub fn call_with_key(&self, path: &str, key: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (
+            head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+            body.to_string(),
+        )
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.child.wait().unwrap()
+    }
+
+    /// Waits (up to 30 s) until `/metrics` holds `line`.
+    pub fn wait_for_metric(&self, line: &str) -> String {
+        let mut last = String::new();
+        for _ in 0..600 {
+            let (_, m) = self.call("GET", "/metrics", b"");
+            if m.lines().any(|l| l == line) {
+                return m;
+            }
+            last = m;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let have: Vec<&str> = last.lines().filter(|l| !l.starts_with('#')).collect();
+        panic!("{line:?} never showed in /metrics: {have:#?}");
+    }
 }

@@ -1,0 +1,985 @@
+//! Kafka in and out (feature `kafka`): events from an input topic read by a consumer
+//! group, score records, decision changes and poison messages to their topics, at least
+//! once.
+//!
+//! - **Input.** Each message is one NDJSON event or a batch of them (one per line). A line
+//!   that is not an event is rejected with its partition and offset (counted by reason and
+//!   logged); a message with such a line is copied whole to the dead-letter topic when one
+//!   is configured (headers `gatewatch-reason`, `gatewatch-partition`, `gatewatch-offset`).
+//!   Its offset is committed like any other: a poison message never blocks a partition.
+//! - **Output.** One message per score record (key: the client) and per decision change
+//!   (key: the decision's value). A failed delivery is sent again with backoff; the input
+//!   waits meanwhile, nothing is dropped.
+//! - **At least once.** `enable.auto.offset.store=false`: an input offset is stored only
+//!   once every output for it has been delivered (the session's [`Ack`]). With a state file,
+//!   offsets are committed with each snapshot (the state, its decisions, then
+//!   `STATE.kafka.json` with the next offset of each partition the state covers), so a
+//!   restart reads on exactly where the state ends; messages below those offsets, when the
+//!   group's committed offsets lag behind them (a crash between the two), are skipped.
+//!   Messages between a crash's last snapshot and the crash are read again: their records
+//!   are written twice, and the events counted (`gatewatch_kafka_redelivered_total`, from
+//!   the delivered offsets noted after each batch: the last batch before the crash may be
+//!   written twice uncounted). Without a state
+//!   file, the delivered offsets are stored when the input is quiet and every snapshot
+//!   interval, and committed every 5 s.
+//! - **Rebalances.** Before partitions are revoked, everything read is scored, delivered,
+//!   snapshotted and committed; newly assigned partitions are read from the group's
+//!   committed offsets.
+//!
+//! The consumer, the producer and the session run on one thread of their own.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use gatewatch_event::ParseError;
+use gatewatch_features::{Format, Line, MAX_LINE_BYTES};
+use gatewatch_pipeline::schema::RejectionRecord;
+use gatewatch_pipeline::{Ack, Output, Position};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::{Service, lock, write_atomic};
+
+/// Where the service reads and writes Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The consumer group (`group.id`).
+    pub group: String,
+    /// The input topic.
+    pub input: String,
+    /// The topic of score records.
+    pub scores: Option<String>,
+    /// The topic of decision changes.
+    pub decisions: Option<String>,
+    /// The topic poison messages are copied to.
+    pub dead_letters: Option<String>,
+    /// librdkafka properties for both clients (`consumer.NAME` or `producer.NAME` for one
+    /// of them): security (`security.protocol`, `sasl.*`, `ssl.*`), timeouts, tuning.
+    pub properties: Vec<(String, String)>,
+    /// The line format of the events in a message.
+    pub format: Format,
+    /// When no message has come for this long, the events held for reordering are scored.
+    pub idle_flush: Duration,
+}
+
+impl KafkaOptions {
+    /// Defaults: group `gatewatch`, no output topics, NDJSON, 250 ms idle flush.
+    pub fn new(brokers: &str, input: &str) -> Self {
+        Self {
+            brokers: brokers.to_string(),
+            group: "gatewatch".to_string(),
+            input: input.to_string(),
+            scores: None,
+            decisions: None,
+            dead_letters: None,
+            properties: Vec::new(),
+            format: Format::Ndjson,
+            idle_flush: Duration::from_millis(250),
+        }
+    }
+
+    /// The input in words.
+    pub fn describe(&self) -> String {
+        format!(
+            "Kafka topic {} at {} (group {})",
+            self.input, self.brokers, self.group
+        )
+    }
+
+    fn config(&self, role: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            match k.split_once('.') {
+                Some((r, rest)) if r == role => {
+                    c.set(rest, v);
+                }
+                Some(("consumer" | "producer", _)) => {}
+                _ => {
+                    c.set(k, v);
+                }
+            }
+        }
+        c
+    }
+}
+
+/// The offsets a snapshot covers: saved next to the state file as `STATE.kafka.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOffsets {
+    /// The input topic.
+    pub topic: String,
+    /// Per partition, the next offset to read (every message below is in the state).
+    pub next: BTreeMap<i32, i64>,
+    /// Per partition, the events of message `next` already in the state (a message of
+    /// several lines may be cut by a snapshot): skipped when it is read again.
+    #[serde(default)]
+    pub partial: BTreeMap<i32, u32>,
+}
+
+/// Where the covered offsets are saved next to a state file.
+pub fn offsets_path(state: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.kafka.json", state.display()))
+}
+
+/// Where the delivered offsets are noted next to a state file (to count redeliveries).
+fn delivered_path(state: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.kafka-delivered.json", state.display()))
+}
+
+/// An output message waiting for its delivery report (sent again when it failed).
+struct Pending {
+    topic: String,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Delivery reports of the producer.
+#[derive(Default)]
+struct Reports {
+    delivered: usize,
+    failed: Vec<(Box<Pending>, String)>,
+}
+
+struct ProducerCtx {
+    reports: Mutex<Reports>,
+}
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Self::DeliveryOpaque) {
+        let mut r = lock(&self.reports);
+        match result {
+            Ok(_) => r.delivered += 1,
+            Err((e, _)) => r.failed.push((pending, e.to_string())),
+        }
+    }
+}
+
+/// A message the consumer delivered, copied (the loop hands it to the driver).
+struct Input {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// The session's side of the consumer: messages in, batches out, offsets stored.
+struct Driver {
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+    opts: KafkaOptions,
+    producer: Option<BaseProducer<ProducerCtx>>,
+    batch: Output,
+    text: String,
+    /// Per assigned partition, its parsed inputs not yet pushed (in offset order) and
+    /// whether the consumer has reached its end.
+    queues: BTreeMap<i32, Queue>,
+    /// Inputs held in `queues`.
+    queued: usize,
+    /// The inputs pushed into the session and not yet covered by a delivered batch, in
+    /// push order.
+    log: VecDeque<(i32, i64, u32)>,
+    /// Per partition, the last input (offset, line of the message) out of the session.
+    out: BTreeMap<i32, (i64, u32)>,
+    /// Per partition, the lines of message `done` already out.
+    partial: BTreeMap<i32, u32>,
+    /// Per partition, the next offset whose outputs are all delivered.
+    done: BTreeMap<i32, i64>,
+    /// Per partition, the next offset the restored state covers (messages below are
+    /// skipped).
+    covered: SavedOffsets,
+    /// Per partition, the next offset (and lines of it) delivered before the last stop
+    /// (events below are read again: counted as redelivered).
+    delivered_before: SavedOffsets,
+    /// Poison messages waiting for the dead-letter topic.
+    poison: Vec<Pending>,
+    /// Output messages waiting for delivery, and the ones in flight.
+    in_flight: usize,
+    rejections: u64,
+}
+
+/// Rejections logged one by one before the log only counts them.
+const LOGGED_REJECTIONS: u64 = 100;
+
+/// Inputs held for the event-time merge of the partitions, at most: beyond it the oldest
+/// is pushed even when a partition has nothing buffered (its late events may then be
+/// refused as late).
+const MAX_QUEUED: usize = 200_000;
+
+/// One partition's inputs waiting for the merge.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Parsed>,
+    /// The consumer is at the partition's end (nothing more to wait for).
+    at_end: bool,
+}
+
+/// One input line of a message, parsed.
+struct Parsed {
+    offset: i64,
+    /// The line's index among the message's events.
+    line: u32,
+    /// Event time (inputs that are not events go first: `i64::MIN`).
+    ts: i64,
+    event: Result<gatewatch_event::RequestEvent, ParseError>,
+}
+
+impl Driver {
+    /// A message from the consumer into the session.
+    fn push(&mut self, m: Input) -> Result<()> {
+        let (p, o) = (m.partition, m.offset);
+        if self.covered.next.get(&p).is_some_and(|next| o < *next) {
+            // Already in the restored state (the group's offsets lag behind the snapshot).
+            self.service.metrics.kafka_skipped.inc();
+            self.done
+                .insert(p, (*self.done.get(&p).unwrap_or(&0)).max(o + 1));
+            return Ok(());
+        }
+        self.service.metrics.kafka_messages.inc();
+        let mut first_error: Option<String> = None;
+        let mut parsed = Vec::new();
+        let refuse = |reason: &str| ParseError {
+            field: None,
+            reason: reason.to_string(),
+        };
+        match m.payload.as_deref() {
+            None | Some([]) => parsed.push(Err(refuse("empty message (no payload)"))),
+            Some(payload) => {
+                for raw in payload.split(|b| *b == b'\n') {
+                    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                    if raw.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let line = if raw.len() > MAX_LINE_BYTES {
+                        Line::TooLong
+                    } else {
+                        Line::Text(raw)
+                    };
+                    parsed.push(line.event(&self.opts.format));
+                }
+                if parsed.is_empty() {
+                    parsed.push(Err(refuse("blank message (no event)")));
+                }
+            }
+        }
+        // Lines already in the restored state (a message cut by the snapshot).
+        let skip = match (self.covered.next.get(&p), self.covered.partial.get(&p)) {
+            (Some(next), Some(k)) if *next == o => *k as usize,
+            _ => 0,
+        };
+        if skip > 0 {
+            self.service.metrics.kafka_skipped.inc();
+        }
+        // Events whose records were delivered before the last stop are written again.
+        let again = match self.delivered_before.next.get(&p) {
+            Some(next) if o < *next => parsed.len(),
+            Some(next) if o == *next => {
+                self.delivered_before.partial.get(&p).copied().unwrap_or(0) as usize
+            }
+            _ => 0,
+        };
+        let again = again.min(parsed.len()).saturating_sub(skip);
+        self.service.metrics.kafka_redelivered.inc_by(again as u64);
+        let q = self.queues.entry(p).or_default();
+        q.at_end = false;
+        for (i, event) in parsed.into_iter().enumerate().skip(skip) {
+            if let Err(e) = &event
+                && first_error.is_none()
+            {
+                first_error = Some(format!("event {}: {e}", i + 1));
+            }
+            let ts = event.as_ref().map_or(i64::MIN, |e| e.ts_ms);
+            q.items.push_back(Parsed {
+                offset: o,
+                line: u32::try_from(i).unwrap_or(u32::MAX),
+                ts,
+                event,
+            });
+            self.queued += 1;
+        }
+        if let (Some(reason), Some(topic)) = (first_error, &self.opts.dead_letters) {
+            self.poison.push(Pending {
+                topic: topic.clone(),
+                key: m.key.unwrap_or_default(),
+                payload: m.payload.unwrap_or_default(),
+                headers: vec![
+                    ("gatewatch-reason".into(), reason.into_bytes()),
+                    (
+                        "gatewatch-topic".into(),
+                        self.opts.input.clone().into_bytes(),
+                    ),
+                    ("gatewatch-partition".into(), p.to_string().into_bytes()),
+                    ("gatewatch-offset".into(), o.to_string().into_bytes()),
+                ],
+            });
+        }
+        self.release(false)?;
+        Ok(())
+    }
+
+    /// Pushes queued inputs into the session in event-time order across partitions: the
+    /// oldest head first, while every assigned partition has an input queued or is at its
+    /// end (or always, with `force`, or while more than [`MAX_QUEUED`] are held).
+    fn release(&mut self, force: bool) -> Result<()> {
+        loop {
+            let mut best: Option<(i64, i32)> = None;
+            let mut waiting = false;
+            for (p, q) in &self.queues {
+                match q.items.front() {
+                    Some(x) => {
+                        if best.is_none_or(|(ts, _)| x.ts < ts) {
+                            best = Some((x.ts, *p));
+                        }
+                    }
+                    None => waiting |= !q.at_end,
+                }
+            }
+            let Some((_, p)) = best else {
+                return Ok(());
+            };
+            if waiting && !force && self.queued <= MAX_QUEUED {
+                return Ok(());
+            }
+            let x = self
+                .queues
+                .get_mut(&p)
+                .and_then(|q| q.items.pop_front())
+                .expect("the head just seen");
+            self.queued -= 1;
+            let full = {
+                let mut guard = self.service.session();
+                guard.0.push_parsed(Position::offset(p, x.offset), x.event);
+                guard.0.is_full()
+            };
+            self.log.push_back((p, x.offset, x.line));
+            if full {
+                self.drain(false)?;
+            }
+        }
+    }
+
+    /// Takes the session's output (every buffered event first with `finish`), produces it
+    /// and the poison messages, waits until all are delivered, then marks the messages the
+    /// batch covers as done.
+    fn drain(&mut self, finish: bool) -> Result<()> {
+        let started = Instant::now();
+        let (ack, upto) = {
+            let mut guard = self.service.session();
+            let (session, writer) = &mut *guard;
+            if finish {
+                session.finish();
+            }
+            if session.has_output() {
+                session.take_into(&mut self.batch).context("scoring")?;
+                self.text.clear();
+                if self.opts.scores.is_some() {
+                    writer.write_batch(&self.batch, &mut self.text);
+                }
+                self.service.account(session, &self.batch);
+            } else {
+                self.batch.clear();
+            }
+            (session.ack(), self.log.len())
+        };
+        self.log_rejections();
+        if let Some(topic) = self.opts.scores.clone() {
+            let lines = self.text.split_terminator('\n');
+            let records: Vec<(Vec<u8>, Vec<u8>)> = self
+                .batch
+                .records()
+                .zip(lines)
+                .map(|(r, l)| (r.client.as_bytes().to_vec(), l.as_bytes().to_vec()))
+                .collect();
+            for (key, payload) in records {
+                self.send(Pending {
+                    topic: topic.clone(),
+                    key,
+                    payload,
+                    headers: Vec::new(),
+                })?;
+            }
+        }
+        if let Some(topic) = self.opts.decisions.clone() {
+            let changes: Vec<(Vec<u8>, Vec<u8>)> = self
+                .batch
+                .decisions()
+                .iter()
+                .map(|c| {
+                    let v = gatewatch_pipeline::schema::decision_json(c);
+                    (
+                        c.decision.value.as_bytes().to_vec(),
+                        v.to_string().into_bytes(),
+                    )
+                })
+                .collect();
+            for (key, payload) in changes {
+                self.send(Pending {
+                    topic: topic.clone(),
+                    key,
+                    payload,
+                    headers: Vec::new(),
+                })?;
+            }
+        }
+        for p in std::mem::take(&mut self.poison) {
+            self.service.metrics.kafka_dead_letters.inc();
+            self.send(p)?;
+        }
+        self.wait_delivered()?;
+        self.advance(ack, upto);
+        self.note_delivered();
+        if !self.batch.is_empty() {
+            self.service
+                .metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn log_rejections(&mut self) {
+        for r in self.batch.rejections() {
+            self.rejections += 1;
+            if self.rejections <= LOGGED_REJECTIONS {
+                let rec = RejectionRecord::from(r);
+                tracing::warn!(target: "gatewatch::serve", position = %rec.position, category = %rec.category, reason = %rec.reason, "input rejected");
+            } else if self.rejections == LOGGED_REJECTIONS + 1 {
+                tracing::warn!(target: "gatewatch::serve", "more inputs rejected: counted in gatewatch_inputs_rejected_total, no longer logged one by one");
+            }
+        }
+    }
+
+    /// Hands a message to the producer (waiting while its queue is full).
+    fn send(&mut self, p: Pending) -> Result<()> {
+        let Some(producer) = &self.producer else {
+            return Ok(());
+        };
+        let mut p = Box::new(p);
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(p.headers.len());
+            for (k, v) in &p.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            let topic = p.topic.clone();
+            let key = p.key.clone();
+            let payload = p.payload.clone();
+            let record = BaseRecord::with_opaque_to(&topic, p)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers);
+            match producer.send(record) {
+                Ok(()) => {
+                    self.in_flight += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    p = rec.delivery_opaque;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, rec)) => {
+                    // Not sendable at all (too large, unknown topic): retried like a failed
+                    // delivery, so that nothing is dropped.
+                    p = rec.delivery_opaque;
+                    self.sink_failure(&p.topic, &e.to_string());
+                    if self.stop.load(Ordering::Acquire) {
+                        anyhow::bail!("topic {}: {e}", p.topic);
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn sink_failure(&self, topic: &str, error: &str) {
+        self.service
+            .metrics
+            .sink_failures
+            .get_or_create(&vec![("sink".to_string(), format!("kafka:{topic}"))])
+            .inc();
+        tracing::error!(target: "gatewatch::serve", topic, error, "cannot deliver; retrying (the input waits)");
+    }
+
+    /// Delivery reports so far: delivered ones counted off, failed ones sent again.
+    fn collect(&mut self) -> Vec<(Box<Pending>, String)> {
+        let Some(producer) = &self.producer else {
+            return Vec::new();
+        };
+        let mut r = lock(&producer.context().reports);
+        self.in_flight -= r.delivered + r.failed.len();
+        r.delivered = 0;
+        std::mem::take(&mut r.failed)
+    }
+
+    /// Waits until every message sent is delivered; failed ones are sent again with
+    /// backoff (100 ms doubling to 5 s) until they are, or the service stops.
+    fn wait_delivered(&mut self) -> Result<()> {
+        let mut wait = Duration::from_millis(100);
+        while self.in_flight > 0 {
+            if let Some(producer) = &self.producer {
+                producer.poll(Duration::from_millis(20));
+            }
+            let failed = self.collect();
+            if failed.is_empty() {
+                continue;
+            }
+            for (p, e) in &failed {
+                self.sink_failure(&p.topic, e);
+            }
+            if self.stop.load(Ordering::Acquire) {
+                anyhow::bail!(
+                    "{} messages could not be delivered",
+                    failed.len() + self.in_flight
+                );
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(5));
+            for (p, _) in failed {
+                self.send(*p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The inputs a delivered batch covers (the first `upto` pushed, up to the session's
+    /// first open input) are out; each partition is done up to its first input still
+    /// queued or inside the session.
+    fn advance(&mut self, ack: Ack, upto: usize) {
+        for _ in 0..upto {
+            let Some(&(p, o, l)) = self.log.front() else {
+                break;
+            };
+            if let Ack::Before(Position::Offset { partition, offset }) = ack
+                && (p, o) == (partition, offset)
+            {
+                break;
+            }
+            self.log.pop_front();
+            let out = self.out.entry(p).or_insert((o, l));
+            *out = (*out).max((o, l));
+        }
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+        for (p, o, _) in &self.log {
+            first.entry(*p).or_insert(*o);
+        }
+        for (p, q) in &self.queues {
+            if let Some(x) = q.items.front() {
+                let f = first.entry(*p).or_insert(x.offset);
+                *f = (*f).min(x.offset);
+            }
+        }
+        for (p, (o, l)) in &self.out {
+            // A message whose first lines are out and later ones are not is not done: it
+            // is read again, its first lines skipped when the state has them.
+            let (next, partial) = match first.get(p) {
+                Some(f) if f == o => (*o, l + 1),
+                _ => (o + 1, 0),
+            };
+            let d = self.done.entry(*p).or_insert(next);
+            if next >= *d {
+                *d = next;
+                self.partial.insert(*p, partial);
+            }
+        }
+    }
+
+    /// Stores the done offsets (committed by the consumer's auto-commit, or at once with
+    /// `commit`).
+    fn store(&self, consumer: &BaseConsumer<ConsumerCtx>, commit: bool) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        // Only partitions assigned now (a revoked one's inputs may still come out).
+        for (p, next) in self
+            .done
+            .iter()
+            .filter(|(p, _)| self.queues.contains_key(p))
+        {
+            tpl.add_partition_offset(&self.opts.input, *p, Offset::Offset(*next))
+                .context("an offset")?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        consumer.store_offsets(&tpl).context("storing offsets")?;
+        if commit {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .context("committing offsets")?;
+        }
+        Ok(())
+    }
+
+    /// What the session has released is delivered; with a state file the state (without
+    /// the events still held for ordering: they are read again after a restart), its
+    /// decisions and the offsets it covers are saved; then the offsets are committed.
+    fn snapshot(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<()> {
+        self.drain(false)?;
+        if let Some(state) = self.service.opts.state.clone() {
+            self.service.snapshot_state(false)?;
+            let saved = SavedOffsets {
+                topic: self.opts.input.clone(),
+                next: self.done.clone(),
+                partial: self.partial.clone(),
+            };
+            write_atomic(&offsets_path(&state), |w| {
+                serde_json::to_writer(w, &saved).context("the offsets")
+            })?;
+        }
+        self.store(consumer, true)?;
+        self.note_delivered();
+        Ok(())
+    }
+
+    /// Notes the delivered offsets (after each delivered batch).
+    fn note_delivered(&mut self) {
+        let Some(state) = &self.service.opts.state else {
+            return;
+        };
+        let noted = SavedOffsets {
+            topic: self.opts.input.clone(),
+            next: self.done.clone(),
+            partial: self.partial.clone(),
+        };
+        let r = write_atomic(&delivered_path(state), |w| {
+            serde_json::to_writer(w, &noted).context("the delivered offsets")
+        });
+        if let Err(e) = r {
+            tracing::warn!(target: "gatewatch::serve", error = %format!("{e:#}"), "cannot note the delivered offsets");
+        }
+    }
+
+    /// Partitions revoked: everything read is delivered, snapshotted and committed; they
+    /// are forgotten.
+    fn revoke(&mut self, consumer: &BaseConsumer<ConsumerCtx>, revoked: &[i32]) {
+        if let Err(e) = self.snapshot(consumer) {
+            tracing::error!(target: "gatewatch::serve", error = %format!("{e:#}"), "could not hand over the revoked partitions cleanly; their new owner reads again from the last commit");
+        }
+        for p in revoked {
+            self.queues.remove(p);
+            self.out.remove(p);
+            self.done.remove(p);
+            self.covered.next.remove(p);
+            self.covered.partial.remove(p);
+            self.partial.remove(p);
+            self.service
+                .metrics
+                .kafka_lag
+                .remove(&vec![("partition".to_string(), p.to_string())]);
+        }
+    }
+}
+
+/// The consumer's context: rebalances reach the driver.
+struct ConsumerCtx {
+    driver: Mutex<Option<Driver>>,
+}
+
+impl ClientContext for ConsumerCtx {}
+
+impl ConsumerContext for ConsumerCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(target: "gatewatch::serve", partitions = ?parts, "partitions revoked");
+                if let Some(d) = lock(&self.driver).as_mut() {
+                    d.revoke(consumer, &parts);
+                    d.service.metrics.kafka_rebalances.inc();
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(target: "gatewatch::serve", partitions = ?parts, "partitions assigned");
+                if let Some(d) = lock(&self.driver).as_mut() {
+                    for p in &parts {
+                        d.queues.entry(*p).or_default();
+                    }
+                    d.service.metrics.kafka_rebalances.inc();
+                    d.service
+                        .metrics
+                        .kafka_partitions
+                        .set(d.queues.len() as i64);
+                }
+            }
+            Rebalance::Error(e) => {
+                tracing::error!(target: "gatewatch::serve", error = %e, "rebalance error");
+            }
+        }
+    }
+}
+
+/// Sets `key` unless the user's properties did.
+fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+}
+
+fn read_offsets(path: &Path, topic: &str) -> SavedOffsets {
+    let none = SavedOffsets {
+        topic: topic.to_string(),
+        ..SavedOffsets::default()
+    };
+    match std::fs::read(path) {
+        Ok(b) => match serde_json::from_slice::<SavedOffsets>(&b) {
+            Ok(s) if s.topic == topic => s,
+            Ok(s) => {
+                tracing::warn!(target: "gatewatch::serve", path = %path.display(), saved = %s.topic, topic, "offsets of another topic; ignored");
+                none
+            }
+            Err(e) => {
+                tracing::warn!(target: "gatewatch::serve", path = %path.display(), error = %e, "unreadable offsets; ignored");
+                none
+            }
+        },
+        Err(_) => none,
+    }
+}
+
+/// A running Kafka stream.
+pub struct KafkaStream {
+    stop: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<Result<()>>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl KafkaStream {
+    /// Connects (the input topic must exist), subscribes and starts consuming on a thread
+    /// of its own.
+    pub fn start(service: Arc<Service>, opts: KafkaOptions) -> Result<Self> {
+        let mut cc = opts.config("consumer");
+        cc.set("group.id", &opts.group)
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true");
+        for (k, v) in [
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "5000"),
+            ("auto.offset.reset", "earliest"),
+        ] {
+            set_default(&mut cc, k, v);
+        }
+        let needs_producer =
+            opts.scores.is_some() || opts.decisions.is_some() || opts.dead_letters.is_some();
+        let producer = if needs_producer {
+            let mut pc = opts.config("producer");
+            set_default(&mut pc, "linger.ms", "5");
+            set_default(&mut pc, "enable.idempotence", "true");
+            let p: BaseProducer<ProducerCtx> = pc
+                .create_with_context(ProducerCtx {
+                    reports: Mutex::default(),
+                })
+                .context("cannot create the Kafka producer")?;
+            Some(p)
+        } else {
+            None
+        };
+        let (covered, delivered_before) = match &service.opts.state {
+            Some(state) => (
+                read_offsets(&offsets_path(state), &opts.input),
+                read_offsets(&delivered_path(state), &opts.input),
+            ),
+            None => (SavedOffsets::default(), SavedOffsets::default()),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let driver = Driver {
+            service: service.clone(),
+            stop: stop.clone(),
+            opts: opts.clone(),
+            producer,
+            batch: Output::default(),
+            text: String::new(),
+            queues: BTreeMap::new(),
+            queued: 0,
+            log: VecDeque::new(),
+            out: BTreeMap::new(),
+            partial: covered.partial.clone(),
+            done: covered.next.clone(),
+            covered,
+            delivered_before,
+            poison: Vec::new(),
+            in_flight: 0,
+            rejections: 0,
+        };
+        let consumer: BaseConsumer<ConsumerCtx> = cc
+            .create_with_context(ConsumerCtx {
+                driver: Mutex::new(Some(driver)),
+            })
+            .context("cannot create the Kafka consumer")?;
+        let metadata = consumer
+            .fetch_metadata(Some(&opts.input), Duration::from_secs(10))
+            .with_context(|| format!("cannot reach the Kafka brokers {}", opts.brokers))?;
+        let known = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == opts.input)
+            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+        if !known {
+            anyhow::bail!(
+                "the input topic {} does not exist at {}",
+                opts.input,
+                opts.brokers
+            );
+        }
+        consumer
+            .subscribe(&[&opts.input])
+            .with_context(|| format!("cannot subscribe to {}", opts.input))?;
+        let done = Arc::new(tokio::sync::Notify::new());
+        let every = service.opts.snapshot_every;
+        let (note, stopping, idle) = (done.clone(), stop.clone(), opts.idle_flush);
+        let worker = std::thread::Builder::new()
+            .name("gatewatch-kafka".into())
+            .spawn(move || {
+                let r = run(&consumer, &stopping, idle, every);
+                note.notify_one();
+                r
+            })
+            .context("cannot start the Kafka thread")?;
+        Ok(Self { stop, worker, done })
+    }
+
+    /// Resolves when the stream has stopped by itself (it failed).
+    pub fn done(&self) -> Arc<tokio::sync::Notify> {
+        self.done.clone()
+    }
+
+    /// Stops consuming, delivers what was read, takes the last snapshot, commits.
+    pub fn stop(self) -> Result<()> {
+        self.stop.store(true, Ordering::Release);
+        match self.worker.join() {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("the Kafka thread panicked"),
+        }
+    }
+}
+
+/// The consumer loop.
+fn run(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    stop: &AtomicBool,
+    idle: Duration,
+    every: Duration,
+) -> Result<()> {
+    let ctx = consumer.context();
+    let mut quiet_since = Instant::now();
+    let mut quiet = true;
+    let mut last_snapshot = Instant::now();
+    let mut last_lag = Instant::now();
+    let result = loop {
+        if stop.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        let polled = consumer.poll(Duration::from_millis(50));
+        let mut guard = lock(&ctx.driver);
+        let Some(d) = guard.as_mut() else {
+            break Ok(());
+        };
+        let step = match polled {
+            Some(Ok(m)) => {
+                let input = Input {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                };
+                quiet = false;
+                quiet_since = Instant::now();
+                d.push(input)
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                d.queues.entry(p).or_default().at_end = true;
+                d.release(false)
+            }
+            Some(Err(e)) => {
+                d.service.metrics.kafka_errors.inc();
+                tracing::warn!(target: "gatewatch::serve", error = %e, "Kafka consumer error");
+                Ok(())
+            }
+            None => {
+                if !quiet && quiet_since.elapsed() >= idle {
+                    quiet = true;
+                    d.release(true).and_then(|()| d.drain(true)).and_then(|()| {
+                        if d.service.opts.state.is_none() {
+                            d.store(consumer, false)?;
+                        }
+                        Ok(())
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(e) = step {
+            break Err(e);
+        }
+        if d.service.opts.state.is_none() && !d.done.is_empty() && last_snapshot.elapsed() >= every
+        {
+            last_snapshot = Instant::now();
+            if let Err(e) = d.store(consumer, false) {
+                tracing::warn!(target: "gatewatch::serve", error = %format!("{e:#}"), "cannot store offsets");
+            }
+        }
+        if d.service.opts.state.is_some() && last_snapshot.elapsed() >= every {
+            last_snapshot = Instant::now();
+            if let Err(e) = d.snapshot(consumer) {
+                tracing::error!(target: "gatewatch::serve", error = %format!("{e:#}"), "snapshot failed");
+            }
+        }
+        if last_lag.elapsed() >= Duration::from_secs(5) {
+            last_lag = Instant::now();
+            lag(consumer, d);
+        }
+    };
+    // The last snapshot; then the driver goes (the revocation on close finds nothing).
+    let last = match lock(&ctx.driver).take() {
+        Some(mut d) => d.snapshot(consumer),
+        None => Ok(()),
+    };
+    consumer.unsubscribe();
+    result.and(last)
+}
+
+/// Consumer lag per assigned partition: the high watermark less the next offset to read.
+fn lag(consumer: &BaseConsumer<ConsumerCtx>, d: &Driver) {
+    let Ok(assigned) = consumer.assignment() else {
+        return;
+    };
+    let positions = consumer.position().ok();
+    for e in assigned.elements() {
+        let p = e.partition();
+        let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), p, Duration::from_millis(500))
+        else {
+            continue;
+        };
+        let next = positions
+            .as_ref()
+            .and_then(|t| t.find_partition(e.topic(), p))
+            .and_then(|x| x.offset().to_raw())
+            .filter(|o| *o >= 0)
+            .or_else(|| d.done.get(&p).copied())
+            .unwrap_or(0);
+        d.service
+            .metrics
+            .kafka_lag
+            .get_or_create(&vec![("partition".to_string(), p.to_string())])
+            .set((high - next).max(0));
+    }
+}
