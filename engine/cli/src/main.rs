@@ -55,6 +55,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects (one per line; for log collectors). The level
+    /// is set by `GATEWATCH_LOG` (`warn` by default; `info`, `gatewatch=debug`, …).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "GATEWATCH_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +189,9 @@ struct ServeArgs {
     /// When no input has come for this long, the events held for reordering are scored.
     #[arg(long, default_value = "250ms", value_parser = serve_cmd::duration)]
     idle_flush: std::time::Duration,
+    /// Reload the model and the rules on SIGHUP only, not also when their files change.
+    #[arg(long)]
+    no_watch: bool,
     /// Kafka brokers (`bootstrap.servers`) to read `--kafka-input` from.
     #[cfg(feature = "kafka")]
     #[arg(long, env = "GATEWATCH_KAFKA_BROKERS", requires = "kafka_input")]
@@ -468,14 +490,17 @@ struct FeaturesArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GATEWATCH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let cli = Cli::parse();
+        );
+    match cli.log_format {
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+        LogFormat::Text => logs.init(),
+    }
     let res = match cli.command {
         Command::Simulate(a) => simulate_cmd::run(a),
         Command::Features(a) => features_cmd::run(a),

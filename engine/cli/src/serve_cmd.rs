@@ -110,6 +110,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             stream: stream_options(&a, &settings),
             #[cfg(feature = "kafka")]
             kafka: kafka_options(&a, &settings)?,
+            watch: !a.no_watch,
         },
     )?;
     if let Some(n) = note {

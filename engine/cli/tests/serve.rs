@@ -161,7 +161,7 @@ fn sighup_reloads_a_good_model_and_keeps_the_last_good_one_when_the_new_one_is_b
         assert_eq!(status, 200, "{body}");
         json_lines(&body)[0]["model"].as_str().unwrap().to_string()
     };
-    let s = Served::start(&["--model", model.to_str().unwrap()]);
+    let s = Served::start(&["--model", model.to_str().unwrap(), "--no-watch"]);
     assert_eq!(scored_by(&s), "default@1");
     // A broken model: refused, counted, and scoring goes on with the last good one.
     let manifest = std::fs::read_to_string(model.join("manifest.json")).unwrap();
@@ -347,7 +347,13 @@ fn sighup_reloads_the_rules_and_keeps_the_last_good_ones_when_the_new_file_is_br
         )
     };
     std::fs::write(&rules, rule("first")).unwrap();
-    let s = Served::start(&["--rules", rules.to_str().unwrap(), "--bouncer-key", "k"]);
+    let s = Served::start(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--bouncer-key",
+        "k",
+        "--no-watch",
+    ]);
     let decided_by = |s: &Served, ip: &str, ms: i64| {
         let event = format!(
             "{{\"ts\":{},\"client_ip\":\"{ip}\",\"method\":\"POST\",\"path\":\"/login\",\"status\":401}}\n",
@@ -460,6 +466,8 @@ fn a_file_or_standard_input_is_scored_into_the_sinks_as_the_cli_scores_it() {
             "-",
             "--scores-out",
             "-",
+            "--log-format",
+            "json",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -480,7 +488,18 @@ fn a_file_or_standard_input_is_scored_into_the_sinks_as_the_cli_scores_it() {
         assert_eq!(g["score"], w["score"]);
     }
     assert!(err.contains("2 inputs rejected"), "{err}");
-    assert!(err.contains("input rejected"), "{err}");
+    // Logged as JSON objects, naming where and why.
+    let logged: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["fields"]["message"] == "input rejected")
+        .collect();
+    assert_eq!(logged.len(), 2, "{err}");
+    assert!(
+        logged
+            .iter()
+            .all(|v| v["level"] == "WARN" && v["fields"]["position"].is_string())
+    );
 
     // With a stream input, HTTP ingest is closed.
     let s = Served::start(&["--follow", "-i", input.to_str().unwrap()]);
@@ -564,4 +583,50 @@ fn a_followed_file_is_scored_as_it_grows_through_rotation_and_a_restart_reads_on
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g, w);
     }
+}
+
+#[test]
+fn a_rules_file_or_model_changed_on_disk_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let model = dir.path().join("model");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default"),
+        &model,
+    );
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = \"first\"\nwhen = \"request.status == 401\"\naction = \"block\"\nkey = \"ip\"\n",
+    )
+    .unwrap();
+    let s = Served::start(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "-m",
+        model.to_str().unwrap(),
+    ]);
+    // A broken rules file is refused; a good one replaces the running rules.
+    std::fs::write(&rules, "[[rule]]\nid = \"x\"\nwhen = \"nope(\"\n").unwrap();
+    s.wait_for_metric("gatewatch_rules_reload_failures_total 1");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = \"second\"\nwhen = \"request.status == 403\"\naction = \"log\"\n",
+    )
+    .unwrap();
+    s.wait_for_metric("gatewatch_rules_reloads_total 1");
+    // A model file overwritten with garbage is refused and scoring goes on.
+    let manifest = model.join("manifest.json");
+    let good = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, b"{ not a manifest").unwrap();
+    s.wait_for_metric("gatewatch_model_reload_failures_total 1");
+    let (status, body) = s.call(
+        "POST",
+        "/v1/events",
+        b"{\"ts\":1767603600000,\"client_ip\":\"192.0.2.9\",\"method\":\"GET\",\"path\":\"/\",\"status\":200}\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(json_lines(&body)[0]["score"].is_number(), "{body}");
+    std::fs::write(&manifest, good).unwrap();
+    s.wait_for_metric("gatewatch_model_reloads_total 1");
+    assert!(s.stop().success());
 }

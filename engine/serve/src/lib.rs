@@ -82,6 +82,9 @@ pub struct ServeOptions {
     /// Kafka input and output topics.
     #[cfg(feature = "kafka")]
     pub kafka: Option<kafka::KafkaOptions>,
+    /// Reload the model folder and the rules file when they change on disk (besides
+    /// SIGHUP).
+    pub watch: bool,
 }
 
 impl ServeOptions {
@@ -854,6 +857,87 @@ async fn metrics(State(s): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
+/// How often the model folder and the rules file are looked at for changes.
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// The newest modification time under `path` (a file, or a folder's files and those of
+/// its folders, three levels down), if any.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    fn newest(path: &Path, depth: u32) -> Option<std::time::SystemTime> {
+        let m = std::fs::metadata(path).ok()?;
+        if !m.is_dir() {
+            return m.modified().ok();
+        }
+        let own = m.modified().ok();
+        if depth == 0 {
+            return own;
+        }
+        std::fs::read_dir(path)
+            .ok()?
+            .flatten()
+            .filter_map(|e| newest(&e.path(), depth - 1))
+            .chain(own)
+            .max()
+    }
+    newest(path, 3)
+}
+
+/// The files reloaded when they change: the model folder and the rules file, with the
+/// modification times they had when they were loaded.
+struct Watched {
+    model: Option<PathBuf>,
+    rules: Option<PathBuf>,
+    seen: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+}
+
+impl Watched {
+    fn new(service: &Service) -> Option<Self> {
+        let model = service.opts.model.clone();
+        let rules = service
+            .opts
+            .rules
+            .clone()
+            .filter(|p| p != Path::new("default"));
+        if !service.opts.watch || (model.is_none() && rules.is_none()) {
+            return None;
+        }
+        let mut w = Self {
+            model,
+            rules,
+            seen: (None, None),
+        };
+        w.seen = w.look();
+        Some(w)
+    }
+
+    fn look(&self) -> (Option<std::time::SystemTime>, Option<std::time::SystemTime>) {
+        let at = |p: &Option<PathBuf>| p.as_deref().and_then(modified);
+        (at(&self.model), at(&self.rules))
+    }
+
+    /// Reloads the model or the rules when their files change (as SIGHUP does).
+    async fn run(mut self, service: Arc<Service>) {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (m, r) = self.look();
+            if m != self.seen.0 {
+                self.seen.0 = m;
+                tracing::info!(target: "gatewatch::serve", "the model folder changed; reloading");
+                let s = service.clone();
+                let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+            }
+            if r != self.seen.1 {
+                self.seen.1 = r;
+                tracing::info!(target: "gatewatch::serve", "the rules file changed; reloading");
+                let s = service.clone();
+                let _ = tokio::task::spawn_blocking(move || s.reload_rules()).await;
+            }
+        }
+    }
+}
+
 /// The service's stream input, running.
 enum Running {
     Lines(stream::Stream),
@@ -914,6 +998,7 @@ pub async fn serve(
         handler(SignalKind::interrupt())?,
         handler(SignalKind::hangup())?,
     );
+    let watched = Watched::new(&service);
     on_listen(listener.local_addr()?);
     let stream = Running::start(&service)?;
     let every = service.opts.snapshot_every;
@@ -943,6 +1028,7 @@ pub async fn serve(
             }
         })
     };
+    let watch = watched.map(|w| tokio::spawn(w.run(service.clone())));
     let done = stream.as_ref().map(Running::done);
     let stopped = async move {
         match done {
@@ -961,6 +1047,9 @@ pub async fn serve(
         p.abort();
     }
     hup.abort();
+    if let Some(w) = watch {
+        w.abort();
+    }
     match stream {
         Some(st) => {
             tokio::task::spawn_blocking(move || st.stop())
