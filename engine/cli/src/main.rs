@@ -194,39 +194,34 @@ struct ServeArgs {
     no_watch: bool,
     /// Kafka brokers (`bootstrap.servers`) to read `--kafka-input` from.
     #[cfg(feature = "kafka")]
-    #[arg(long, env = "GATEWATCH_KAFKA_BROKERS", requires = "kafka_input")]
+    #[arg(long, env = "GATEWATCH_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
     /// The Kafka topic of events (NDJSON: one event, or several lines of them, per
     /// message), read by the consumer group `--kafka-group`.
     #[cfg(feature = "kafka")]
-    #[arg(
-        long,
-        value_name = "TOPIC",
-        requires = "kafka_brokers",
-        conflicts_with = "input"
-    )]
+    #[arg(long, value_name = "TOPIC", conflicts_with = "input")]
     kafka_input: Option<String>,
-    /// The consumer group.
+    /// The consumer group (default: `[kafka] group`, else `gatewatch`).
     #[cfg(feature = "kafka")]
-    #[arg(long, default_value = "gatewatch", value_name = "GROUP")]
-    kafka_group: String,
+    #[arg(long, value_name = "GROUP")]
+    kafka_group: Option<String>,
     /// Write score records to this topic (key: the client).
     #[cfg(feature = "kafka")]
-    #[arg(long, value_name = "TOPIC", requires = "kafka_input")]
+    #[arg(long, value_name = "TOPIC")]
     kafka_scores: Option<String>,
     /// Write decision changes to this topic (key: the decision's value).
     #[cfg(feature = "kafka")]
-    #[arg(long, value_name = "TOPIC", requires = "kafka_input")]
+    #[arg(long, value_name = "TOPIC")]
     kafka_decisions: Option<String>,
     /// Copy messages that are not events to this topic, with the reason in a header.
     #[cfg(feature = "kafka")]
-    #[arg(long, value_name = "TOPIC", requires = "kafka_input")]
+    #[arg(long, value_name = "TOPIC")]
     kafka_dead_letters: Option<String>,
     /// A librdkafka property for both clients (`consumer.NAME=…` or `producer.NAME=…` for
     /// one): `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`,
     /// `sasl.username=…`, `ssl.ca.location=…`, `session.timeout.ms=…` (repeatable).
     #[cfg(feature = "kafka")]
-    #[arg(long, value_name = "KEY=VALUE", requires = "kafka_input")]
+    #[arg(long, value_name = "KEY=VALUE")]
     kafka_set: Vec<String>,
 }
 

@@ -51,20 +51,39 @@ fn kafka_options(
     a: &ServeArgs,
     settings: &gatewatch_config::Settings,
 ) -> Result<Option<gatewatch_serve::kafka::KafkaOptions>> {
-    let (Some(brokers), Some(input)) = (&a.kafka_brokers, &a.kafka_input) else {
-        return Ok(None);
+    let k = &settings.kafka;
+    let brokers = a.kafka_brokers.clone().or_else(|| k.brokers.clone());
+    let input = a.kafka_input.clone().or_else(|| k.input.clone());
+    let (brokers, input) = match (brokers, input) {
+        (Some(b), Some(i)) => (b, i),
+        (None, None) => return Ok(None),
+        (None, Some(_)) => anyhow::bail!(
+            "Kafka input without brokers: --kafka-brokers (or GATEWATCH_KAFKA_BROKERS, [kafka] brokers)"
+        ),
+        (Some(_), None) => {
+            anyhow::bail!("Kafka brokers without an input topic: --kafka-input (or [kafka] input)")
+        }
     };
-    let mut o = gatewatch_serve::kafka::KafkaOptions::new(brokers, input);
-    o.group = a.kafka_group.clone();
-    o.scores = a.kafka_scores.clone();
-    o.decisions = a.kafka_decisions.clone();
-    o.dead_letters = a.kafka_dead_letters.clone();
+    if a.input.is_some() {
+        anyhow::bail!("--input and a Kafka input topic ([kafka] input): one input at a time");
+    }
+    let mut o = gatewatch_serve::kafka::KafkaOptions::new(&brokers, &input);
+    if let Some(g) = a.kafka_group.clone().or_else(|| k.group.clone()) {
+        o.group = g;
+    }
+    o.scores = a.kafka_scores.clone().or_else(|| k.scores.clone());
+    o.decisions = a.kafka_decisions.clone().or_else(|| k.decisions.clone());
+    o.dead_letters = a
+        .kafka_dead_letters
+        .clone()
+        .or_else(|| k.dead_letters.clone());
+    o.properties = k.properties.clone().into_iter().collect();
     for kv in &a.kafka_set {
-        let Some((k, v)) = kv.split_once('=') else {
+        let Some((key, v)) = kv.split_once('=') else {
             anyhow::bail!("--kafka-set {kv:?}: expected KEY=VALUE (a librdkafka property)");
         };
         o.properties
-            .push((k.trim().to_string(), v.trim().to_string()));
+            .push((key.trim().to_string(), v.trim().to_string()));
     }
     o.format = match a.format {
         LineFormat::Ndjson => Format::Ndjson,

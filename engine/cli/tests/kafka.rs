@@ -322,9 +322,26 @@ fn kafka_in_and_out_with_poison_messages_and_a_clean_restart() {
     assert!(m.contains("gatewatch_kafka_partitions 4"), "{m}");
     assert!(s.stop().success());
 
-    // The rest after a clean restart: read on from the committed offsets, no duplicates.
+    // The rest after a clean restart (the topics from the configuration file this time):
+    // read on from the committed offsets, no duplicates.
     broker.produce("events", &msgs[half..]);
-    let s = Served::start(&args);
+    let config = dir.path().join("gatewatch.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbrokers = \"${TEST_BROKERS}\"\ninput = \"events\"\nscores = \"scores\"\ndead_letters = \"dead\"\n[kafka.properties]\n\"consumer.session.timeout.ms\" = \"2000\"\n\"consumer.heartbeat.interval.ms\" = \"200\"\n",
+    )
+    .unwrap();
+    let s = Served::start_env(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--snapshot-every",
+            "1s",
+        ],
+        &[("TEST_BROKERS", &broker.addr)],
+    );
     assert!(
         s.stderr.iter().any(|l| l.contains("restored")),
         "{:?}",

@@ -6,8 +6,9 @@
 //! crate puts them together, resolves `${VAR}` / `${VAR:-default}` references from the
 //! environment ([`interpolate`]), refuses unknown sections and keys with their name and line,
 //! and validates every section once: a [`Settings`] value is always valid. The sections of
-//! the stream service (`[service]`, `[kafka]`, `[sinks]`) are reserved: they are refused with
-//! a message until those parts exist. `[rules]` names the mitigation rules file.
+//! the stream service still to come (`[service]`, `[sinks]`) are reserved: they are refused
+//! with a message until those parts exist. `[rules]` names the mitigation rules file,
+//! `[kafka]` the topics `gatewatch serve` reads and writes.
 
 mod interpolate;
 
@@ -47,10 +48,32 @@ pub struct RulesConfig {
     pub bouncer_keys: Vec<String>,
 }
 
+/// `[kafka]`: where `gatewatch serve` reads events from Kafka and writes its records (the
+/// `--kafka-*` options override each key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: Option<String>,
+    /// The consumer group (default `gatewatch`).
+    pub group: Option<String>,
+    /// The topic of events.
+    pub input: Option<String>,
+    /// The topic of score records.
+    pub scores: Option<String>,
+    /// The topic of decision changes.
+    pub decisions: Option<String>,
+    /// The topic poison messages are copied to.
+    pub dead_letters: Option<String>,
+    /// librdkafka properties for both clients (`consumer.NAME` / `producer.NAME` for one):
+    /// security, timeouts, tuning. Keep secrets in `${VAR}` references.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
 /// Sections reserved for parts of the program that are not built yet.
-const RESERVED: [(&str, &str); 3] = [
-    ("service", "the stream service (`gatewatch serve`)"),
-    ("kafka", "the stream service's Kafka source and sinks"),
+const RESERVED: [(&str, &str); 2] = [
+    ("service", "the stream service's own settings"),
     ("sinks", "the stream service's sinks"),
 ];
 
@@ -70,6 +93,8 @@ struct File {
     model: ModelConfig,
     #[serde(default)]
     rules: RulesConfig,
+    #[serde(default)]
+    kafka: KafkaConfig,
 }
 
 /// A validated configuration of the whole program.
@@ -82,6 +107,8 @@ pub struct Settings {
     pub model: ModelConfig,
     /// `[rules]`.
     pub rules: RulesConfig,
+    /// `[kafka]`.
+    pub kafka: KafkaConfig,
 }
 
 impl Settings {
@@ -163,6 +190,7 @@ impl Settings {
             engine,
             model: f.model,
             rules: f.rules,
+            kafka: f.kafka,
         })
     }
 }

@@ -122,7 +122,7 @@ fn bad_values_are_named_and_reserved_sections_refused() {
             .to_string();
         assert!(e.contains(needle), "{text}: {e}");
     }
-    for s in ["service", "kafka", "sinks"] {
+    for s in ["service", "sinks"] {
         let e = Settings::parse_with(&format!("[{s}]\nx = 1\n"), &env(&[]))
             .unwrap_err()
             .to_string();
@@ -157,4 +157,20 @@ fn paths_are_taken_from_the_file_s_folder() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with(&cfg.display().to_string()), "{e}");
+}
+
+#[test]
+fn the_kafka_section_takes_topics_and_client_properties_from_the_environment() {
+    let s = Settings::parse_with(
+        "[kafka]\nbrokers = \"${BROKERS}\"\ninput = \"events\"\nscores = \"scores\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"${PASS}\"\n",
+        &env(&[("BROKERS", "k1:9092,k2:9092"), ("PASS", "s3cret")]),
+    )
+    .unwrap();
+    assert_eq!(s.kafka.brokers.as_deref(), Some("k1:9092,k2:9092"));
+    assert_eq!(s.kafka.input.as_deref(), Some("events"));
+    assert_eq!(s.kafka.properties["sasl.password"], "s3cret");
+    let e = Settings::parse_with("[kafka]\ntopic = \"x\"\n", &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `topic`"), "{e}");
 }
