@@ -186,9 +186,11 @@ struct ServeArgs {
     /// Write decision changes here (NDJSON, appended; `-`: standard output).
     #[arg(long, value_name = "FILE", requires = "input")]
     decisions_out: Option<String>,
-    /// When no input has come for this long, the events held for reordering are scored.
+    /// Score the events held for reordering at least this often, and when the input has
+    /// been quiet this long: with a live stream, no event waits longer (a later event older
+    /// than them is scored after them, or refused as late beyond `allowed_lateness_ms`).
     #[arg(long, default_value = "250ms", value_parser = serve_cmd::duration)]
-    idle_flush: std::time::Duration,
+    flush_every: std::time::Duration,
     /// Reload the model and the rules on SIGHUP only, not also when their files change.
     #[arg(long)]
     no_watch: bool,

@@ -41,7 +41,7 @@ fn stream_options(a: &ServeArgs, settings: &gatewatch_config::Settings) -> Optio
     };
     o.scores = a.scores_out.as_deref().map(SinkTarget::parse);
     o.decisions = a.decisions_out.as_deref().map(SinkTarget::parse);
-    o.idle_flush = a.idle_flush;
+    o.flush_every = a.flush_every;
     Some(o)
 }
 
@@ -89,7 +89,7 @@ fn kafka_options(
         LineFormat::Ndjson => Format::Ndjson,
         LineFormat::Combined => Format::Combined(settings.engine.input.combined.clone()),
     };
-    o.idle_flush = a.idle_flush;
+    o.flush_every = a.flush_every;
     Ok(Some(o))
 }
 

@@ -525,7 +525,7 @@ fn a_followed_file_is_scored_as_it_grows_through_rotation_and_a_restart_reads_on
         state.to_str().unwrap(),
         "--scores-out",
         scores.to_str().unwrap(),
-        "--idle-flush",
+        "--flush-every",
         "100ms",
     ];
     let count = |upto: usize| {

@@ -71,12 +71,13 @@ pub struct KafkaOptions {
     pub properties: Vec<(String, String)>,
     /// The line format of the events in a message.
     pub format: Format,
-    /// When no message has come for this long, the events held for reordering are scored.
-    pub idle_flush: Duration,
+    /// The events held for reordering are scored at least this often (partitions still
+    /// merged), and every queued event when no message has come for this long.
+    pub flush_every: Duration,
 }
 
 impl KafkaOptions {
-    /// Defaults: group `gatewatch`, no output topics, NDJSON, 250 ms idle flush.
+    /// Defaults: group `gatewatch`, no output topics, NDJSON, flushed every 250 ms.
     pub fn new(brokers: &str, input: &str) -> Self {
         Self {
             brokers: brokers.to_string(),
@@ -87,7 +88,7 @@ impl KafkaOptions {
             dead_letters: None,
             properties: Vec::new(),
             format: Format::Ndjson,
-            idle_flush: Duration::from_millis(250),
+            flush_every: Duration::from_millis(250),
         }
     }
 
@@ -844,7 +845,7 @@ impl KafkaStream {
             .with_context(|| format!("cannot subscribe to {}", opts.input))?;
         let done = Arc::new(tokio::sync::Notify::new());
         let every = service.opts.snapshot_every;
-        let (note, stopping, idle) = (done.clone(), stop.clone(), opts.idle_flush);
+        let (note, stopping, idle) = (done.clone(), stop.clone(), opts.flush_every);
         let worker = std::thread::Builder::new()
             .name("gatewatch-kafka".into())
             .spawn(move || {
@@ -881,6 +882,7 @@ fn run(
     let ctx = consumer.context();
     let mut quiet_since = Instant::now();
     let mut quiet = true;
+    let mut last_flush = Instant::now();
     let mut last_snapshot = Instant::now();
     let mut last_lag = Instant::now();
     let result = loop {
@@ -902,7 +904,16 @@ fn run(
                 };
                 quiet = false;
                 quiet_since = Instant::now();
-                d.push(input)
+                d.push(input).and_then(|()| {
+                    // What the session holds for reordering, at least every `idle` (the
+                    // partitions' merge queues keep their order).
+                    if last_flush.elapsed() >= idle {
+                        last_flush = Instant::now();
+                        d.drain(true)
+                    } else {
+                        Ok(())
+                    }
+                })
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 d.queues.entry(p).or_default().at_end = true;
@@ -916,6 +927,7 @@ fn run(
             None => {
                 if !quiet && quiet_since.elapsed() >= idle {
                     quiet = true;
+                    last_flush = Instant::now();
                     d.release(true).and_then(|()| d.drain(true)).and_then(|()| {
                         if d.service.opts.state.is_none() {
                             d.store(consumer, false)?;

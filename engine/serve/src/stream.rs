@@ -4,7 +4,8 @@
 //!
 //! One reader thread reads the input in chunks and hands them over a bounded queue to one
 //! worker thread, which feeds the session, takes its batches when they are full (or when the
-//! input has been quiet for `idle_flush`), writes them to the sinks and takes snapshots.
+//! input has been quiet, and at least every `flush_every`: a live stream's events wait no
+//! longer than that), writes them to the sinks and takes snapshots.
 //! A snapshot covers the input up to the last complete line whose outputs the sinks have
 //! taken: the state file, then the decisions, then the input position
 //! (`STATE.input.json`), each written atomically. After a restart, a followed file is read
@@ -93,22 +94,23 @@ pub struct StreamOptions {
     pub scores: Option<SinkTarget>,
     /// Decision changes (NDJSON, as `gatewatch score --decisions` writes them).
     pub decisions: Option<SinkTarget>,
-    /// When no input has come for this long, the events held for reordering are scored
-    /// (a later event older than them is then scored after them, or refused as late).
-    pub idle_flush: Duration,
+    /// The events held for reordering are scored at least this often, and when the input
+    /// has been quiet this long (a later event older than them is then scored after them,
+    /// or refused as late beyond the allowed lateness).
+    pub flush_every: Duration,
     /// How often a followed file is looked at for new lines and rotation.
     pub poll: Duration,
 }
 
 impl StreamOptions {
-    /// Defaults for `input`: NDJSON, no sinks, 250 ms idle flush, 50 ms poll.
+    /// Defaults for `input`: NDJSON, no sinks, flushed every 250 ms, 50 ms poll.
     pub fn new(input: Input) -> Self {
         Self {
             input,
             format: Format::Ndjson,
             scores: None,
             decisions: None,
-            idle_flush: Duration::from_millis(250),
+            flush_every: Duration::from_millis(250),
             poll: Duration::from_millis(50),
         }
     }
@@ -343,6 +345,7 @@ impl Worker {
         ends: &AtomicBool,
     ) -> Result<()> {
         let mut last_snapshot = Instant::now();
+        let mut last_flush = Instant::now();
         let mut quiet = true;
         let result = loop {
             if self.stop.load(Ordering::Acquire) {
@@ -360,10 +363,15 @@ impl Worker {
                         self.position = Some(InputPosition { dev, ino, offset });
                     }
                     quiet = false;
-                    if self.full()
-                        && let Err(e) = self.drain(false)
+                    // Full batches as they come; everything held at least every `idle`.
+                    let flush = last_flush.elapsed() >= idle;
+                    if (flush || self.full())
+                        && let Err(e) = self.drain(flush)
                     {
                         break Err(e);
+                    }
+                    if flush {
+                        last_flush = Instant::now();
                     }
                 }
                 Ok(Chunk::Rotated) => {
@@ -380,6 +388,7 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {
                     if !quiet {
                         quiet = true;
+                        last_flush = Instant::now();
                         if let Err(e) = self.drain(true) {
                             break Err(e);
                         }
@@ -608,7 +617,7 @@ impl Stream {
             rejections: 0,
         };
         let every = service.opts.snapshot_every;
-        let (idle, ends, note) = (opts.idle_flush, ended.clone(), done.clone());
+        let (idle, ends, note) = (opts.flush_every, ended.clone(), done.clone());
         let worker = std::thread::Builder::new()
             .name("gatewatch-stream".into())
             .spawn(move || {

@@ -78,8 +78,13 @@ impl Served {
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = gw()
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = gw();
+        cmd.arg("serve");
+        // Any free port, unless the test names one.
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
             .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
@@ -176,5 +181,15 @@ impl Served {
         }
         let have: Vec<&str> = last.lines().filter(|l| !l.starts_with('#')).collect();
         panic!("{line:?} never showed in /metrics: {have:#?}");
+    }
+}
+
+impl Drop for Served {
+    /// A service a failed test leaves running is killed.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

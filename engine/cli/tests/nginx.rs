@@ -1,0 +1,348 @@
+//! The loop at a real nginx (`integrations/nginx`, started from a temporary prefix on
+//! loopback ports; `scripts/setup-nginx` installs it): nginx logs each request as a
+//! gatewatch event, `gatewatch serve` follows that log, and the Lua module enforces the
+//! decisions it serves. Blocks, rate limits and challenges are answered, decisions end at
+//! the gateway when they end in gatewatch, shadow rules never block, nginx fails open when
+//! gatewatch is gone, and hostile requests through nginx never stop the pipeline.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Served;
+
+/// The nginx binary: `GATEWATCH_NGINX`, else Debian's.
+fn nginx_bin() -> PathBuf {
+    let p = std::env::var_os("GATEWATCH_NGINX")
+        .map_or_else(|| PathBuf::from("/usr/sbin/nginx"), PathBuf::from);
+    assert!(
+        p.exists() && Path::new("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists(),
+        "nginx with its Lua module is not installed: run scripts/setup-nginx"
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx from `integrations/nginx` in a temporary prefix, stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(gatewatch: &str, key: &str) -> Self {
+        let prefix = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../integrations/nginx");
+        let (port, api) = (free_port(), free_port());
+        let conf = std::fs::read_to_string(src.join("nginx.conf"))
+            .unwrap()
+            .replace("127.0.0.1:8088", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:8089", &format!("127.0.0.1:{api}"));
+        for d in ["conf", "lua", "logs"] {
+            std::fs::create_dir_all(prefix.path().join(d)).unwrap();
+        }
+        std::fs::write(prefix.path().join("conf/nginx.conf"), conf).unwrap();
+        std::fs::copy(
+            src.join("gatewatch.lua"),
+            prefix.path().join("lua/gatewatch.lua"),
+        )
+        .unwrap();
+        let p = prefix.path().to_str().unwrap();
+        let child = Command::new(nginx_bin())
+            .args(["-p", p, "-c", &format!("{p}/conf/nginx.conf")])
+            .args(["-g", "daemon off;"])
+            .env("GATEWATCH_URL", format!("http://{gatewatch}"))
+            .env("GATEWATCH_BOUNCER_KEY", key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            prefix,
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.prefix.path().join("logs/gatewatch.ndjson")
+    }
+
+    /// One request from client address `from` (X-Forwarded-For, trusted from loopback):
+    /// its status and headers.
+    fn get(
+        &self,
+        from: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+    ) -> (u16, BTreeMap<String, String>) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: api.shop.example\r\nX-Forwarded-For: {from}\r\nConnection: close\r\n"
+        );
+        for (k, v) in extra {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let head = text.split("\r\n\r\n").next().unwrap_or("");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        (status, headers)
+    }
+
+    /// Requests from `from` until one is answered `want` (up to 10 s): the time it took.
+    fn until(&self, from: &str, path: &str, extra: &[(&str, &str)], want: u16) -> Duration {
+        let start = Instant::now();
+        loop {
+            let (status, _) = self.get(from, path, extra);
+            if status == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{from} {path}: still {status}, never {want}; module {}; error log:\n{}",
+                self.status(),
+                std::fs::read_to_string(self.prefix.path().join("logs/error.log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(b"GET /gatewatch-status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+        // A chunked answer: the JSON object is the line that starts with `{`.
+        let line = body.lines().find(|l| l.starts_with('{')).unwrap_or("{}");
+        serde_json::from_str(line).unwrap()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RULES: &str = r#"
+[[rule]]
+id = "admin-probe"
+when = "request.path.startsWith('/admin')"
+action = "block"
+key = "ip"
+ttl = "3s"
+
+[[rule]]
+id = "export-flood"
+when = "request.path == '/v1/export'"
+action = "rate_limit"
+key = "client"
+ttl = "1m"
+rate = 10
+per = "1m"
+
+[[rule]]
+id = "odd-login"
+when = "request.path == '/v1/auth/login' && request.status == 401"
+action = "challenge"
+key = "client"
+ttl = "1m"
+
+[[rule]]
+id = "would-block"
+when = "request.path == '/v1/shadow'"
+action = "block"
+key = "ip"
+ttl = "1m"
+mode = "shadow"
+"#;
+
+/// A bearer token with subject `sub` (gatewatch keys on the claim, unverified).
+fn token(sub: &str) -> String {
+    use std::fmt::Write as _;
+    let b64 = |s: &str| {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = c.iter().fold(0u32, |n, x| n << 8 | u32::from(*x)) << (8 * (3 - c.len()));
+            for i in 0..=c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    let mut t = String::new();
+    let _ = write!(
+        t,
+        "{}.{}.sig",
+        b64(r#"{"alg":"none"}"#),
+        b64(&format!(r#"{{"sub":"{sub}"}}"#))
+    );
+    t
+}
+
+#[test]
+fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    // nginx first (its log is gatewatch's input), pointed at the port gatewatch will take.
+    let port = free_port();
+    let ngx = Nginx::start(&format!("127.0.0.1:{port}"), "k1");
+    let log = ngx.log();
+    let listen = format!("127.0.0.1:{port}");
+    let served = Served::start(&[
+        "--listen",
+        &listen,
+        "-i",
+        log.to_str().unwrap(),
+        "--follow",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--bouncer-key",
+        "k1",
+        "--flush-every",
+        "100ms",
+    ]);
+
+    // Normal traffic passes and is logged as events gatewatch scores.
+    assert_eq!(ngx.get("10.1.1.1", "/v1/products", &[]).0, 200);
+    served.wait_for_metric("gatewatch_events_total 1");
+
+    // An admin probe: that address is blocked at nginx within a bound; others are not.
+    assert_eq!(
+        ngx.get("10.1.1.2", "/admin/users", &[("X-Sim-Status", "404")])
+            .0,
+        404
+    );
+    let took = ngx.until("10.1.1.2", "/v1/products", &[], 403);
+    eprintln!("block reached nginx {took:?} after the offending request");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(ngx.get("10.1.1.1", "/v1/products", &[]).0, 200);
+
+    // A rate limit on an API key: 429 with Retry-After, for that key from any address.
+    let key = [("X-Api-Key", "key-77")];
+    assert_eq!(ngx.get("10.2.0.1", "/v1/export", &key).0, 200);
+    ngx.until("10.2.0.9", "/v1/products", &key, 429);
+    let (status, headers) = ngx.get("10.2.0.5", "/v1/products", &key);
+    assert_eq!(status, 429);
+    let retry: u64 = headers["retry-after"].parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(ngx.get("10.2.0.5", "/v1/products", &[]).0, 200);
+
+    // A challenge on a JWT subject.
+    let bearer = format!("Bearer {}", token("mallory"));
+    let auth = [("Authorization", bearer.as_str()), ("X-Sim-Status", "401")];
+    assert_eq!(ngx.get("10.3.0.1", "/v1/auth/login", &auth).0, 401);
+    let challenged = [("Authorization", bearer.as_str())];
+    ngx.until("10.3.0.2", "/v1/orders", &challenged, 401);
+    let (_, headers) = ngx.get("10.3.0.2", "/v1/orders", &challenged);
+    assert_eq!(
+        headers.get("x-gatewatch").map(String::as_str),
+        Some("challenge")
+    );
+
+    // A shadow rule decides but never blocks.
+    assert_eq!(ngx.get("10.4.0.1", "/v1/shadow", &[]).0, 200);
+    served.wait_for_metric("gatewatch_decisions_total{change=\"new\",mode=\"shadow\"} 1");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ngx.get("10.4.0.1", "/v1/products", &[]).0, 200);
+
+    // The block ends at nginx when it ends in gatewatch (3 s of event time: other
+    // requests move event time on).
+    let ended = Instant::now();
+    loop {
+        assert_eq!(ngx.get("10.9.9.9", "/v1/tick", &[]).0, 200);
+        if ngx.get("10.1.1.2", "/v1/products", &[]).0 == 200 {
+            break;
+        }
+        assert!(
+            ended.elapsed() < Duration::from_secs(15),
+            "the block never ended"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Hostile requests through nginx: nginx answers them, gatewatch reads on.
+    let long = format!("/v1/{}", "a".repeat(6000));
+    let _ = ngx.get("10.5.0.1", &long, &[]);
+    let _ = ngx.get(
+        "10.5.0.1",
+        "/v1/%00%ff%fe?x=\u{7f}",
+        &[("User-Agent", "\u{1}\u{2}bot")],
+    );
+    let _ = ngx.get("10.5.0.1", "/v1/p", &[("Authorization", "Bearer a.%%%.b")]);
+    let (_, before) = served.call("GET", "/metrics", b"");
+    let scored = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("gatewatch_events_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let n = scored(&before);
+    assert_eq!(ngx.get("10.5.0.2", "/v1/after", &[]).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scored(&served.call("GET", "/metrics", b"").1) <= n {
+        assert!(
+            Instant::now() < deadline,
+            "gatewatch stopped reading the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let st = ngx.status();
+    assert!(st["polls"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["answered_ban"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["answered_throttle"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["answered_captcha"].as_u64().unwrap() > 0, "{st}");
+
+    // gatewatch gone: nginx keeps serving (fail-open) and counts it.
+    assert!(served.stop().success());
+    let failures = |st: &serde_json::Value| st["poll_failures"].as_u64().unwrap_or(0);
+    let before = failures(&ngx.status());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while failures(&ngx.status()) <= before {
+        assert!(Instant::now() < deadline, "no failed poll counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ngx.get("10.6.0.1", "/v1/products", &[]).0, 200);
+    assert!(ngx.status()["fail_open"].as_u64().unwrap() > 0);
+}
