@@ -23,6 +23,7 @@ mod model_cmd;
 mod ordered;
 mod output;
 mod pipeline;
+mod replay_cmd;
 mod rules_cmd;
 #[cfg(feature = "serve")]
 mod serve_cmd;
@@ -135,6 +136,56 @@ enum Command {
     /// every `--snapshot-every` and on SIGTERM / SIGINT (graceful shutdown).
     #[cfg(feature = "serve")]
     Serve(ServeArgs),
+    /// Send a log's events (`gatewatch simulate`'s, or a recorded log's) to a gateway as
+    /// real HTTP requests, in real time or a multiple of it, and report what came back per
+    /// label: answers, the share stopped (403, 429, challenge) and how soon each client was
+    /// first stopped.
+    ///
+    /// Each request carries the event's method, host, path, query, headers and user agent,
+    /// `X-Forwarded-For` with its client address (trust it from the replay's address only)
+    /// and `X-Sim-Status` with its status (for a stand-in API, see integrations/nginx).
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The gateway: `http://HOST:PORT`.
+    #[arg(long)]
+    target: String,
+    /// Events (NDJSON; standard input when absent or `-`).
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Multiple of real time (2: twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Requests per second at most.
+    #[arg(long)]
+    max_rate: Option<f64>,
+    /// Stop after this much replay time (`30s`, `5m`).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Keep-alive connections (a client's requests always share one, in order).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Write the per-label figures as JSON here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+/// A duration: `30s`, `5m`, `1h30m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+        _ => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?}: {e}"))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be longer than 0 s".into())
+                } else {
+                    Ok(d)
+                }
+            }),
+    }
 }
 
 #[cfg(feature = "serve")]
@@ -522,6 +573,7 @@ fn main() -> ExitCode {
         }),
         #[cfg(feature = "serve")]
         Command::Serve(a) => serve_cmd::run(a),
+        Command::Replay(a) => replay_cmd::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
