@@ -299,9 +299,12 @@ function M.access()
         return
     end
     d:incr("meta:answered_" .. best, 1, 0)
+    -- Every answer of the module says so (an API's own 403 or 429 does not).
     if best == "ban" then
+        ngx.header["X-Gatewatch"] = "block"
         return ngx.exit(ngx.HTTP_FORBIDDEN)
     elseif best == "throttle" then
+        ngx.header["X-Gatewatch"] = "rate-limit"
         ngx.header["Retry-After"] = tostring(math.max(1, math.ceil((best_until or 0) - ngx.now())))
         return ngx.exit(429)
     else

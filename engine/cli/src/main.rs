@@ -138,8 +138,9 @@ enum Command {
     Serve(ServeArgs),
     /// Send a log's events (`gatewatch simulate`'s, or a recorded log's) to a gateway as
     /// real HTTP requests, in real time or a multiple of it, and report what came back per
-    /// label: answers, the share stopped (403, 429, challenge) and how soon each client was
-    /// first stopped.
+    /// label: answers, the share the gateway's gatewatch module stopped (blocked, rate-limited,
+    /// challenged: answers with an `X-Gatewatch` header) and how soon each client was first
+    /// stopped.
     ///
     /// Each request carries the event's method, host, path, query, headers and user agent,
     /// `X-Forwarded-For` with its client address (trust it from the replay's address only)

@@ -32,7 +32,8 @@ struct Answer {
     client: String,
     sent_at: Duration,
     status: u16,
-    challenge: bool,
+    /// The gateway's enforcement answered (`X-Gatewatch`: block, rate-limit, challenge).
+    enforced: Option<String>,
     micros: u64,
 }
 
@@ -69,12 +70,12 @@ fn request(e: &RequestEvent, host: &str) -> Vec<u8> {
     r.into_bytes()
 }
 
-/// Reads one HTTP/1.1 answer: its status, whether it is gatewatch's challenge, and whether
-/// the connection stays open.
-fn answer(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, bool, bool)> {
+/// Reads one HTTP/1.1 answer: its status, the enforcement that answered it (`X-Gatewatch`),
+/// and whether the connection stays open.
+fn answer(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Option<String>, bool)> {
     let mut line = String::new();
-    let (mut status, mut length, mut chunked, mut challenge, mut keep) =
-        (0, 0usize, false, false, true);
+    let (mut status, mut length, mut chunked, mut enforced, mut keep) =
+        (0, 0usize, false, None, true);
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
@@ -94,7 +95,7 @@ fn answer(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, bool, bool)> {
             match k.as_str() {
                 "content-length" => length = v.parse().unwrap_or(0),
                 "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                "x-gatewatch" => challenge = v == "challenge",
+                "x-gatewatch" => enforced = Some(v.to_string()),
                 "connection" => keep = !v.eq_ignore_ascii_case("close"),
                 _ => {}
             }
@@ -115,7 +116,7 @@ fn answer(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, bool, bool)> {
     } else {
         std::io::copy(&mut r.by_ref().take(length as u64), &mut std::io::sink())?;
     }
-    Ok((status, challenge, keep))
+    Ok((status, enforced, keep))
 }
 
 /// A connection's worker: its jobs in order, each sent at its time.
@@ -151,22 +152,23 @@ fn worker(addr: String, start: Instant, jobs: mpsc::Receiver<Job>, out: mpsc::Se
                 Err(_) => conn = None,
             }
         }
-        let (status, challenge) = match result {
-            Ok((s, c, _)) => (s, c),
-            Err(_) => (0, false),
+        let (status, enforced) = match result {
+            Ok((s, e, _)) => (s, e),
+            Err(_) => (0, None),
         };
         let _ = out.send(Answer {
             label: job.label,
             client: job.client,
             sent_at,
             status,
-            challenge,
+            enforced,
             micros: t.elapsed().as_micros() as u64,
         });
     }
 }
 
-/// Per label: requests, answers by kind, and how soon each client was first stopped.
+/// Per label: requests, answers by kind (the enforcement module's apart from the API's own),
+/// and how soon each client was first stopped.
 #[derive(Default)]
 struct Tally {
     requests: u64,
@@ -176,7 +178,7 @@ struct Tally {
     challenged: u64,
     other: u64,
     failed: u64,
-    /// Per client: its first request and its first 403 / 429 / challenge.
+    /// Per client: its first request and the first answer of the enforcement module.
     clients: BTreeMap<String, (Duration, Option<Duration>)>,
     micros: Vec<u64>,
 }
@@ -231,28 +233,28 @@ pub fn run(a: ReplayArgs) -> Result<()> {
             let t = by.entry(ans.label).or_default();
             t.requests += 1;
             t.micros.push(ans.micros);
-            let stopped = match ans.status {
-                0 => {
+            let stopped = match (ans.status, ans.enforced.as_deref()) {
+                (0, _) => {
                     t.failed += 1;
                     false
                 }
-                403 => {
+                (_, Some("block")) => {
                     t.blocked += 1;
                     true
                 }
-                429 => {
+                (_, Some("rate-limit")) => {
                     t.limited += 1;
                     true
                 }
-                _ if ans.challenge => {
+                (_, Some(_)) => {
                     t.challenged += 1;
                     true
                 }
-                200..=399 => {
+                (200..=399, None) => {
                     t.ok += 1;
                     false
                 }
-                _ => {
+                (_, None) => {
                     t.other += 1;
                     false
                 }
@@ -316,18 +318,19 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         }
     );
     println!(
-        "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}  {:>8} {:>10} {:>10}",
+        "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}  {:>8} {:>10} {:>11} {:>12}",
         "label",
         "requests",
         "ok",
-        "403",
-        "429",
+        "blocked",
+        "limited",
         "challeng",
         "other",
         "failed",
         "stopped",
         "clients",
-        "first stop"
+        "attack stop",
+        "client stop"
     );
     let mut report = serde_json::Map::new();
     for (label, t) in &by {
@@ -341,8 +344,14 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         delays.sort_by(f64::total_cmp);
         let stopped_clients = delays.len();
         let median = delays.get(delays.len() / 2).copied();
+        // The label's first request to its first stop (any client).
+        let first_request = t.clients.values().map(|(f, _)| *f).min();
+        let first_stop = t.clients.values().filter_map(|(_, s)| *s).min();
+        let attack_stop = first_request
+            .zip(first_stop)
+            .map(|(f, s)| s.saturating_sub(f).as_secs_f64());
         println!(
-            "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}  {:>7.1}% {:>4}/{:<5} {:>10}",
+            "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}  {:>7.1}% {:>4}/{:<5} {:>11} {:>12}",
             label,
             t.requests,
             t.ok,
@@ -354,6 +363,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
             100.0 * share,
             stopped_clients,
             t.clients.len(),
+            attack_stop.map_or_else(|| "-".to_string(), |m| format!("{m:.1} s")),
             median.map_or_else(|| "-".to_string(), |m| format!("{m:.1} s")),
         );
         let mut micros = t.micros.clone();
@@ -369,6 +379,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
                 "requests": t.requests, "ok": t.ok, "blocked": t.blocked, "rate_limited": t.limited,
                 "challenged": t.challenged, "other": t.other, "failed": t.failed,
                 "stopped_share": share, "clients": t.clients.len(), "clients_stopped": stopped_clients,
+                "seconds_to_first_stop": attack_stop,
                 "median_seconds_to_first_stop": median,
                 "max_seconds_to_first_stop": delays.last(),
                 "latency_us": {"p50": q(0.5), "p99": q(0.99)},
@@ -376,7 +387,10 @@ pub fn run(a: ReplayArgs) -> Result<()> {
         );
     }
     println!(
-        "  stopped: answered 403, 429 or gatewatch's challenge; first stop: median time from a client's first request to its first stop"
+        "  blocked / limited / challeng(ed): answered by the gateway's gatewatch module (X-Gatewatch); other: the API's own 4xx / 5xx"
+    );
+    println!(
+        "  stopped: their share; attack stop: from the label's first request to its first stop; client stop: the median over its clients of the same"
     );
     if let Some(path) = &a.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")

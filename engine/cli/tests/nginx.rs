@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Served;
+use common::{Served, gw};
 
 /// The nginx binary: `GATEWATCH_NGINX`, else Debian's.
 fn nginx_bin() -> PathBuf {
@@ -256,6 +256,11 @@ fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
     let took = ngx.until("10.1.1.2", "/v1/products", &[], 403);
     eprintln!("block reached nginx {took:?} after the offending request");
     assert!(took < Duration::from_secs(5), "{took:?}");
+    let (_, headers) = ngx.get("10.1.1.2", "/v1/products", &[]);
+    assert_eq!(
+        headers.get("x-gatewatch").map(String::as_str),
+        Some("block")
+    );
     assert_eq!(ngx.get("10.1.1.1", "/v1/products", &[]).0, 200);
 
     // A rate limit on an API key: 429 with Retry-After, for that key from any address.
@@ -265,6 +270,7 @@ fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
     let (status, headers) = ngx.get("10.2.0.5", "/v1/products", &key);
     assert_eq!(status, 429);
     let retry: u64 = headers["retry-after"].parse().unwrap();
+    assert_eq!(headers["x-gatewatch"], "rate-limit");
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(ngx.get("10.2.0.5", "/v1/products", &[]).0, 200);
 
@@ -345,4 +351,90 @@ fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
     }
     assert_eq!(ngx.get("10.6.0.1", "/v1/products", &[]).0, 200);
     assert!(ngx.status()["fail_open"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn attacks_replayed_over_http_are_stopped_at_nginx_and_normal_users_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    let sim = gw()
+        .args([
+            "simulate",
+            "--seed",
+            "11",
+            "--duration",
+            "75s",
+            "--users",
+            "100",
+        ])
+        .args(["--scenarios", "credential_stuffing,volumetric"])
+        .args(["-o", events.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(sim.status.success());
+    let port = free_port();
+    let ngx = Nginx::start(&format!("127.0.0.1:{port}"), "k2");
+    let log = ngx.log();
+    let listen = format!("127.0.0.1:{port}");
+    let served = Served::start(&[
+        "--listen",
+        &listen,
+        "-i",
+        log.to_str().unwrap(),
+        "--follow",
+        "--rules",
+        "default",
+        "--bouncer-key",
+        "k2",
+    ]);
+    let report = dir.path().join("replay.json");
+    let target = format!("http://127.0.0.1:{}", ngx.port);
+    let out = gw()
+        .args([
+            "replay",
+            "--target",
+            &target,
+            "-i",
+            events.to_str().unwrap(),
+        ])
+        .args(["--report", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let f = |label: &str, key: &str| r[label][key].as_f64().unwrap_or(f64::NAN);
+    // Both attacks stopped at nginx within 10 s of their first request, most of their
+    // requests stopped, every stuffing address stopped within 20 s of its own first.
+    for label in ["credential_stuffing", "volumetric"] {
+        assert!(f(label, "seconds_to_first_stop") <= 10.0, "{label}: {text}");
+        assert!(f(label, "stopped_share") >= 0.8, "{label}: {text}");
+    }
+    assert_eq!(
+        f("credential_stuffing", "clients_stopped"),
+        f("credential_stuffing", "clients"),
+        "{text}"
+    );
+    assert!(
+        f("credential_stuffing", "max_seconds_to_first_stop") <= 20.0,
+        "{text}"
+    );
+    // Normal users: none of their requests blocked or rate-limited, few challenged.
+    assert_eq!(
+        f("normal", "blocked") + f("normal", "rate_limited"),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        f("normal", "challenged") / f("normal", "requests") <= 0.005,
+        "{text}"
+    );
+    assert_eq!(f("normal", "failed"), 0.0, "{text}");
+    assert!(served.stop().success());
 }
