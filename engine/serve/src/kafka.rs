@@ -18,8 +18,11 @@
 //!   group's committed offsets lag behind them (a crash between the two), are skipped.
 //!   Messages between a crash's last snapshot and the crash are read again: their records
 //!   are written twice, and the events counted (`gatewatch_kafka_redelivered_total`, from
-//!   the delivered offsets noted after each batch: the last batch before the crash may be
-//!   written twice uncounted). Without a state
+//!   the delivered offsets noted at most every 10 ms: the deliveries of the last moments
+//!   before the crash may be written twice uncounted).
+//! - **Pipelined delivery.** A batch's records are produced while the next batches are
+//!   scored; offsets move on once a batch and every batch before it are delivered; at most
+//!   64 batches wait for delivery before the input waits. Without a state
 //!   file, the delivered offsets are stored when the input is quiet and every snapshot
 //!   interval, and committed every 5 s.
 //! - **Rebalances.** Before partitions are revoked, everything read is scored, delivered,
@@ -143,6 +146,8 @@ fn delivered_path(state: &Path) -> PathBuf {
 
 /// An output message waiting for its delivery report (sent again when it failed).
 struct Pending {
+    /// The output batch it belongs to.
+    batch: u64,
     topic: String,
     key: Vec<u8>,
     payload: Vec<u8>,
@@ -152,7 +157,8 @@ struct Pending {
 /// Delivery reports of the producer.
 #[derive(Default)]
 struct Reports {
-    delivered: usize,
+    /// The batch of each message delivered since the last look.
+    delivered: Vec<u64>,
     failed: Vec<(Box<Pending>, String)>,
 }
 
@@ -168,7 +174,7 @@ impl ProducerContext for ProducerCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Self::DeliveryOpaque) {
         let mut r = lock(&self.reports);
         match result {
-            Ok(_) => r.delivered += 1,
+            Ok(_) => r.delivered.push(pending.batch),
             Err((e, _)) => r.failed.push((pending, e.to_string())),
         }
     }
@@ -212,8 +218,13 @@ struct Driver {
     delivered_before: SavedOffsets,
     /// Poison messages waiting for the dead-letter topic.
     poison: Vec<Pending>,
-    /// Output messages waiting for delivery, and the ones in flight.
-    in_flight: usize,
+    /// Output batches sent and not yet wholly delivered, oldest first.
+    in_flight: VecDeque<Inflight>,
+    /// The number of the next output batch.
+    next_batch: u64,
+    /// Entries popped from `log` so far (the absolute index of its front).
+    log_base: u64,
+    last_noted: Instant,
     rejections: u64,
 }
 
@@ -224,6 +235,20 @@ const LOGGED_REJECTIONS: u64 = 100;
 /// is pushed even when a partition has nothing buffered (its late events may then be
 /// refused as late).
 const MAX_QUEUED: usize = 200_000;
+
+/// Output batches in flight at most before the input waits for their delivery.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// An output batch sent: what its delivery acknowledges.
+struct Inflight {
+    batch: u64,
+    /// The session's acknowledgement when it was taken.
+    ack: Ack,
+    /// The absolute index in `log` up to which it covers the inputs.
+    upto: u64,
+    /// Its messages not yet reported delivered.
+    outstanding: usize,
+}
 
 /// One partition's inputs waiting for the merge.
 #[derive(Default)]
@@ -318,6 +343,7 @@ impl Driver {
         }
         if let (Some(reason), Some(topic)) = (first_error, &self.opts.dead_letters) {
             self.poison.push(Pending {
+                batch: 0,
                 topic: topic.clone(),
                 key: m.key.unwrap_or_default(),
                 payload: m.payload.unwrap_or_default(),
@@ -398,8 +424,16 @@ impl Driver {
             } else {
                 self.batch.clear();
             }
-            (session.ack(), self.log.len())
+            (session.ack(), self.log_base + self.log.len() as u64)
         };
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        self.in_flight.push_back(Inflight {
+            batch,
+            ack,
+            upto,
+            outstanding: 0,
+        });
         self.log_rejections();
         if let Some(topic) = self.opts.scores.clone() {
             let lines = self.text.split_terminator('\n');
@@ -411,6 +445,7 @@ impl Driver {
                 .collect();
             for (key, payload) in records {
                 self.send(Pending {
+                    batch,
                     topic: topic.clone(),
                     key,
                     payload,
@@ -433,6 +468,7 @@ impl Driver {
                 .collect();
             for (key, payload) in changes {
                 self.send(Pending {
+                    batch,
                     topic: topic.clone(),
                     key,
                     payload,
@@ -440,13 +476,17 @@ impl Driver {
                 })?;
             }
         }
-        for p in std::mem::take(&mut self.poison) {
+        for mut p in std::mem::take(&mut self.poison) {
             self.service.metrics.kafka_dead_letters.inc();
+            p.batch = batch;
             self.send(p)?;
         }
-        self.wait_delivered()?;
-        self.advance(ack, upto);
-        self.note_delivered();
+        // Deliveries run on while the next batches are scored; the offsets move once a
+        // batch and every one before it are delivered. At most MAX_IN_FLIGHT batches wait.
+        self.settle(false)?;
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            self.settle(true)?;
+        }
         if !self.batch.is_empty() {
             self.service
                 .metrics
@@ -473,6 +513,7 @@ impl Driver {
         let Some(producer) = &self.producer else {
             return Ok(());
         };
+        let batch = p.batch;
         let mut p = Box::new(p);
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(p.headers.len());
@@ -491,7 +532,9 @@ impl Driver {
                 .headers(headers);
             match producer.send(record) {
                 Ok(()) => {
-                    self.in_flight += 1;
+                    if let Some(b) = self.in_flight.iter_mut().rev().find(|b| b.batch == batch) {
+                        b.outstanding += 1;
+                    }
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
@@ -521,52 +564,83 @@ impl Driver {
         tracing::error!(target: "gatewatch::serve", topic, error, "cannot deliver; retrying (the input waits)");
     }
 
-    /// Delivery reports so far: delivered ones counted off, failed ones sent again.
+    /// Delivery reports so far: delivered ones counted off their batch; the failed ones.
     fn collect(&mut self) -> Vec<(Box<Pending>, String)> {
         let Some(producer) = &self.producer else {
             return Vec::new();
         };
         let mut r = lock(&producer.context().reports);
-        self.in_flight -= r.delivered + r.failed.len();
-        r.delivered = 0;
-        std::mem::take(&mut r.failed)
+        for batch in r.delivered.drain(..) {
+            if let Some(b) = self.in_flight.iter_mut().find(|b| b.batch == batch) {
+                b.outstanding = b.outstanding.saturating_sub(1);
+            }
+        }
+        let failed = std::mem::take(&mut r.failed);
+        drop(r);
+        for (p, _) in &failed {
+            if let Some(b) = self.in_flight.iter_mut().find(|b| b.batch == p.batch) {
+                b.outstanding = b.outstanding.saturating_sub(1);
+            }
+        }
+        failed
     }
 
-    /// Waits until every message sent is delivered; failed ones are sent again with
-    /// backoff (100 ms doubling to 5 s) until they are, or the service stops.
-    fn wait_delivered(&mut self) -> Result<()> {
-        let mut wait = Duration::from_millis(100);
-        while self.in_flight > 0 {
+    /// Takes the delivery reports (waiting up to 10 ms for some with `wait`): failed
+    /// messages are sent again after a backoff (100 ms doubling to 5 s, the input waiting;
+    /// given up only when the service stops), and the batches delivered in order move the
+    /// offsets on.
+    fn settle(&mut self, wait: bool) -> Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
             if let Some(producer) = &self.producer {
-                producer.poll(Duration::from_millis(20));
+                producer.poll(if wait {
+                    Duration::from_millis(10)
+                } else {
+                    Duration::ZERO
+                });
             }
             let failed = self.collect();
             if failed.is_empty() {
-                continue;
+                break;
             }
             for (p, e) in &failed {
                 self.sink_failure(&p.topic, e);
             }
             if self.stop.load(Ordering::Acquire) {
-                anyhow::bail!(
-                    "{} messages could not be delivered",
-                    failed.len() + self.in_flight
-                );
+                anyhow::bail!("{} messages could not be delivered", failed.len());
             }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(5));
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
             for (p, _) in failed {
                 self.send(*p)?;
             }
         }
+        let mut moved = false;
+        while self.in_flight.front().is_some_and(|b| b.outstanding == 0) {
+            let b = self.in_flight.pop_front().expect("just seen");
+            self.advance(b.ack, b.upto);
+            moved = true;
+        }
+        if moved && self.last_noted.elapsed() >= Duration::from_millis(10) {
+            self.note_delivered();
+        }
+        Ok(())
+    }
+
+    /// Waits until every batch sent is delivered.
+    fn wait_delivered(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.settle(true)?;
+        }
+        self.note_delivered();
         Ok(())
     }
 
     /// The inputs a delivered batch covers (the first `upto` pushed, up to the session's
     /// first open input) are out; each partition is done up to its first input still
     /// queued or inside the session.
-    fn advance(&mut self, ack: Ack, upto: usize) {
-        for _ in 0..upto {
+    fn advance(&mut self, ack: Ack, upto: u64) {
+        while self.log_base < upto {
             let Some(&(p, o, l)) = self.log.front() else {
                 break;
             };
@@ -576,6 +650,7 @@ impl Driver {
                 break;
             }
             self.log.pop_front();
+            self.log_base += 1;
             let out = self.out.entry(p).or_insert((o, l));
             *out = (*out).max((o, l));
         }
@@ -634,6 +709,7 @@ impl Driver {
     /// decisions and the offsets it covers are saved; then the offsets are committed.
     fn snapshot(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<()> {
         self.drain(false)?;
+        self.wait_delivered()?;
         if let Some(state) = self.service.opts.state.clone() {
             self.service.snapshot_state(false)?;
             let saved = SavedOffsets {
@@ -646,15 +722,15 @@ impl Driver {
             })?;
         }
         self.store(consumer, true)?;
-        self.note_delivered();
         Ok(())
     }
 
-    /// Notes the delivered offsets (after each delivered batch).
+    /// Notes the delivered offsets (after delivered batches, at most every 10 ms).
     fn note_delivered(&mut self) {
         let Some(state) = &self.service.opts.state else {
             return;
         };
+        self.last_noted = Instant::now();
         let noted = SavedOffsets {
             topic: self.opts.input.clone(),
             next: self.done.clone(),
@@ -817,7 +893,10 @@ impl KafkaStream {
             covered,
             delivered_before,
             poison: Vec::new(),
-            in_flight: 0,
+            in_flight: VecDeque::new(),
+            next_batch: 0,
+            log_base: 0,
+            last_noted: Instant::now(),
             rejections: 0,
         };
         let consumer: BaseConsumer<ConsumerCtx> = cc
@@ -939,7 +1018,8 @@ fn run(
                 }
             }
         };
-        if let Err(e) = step {
+        // Delivery reports as they come: offsets move on without waiting for the next batch.
+        if let Err(e) = step.and_then(|()| d.settle(false)) {
             break Err(e);
         }
         if d.service.opts.state.is_none() && !d.done.is_empty() && last_snapshot.elapsed() >= every
