@@ -67,9 +67,12 @@ fn produce(brokers: &str, file: &str, topic: &str, rate: Option<f64>) {
         let live;
         let body = match (rate, l.find("\"ts\":\"")) {
             (Some(_), Some(at)) => {
-                let from = at + 6;
-                let to = from + 1 + l[from + 1..].find('"').unwrap_or(0) + 1;
-                live = format!("{}{}{}", &l[..from], now_ms(), &l[to..]);
+                // `"ts":"…"` becomes `"ts":MILLISECONDS`.
+                let open = at + 5;
+                let close = l[open + 1..]
+                    .find('"')
+                    .map_or(l.len() - 1, |i| open + 1 + i);
+                live = format!("{}{}{}", &l[..open], now_ms(), &l[close + 1..]);
                 live.as_str()
             }
             _ => l.as_str(),

@@ -770,7 +770,15 @@ struct ConsumerCtx {
     driver: Mutex<Option<Driver>>,
 }
 
-impl ClientContext for ConsumerCtx {}
+impl ClientContext for ConsumerCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is news for the merge, not an error.
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            return;
+        }
+        tracing::error!(target: "gatewatch::serve", error = %error, reason, "Kafka client error");
+    }
+}
 
 impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
