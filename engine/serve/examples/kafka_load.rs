@@ -115,8 +115,14 @@ fn scores(brokers: &str, topic: &str, partitions: i32, n: usize, sent: Option<&s
     let mut seen = 0usize;
     let mut at: HashMap<String, i64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while seen < n && Instant::now() < deadline {
+    let mut quiet = Instant::now();
+    // Until N records, or 10 s without one once some came (events refused as late have none).
+    while seen < n
+        && Instant::now() < deadline
+        && !(seen > 0 && quiet.elapsed() > Duration::from_secs(10))
+    {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            quiet = Instant::now();
             let ts = m.timestamp().to_millis().unwrap_or(0);
             first = first.min(ts);
             last = last.max(ts);

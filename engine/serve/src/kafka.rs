@@ -859,6 +859,9 @@ impl KafkaStream {
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "5000"),
             ("auto.offset.reset", "earliest"),
+            // The partitions are merged in event time: a partition with nothing new must
+            // answer soon, or the others wait for its fetch (librdkafka's default is 500 ms).
+            ("fetch.wait.max.ms", "20"),
         ] {
             set_default(&mut cc, k, v);
         }
