@@ -439,10 +439,11 @@ fn a_sigkill_mid_stream_loses_nothing_and_what_is_read_again_is_scored_the_same(
         .and_then(|v| v.parse().ok())
         .unwrap();
     // Every event counted as read again was written twice; uncounted can be only what was
-    // delivered in the last moments before the kill (the delivered offsets are noted at
-    // most every 10 ms, a batch holds 256 records or a few more).
+    // delivered in the last moments before the kill, before its delivery report was taken
+    // (a few batches of 256 records).
+    eprintln!("{duplicates} records written twice, {redelivered} counted as read again");
     assert!(
-        redelivered <= duplicates && duplicates <= redelivered + 512,
+        redelivered <= duplicates && duplicates <= redelivered + 1024,
         "{duplicates} duplicates, {redelivered} redelivered"
     );
     let ids: BTreeSet<_> = got.keys().collect();

@@ -18,8 +18,8 @@
 //!   group's committed offsets lag behind them (a crash between the two), are skipped.
 //!   Messages between a crash's last snapshot and the crash are read again: their records
 //!   are written twice, and the events counted (`gatewatch_kafka_redelivered_total`, from
-//!   the delivered offsets noted at most every 10 ms: the deliveries of the last moments
-//!   before the crash may be written twice uncounted).
+//!   the delivered offsets noted as batches are delivered: the deliveries of the last
+//!   moments before the crash may be written twice uncounted).
 //! - **Pipelined delivery.** A batch's records are produced while the next batches are
 //!   scored; offsets move on once a batch and every batch before it are delivered; at most
 //!   64 batches wait for delivery before the input waits. Without a state
@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use gatewatch_event::ParseError;
 use gatewatch_features::{Format, Line, MAX_LINE_BYTES};
-use gatewatch_pipeline::schema::RejectionRecord;
 use gatewatch_pipeline::{Ack, Output, Position};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -224,12 +223,8 @@ struct Driver {
     next_batch: u64,
     /// Entries popped from `log` so far (the absolute index of its front).
     log_base: u64,
-    last_noted: Instant,
     rejections: u64,
 }
-
-/// Rejections logged one by one before the log only counts them.
-const LOGGED_REJECTIONS: u64 = 100;
 
 /// Inputs held for the event-time merge of the partitions, at most: beyond it the oldest
 /// is pushed even when a partition has nothing buffered (its late events may then be
@@ -434,47 +429,38 @@ impl Driver {
             upto,
             outstanding: 0,
         });
-        self.log_rejections();
-        if let Some(topic) = self.opts.scores.clone() {
+        crate::log_rejections(&self.batch, &mut self.rejections);
+        // One message per score record (key: the client), per decision change (key: its
+        // value).
+        let mut out: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+        if let Some(topic) = &self.opts.scores {
             let lines = self.text.split_terminator('\n');
-            let records: Vec<(Vec<u8>, Vec<u8>)> = self
-                .batch
-                .records()
-                .zip(lines)
-                .map(|(r, l)| (r.client.as_bytes().to_vec(), l.as_bytes().to_vec()))
-                .collect();
-            for (key, payload) in records {
-                self.send(Pending {
-                    batch,
-                    topic: topic.clone(),
-                    key,
-                    payload,
-                    headers: Vec::new(),
-                })?;
-            }
+            out.extend(self.batch.records().zip(lines).map(|(r, l)| {
+                (
+                    topic.clone(),
+                    r.client.as_bytes().to_vec(),
+                    l.as_bytes().to_vec(),
+                )
+            }));
         }
-        if let Some(topic) = self.opts.decisions.clone() {
-            let changes: Vec<(Vec<u8>, Vec<u8>)> = self
-                .batch
-                .decisions()
-                .iter()
-                .map(|c| {
-                    let v = gatewatch_pipeline::schema::decision_json(c);
-                    (
-                        c.decision.value.as_bytes().to_vec(),
-                        v.to_string().into_bytes(),
-                    )
-                })
-                .collect();
-            for (key, payload) in changes {
-                self.send(Pending {
-                    batch,
-                    topic: topic.clone(),
-                    key,
-                    payload,
-                    headers: Vec::new(),
-                })?;
-            }
+        if let Some(topic) = &self.opts.decisions {
+            out.extend(self.batch.decisions().iter().map(|c| {
+                let v = gatewatch_pipeline::schema::decision_json(c);
+                (
+                    topic.clone(),
+                    c.decision.value.as_bytes().to_vec(),
+                    v.to_string().into_bytes(),
+                )
+            }));
+        }
+        for (topic, key, payload) in out {
+            self.send(Pending {
+                batch,
+                topic,
+                key,
+                payload,
+                headers: Vec::new(),
+            })?;
         }
         for mut p in std::mem::take(&mut self.poison) {
             self.service.metrics.kafka_dead_letters.inc();
@@ -494,18 +480,6 @@ impl Driver {
                 .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
-    }
-
-    fn log_rejections(&mut self) {
-        for r in self.batch.rejections() {
-            self.rejections += 1;
-            if self.rejections <= LOGGED_REJECTIONS {
-                let rec = RejectionRecord::from(r);
-                tracing::warn!(target: "gatewatch::serve", position = %rec.position, category = %rec.category, reason = %rec.reason, "input rejected");
-            } else if self.rejections == LOGGED_REJECTIONS + 1 {
-                tracing::warn!(target: "gatewatch::serve", "more inputs rejected: counted in gatewatch_inputs_rejected_total, no longer logged one by one");
-            }
-        }
     }
 
     /// Hands a message to the producer (waiting while its queue is full).
@@ -621,7 +595,7 @@ impl Driver {
             self.advance(b.ack, b.upto);
             moved = true;
         }
-        if moved && self.last_noted.elapsed() >= Duration::from_millis(10) {
+        if moved {
             self.note_delivered();
         }
         Ok(())
@@ -725,12 +699,11 @@ impl Driver {
         Ok(())
     }
 
-    /// Notes the delivered offsets (after delivered batches, at most every 10 ms).
+    /// Notes the delivered offsets (after delivered batches).
     fn note_delivered(&mut self) {
         let Some(state) = &self.service.opts.state else {
             return;
         };
-        self.last_noted = Instant::now();
         let noted = SavedOffsets {
             topic: self.opts.input.clone(),
             next: self.done.clone(),
@@ -907,7 +880,6 @@ impl KafkaStream {
             in_flight: VecDeque::new(),
             next_batch: 0,
             log_base: 0,
-            last_noted: Instant::now(),
             rejections: 0,
         };
         let consumer: BaseConsumer<ConsumerCtx> = cc

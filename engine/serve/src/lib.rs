@@ -697,6 +697,23 @@ impl Service {
     }
 }
 
+/// Rejections a stream input logs one by one before the log only counts them.
+const LOGGED_REJECTIONS: u64 = 100;
+
+/// Logs a batch's rejections (where and why), the first [`LOGGED_REJECTIONS`] of a stream
+/// one by one; `seen` counts them across batches. All are counted in the metrics.
+fn log_rejections(batch: &Output, seen: &mut u64) {
+    for r in batch.rejections() {
+        *seen += 1;
+        if *seen <= LOGGED_REJECTIONS {
+            let rec = RejectionRecord::from(r);
+            tracing::warn!(target: "gatewatch::serve", position = %rec.position, category = %rec.category, reason = %rec.reason, "input rejected");
+        } else if *seen == LOGGED_REJECTIONS + 1 {
+            tracing::warn!(target: "gatewatch::serve", "more inputs rejected: counted in gatewatch_inputs_rejected_total, no longer logged one by one");
+        }
+    }
+}
+
 /// Whether `a` and `b` are equal, in a time that depends on their lengths only.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gatewatch_features::Format;
-use gatewatch_pipeline::schema::RejectionRecord;
 use gatewatch_pipeline::{LineReader, Output};
 use serde::{Deserialize, Serialize};
 
@@ -226,9 +225,6 @@ impl Sink {
     }
 }
 
-/// Rejections logged one by one before the log only counts them.
-const LOGGED_REJECTIONS: u64 = 100;
-
 /// The worker: the session fed from the reader, batches to the sinks, snapshots.
 struct Worker {
     service: Arc<Service>,
@@ -264,15 +260,7 @@ impl Worker {
         }
         self.service.account(session, &self.batch);
         drop(guard);
-        for r in self.batch.rejections() {
-            self.rejections += 1;
-            if self.rejections <= LOGGED_REJECTIONS {
-                let rec = RejectionRecord::from(r);
-                tracing::warn!(target: "gatewatch::serve", position = %rec.position, category = %rec.category, reason = %rec.reason, "input rejected");
-            } else if self.rejections == LOGGED_REJECTIONS + 1 {
-                tracing::warn!(target: "gatewatch::serve", "more inputs rejected: counted in gatewatch_inputs_rejected_total, no longer logged one by one");
-            }
-        }
+        crate::log_rejections(&self.batch, &mut self.rejections);
         if let Some(s) = &mut self.scores
             && !self.text.is_empty()
         {
