@@ -101,6 +101,8 @@ impl ServeOptions {
 /// The service's Prometheus metrics (one registry per service).
 pub struct Metrics {
     registry: Registry,
+    /// The families' names, as registered.
+    names: Vec<&'static str>,
     /// Events received (lines of `POST /v1/events` bodies that are events).
     pub events: Counter,
     /// Score records answered.
@@ -170,6 +172,7 @@ impl Metrics {
     fn new(model: &str) -> Self {
         let mut m = Self {
             registry: Registry::default(),
+            names: Vec::new(),
             events: Counter::default(),
             scored: Counter::default(),
             flagged: Counter::default(),
@@ -206,7 +209,10 @@ impl Metrics {
         // values).
         macro_rules! register {
             ($($name:literal, $help:literal => $metric:ident;)*) => {
-                $(m.registry.register($name, $help, m.$metric.clone());)*
+                $(
+                    m.registry.register($name, $help, m.$metric.clone());
+                    m.names.push($name);
+                )*
             };
         }
         register! {
@@ -245,6 +251,12 @@ impl Metrics {
         m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);
         m
+    }
+
+    /// The families' names (a counter's samples add `_total`, a histogram's `_bucket`,
+    /// `_sum` and `_count`).
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
     }
 
     /// The metrics in the Prometheus text format.
@@ -1081,4 +1093,54 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_the_grafana_dashboard_reads_is_one_the_service_exports() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana-dashboard.json");
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut read = std::collections::BTreeSet::new();
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let mut rest = t["expr"].as_str().unwrap();
+                while let Some(at) = rest.find("gatewatch_") {
+                    let name: String = rest[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    rest = &rest[at + name.len()..];
+                    read.insert(name);
+                }
+            }
+        }
+        assert!(read.len() >= 15, "{read:?}");
+        let m = Metrics::new("m@1");
+        let exported: std::collections::BTreeSet<String> = m
+            .names()
+            .iter()
+            .flat_map(|f| ["", "_total", "_bucket", "_sum", "_count"].map(|x| format!("{f}{x}")))
+            .collect();
+        for n in &read {
+            assert!(
+                exported.contains(n),
+                "the dashboard reads {n}, which the service does not export"
+            );
+        }
+        // And the dashboard shows most of what the service exports.
+        let shown = m
+            .names()
+            .iter()
+            .filter(|f| read.iter().any(|r| r.starts_with(*f)))
+            .count();
+        assert!(
+            shown * 4 >= m.names().len() * 3,
+            "{shown} of {}",
+            m.names().len()
+        );
+    }
 }
