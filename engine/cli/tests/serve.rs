@@ -630,3 +630,89 @@ fn a_rules_file_or_model_changed_on_disk_is_reloaded_without_a_signal() {
     s.wait_for_metric("gatewatch_model_reloads_total 1");
     assert!(s.stop().success());
 }
+
+#[test]
+fn the_deployment_examples_hold_a_configuration_and_rules_the_service_accepts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("deploy/kubernetes.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for doc in text.split("\n---\n") {
+        let v: serde_json::Value = serde_norway::from_str(doc).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "ConfigMap" => {
+                for name in ["gatewatch.toml", "rules.toml"] {
+                    std::fs::write(dir.path().join(name), v["data"][name].as_str().unwrap())
+                        .unwrap();
+                }
+                checked += 1;
+            }
+            "Deployment" => {
+                let c = &v["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(c["args"][0], "serve");
+                assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+                assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+                checked += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(checked, 2);
+    // The configuration (its [kafka] section with ${VAR} references) and the rules load: the
+    // service starts with them and the Kafka brokers named in the environment are tried.
+    let config = dir.path().join("gatewatch.toml");
+    let rules = dir.path().join("rules.toml");
+    let events = simulate_with(&["--duration", "1m", "--users", "5"]);
+    let input = dir.path().join("events.ndjson");
+    std::fs::write(&input, events).unwrap();
+    let out = gw()
+        .args([
+            "backtest",
+            "--rules",
+            rules.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .env("KAFKA_PASSWORD", "x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot reach the Kafka brokers 127.0.0.1:1"),
+        "{err}"
+    );
+    // The systemd unit runs `gatewatch serve` with options it has.
+    let unit = std::fs::read_to_string(root.join("deploy/gatewatch.service")).unwrap();
+    let exec = unit
+        .split("ExecStart=")
+        .nth(1)
+        .unwrap()
+        .split("\n#")
+        .next()
+        .unwrap()
+        .replace("\\\n", " ");
+    let help = String::from_utf8(gw().args(["serve", "--help"]).output().unwrap().stdout).unwrap();
+    for opt in exec.split_whitespace().filter(|w| w.starts_with("--")) {
+        assert!(
+            help.contains(opt),
+            "the unit uses {opt}, which gatewatch serve does not have"
+        );
+    }
+}
