@@ -233,10 +233,10 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value = "ndjson")]
     format: LineFormat,
     /// Write score records here (NDJSON, appended; `-`: standard output).
-    #[arg(long, value_name = "FILE", requires = "input")]
+    #[arg(long, value_name = "FILE")]
     scores_out: Option<String>,
     /// Write decision changes here (NDJSON, appended; `-`: standard output).
-    #[arg(long, value_name = "FILE", requires = "input")]
+    #[arg(long, value_name = "FILE")]
     decisions_out: Option<String>,
     /// Score the events held for reordering at least this often, and when the input has
     /// been quiet this long: with a live stream, no event waits longer (a later event older
@@ -246,6 +246,23 @@ struct ServeArgs {
     /// Reload the model and the rules on SIGHUP only, not also when their files change.
     #[arg(long)]
     no_watch: bool,
+    /// Read the built-in simulator's traffic (every scenario; `--sim-*` options) instead of
+    /// `POST /v1/events`, as fast as it is scored (or `--sim-realtime`); the service stops
+    /// at its end. Records go to `--scores-out` / `--decisions-out`.
+    #[arg(long, conflicts_with = "input")]
+    simulate: bool,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 1, requires = "simulate")]
+    sim_seed: u64,
+    /// Simulated time span (`90s`, `10m`).
+    #[arg(long, default_value = "10m", requires = "simulate")]
+    sim_duration: String,
+    /// Simulated normal users.
+    #[arg(long, default_value_t = 200, requires = "simulate")]
+    sim_users: usize,
+    /// Send the simulated events in real time (each when its time has come).
+    #[arg(long, requires = "simulate")]
+    sim_realtime: bool,
     /// Kafka brokers (`bootstrap.servers`) to read `--kafka-input` from.
     #[cfg(feature = "kafka")]
     #[arg(long, env = "GATEWATCH_KAFKA_BROKERS")]

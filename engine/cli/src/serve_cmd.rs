@@ -25,14 +25,32 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// The stream input and sinks of `--input`.
-fn stream_options(a: &ServeArgs, settings: &gatewatch_config::Settings) -> Option<StreamOptions> {
-    let path = a.input.as_ref()?;
-    let input = if path.as_os_str() == "-" {
-        Input::Stdin
-    } else if a.follow {
-        Input::Follow(path.clone())
+fn stream_options(
+    a: &ServeArgs,
+    settings: &gatewatch_config::Settings,
+) -> Result<Option<StreamOptions>> {
+    let input = if a.simulate {
+        Input::Simulator {
+            config: gatewatch_sim::SimConfig {
+                seed: a.sim_seed,
+                duration_ms: gatewatch_sim::parse_duration(&a.sim_duration)
+                    .map_err(|e| anyhow::anyhow!("--sim-duration: {e}"))?,
+                users: a.sim_users,
+                ..gatewatch_sim::SimConfig::default()
+            },
+            realtime: a.sim_realtime,
+        }
     } else {
-        Input::File(path.clone())
+        let Some(path) = a.input.as_ref() else {
+            return Ok(None);
+        };
+        if path.as_os_str() == "-" {
+            Input::Stdin
+        } else if a.follow {
+            Input::Follow(path.clone())
+        } else {
+            Input::File(path.clone())
+        }
     };
     let mut o = StreamOptions::new(input);
     o.format = match a.format {
@@ -42,7 +60,7 @@ fn stream_options(a: &ServeArgs, settings: &gatewatch_config::Settings) -> Optio
     o.scores = a.scores_out.as_deref().map(SinkTarget::parse);
     o.decisions = a.decisions_out.as_deref().map(SinkTarget::parse);
     o.flush_every = a.flush_every;
-    Some(o)
+    Ok(Some(o))
 }
 
 /// The Kafka topics of `--kafka-*`.
@@ -64,8 +82,10 @@ fn kafka_options(
             anyhow::bail!("Kafka brokers without an input topic: --kafka-input (or [kafka] input)")
         }
     };
-    if a.input.is_some() {
-        anyhow::bail!("--input and a Kafka input topic ([kafka] input): one input at a time");
+    if a.input.is_some() || a.simulate {
+        anyhow::bail!(
+            "--input or --simulate, and a Kafka input topic ([kafka] input): one input at a time"
+        );
     }
     let mut o = gatewatch_serve::kafka::KafkaOptions::new(&brokers, &input);
     if let Some(g) = a.kafka_group.clone().or_else(|| k.group.clone()) {
@@ -126,7 +146,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             model: model.map(Path::to_path_buf),
             rules: rules.map(Path::to_path_buf),
             bouncer_keys,
-            stream: stream_options(&a, &settings),
+            stream: stream_options(&a, &settings)?,
             #[cfg(feature = "kafka")]
             kafka: kafka_options(&a, &settings)?,
             watch: !a.no_watch,

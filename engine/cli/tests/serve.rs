@@ -716,3 +716,62 @@ fn the_deployment_examples_hold_a_configuration_and_rules_the_service_accepts() 
         );
     }
 }
+
+#[test]
+fn the_simulator_as_input_gives_the_records_of_the_simulated_log_and_can_run_in_real_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (want, want_decisions) = score_cli_rules(&simulate(), dir.path());
+    let (scores, decisions) = (dir.path().join("s.ndjson"), dir.path().join("d.ndjson"));
+    let out = gw()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--rules",
+            "default",
+            "--simulate",
+        ])
+        .args([
+            "--sim-seed",
+            "5",
+            "--sim-duration",
+            "4m",
+            "--sim-users",
+            "40",
+        ])
+        .args(["--scores-out", scores.to_str().unwrap()])
+        .args(["--decisions-out", decisions.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&scores).unwrap(), want);
+    assert_eq!(std::fs::read_to_string(&decisions).unwrap(), want_decisions);
+    // In real time: 3 s of traffic take about 3 s.
+    let started = std::time::Instant::now();
+    let out = gw()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--simulate",
+            "--sim-realtime",
+        ])
+        .args([
+            "--sim-duration",
+            "3s",
+            "--sim-users",
+            "20",
+            "--scores-out",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_secs(2), "{took:?}");
+    assert!(!json_lines(&String::from_utf8(out.stdout).unwrap()).is_empty());
+}

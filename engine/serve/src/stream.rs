@@ -40,6 +40,14 @@ pub enum Input {
     Follow(PathBuf),
     /// Standard input to its end; the service then stops.
     Stdin,
+    /// The built-in simulator's traffic, as fast as it is read or in real time (each event
+    /// when its time has come since the first); the service then stops.
+    Simulator {
+        /// What to simulate.
+        config: gatewatch_sim::SimConfig,
+        /// Paced in real time.
+        realtime: bool,
+    },
 }
 
 impl Input {
@@ -49,6 +57,13 @@ impl Input {
             Self::File(p) => p.display().to_string(),
             Self::Follow(p) => format!("{} (followed)", p.display()),
             Self::Stdin => "standard input".to_string(),
+            Self::Simulator { config, realtime } => format!(
+                "the simulator (seed {}, {} users, {} s{})",
+                config.seed,
+                config.users,
+                config.duration_ms / 1000,
+                if *realtime { ", in real time" } else { "" }
+            ),
         }
     }
 }
@@ -413,6 +428,7 @@ fn read_input(
     const CHUNK: usize = 1 << 16;
     let send = |c: Chunk| tx.send(c).is_ok();
     match input {
+        Input::Simulator { config, realtime } => simulated(&config, realtime, &send, &stop),
         Input::Stdin => {
             let mut stdin = std::io::stdin().lock();
             read_to_end(&mut stdin, None, 0, &send, &stop);
@@ -505,6 +521,52 @@ fn read_input(
             }
         }
     }
+}
+
+/// The simulator's events as NDJSON chunks (at most 64 KiB, or 50 ms of real time when
+/// paced), then the end.
+fn simulated(
+    config: &gatewatch_sim::SimConfig,
+    realtime: bool,
+    send: &impl Fn(Chunk) -> bool,
+    stop: &AtomicBool,
+) {
+    let events = gatewatch_sim::simulate(config);
+    let first = events.first().map_or(0, |e| e.ts_ms);
+    let start = Instant::now();
+    let mut buf = String::with_capacity(1 << 16);
+    let mut last_sent = Instant::now();
+    let data = |buf: &mut String| Chunk::Data {
+        bytes: std::mem::take(buf).into_bytes(),
+        file: None,
+        complete: None,
+    };
+    for e in &events {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        if realtime {
+            let due = Duration::from_millis(u64::try_from(e.ts_ms - first).unwrap_or(0));
+            let now = start.elapsed();
+            if due > now {
+                if !buf.is_empty() && !send(data(&mut buf)) {
+                    return;
+                }
+                std::thread::sleep(due - now);
+            }
+        }
+        gatewatch_event::write_ndjson(e, &mut buf);
+        if buf.len() >= 1 << 16 || (realtime && last_sent.elapsed() >= Duration::from_millis(50)) {
+            last_sent = Instant::now();
+            if !send(data(&mut buf)) {
+                return;
+            }
+        }
+    }
+    if !buf.is_empty() && !send(data(&mut buf)) {
+        return;
+    }
+    send(Chunk::End);
 }
 
 /// A chunk read at `offset` of a file (`offset` moves past it).
