@@ -893,9 +893,9 @@ fn the_config_file_names_the_model_and_takes_values_from_the_environment() {
         "{err}"
     );
     // A reserved section is refused with what it is for.
-    std::fs::write(dir.path().join("k.toml"), "[kafka]\nbrokers = \"x\"\n").unwrap();
+    std::fs::write(dir.path().join("k.toml"), "[sinks]\nscores = \"x\"\n").unwrap();
     let k = dir.path().join("k.toml");
     let out = run_with_stdin(&["features", "--config", k.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("[kafka] is reserved"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[sinks] is reserved"));
 }
