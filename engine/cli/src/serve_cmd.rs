@@ -24,6 +24,14 @@ pub fn duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// The line format of `--format`.
+fn line_format(a: &ServeArgs, settings: &gatewatch_config::Settings) -> Format {
+    match a.format {
+        LineFormat::Ndjson => Format::Ndjson,
+        LineFormat::Combined => Format::Combined(settings.engine.input.combined.clone()),
+    }
+}
+
 /// The stream input and sinks of `--input`.
 fn stream_options(
     a: &ServeArgs,
@@ -53,10 +61,7 @@ fn stream_options(
         }
     };
     let mut o = StreamOptions::new(input);
-    o.format = match a.format {
-        LineFormat::Ndjson => Format::Ndjson,
-        LineFormat::Combined => Format::Combined(settings.engine.input.combined.clone()),
-    };
+    o.format = line_format(a, settings);
     o.scores = a.scores_out.as_deref().map(SinkTarget::parse);
     o.decisions = a.decisions_out.as_deref().map(SinkTarget::parse);
     o.flush_every = a.flush_every;
@@ -105,10 +110,7 @@ fn kafka_options(
         o.properties
             .push((key.trim().to_string(), v.trim().to_string()));
     }
-    o.format = match a.format {
-        LineFormat::Ndjson => Format::Ndjson,
-        LineFormat::Combined => Format::Combined(settings.engine.input.combined.clone()),
-    };
+    o.format = line_format(a, settings);
     o.flush_every = a.flush_every;
     Ok(Some(o))
 }

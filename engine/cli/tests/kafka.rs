@@ -10,8 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use common::{Served, gw};
@@ -24,23 +22,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-/// Runs a future to its end on this thread.
+/// Runs a future (the admin client's) to its end on this thread.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
 }
 
 /// The tansu binary: `GATEWATCH_TANSU`, else the one `scripts/setup-python` installs.
@@ -320,6 +308,8 @@ fn kafka_in_and_out_with_poison_messages_and_a_clean_restart() {
     assert!(m.contains("gatewatch_kafka_dead_letters_total 4"), "{m}");
     assert!(m.contains("gatewatch_inputs_rejected_total{reason="), "{m}");
     assert!(m.contains("gatewatch_kafka_partitions 4"), "{m}");
+    // The consumer lag per partition, from librdkafka's statistics (every 5 s).
+    s.wait_for_metric("gatewatch_kafka_lag{partition=\"0\"} 0");
     assert!(s.stop().success());
 
     // The rest after a clean restart (the topics from the configuration file this time):
@@ -393,16 +383,11 @@ fn a_sigkill_mid_stream_loses_nothing_and_what_is_read_again_is_scored_the_same(
     // Killed once a snapshot is written and a good part of the stream is scored.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, m) = s.call("GET", "/metrics", b"");
-        let scored = m
-            .lines()
-            .find_map(|l| l.strip_prefix("gatewatch_events_total "))
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
+        let scored = s.metric("gatewatch_events_total") as usize;
         if scored >= want.len() / 3 && state.exists() {
             break;
         }
-        assert!(Instant::now() < deadline, "{m}");
+        assert!(Instant::now() < deadline, "{scored} events scored");
         std::thread::sleep(Duration::from_millis(20));
     }
     s.child.kill().unwrap();
@@ -433,10 +418,10 @@ fn a_sigkill_mid_stream_loses_nothing_and_what_is_read_again_is_scored_the_same(
         duplicates += got[id].len() - 1;
     }
     // Records written twice are those read again, and counted.
-    let redelivered: usize = m
+    let redelivered = m
         .lines()
         .find_map(|l| l.strip_prefix("gatewatch_kafka_redelivered_total "))
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap();
     // Every event counted as read again was written twice; uncounted can be only what was
     // delivered in the last moments before the kill, before its delivery report was taken

@@ -82,6 +82,20 @@ impl Nginx {
         }
     }
 
+    /// nginx and `gatewatch serve` following its log with `rules` (and `extra` options),
+    /// sharing a bouncer key. nginx starts first (its log is gatewatch's input), pointed at
+    /// the port gatewatch then takes.
+    fn with_gatewatch(rules: &str, extra: &[&str]) -> (Self, Served) {
+        let port = free_port();
+        let ngx = Self::start(&format!("127.0.0.1:{port}"), "k1");
+        let (listen, log) = (format!("127.0.0.1:{port}"), ngx.log());
+        let mut args = vec!["--listen", &listen, "-i", log.to_str().unwrap(), "--follow"];
+        args.extend(["--rules", rules, "--bouncer-key", "k1"]);
+        args.extend(extra);
+        let served = Served::start(&args);
+        (ngx, served)
+    }
+
     fn log(&self) -> PathBuf {
         self.prefix.path().join("logs/gatewatch.ndjson")
     }
@@ -224,24 +238,7 @@ fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, RULES).unwrap();
-    // nginx first (its log is gatewatch's input), pointed at the port gatewatch will take.
-    let port = free_port();
-    let ngx = Nginx::start(&format!("127.0.0.1:{port}"), "k1");
-    let log = ngx.log();
-    let listen = format!("127.0.0.1:{port}");
-    let served = Served::start(&[
-        "--listen",
-        &listen,
-        "-i",
-        log.to_str().unwrap(),
-        "--follow",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--bouncer-key",
-        "k1",
-        "--flush-every",
-        "100ms",
-    ]);
+    let (ngx, served) = Nginx::with_gatewatch(rules.to_str().unwrap(), &["--flush-every", "100ms"]);
 
     // Normal traffic passes and is logged as events gatewatch scores.
     assert_eq!(ngx.get("10.1.1.1", "/v1/products", &[]).0, 200);
@@ -316,17 +313,10 @@ fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
         &[("User-Agent", "\u{1}\u{2}bot")],
     );
     let _ = ngx.get("10.5.0.1", "/v1/p", &[("Authorization", "Bearer a.%%%.b")]);
-    let (_, before) = served.call("GET", "/metrics", b"");
-    let scored = |m: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix("gatewatch_events_total "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let n = scored(&before);
+    let n = served.metric("gatewatch_events_total");
     assert_eq!(ngx.get("10.5.0.2", "/v1/after", &[]).0, 200);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while scored(&served.call("GET", "/metrics", b"").1) <= n {
+    while served.metric("gatewatch_events_total") <= n {
         assert!(
             Instant::now() < deadline,
             "gatewatch stopped reading the log"
@@ -372,21 +362,7 @@ fn attacks_replayed_over_http_are_stopped_at_nginx_and_normal_users_pass() {
         .output()
         .unwrap();
     assert!(sim.status.success());
-    let port = free_port();
-    let ngx = Nginx::start(&format!("127.0.0.1:{port}"), "k2");
-    let log = ngx.log();
-    let listen = format!("127.0.0.1:{port}");
-    let served = Served::start(&[
-        "--listen",
-        &listen,
-        "-i",
-        log.to_str().unwrap(),
-        "--follow",
-        "--rules",
-        "default",
-        "--bouncer-key",
-        "k2",
-    ]);
+    let (ngx, served) = Nginx::with_gatewatch("default", &[]);
     let report = dir.path().join("replay.json");
     let target = format!("http://127.0.0.1:{}", ngx.port);
     let out = gw()

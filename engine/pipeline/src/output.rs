@@ -42,7 +42,7 @@ pub struct Output {
     /// Per decision change, the record whose event time it happened at.
     pub(crate) decision_records: Vec<u32>,
     /// Per record, the endpoint monitor's authentication-failure alert score of its
-    /// endpoint (when the session has a monitor).
+    /// endpoint, for the rules (when the session has a monitor and rules).
     pub(crate) endpoint_auth: Vec<f64>,
     /// Client alerts the endpoint monitor decided while this batch went through it.
     pub(crate) client_alerts: Vec<gatewatch_models::ClientAlert>,
@@ -263,12 +263,6 @@ impl Output {
     /// it (empty without a monitor).
     pub fn client_alerts(&self) -> &[gatewatch_models::ClientAlert] {
         &self.client_alerts
-    }
-
-    /// Per record, the endpoint monitor's authentication-failure alert score of its
-    /// endpoint when the record went through it (empty without a monitor).
-    pub fn endpoint_auth(&self) -> &[f64] {
-        &self.endpoint_auth
     }
 
     /// The record at whose event time decision change `j` happened (for a start or an

@@ -361,11 +361,15 @@ impl<S: BorrowMut<Scorer>> Session<S> {
         if let Some(monitor) = self.monitor.as_mut() {
             let out = &mut self.out;
             out.endpoint_auth.clear();
+            // The endpoint's alert score at each request is read by the rules only.
+            let for_rules = self.rules.is_some();
             for i in 0..out.len() {
                 let r = out.record(i);
                 monitor.add(r.endpoint, r.client, r.ts_ms, r.status);
-                let a = monitor.auth_alert(r.endpoint, r.ts_ms);
-                out.endpoint_auth.push(a);
+                if for_rules {
+                    let a = monitor.auth_alert(r.endpoint, r.ts_ms);
+                    out.endpoint_auth.push(a);
+                }
             }
             out.client_alerts = monitor.take_client_alerts();
         }

@@ -158,7 +158,7 @@ struct Pending {
 struct Reports {
     /// The batch of each message delivered since the last look.
     delivered: Vec<u64>,
-    failed: Vec<(Box<Pending>, String)>,
+    failed: Vec<(Arc<Pending>, String)>,
 }
 
 struct ProducerCtx {
@@ -168,7 +168,8 @@ struct ProducerCtx {
 impl ClientContext for ProducerCtx {}
 
 impl ProducerContext for ProducerCtx {
-    type DeliveryOpaque = Box<Pending>;
+    // Shared with the record handed to the producer, which borrows its key and payload.
+    type DeliveryOpaque = Arc<Pending>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Self::DeliveryOpaque) {
         let mut r = lock(&self.reports);
@@ -179,12 +180,13 @@ impl ProducerContext for ProducerCtx {
     }
 }
 
-/// A message the consumer delivered, copied (the loop hands it to the driver).
-struct Input {
+/// A message the consumer delivered, as the loop hands it to the driver (borrowed: only a
+/// poison message is copied, for the dead-letter topic).
+struct Input<'a> {
     partition: i32,
     offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
 }
 
 /// The session's side of the consumer: messages in, batches out, offsets stored.
@@ -245,6 +247,26 @@ struct Inflight {
     outstanding: usize,
 }
 
+/// The partition whose queued input goes into the session next: the oldest head, when every
+/// assigned partition has an input queued or is at its end (or always, with `force`, or
+/// while more than [`MAX_QUEUED`] are held); `None` when nothing may go.
+fn next_head(queues: &BTreeMap<i32, Queue>, queued: usize, force: bool) -> Option<i32> {
+    let mut best: Option<(i64, i32)> = None;
+    let mut waiting = false;
+    for (p, q) in queues {
+        match q.items.front() {
+            Some(x) => {
+                if best.is_none_or(|(ts, _)| x.ts < ts) {
+                    best = Some((x.ts, *p));
+                }
+            }
+            None => waiting |= !q.at_end,
+        }
+    }
+    let (_, p) = best?;
+    (!waiting || force || queued > MAX_QUEUED).then_some(p)
+}
+
 /// One partition's inputs waiting for the merge.
 #[derive(Default)]
 struct Queue {
@@ -265,7 +287,7 @@ struct Parsed {
 
 impl Driver {
     /// A message from the consumer into the session.
-    fn push(&mut self, m: Input) -> Result<()> {
+    fn push(&mut self, m: Input<'_>) -> Result<()> {
         let (p, o) = (m.partition, m.offset);
         if self.covered.next.get(&p).is_some_and(|next| o < *next) {
             // Already in the restored state (the group's offsets lag behind the snapshot).
@@ -281,7 +303,7 @@ impl Driver {
             field: None,
             reason: reason.to_string(),
         };
-        match m.payload.as_deref() {
+        match m.payload {
             None | Some([]) => parsed.push(Err(refuse("empty message (no payload)"))),
             Some(payload) => {
                 for raw in payload.split(|b| *b == b'\n') {
@@ -340,8 +362,8 @@ impl Driver {
             self.poison.push(Pending {
                 batch: 0,
                 topic: topic.clone(),
-                key: m.key.unwrap_or_default(),
-                payload: m.payload.unwrap_or_default(),
+                key: m.key.unwrap_or_default().to_vec(),
+                payload: m.payload.unwrap_or_default().to_vec(),
                 headers: vec![
                     ("gatewatch-reason".into(), reason.into_bytes()),
                     (
@@ -362,39 +384,28 @@ impl Driver {
     /// end (or always, with `force`, or while more than [`MAX_QUEUED`] are held).
     fn release(&mut self, force: bool) -> Result<()> {
         loop {
-            let mut best: Option<(i64, i32)> = None;
-            let mut waiting = false;
-            for (p, q) in &self.queues {
-                match q.items.front() {
-                    Some(x) => {
-                        if best.is_none_or(|(ts, _)| x.ts < ts) {
-                            best = Some((x.ts, *p));
-                        }
+            let mut full = false;
+            {
+                let mut guard = self.service.session();
+                while let Some(p) = next_head(&self.queues, self.queued, force) {
+                    let x = self
+                        .queues
+                        .get_mut(&p)
+                        .and_then(|q| q.items.pop_front())
+                        .expect("the head just seen");
+                    self.queued -= 1;
+                    guard.0.push_parsed(Position::offset(p, x.offset), x.event);
+                    self.log.push_back((p, x.offset, x.line));
+                    if guard.0.is_full() {
+                        full = true;
+                        break;
                     }
-                    None => waiting |= !q.at_end,
                 }
             }
-            let Some((_, p)) = best else {
-                return Ok(());
-            };
-            if waiting && !force && self.queued <= MAX_QUEUED {
+            if !full {
                 return Ok(());
             }
-            let x = self
-                .queues
-                .get_mut(&p)
-                .and_then(|q| q.items.pop_front())
-                .expect("the head just seen");
-            self.queued -= 1;
-            let full = {
-                let mut guard = self.service.session();
-                guard.0.push_parsed(Position::offset(p, x.offset), x.event);
-                guard.0.is_full()
-            };
-            self.log.push_back((p, x.offset, x.line));
-            if full {
-                self.drain(false)?;
-            }
+            self.drain(false)?;
         }
     }
 
@@ -403,24 +414,15 @@ impl Driver {
     /// batch covers as done.
     fn drain(&mut self, finish: bool) -> Result<()> {
         let started = Instant::now();
-        let (ack, upto) = {
+        self.text.clear();
+        let ack = {
             let mut guard = self.service.session();
-            let (session, writer) = &mut *guard;
-            if finish {
-                session.finish();
-            }
-            if session.has_output() {
-                session.take_into(&mut self.batch).context("scoring")?;
-                self.text.clear();
-                if self.opts.scores.is_some() {
-                    writer.write_batch(&self.batch, &mut self.text);
-                }
-                self.service.account(session, &self.batch);
-            } else {
-                self.batch.clear();
-            }
-            (session.ack(), self.log_base + self.log.len() as u64)
+            let text = self.opts.scores.is_some().then_some(&mut self.text);
+            self.service
+                .take(&mut guard, finish, &mut self.batch, text)?;
+            guard.0.ack()
         };
+        let upto = self.log_base + self.log.len() as u64;
         let batch = self.next_batch;
         self.next_batch += 1;
         self.in_flight.push_back(Inflight {
@@ -432,35 +434,31 @@ impl Driver {
         crate::log_rejections(&self.batch, &mut self.rejections);
         // One message per score record (key: the client), per decision change (key: its
         // value).
-        let mut out: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+        let message = |topic: &String, key: &[u8], payload: Vec<u8>| Pending {
+            batch,
+            topic: topic.clone(),
+            key: key.to_vec(),
+            payload,
+            headers: Vec::new(),
+        };
+        let mut out = Vec::new();
         if let Some(topic) = &self.opts.scores {
             let lines = self.text.split_terminator('\n');
-            out.extend(self.batch.records().zip(lines).map(|(r, l)| {
-                (
-                    topic.clone(),
-                    r.client.as_bytes().to_vec(),
-                    l.as_bytes().to_vec(),
-                )
-            }));
+            out.extend(
+                self.batch
+                    .records()
+                    .zip(lines)
+                    .map(|(r, l)| message(topic, r.client.as_bytes(), l.as_bytes().to_vec())),
+            );
         }
         if let Some(topic) = &self.opts.decisions {
             out.extend(self.batch.decisions().iter().map(|c| {
-                let v = gatewatch_pipeline::schema::decision_json(c);
-                (
-                    topic.clone(),
-                    c.decision.value.as_bytes().to_vec(),
-                    v.to_string().into_bytes(),
-                )
+                let v = gatewatch_pipeline::schema::decision_json(c).to_string();
+                message(topic, c.decision.value.as_bytes(), v.into_bytes())
             }));
         }
-        for (topic, key, payload) in out {
-            self.send(Pending {
-                batch,
-                topic,
-                key,
-                payload,
-                headers: Vec::new(),
-            })?;
+        for p in out {
+            self.send(p)?;
         }
         for mut p in std::mem::take(&mut self.poison) {
             self.service.metrics.kafka_dead_letters.inc();
@@ -484,11 +482,14 @@ impl Driver {
 
     /// Hands a message to the producer (waiting while its queue is full).
     fn send(&mut self, p: Pending) -> Result<()> {
+        self.send_shared(Arc::new(p))
+    }
+
+    /// [`send`](Self::send) of a message the delivery report may hand back for a retry.
+    fn send_shared(&mut self, p: Arc<Pending>) -> Result<()> {
         let Some(producer) = &self.producer else {
             return Ok(());
         };
-        let batch = p.batch;
-        let mut p = Box::new(p);
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(p.headers.len());
             for (k, v) in &p.headers {
@@ -497,28 +498,24 @@ impl Driver {
                     value: Some(v),
                 });
             }
-            let topic = p.topic.clone();
-            let key = p.key.clone();
-            let payload = p.payload.clone();
-            let record = BaseRecord::with_opaque_to(&topic, p)
-                .key(&key)
-                .payload(&payload)
+            // librdkafka copies the key and payload: the borrows end with the call.
+            let record = BaseRecord::with_opaque_to(&p.topic, Arc::clone(&p))
+                .key(&p.key)
+                .payload(&p.payload)
                 .headers(headers);
             match producer.send(record) {
                 Ok(()) => {
-                    if let Some(b) = self.in_flight.iter_mut().rev().find(|b| b.batch == batch) {
+                    if let Some(b) = self.in_flight.iter_mut().rev().find(|b| b.batch == p.batch) {
                         b.outstanding += 1;
                     }
                     return Ok(());
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
-                    p = rec.delivery_opaque;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     producer.poll(Duration::from_millis(10));
                 }
-                Err((e, rec)) => {
+                Err((e, _)) => {
                     // Not sendable at all (too large, unknown topic): retried like a failed
                     // delivery, so that nothing is dropped.
-                    p = rec.delivery_opaque;
                     self.sink_failure(&p.topic, &e.to_string());
                     if self.stop.load(Ordering::Acquire) {
                         anyhow::bail!("topic {}: {e}", p.topic);
@@ -539,7 +536,7 @@ impl Driver {
     }
 
     /// Delivery reports so far: delivered ones counted off their batch; the failed ones.
-    fn collect(&mut self) -> Vec<(Box<Pending>, String)> {
+    fn collect(&mut self) -> Vec<(Arc<Pending>, String)> {
         let Some(producer) = &self.producer else {
             return Vec::new();
         };
@@ -586,7 +583,7 @@ impl Driver {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
             for (p, _) in failed {
-                self.send(*p)?;
+                self.send_shared(p)?;
             }
         }
         let mut moved = false;
@@ -744,6 +741,27 @@ struct ConsumerCtx {
 }
 
 impl ClientContext for ConsumerCtx {
+    /// librdkafka's statistics (every `statistics.interval.ms`, served by the consumer's
+    /// poll): the consumer lag of each assigned partition of the input topic.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let guard = lock(&self.driver);
+        let Some(d) = guard.as_ref() else {
+            return;
+        };
+        let Some(topic) = statistics.topics.get(&d.opts.input) else {
+            return;
+        };
+        for (p, part) in &topic.partitions {
+            if *p >= 0 && part.consumer_lag >= 0 && d.queues.contains_key(p) {
+                d.service
+                    .metrics
+                    .kafka_lag
+                    .get_or_create(&vec![("partition".to_string(), p.to_string())])
+                    .set(part.consumer_lag);
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // The end of a partition is news for the merge, not an error.
         if matches!(error, KafkaError::PartitionEOF(_)) {
@@ -835,6 +853,8 @@ impl KafkaStream {
             // The partitions are merged in event time: a partition with nothing new must
             // answer soon, or the others wait for its fetch (librdkafka's default is 500 ms).
             ("fetch.wait.max.ms", "20"),
+            // The consumer lag per partition comes with librdkafka's statistics.
+            ("statistics.interval.ms", "5000"),
         ] {
             set_default(&mut cc, k, v);
         }
@@ -946,7 +966,6 @@ fn run(
     let mut quiet = true;
     let mut last_flush = Instant::now();
     let mut last_snapshot = Instant::now();
-    let mut last_lag = Instant::now();
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
@@ -961,8 +980,8 @@ fn run(
                 let input = Input {
                     partition: m.partition(),
                     offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
+                    key: m.key(),
+                    payload: m.payload(),
                 };
                 quiet = false;
                 quiet_since = Instant::now();
@@ -1018,10 +1037,6 @@ fn run(
                 tracing::error!(target: "gatewatch::serve", error = %format!("{e:#}"), "snapshot failed");
             }
         }
-        if last_lag.elapsed() >= Duration::from_secs(5) {
-            last_lag = Instant::now();
-            lag(consumer, d);
-        }
     };
     // The last snapshot; then the driver goes (the revocation on close finds nothing).
     let last = match lock(&ctx.driver).take() {
@@ -1030,31 +1045,4 @@ fn run(
     };
     consumer.unsubscribe();
     result.and(last)
-}
-
-/// Consumer lag per assigned partition: the high watermark less the next offset to read.
-fn lag(consumer: &BaseConsumer<ConsumerCtx>, d: &Driver) {
-    let Ok(assigned) = consumer.assignment() else {
-        return;
-    };
-    let positions = consumer.position().ok();
-    for e in assigned.elements() {
-        let p = e.partition();
-        let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), p, Duration::from_millis(500))
-        else {
-            continue;
-        };
-        let next = positions
-            .as_ref()
-            .and_then(|t| t.find_partition(e.topic(), p))
-            .and_then(|x| x.offset().to_raw())
-            .filter(|o| *o >= 0)
-            .or_else(|| d.done.get(&p).copied())
-            .unwrap_or(0);
-        d.service
-            .metrics
-            .kafka_lag
-            .get_or_create(&vec![("partition".to_string(), p.to_string())])
-            .set((high - next).max(0));
-    }
 }

@@ -307,11 +307,10 @@ pub struct Service {
     tally: Mutex<Tally>,
 }
 
-/// What the service has done, for its closing summary.
+/// What the service has done that its metrics cannot answer back (families are not
+/// iterable), for its closing summary.
 #[derive(Debug, Default)]
 struct Tally {
-    scored: u64,
-    flagged: u64,
     rejected: std::collections::BTreeMap<String, u64>,
     decisions: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -378,7 +377,11 @@ impl Service {
     /// rejected by reason, decision changes.
     pub fn summary(&self) -> String {
         let t = lock(&self.tally);
-        let mut s = format!("{} events scored, {} flagged", t.scored, t.flagged);
+        let mut s = format!(
+            "{} events scored, {} flagged",
+            self.metrics.scored.get(),
+            self.metrics.flagged.get()
+        );
         let rejected: u64 = t.rejected.values().sum();
         s.push_str(&format!(", {rejected} inputs rejected"));
         if rejected > 0 {
@@ -581,18 +584,16 @@ impl Service {
     pub fn score_body(&self, body: &[u8]) -> Result<String> {
         let started = Instant::now();
         let mut guard = self.session();
-        let (session, writer) = &mut *guard;
+        let session = &mut guard.0;
         let mut lines = LineReader::new(Format::Ndjson);
         lines.feed(session, body);
         let format = lines.format().clone();
         lines.split_end(&mut |n, line| {
             gatewatch_pipeline::push_line(session, &format, n, line);
         });
-        session.finish();
-        let batch = session.take().context("scoring")?;
-        let mut out = String::with_capacity(batch.len() * 512);
-        writer.write_batch(&batch, &mut out);
-        self.account(session, &batch);
+        let mut batch = Output::default();
+        let mut out = String::new();
+        self.take(&mut guard, true, &mut batch, Some(&mut out))?;
         drop(guard);
         for r in batch.rejections() {
             let line = serde_json::json!({ "rejected": RejectionRecord::from(r) });
@@ -605,9 +606,36 @@ impl Service {
         Ok(out)
     }
 
+    /// Takes the session's output into `batch` (every event buffered for reordering first,
+    /// with `finish`; an empty batch when there is nothing), appends its score records to
+    /// `text` when given, and accounts for it: metrics, recent alerts, decisions feed — all
+    /// under the caller's lock of the session, so they see the batches in event-time order.
+    /// Every input (HTTP, stream, Kafka) takes its batches here. Returns whether there was
+    /// anything to take.
+    fn take(
+        &self,
+        (session, writer): &mut (Session, ScoreWriter),
+        finish: bool,
+        batch: &mut Output,
+        text: Option<&mut String>,
+    ) -> Result<bool> {
+        if finish {
+            session.finish();
+        }
+        if !session.has_output() {
+            batch.clear();
+            return Ok(false);
+        }
+        session.take_into(batch).context("scoring")?;
+        if let Some(t) = text {
+            writer.write_batch(batch, t);
+        }
+        self.account(session, batch);
+        Ok(true)
+    }
+
     /// A scored batch taken from the session goes into the metrics, the recent alerts and
-    /// the decisions feed (under the session's lock: they see the batches in event-time
-    /// order).
+    /// the decisions feed.
     fn account(&self, session: &mut Session, batch: &Output) {
         self.metrics.clients.set(session.engine().clients() as i64);
         self.watch(session, batch);
@@ -618,13 +646,11 @@ impl Service {
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.scored.inc_by(batch.len() as u64);
         let mut t = lock(&self.tally);
-        t.scored += batch.len() as u64;
         if let Some(s) = batch.scores() {
             for (score, flagged) in s.score.iter().zip(&s.flagged) {
                 self.metrics.scores.observe(*score);
                 if *flagged {
                     self.metrics.flagged.inc();
-                    t.flagged += 1;
                 }
             }
         }

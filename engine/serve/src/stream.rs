@@ -147,6 +147,9 @@ pub fn position_path(state: &Path) -> PathBuf {
     PathBuf::from(format!("{}.input.json", state.display()))
 }
 
+/// Bytes read at a time.
+const CHUNK: usize = 1 << 16;
+
 /// What the reader thread hands the worker.
 enum Chunk {
     /// Bytes of the input; `complete` is the offset in its file after its last newline
@@ -259,39 +262,32 @@ impl Worker {
     /// quiet, or a snapshot) every buffered event first, and the sinks are flushed after.
     fn drain(&mut self, finish: bool) -> Result<()> {
         let started = Instant::now();
-        let mut guard = self.service.session();
-        let (session, writer) = &mut *guard;
-        if finish {
-            session.finish();
-        }
-        if !session.has_output() {
-            drop(guard);
-            return self.flush(finish);
-        }
-        session.take_into(&mut self.batch).context("scoring")?;
         self.text.clear();
-        if self.scores.is_some() {
-            writer.write_batch(&self.batch, &mut self.text);
-        }
-        self.service.account(session, &self.batch);
-        drop(guard);
+        let taken = {
+            let mut guard = self.service.session();
+            let text = self.scores.is_some().then_some(&mut self.text);
+            self.service
+                .take(&mut guard, finish, &mut self.batch, text)?
+        };
         crate::log_rejections(&self.batch, &mut self.rejections);
         if let Some(s) = &mut self.scores
             && !self.text.is_empty()
         {
-            s.write(&self.service, &self.stop, self.text.as_bytes(), finish)?;
+            s.write(&self.service, &self.stop, self.text.as_bytes(), false)?;
         }
         if let Some(s) = &mut self.decisions
             && !self.batch.decisions().is_empty()
         {
             let text = gatewatch_pipeline::schema::decisions_ndjson(self.batch.decisions());
-            s.write(&self.service, &self.stop, text.as_bytes(), finish)?;
+            s.write(&self.service, &self.stop, text.as_bytes(), false)?;
         }
         self.flush(finish)?;
-        self.service
-            .metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
+        if taken {
+            self.service
+                .metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -321,9 +317,11 @@ impl Worker {
         Ok(())
     }
 
-    fn feed(&mut self, bytes: &[u8]) {
+    /// A chunk's complete lines into the session: whether a batch is ready to take.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
         let mut guard = self.service.session();
         self.lines.feed(&mut guard.0, bytes);
+        guard.0.is_full()
     }
 
     fn end_line(&mut self) {
@@ -333,10 +331,6 @@ impl Worker {
         self.lines.split_end(&mut |n, line| {
             gatewatch_pipeline::push_line(session, &format, n, line);
         });
-    }
-
-    fn full(&self) -> bool {
-        self.service.session().0.is_full()
     }
 
     /// Runs until the input ends or the service stops; a last snapshot then.
@@ -361,14 +355,14 @@ impl Worker {
                     complete,
                 }) => {
                     self.service.metrics.input_bytes.inc_by(bytes.len() as u64);
-                    self.feed(&bytes);
+                    let full = self.feed(&bytes);
                     if let (Some((dev, ino)), Some(offset)) = (file, complete) {
                         self.position = Some(InputPosition { dev, ino, offset });
                     }
                     quiet = false;
                     // Full batches as they come; everything held at least every `idle`.
                     let flush = last_flush.elapsed() >= idle;
-                    if (flush || self.full())
+                    if (flush || full)
                         && let Err(e) = self.drain(flush)
                     {
                         break Err(e);
@@ -425,7 +419,6 @@ fn read_input(
     tx: SyncSender<Chunk>,
     stop: Arc<AtomicBool>,
 ) {
-    const CHUNK: usize = 1 << 16;
     let send = |c: Chunk| tx.send(c).is_ok();
     match input {
         Input::Simulator { config, realtime } => simulated(&config, realtime, &send, &stop),
@@ -534,7 +527,7 @@ fn simulated(
     let events = gatewatch_sim::simulate(config);
     let first = events.first().map_or(0, |e| e.ts_ms);
     let start = Instant::now();
-    let mut buf = String::with_capacity(1 << 16);
+    let mut buf = String::with_capacity(CHUNK);
     let mut last_sent = Instant::now();
     let data = |buf: &mut String| Chunk::Data {
         bytes: std::mem::take(buf).into_bytes(),
@@ -556,7 +549,7 @@ fn simulated(
             }
         }
         gatewatch_event::write_ndjson(e, &mut buf);
-        if buf.len() >= 1 << 16 || (realtime && last_sent.elapsed() >= Duration::from_millis(50)) {
+        if buf.len() >= CHUNK || (realtime && last_sent.elapsed() >= Duration::from_millis(50)) {
             last_sent = Instant::now();
             if !send(data(&mut buf)) {
                 return;
@@ -591,7 +584,7 @@ fn read_to_end(
     send: &impl Fn(Chunk) -> bool,
     stop: &AtomicBool,
 ) {
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; CHUNK];
     loop {
         if stop.load(Ordering::Acquire) {
             return;

@@ -168,6 +168,16 @@ impl Served {
         self.child.wait().unwrap()
     }
 
+    /// The value of the sample `name` (with its labels, if any) in `/metrics` now; 0 when
+    /// it is not there.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, m) = self.call("GET", "/metrics", b"");
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Waits (up to 30 s) until `/metrics` holds `line`.
     pub fn wait_for_metric(&self, line: &str) -> String {
         let mut last = String::new();
