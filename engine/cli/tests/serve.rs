@@ -775,3 +775,29 @@ fn the_simulator_as_input_gives_the_records_of_the_simulated_log_and_can_run_in_
     assert!(took >= std::time::Duration::from_secs(2), "{took:?}");
     assert!(!json_lines(&String::from_utf8(out.stdout).unwrap()).is_empty());
 }
+
+#[test]
+fn clients_evicted_at_the_cap_are_counted_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(&config, "[features]\nmax_clients = 10\n").unwrap();
+    let log = dir.path().join("events.ndjson");
+    std::fs::write(&log, simulate()).unwrap();
+    let s = Served::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "-i",
+        log.to_str().unwrap(),
+        "--follow",
+    ]);
+    let m = s.wait_for_metric(&format!(
+        "gatewatch_events_total {}",
+        simulate().iter().filter(|b| **b == b'\n').count()
+    ));
+    assert!(
+        s.metric("gatewatch_clients_evicted{reason=\"capacity\"}") > 0.0,
+        "{m}"
+    );
+    assert!(s.metric("gatewatch_clients_tracked") <= 10.0, "{m}");
+    assert!(s.stop().success());
+}

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub scores: Histogram,
     /// Clients with state.
     pub clients: Gauge,
+    /// Clients evicted so far, by why (`idle` past the TTL, `capacity` at `max_clients`).
+    pub evicted: Family<Vec<(String, String)>, Gauge>,
     /// The model scoring events (1) and the ones it replaced (0), by `name@version`.
     pub model: Family<Vec<(String, String)>, Gauge>,
     /// Models reloaded, and reloads refused.
@@ -180,6 +182,7 @@ impl Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             scores: Histogram::new([0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 1.0]),
             clients: Gauge::default(),
+            evicted: Family::default(),
             model: Family::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
@@ -223,6 +226,7 @@ impl Metrics {
             "gatewatch_batch_seconds", "Seconds to score one request's events" => batch_seconds;
             "gatewatch_score", "Scores answered" => scores;
             "gatewatch_clients_tracked", "Clients with state" => clients;
+            "gatewatch_clients_evicted", "Clients evicted so far, by why (idle, capacity)" => evicted;
             "gatewatch_snapshots", "State snapshots written" => snapshots;
             "gatewatch_snapshot_failures", "State snapshots that could not be written" => snapshot_failures;
             "gatewatch_snapshot_age_seconds", "Seconds since the last snapshot (-1 before the first)" => snapshot_age;
@@ -638,6 +642,13 @@ impl Service {
     /// the decisions feed.
     fn account(&self, session: &mut Session, batch: &Output) {
         self.metrics.clients.set(session.engine().clients() as i64);
+        let ev = session.engine().evictions();
+        for (why, n) in [("idle", ev.idle), ("capacity", ev.capacity)] {
+            self.metrics
+                .evicted
+                .get_or_create(&vec![("reason".to_string(), why.to_string())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         self.watch(session, batch);
         if let Some(d) = session.decider() {
             lock(&self.feed).apply(batch.decisions(), d.now_ms());
