@@ -8,17 +8,32 @@
 --   captcha  (rule action challenge)   -> challenge_status (401 by default) and challenge_body
 --
 -- Keys are matched the way gatewatch keys them: the client address (after realip), address
--- ranges (IPv4), and client keys: `header:x-api-key=VALUE`, `jwt:sub=SUBJECT` (the bearer
--- token's claim, read without checking the signature, as gatewatch keys it),
--- `cookie:NAME=VALUE` for the cookies named in `cookies`, and `CLIENT@METHOD host/path`
--- for endpoint+client decisions on literal paths. Values longer than 128 bytes (which
+-- ranges (IPv4 and IPv6), and client keys: `header:x-api-key=VALUE`, `jwt:sub=SUBJECT` (the
+-- bearer token's claim, read without checking the signature, as gatewatch keys it),
+-- `cookie:NAME=VALUE` for the cookies named in `cookies`, and `CLIENT@METHOD host/path` for
+-- endpoint+client decisions, literal or templated (`/v1/orders/{id}`: a placeholder matches
+-- one path segment, `{rest}` the rest of the path). Values longer than 128 bytes (which
 -- gatewatch replaces by a hash) are not matched.
 --
+-- Worker 0 polls gatewatch and writes each change to the shared dictionary (the decisions,
+-- and a journal of the changes); every worker keeps its own copy of the decisions in Lua
+-- tables, brought up to date from the journal by a timer every `sync_interval` seconds. A
+-- request reads only that copy: no lock and no I/O on the request path. Counters are kept
+-- per worker and added to the dictionary by the same timer.
+--
 -- Fails open: when gatewatch cannot be reached, requests pass (counted in `fail_open`), the
--- decisions already held stay until their own end. Nothing on the request path does I/O:
--- one worker polls, every worker reads the shared dictionary.
+-- decisions already held stay until their own end.
 
 local cjson = require("cjson.safe")
+
+local ngx = ngx
+local ngx_var = ngx.var
+local ngx_now = ngx.now
+local str_find = string.find
+local str_sub = string.sub
+local str_byte = string.byte
+local str_char = string.char
+local floor = math.floor
 
 local M = {}
 
@@ -26,6 +41,7 @@ local cfg = {
     url = "http://127.0.0.1:8080",
     api_key = "",
     interval = 1,
+    sync_interval = 0.1,
     timeout_ms = 1000,
     challenge_status = 401,
     challenge_body = "challenge required\n",
@@ -34,6 +50,13 @@ local cfg = {
 }
 
 local STRENGTH = { ban = 3, captcha = 2, throttle = 1 }
+
+-- A poll with more changes than this makes every worker copy the whole dictionary instead
+-- of reading a journal entry per change.
+local JOURNAL_MAX_BATCH = 512
+-- Journal entries are kept this long (seconds): a worker that fell further behind copies
+-- the whole dictionary.
+local JOURNAL_TTL = 600
 
 local function dict()
     return ngx.shared[cfg.dict]
@@ -62,10 +85,83 @@ local function ipv4(s)
     if not a then
         return nil
     end
-    return ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
+    a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    if a > 255 or b > 255 or c > 255 or d > 255 then
+        return nil
+    end
+    return ((a * 256 + b) * 256 + c) * 256 + d
 end
 
--- The dictionary key of a decision: ranges apart (they are scanned), the rest by value.
+-- The 16 bytes of an IPv6 address ("2001:db8::1", "::ffff:192.0.2.1"), or nil.
+local function ipv6(s)
+    if not str_find(s, ":", 1, true) then
+        return nil
+    end
+    s = s:gsub("%%.*$", "")
+    local function groups(part, out)
+        if part == "" then
+            return true
+        end
+        local list = {}
+        for g in (part .. ":"):gmatch("([^:]*):") do
+            list[#list + 1] = g
+        end
+        for i, g in ipairs(list) do
+            if i == #list and str_find(g, ".", 1, true) then
+                local v = ipv4(g)
+                if not v then
+                    return false
+                end
+                out[#out + 1] = floor(v / 65536)
+                out[#out + 1] = v % 65536
+            elseif g:match("^%x%x?%x?%x?$") then
+                out[#out + 1] = tonumber(g, 16)
+            else
+                return false
+            end
+        end
+        return true
+    end
+    local words = {}
+    local gap = str_find(s, "::", 1, true)
+    if gap then
+        local tail = {}
+        if not groups(s:sub(1, gap - 1), words) or not groups(s:sub(gap + 2), tail) then
+            return nil
+        end
+        if #words + #tail > 7 then
+            return nil
+        end
+        for _ = 1, 8 - #words - #tail do
+            words[#words + 1] = 0
+        end
+        for _, w in ipairs(tail) do
+            words[#words + 1] = w
+        end
+    elseif not groups(s, words) or #words ~= 8 then
+        return nil
+    end
+    local bytes = {}
+    for i, w in ipairs(words) do
+        bytes[2 * i - 1] = str_char(floor(w / 256))
+        bytes[2 * i] = str_char(w % 256)
+    end
+    return table.concat(bytes)
+end
+
+-- The first `bits` bits of a 16-byte address, the rest zero, as a table key.
+local function prefix6(bytes, bits)
+    local whole = floor(bits / 8)
+    local rest = bits - whole * 8
+    local head = str_sub(bytes, 1, whole)
+    if rest == 0 then
+        return head
+    end
+    local b = str_byte(bytes, whole + 1)
+    return head .. str_char(b - b % 2 ^ (8 - rest))
+end
+
+-- The dictionary key of a decision: by scope, then value.
 local function key_of(d)
     local scope = (d.scope or ""):lower()
     if scope == "ip" then
@@ -77,35 +173,72 @@ local function key_of(d)
     end
 end
 
+-- ---------------------------------------------------------------------------------------
+-- Worker 0: the poll, writing the shared dictionary and its journal.
+
+local journal_batch, journal_overflow
+
+local function journal(rec)
+    if journal_overflow then
+        return
+    end
+    journal_batch[#journal_batch + 1] = rec
+    if #journal_batch > JOURNAL_MAX_BATCH then
+        journal_overflow = true
+    end
+end
+
+-- Ends a poll's batch: its changes into the journal, or one full copy for every worker.
+local function journal_commit()
+    local d = dict()
+    if journal_overflow then
+        d:incr("meta:epoch", 1, 0)
+    elseif #journal_batch > 0 then
+        local seq = d:get("meta:seq") or 0
+        for _, rec in ipairs(journal_batch) do
+            seq = seq + 1
+            local ok = d:safe_set("j:" .. seq, rec, JOURNAL_TTL)
+            if not ok then
+                d:incr("meta:epoch", 1, 0)
+                break
+            end
+        end
+        d:set("meta:seq", seq)
+    end
+    journal_batch, journal_overflow = {}, false
+end
+
 -- A decision into the dictionary: "type|id|until" under its key, until it ends; a weaker
 -- decision never replaces a stronger one that still runs.
 local function put(d)
     local ttl = seconds(d.duration)
-    if ttl <= 0 or not STRENGTH[d.type] then
+    if ttl <= 0 or not STRENGTH[d.type] or type(d.value) ~= "string" then
         return
     end
     local k = key_of(d)
-    local held = dict():get(k)
+    local state = dict()
+    local held = state:get(k)
     if held then
         local t = held:match("^(%a+)|")
         if t and STRENGTH[t] and STRENGTH[t] > STRENGTH[d.type] then
             return
         end
     end
-    dict():set(k, d.type .. "|" .. tostring(d.id) .. "|" .. tostring(ngx.now() + ttl), ttl)
-    if k:sub(1, 6) == "range:" then
-        dict():incr("meta:ranges_version", 1, 0)
-    end
+    local v = d.type .. "|" .. tostring(d.id) .. "|" .. tostring(ngx_now() + ttl)
+    state:set(k, v, ttl)
+    journal("P" .. k .. "\n" .. v)
 end
 
 local function drop(d)
+    if type(d.value) ~= "string" then
+        return
+    end
     local k = key_of(d)
-    local held = dict():get(k)
+    local state = dict()
+    local held = state:get(k)
     if held and held:match("^%a+|(%d+)|") == tostring(d.id) then
-        dict():delete(k)
-        if k:sub(1, 6) == "range:" then
-            dict():incr("meta:ranges_version", 1, 0)
-        end
+        state:delete(k)
+        journal("D" .. k)
     end
 end
 
@@ -159,29 +292,32 @@ local function poll(premature, startup)
     local state = dict()
     local status, body = get("/v1/decisions/stream?startup=" .. (startup and "true" or "false"))
     local next_startup = startup
-    if status == 200 then
-        local doc = cjson.decode(body)
-        if type(doc) == "table" then
-            for _, d in ipairs(type(doc.deleted) == "table" and doc.deleted or {}) do
+    local doc = status == 200 and cjson.decode(body)
+    if type(doc) == "table" then
+        journal_batch, journal_overflow = {}, false
+        for _, d in ipairs(type(doc.deleted) == "table" and doc.deleted or {}) do
+            if type(d) == "table" then
                 drop(d)
             end
-            for _, d in ipairs(type(doc.new) == "table" and doc.new or {}) do
+        end
+        for _, d in ipairs(type(doc.new) == "table" and doc.new or {}) do
+            if type(d) == "table" then
                 put(d)
             end
-            state:incr("meta:polls", 1, 0)
-            state:set("meta:healthy", true)
-            state:set("meta:last_poll", ngx.now())
-            next_startup = false
-        else
-            state:incr("meta:poll_failures", 1, 0)
-            state:set("meta:healthy", false)
         end
+        journal_commit()
+        state:incr("meta:polls", 1, 0)
+        state:set("meta:healthy", true)
+        state:set("meta:last_poll", ngx_now())
+        next_startup = false
     else
         state:incr("meta:poll_failures", 1, 0)
         state:set("meta:healthy", false)
-        ngx.log(ngx.WARN, "gatewatch: decisions poll failed: ", tostring(status or body))
-        -- After an outage, everything again: decisions may have changed meanwhile.
-        next_startup = true
+        if status ~= 200 then
+            ngx.log(ngx.WARN, "gatewatch: decisions poll failed: ", tostring(status or body))
+            -- After an outage, everything again: decisions may have changed meanwhile.
+            next_startup = true
+        end
     end
     local ok, err = ngx.timer.at(cfg.interval, poll, next_startup)
     if not ok then
@@ -189,7 +325,251 @@ local function poll(premature, startup)
     end
 end
 
---- Call from init_worker_by_lua: the settings, and the poll timer (in worker 0).
+-- ---------------------------------------------------------------------------------------
+-- Every worker: its own copy of the decisions.
+
+-- Held decisions: { t = type, s = strength, u = until (epoch seconds) }.
+local ips = {}        -- address (IPv4 text, IPv6 16 bytes) -> decision
+local clients = {}    -- client key -> decision
+local endpoints = {}  -- client key -> { [dictionary key] = { m = pattern or literal, lit = bool, d = decision } }
+local ranges4 = {}    -- prefix length -> { [network as number] = decision }
+local ranges6 = {}    -- prefix length -> { [prefix bytes] = decision }
+local lens4, lens6 = {}, {}  -- prefix lengths present, longest first
+local n_clients, n_endpoints, n_ranges = 0, 0, 0
+local seq, epoch = -1, -1
+local healthy = false
+local last_sweep = 0
+
+local counts = { fail_open = 0, answered_ban = 0, answered_throttle = 0, answered_captcha = 0 }
+
+local function escape(s)
+    return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+-- "CLIENT@METHOD host/path" apart; a templated path as a Lua pattern.
+local function endpoint_entry(value)
+    local client, ep = value:match("^(.*)@(%u+ [^/ ]*/.*)$")
+    if not client then
+        return nil
+    end
+    if not str_find(ep, "{", 1, true) then
+        return client, { m = ep, lit = true }
+    end
+    local out, pos = { "^" }, 1
+    while true do
+        local a, b, name = str_find(ep, "{([%w_]*)}", pos)
+        if not a then
+            out[#out + 1] = escape(str_sub(ep, pos))
+            break
+        end
+        out[#out + 1] = escape(str_sub(ep, pos, a - 1))
+        out[#out + 1] = name == "rest" and ".+" or "[^/]+"
+        pos = b + 1
+    end
+    out[#out + 1] = "$"
+    return client, { m = table.concat(out), lit = false }
+end
+
+local function rebuild_lens()
+    lens4, lens6 = {}, {}
+    for b, t in pairs(ranges4) do
+        if next(t) then
+            lens4[#lens4 + 1] = b
+        end
+    end
+    for b, t in pairs(ranges6) do
+        if next(t) then
+            lens6[#lens6 + 1] = b
+        end
+    end
+    table.sort(lens4, function(x, y) return x > y end)
+    table.sort(lens6, function(x, y) return x > y end)
+end
+
+-- The copy's slot of a dictionary key: its table and index (nil for keys of no decision).
+local function slot(k)
+    local kind, v = k:match("^(%a+):(.*)$")
+    if kind == "ip" then
+        return ips, ipv6(v) or v
+    elseif kind == "range" then
+        local net, bits = v:match("^(.+)/(%d+)$")
+        bits = tonumber(bits)
+        if not net then
+            return nil
+        end
+        local n = ipv4(net)
+        if n and bits <= 32 then
+            ranges4[bits] = ranges4[bits] or {}
+            local size = 2 ^ (32 - bits)
+            return ranges4[bits], n - n % size
+        end
+        local b6 = ipv6(net)
+        if b6 and bits <= 128 then
+            ranges6[bits] = ranges6[bits] or {}
+            return ranges6[bits], prefix6(b6, bits)
+        end
+        return nil
+    elseif kind == "c" then
+        if str_find(v, "@", 1, true) then
+            local client, e = endpoint_entry(v)
+            if client then
+                endpoints[client] = endpoints[client] or {}
+                return endpoints[client], k, e
+            end
+        end
+        return clients, v
+    end
+    return nil
+end
+
+local function count_copy()
+    n_clients, n_endpoints, n_ranges = 0, 0, 0
+    for _ in pairs(clients) do
+        n_clients = n_clients + 1
+    end
+    for _, t in pairs(endpoints) do
+        for _ in pairs(t) do
+            n_endpoints = n_endpoints + 1
+        end
+    end
+    for _, t in pairs(ranges4) do
+        for _ in pairs(t) do
+            n_ranges = n_ranges + 1
+        end
+    end
+    for _, t in pairs(ranges6) do
+        for _ in pairs(t) do
+            n_ranges = n_ranges + 1
+        end
+    end
+end
+
+-- One change into the copy: "P<key>\n<type>|<id>|<until>" or "D<key>".
+local function apply(rec)
+    local op = str_sub(rec, 1, 1)
+    local k, v
+    if op == "P" then
+        k, v = rec:match("^P(.-)\n(.*)$")
+    else
+        k = str_sub(rec, 2)
+    end
+    if not k then
+        return
+    end
+    local t, i, e = slot(k)
+    if not t then
+        return
+    end
+    if op == "D" then
+        t[i] = nil
+        return
+    end
+    local typ, untl = v:match("^(%a+)|%d+|([%d%.]+)$")
+    if not typ or not STRENGTH[typ] then
+        return
+    end
+    local d = { t = typ, s = STRENGTH[typ], u = tonumber(untl) }
+    if e then
+        e.d = d
+        t[i] = e
+    else
+        t[i] = d
+    end
+end
+
+-- The whole dictionary into a fresh copy.
+local function copy_all(state)
+    ips, clients, endpoints, ranges4, ranges6 = {}, {}, {}, {}, {}
+    for _, k in ipairs(state:get_keys(0)) do
+        local first = str_byte(k, 1)
+        -- "ip:", "range:", "c:": decisions; "meta:" and "j:" are not.
+        if first == 105 or first == 114 or (first == 99 and str_byte(k, 2) == 58) then
+            local v = state:get(k)
+            if type(v) == "string" then
+                apply("P" .. k .. "\n" .. v)
+            end
+        end
+    end
+end
+
+-- Ended decisions out of the copy (each is also checked at lookup).
+local function sweep(now)
+    local function clean(t)
+        for k, d in pairs(t) do
+            if d.u <= now then
+                t[k] = nil
+            end
+        end
+    end
+    clean(ips)
+    clean(clients)
+    for _, t in pairs(ranges4) do
+        clean(t)
+    end
+    for _, t in pairs(ranges6) do
+        clean(t)
+    end
+    for c, t in pairs(endpoints) do
+        for k, e in pairs(t) do
+            if e.d.u <= now then
+                t[k] = nil
+            end
+        end
+        if not next(t) then
+            endpoints[c] = nil
+        end
+    end
+end
+
+local function flush_counts(state)
+    for name, n in pairs(counts) do
+        if n > 0 then
+            state:incr("meta:" .. name, n, 0)
+            counts[name] = 0
+        end
+    end
+end
+
+local function sync(premature)
+    local state = dict()
+    flush_counts(state)
+    if premature then
+        return
+    end
+    healthy = state:get("meta:healthy") == true
+    local now = ngx_now()
+    local changed = false
+    local e = state:get("meta:epoch") or 0
+    local s = state:get("meta:seq") or 0
+    if e ~= epoch or s < seq then
+        epoch, seq = e, s
+        copy_all(state)
+        changed = true
+    elseif s > seq then
+        for n = seq + 1, s do
+            local rec = state:get("j:" .. n)
+            if not rec then
+                copy_all(state)
+                break
+            end
+            apply(rec)
+        end
+        seq = s
+        changed = true
+    end
+    if now - last_sweep >= 10 then
+        sweep(now)
+        last_sweep = now
+        changed = true
+    end
+    if changed then
+        rebuild_lens()
+        count_copy()
+    end
+end
+
+--- Call from init_worker_by_lua: the settings, the copy's timer (every worker) and the
+--- poll timer (worker 0).
 function M.init(opts)
     for k, v in pairs(opts or {}) do
         cfg[k] = v
@@ -198,30 +578,15 @@ function M.init(opts)
         ngx.log(ngx.ERR, "gatewatch: lua_shared_dict ", cfg.dict, " is not declared")
         return
     end
+    local ok, err = ngx.timer.every(cfg.sync_interval, sync)
+    if not ok then
+        ngx.log(ngx.ERR, "gatewatch: cannot start the decisions copy: ", err)
+    end
+    ngx.timer.at(0, sync)
     if ngx.worker.id() == 0 then
-        local ok, err = ngx.timer.at(0, poll, true)
+        ok, err = ngx.timer.at(0, poll, true)
         if not ok then
             ngx.log(ngx.ERR, "gatewatch: cannot start polling: ", err)
-        end
-    end
-end
-
--- Ranges, parsed again by each worker when they changed.
-local ranges, ranges_version = {}, -1
-
-local function load_ranges()
-    local v = dict():get("meta:ranges_version") or 0
-    if v == ranges_version then
-        return
-    end
-    ranges, ranges_version = {}, v
-    for _, k in ipairs(dict():get_keys(0)) do
-        local net, bits = k:match("^range:([%d%.]+)/(%d+)$")
-        if net then
-            local n, b = ipv4(net), tonumber(bits)
-            if n and b and b >= 0 and b <= 32 then
-                ranges[#ranges + 1] = { key = k, net = n, size = 2 ^ (32 - b) }
-            end
         end
     end
 end
@@ -236,15 +601,13 @@ local function b64url(s)
 end
 
 -- The client keys gatewatch may have decided on, for this request.
-local function clients()
-    local out = {}
-    local addr = ngx.var.remote_addr or ""
-    out[#out + 1] = "ip:" .. addr
-    local key = ngx.var.http_x_api_key
+local function client_keys(addr)
+    local out = { "ip:" .. addr }
+    local key = ngx_var.http_x_api_key
     if key and key ~= "" and #key <= 128 then
         out[#out + 1] = "header:x-api-key=" .. key
     end
-    local auth = ngx.var.http_authorization
+    local auth = ngx_var.http_authorization
     local token = auth and auth:match("^[Bb]earer%s+(%S+)")
     local payload = token and token:match("^[^%.]+%.([^%.]+)%.")
     local claims = payload and cjson.decode(b64url(payload) or "")
@@ -252,60 +615,89 @@ local function clients()
         out[#out + 1] = "jwt:sub=" .. claims.sub
     end
     for _, name in ipairs(cfg.cookies) do
-        local v = ngx.var["cookie_" .. name]
+        local v = ngx_var["cookie_" .. name]
         if v and v ~= "" and #v <= 128 then
             out[#out + 1] = "cookie:" .. name .. "=" .. v
         end
     end
-    return out, addr
+    return out
 end
 
 --- Call from access_by_lua: answers the request when a decision covers it.
 function M.access()
-    local d = dict()
-    if not d then
-        return
+    if not healthy then
+        counts.fail_open = counts.fail_open + 1
     end
-    if d:get("meta:healthy") ~= true then
-        d:incr("meta:fail_open", 1, 0)
+    local now = ngx_now()
+    local addr = ngx_var.remote_addr or ""
+    local best
+    local d = ips[addr]
+    if d and d.u > now then
+        best = d
     end
-    local best, best_until
-    local function consider(held)
-        if not held then
-            return
+    local v6
+    if not d and str_find(addr, ":", 1, true) then
+        v6 = ipv6(addr)
+        d = v6 and ips[v6]
+        if d and d.u > now then
+            best = d
         end
-        local t, _, untl = held:match("^(%a+)|(%d+)|([%d%.]+)$")
-        if t and (not best or STRENGTH[t] > STRENGTH[best]) then
-            best, best_until = t, tonumber(untl)
+    end
+    if n_ranges > 0 and not (best and best.s == 3) then
+        local n = ipv4(addr)
+        if n then
+            for _, bits in ipairs(lens4) do
+                local size = 2 ^ (32 - bits)
+                d = ranges4[bits][n - n % size]
+                if d and d.u > now and (not best or d.s > best.s) then
+                    best = d
+                end
+            end
+        else
+            v6 = v6 or ipv6(addr)
+            if v6 then
+                for _, bits in ipairs(lens6) do
+                    d = ranges6[bits][prefix6(v6, bits)]
+                    if d and d.u > now and (not best or d.s > best.s) then
+                        best = d
+                    end
+                end
+            end
         end
     end
-    local list, addr = clients()
-    consider(d:get("ip:" .. addr))
-    local endpoint = " " .. ngx.req.get_method() .. " " .. (ngx.var.host or "") .. (ngx.var.uri or "")
-    for _, c in ipairs(list) do
-        consider(d:get("c:" .. c))
-        consider(d:get("c:" .. c .. "@" .. endpoint:sub(2)))
-    end
-    local n = ipv4(addr)
-    if n then
-        load_ranges()
-        for _, r in ipairs(ranges) do
-            if n >= r.net and n < r.net + r.size then
-                consider(d:get(r.key))
+    if (n_clients > 0 or n_endpoints > 0) and not (best and best.s == 3) then
+        local endpoint
+        for _, c in ipairs(client_keys(addr)) do
+            d = clients[c]
+            if d and d.u > now and (not best or d.s > best.s) then
+                best = d
+            end
+            local eps = n_endpoints > 0 and endpoints[c]
+            if eps then
+                endpoint = endpoint or (ngx.req.get_method() .. " " .. (ngx_var.host or "") .. (ngx_var.uri or ""))
+                for _, e in pairs(eps) do
+                    d = e.d
+                    if d.u > now and (not best or d.s > best.s) then
+                        if (e.lit and e.m == endpoint) or (not e.lit and str_find(endpoint, e.m)) then
+                            best = d
+                        end
+                    end
+                end
             end
         end
     end
     if not best then
         return
     end
-    d:incr("meta:answered_" .. best, 1, 0)
+    local t = best.t
+    counts["answered_" .. t] = counts["answered_" .. t] + 1
     -- Every answer of the module says so (an API's own 403 or 429 does not).
-    if best == "ban" then
+    if t == "ban" then
         ngx.header["X-Gatewatch"] = "block"
         return ngx.exit(ngx.HTTP_FORBIDDEN)
-    elseif best == "throttle" then
+    elseif t == "throttle" then
         ngx.header["X-Gatewatch"] = "rate-limit"
-        ngx.header["Retry-After"] = tostring(math.max(1, math.ceil((best_until or 0) - ngx.now())))
+        ngx.header["Retry-After"] = tostring(math.max(1, math.ceil(best.u - now)))
         return ngx.exit(429)
     else
         ngx.status = cfg.challenge_status
@@ -316,17 +708,25 @@ function M.access()
     end
 end
 
---- Call from content_by_lua in a status location: the module's counters as JSON.
+--- Call from content_by_lua in a status location: the module's counters as JSON (this
+--- worker's counts are added first; other workers add theirs every `sync_interval`).
 function M.status()
     local d = dict()
+    flush_counts(d)
     local out = { decisions = 0 }
     for _, k in ipairs(d:get_keys(0)) do
         local m = k:match("^meta:(.+)$")
         if m then
-            out[m] = d:get(k)
-        else
+            if m ~= "seq" and m ~= "epoch" then
+                out[m] = d:get(k)
+            end
+        elseif str_sub(k, 1, 2) ~= "j:" then
             out.decisions = out.decisions + 1
         end
+    end
+    out.worker_decisions = n_clients + n_endpoints + n_ranges
+    for _ in pairs(ips) do
+        out.worker_decisions = out.worker_decisions + 1
     end
     ngx.header["Content-Type"] = "application/json"
     ngx.say(cjson.encode(out))

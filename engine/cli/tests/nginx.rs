@@ -339,8 +339,87 @@ fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
         assert!(Instant::now() < deadline, "no failed poll counted");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(ngx.get("10.6.0.1", "/v1/products", &[]).0, 200);
-    assert!(ngx.status()["fail_open"].as_u64().unwrap() > 0);
+    // Each worker counts the requests it passed while it saw gatewatch down (it reads the
+    // poll's health every `sync_interval`) and adds them to the status within that time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert_eq!(ngx.get("10.6.0.1", "/v1/products", &[]).0, 200);
+        if ngx.status()["fail_open"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request counted as failing open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const RANGE_RULES: &str = r#"
+[[rule]]
+id = "probe-network"
+when = "request.path == '/v1/probe'"
+action = "block"
+key = "ip/24"
+ttl = "1m"
+
+[[rule]]
+id = "probe-address"
+when = "request.path == '/v1/probe-one'"
+action = "block"
+key = "ip"
+ttl = "1m"
+
+[[rule]]
+id = "order-walk"
+when = "request.path.startsWith('/v1/orders/') && request.status == 404"
+action = "rate_limit"
+key = "endpoint+client"
+ttl = "1m"
+rate = 5
+per = "1m"
+"#;
+
+#[test]
+fn nginx_matches_ranges_ipv6_and_templated_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RANGE_RULES).unwrap();
+    let (ngx, served) = Nginx::with_gatewatch(rules.to_str().unwrap(), &["--flush-every", "100ms"]);
+
+    // An IPv4 range: the /24 of the offending address, not the next one.
+    assert_eq!(ngx.get("10.8.1.1", "/v1/probe", &[]).0, 200);
+    ngx.until("10.8.1.200", "/v1/products", &[], 403);
+    assert_eq!(ngx.get("10.8.2.1", "/v1/products", &[]).0, 200);
+
+    // An IPv6 range (the rules' IPv6 prefix, /48 by default): any address in it.
+    assert_eq!(ngx.get("2001:db8:7::1", "/v1/probe", &[]).0, 200);
+    ngx.until("2001:db8:7:ffff:abcd::2", "/v1/products", &[], 403);
+    assert_eq!(ngx.get("2001:db8:8::1", "/v1/products", &[]).0, 200);
+
+    // One IPv6 address, and not its neighbour.
+    assert_eq!(ngx.get("2001:db8:9::5", "/v1/probe-one", &[]).0, 200);
+    ngx.until("2001:db8:9::5", "/v1/products", &[], 403);
+    assert_eq!(ngx.get("2001:db8:9::6", "/v1/products", &[]).0, 200);
+
+    // An endpoint+client decision on a templated endpoint (`/v1/orders/{id}`): that client
+    // on any order, not on other endpoints, and not other clients on orders.
+    let key = [("X-Api-Key", "walker-1")];
+    let missing = [("X-Api-Key", "walker-1"), ("X-Sim-Status", "404")];
+    assert_eq!(ngx.get("10.9.0.1", "/v1/orders/17", &missing).0, 404);
+    ngx.until("10.9.0.2", "/v1/orders/991", &key, 429);
+    let (_, headers) = ngx.get("10.9.0.3", "/v1/orders/5", &key);
+    assert_eq!(headers["x-gatewatch"], "rate-limit");
+    assert_eq!(ngx.get("10.9.0.3", "/v1/orders/5/items", &key).0, 200);
+    assert_eq!(ngx.get("10.9.0.3", "/v1/products", &key).0, 200);
+    assert_eq!(
+        ngx.get("10.9.0.3", "/v1/orders/5", &[("X-Api-Key", "other")])
+            .0,
+        200
+    );
+    let st = ngx.status();
+    assert!(st["decisions"].as_u64().unwrap() >= 4, "{st}");
+    assert!(served.stop().success());
 }
 
 #[test]
