@@ -628,20 +628,20 @@ function M.access()
     if not healthy then
         counts.fail_open = counts.fail_open + 1
     end
-    local now = ngx_now()
     local addr = ngx_var.remote_addr or ""
-    local best
     local d = ips[addr]
-    if d and d.u > now then
-        best = d
-    end
     local v6
     if not d and str_find(addr, ":", 1, true) then
         v6 = ipv6(addr)
         d = v6 and ips[v6]
-        if d and d.u > now then
-            best = d
-        end
+    end
+    if not d and n_ranges == 0 and n_clients == 0 and n_endpoints == 0 then
+        return
+    end
+    local now = ngx_now()
+    local best
+    if d and d.u > now then
+        best = d
     end
     if n_ranges > 0 and not (best and best.s == 3) then
         local n = ipv4(addr)
