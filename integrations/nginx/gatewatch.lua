@@ -632,8 +632,15 @@ function M.access()
     local d = ips[addr]
     local v6
     if not d and str_find(addr, ":", 1, true) then
-        v6 = ipv6(addr)
-        d = v6 and ips[v6]
+        -- An IPv4-mapped address is the IPv4 one, as gatewatch reads it.
+        local mapped = addr:match("^::[fF][fF][fF][fF]:(%d+%.%d+%.%d+%.%d+)$")
+        if mapped then
+            addr = mapped
+            d = ips[addr]
+        else
+            v6 = ipv6(addr)
+            d = v6 and ips[v6]
+        end
     end
     if not d and n_ranges == 0 and n_clients == 0 and n_endpoints == 0 then
         return

@@ -391,6 +391,8 @@ fn nginx_matches_ranges_ipv6_and_templated_endpoints() {
     assert_eq!(ngx.get("10.8.1.1", "/v1/probe", &[]).0, 200);
     ngx.until("10.8.1.200", "/v1/products", &[], 403);
     assert_eq!(ngx.get("10.8.2.1", "/v1/products", &[]).0, 200);
+    // The same network as an IPv4-mapped IPv6 address (gatewatch reads it as IPv4).
+    assert_eq!(ngx.get("::ffff:10.8.1.77", "/v1/products", &[]).0, 403);
 
     // An IPv6 range (the rules' IPv6 prefix, /48 by default): any address in it.
     assert_eq!(ngx.get("2001:db8:7::1", "/v1/probe", &[]).0, 200);
