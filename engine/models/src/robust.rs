@@ -163,70 +163,67 @@ pub struct Baseline {
     pub calibration: Vec<f64>,
 }
 
-/// A tail side prepared for scoring, oriented so that larger means farther from the median
-/// (the lower side is negated: `t` is odd, so `t(−x) = −t(x)`): knot values, their
-/// transforms, and surprisals at and just past each knot.
-#[derive(Debug, Clone, Default)]
-struct Knots {
-    x: Vec<f64>,
-    y: Vec<f64>,
+/// One knot of a tail side prepared for scoring, oriented so that larger means farther from
+/// the median (the lower side is negated: `t` is odd, so `t(−x) = −t(x)`): its value, its
+/// transform, and the surprisals at and just past it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Knot {
+    x: f64,
+    y: f64,
     /// −log10(share at or beyond the knot).
-    s_at: Vec<f64>,
+    s_at: f64,
     /// −log10(share strictly beyond the knot).
-    s_past: Vec<f64>,
+    s_past: f64,
 }
 
-impl Knots {
-    fn new(x: Vec<f64>, at: &[u64], past: &[u64], n: u64) -> Self {
-        let s = |c: u64| -((c.max(1) as f64) / n as f64).log10();
-        Self {
-            y: x.iter().map(|&v| t(v)).collect(),
+/// A side's knots (`x` ascending) from its values and counts.
+fn knots_of(x: impl Iterator<Item = f64>, at: &[u64], past: &[u64], n: u64) -> Vec<Knot> {
+    let s = |c: u64| -((c.max(1) as f64) / n as f64).log10();
+    x.zip(at)
+        .zip(past)
+        .map(|((x, &a), &p)| Knot {
             x,
-            s_at: at.iter().map(|&c| s(c)).collect(),
-            s_past: past.iter().map(|&c| s(c)).collect(),
-        }
-    }
-
-    /// Surprisal of an (oriented) value within the knots; `None` past the last. Only a value
-    /// strictly between two knots needs its transform.
-    fn surprisal(&self, v: f64) -> Option<f64> {
-        let i = self.x.partition_point(|k| *k <= v);
-        if i == 0 {
-            return Some(0.0);
-        }
-        let i = i - 1;
-        if v == self.x[i] {
-            return Some(self.s_at[i]);
-        }
-        if i + 1 == self.x.len() {
-            return None;
-        }
-        let f = (t(v) - self.y[i]) / (self.y[i + 1] - self.y[i]);
-        Some(self.s_past[i] + f * (self.s_at[i + 1] - self.s_past[i]))
-    }
+            y: t(x),
+            s_at: s(a),
+            s_past: s(p),
+        })
+        .collect()
 }
 
-/// Both sides of a feature and the value that splits them.
-#[derive(Debug, Clone, Default)]
+/// Surprisal of an (oriented) value within a side's knots; `None` past the last. Only a
+/// value strictly between two knots needs its transform. The knots are scanned from the
+/// median side: each halves the tail's share, so a typical value stops at the first or
+/// second (the same index as a binary search over the ascending values).
+#[inline]
+fn knots_surprisal(knots: &[Knot], v: f64) -> Option<f64> {
+    let i = knots.iter().take_while(|k| k.x <= v).count();
+    if i == 0 {
+        return Some(0.0);
+    }
+    let at = &knots[i - 1];
+    if v == at.x {
+        return Some(at.s_at);
+    }
+    let next = knots.get(i)?;
+    let f = (t(v) - at.y) / (next.y - at.y);
+    Some(at.s_past + f * (next.s_at - at.s_past))
+}
+
+/// A feature prepared for scoring: the value that splits its sides, which side counts, and
+/// where its sides' knots are in the model's one knot array.
+#[derive(Debug, Clone, Copy)]
 struct Prepared {
     split: f64,
-    up: Knots,
-    down: Knots,
-}
-
-impl Prepared {
-    fn new(t: &Tail, median: f64, n: u64) -> Self {
-        Self {
-            split: t_inv(median),
-            up: Knots::new(t.up.clone(), &t.up_ge, &t.up_gt, n),
-            down: Knots::new(
-                t.down.iter().map(|v| -v).collect(),
-                &t.down_le,
-                &t.down_lt,
-                n,
-            ),
-        }
-    }
+    side: Side,
+    up: (u32, u32),
+    down: (u32, u32),
+    /// The first knot of each (oriented) side, `+∞` for a side without knots: a value
+    /// below it has surprisal 0, and a value on it the knot's, without reading the knots.
+    up_first: f64,
+    down_first: f64,
+    /// The surprisal at each side's first knot.
+    up_first_at: f64,
+    down_first_at: f64,
 }
 
 /// A scored event.
@@ -302,8 +299,10 @@ pub struct RobustModel {
     pub baseline: Baseline,
     /// Registry positions of the input features.
     idx: Vec<usize>,
-    /// Tails as distances from the median with their surprisals.
+    /// Per input feature: its split, side and knot ranges.
     prepared: Vec<Prepared>,
+    /// Every feature's tail knots, one side after the other.
+    knots: Vec<Knot>,
     /// Evidence group of each input feature (the feature name without its horizon).
     groups: Vec<usize>,
     n_groups: usize,
@@ -326,12 +325,47 @@ fn base_of(name: &str) -> &str {
 impl RobustModel {
     fn prepare(&mut self) {
         let b = &self.baseline;
-        self.prepared = b
-            .tails
-            .iter()
-            .zip(&b.median)
-            .map(|(t, &m)| Prepared::new(t, m, b.n))
-            .collect();
+        self.knots.clear();
+        let mut prepared = Vec::with_capacity(b.tails.len());
+        for ((tail, &m), &side) in b.tails.iter().zip(&b.median).zip(&b.sides) {
+            let mut push = |k: Vec<Knot>| {
+                let start = self.knots.len() as u32;
+                self.knots.extend(k);
+                (start, self.knots.len() as u32)
+            };
+            let up = push(knots_of(
+                tail.up.iter().copied(),
+                &tail.up_ge,
+                &tail.up_gt,
+                b.n,
+            ));
+            let down = push(knots_of(
+                tail.down.iter().map(|v| -v),
+                &tail.down_le,
+                &tail.down_lt,
+                b.n,
+            ));
+            let first = |(from, to): (u32, u32)| {
+                if from < to {
+                    let k = self.knots[from as usize];
+                    (k.x, k.s_at)
+                } else {
+                    (f64::INFINITY, 0.0)
+                }
+            };
+            let ((up_first, up_first_at), (down_first, down_first_at)) = (first(up), first(down));
+            prepared.push(Prepared {
+                split: t_inv(m),
+                side,
+                up,
+                down,
+                up_first,
+                down_first,
+                up_first_at,
+                down_first_at,
+            });
+        }
+        self.prepared = prepared;
         let mut bases: Vec<&str> = Vec::new();
         self.groups = self
             .manifest
@@ -364,12 +398,14 @@ impl RobustModel {
         }
     }
 
-    /// Signed surprisal of feature `k` at value `x` (positive above the median).
+    /// Signed surprisal of feature `k` at value `x` (positive above the median). Most
+    /// values are on a side that does not count or below their side's first knot: those
+    /// are answered here, the rest by [`tail_surprisal`](Self::tail_surprisal).
+    #[inline]
     fn surprisal(&self, k: usize, x: f64) -> f64 {
-        let b = &self.baseline;
         let p = &self.prepared[k];
         let up = x >= p.split;
-        let counts = match b.sides[k] {
+        let counts = match p.side {
             Side::Both => true,
             Side::Up => x > p.split,
             Side::Down => x < p.split,
@@ -378,20 +414,35 @@ impl RobustModel {
         if !counts {
             return 0.0;
         }
-        let (side, v, sign) = if up {
-            (&p.up, x, 1.0)
+        let (v, sign, first, at) = if up {
+            (x, 1.0, p.up_first, p.up_first_at)
         } else {
-            (&p.down, -x, -1.0)
+            (-x, -1.0, p.down_first, p.down_first_at)
         };
-        let s = match side.surprisal(v) {
+        if v < first {
+            return sign * 0.0;
+        }
+        if v == first {
+            return sign * at;
+        }
+        sign * self.tail_surprisal(k, up, v)
+    }
+
+    /// Surprisal of the oriented value `v` at or past the first knot of feature `k`'s side.
+    #[inline(never)]
+    fn tail_surprisal(&self, k: usize, up: bool, v: f64) -> f64 {
+        let b = &self.baseline;
+        let p = &self.prepared[k];
+        let (from, to) = if up { p.up } else { p.down };
+        let side = &self.knots[from as usize..to as usize];
+        match knots_surprisal(side, v) {
             Some(s) => s,
             None => {
-                let last = side.y.last().copied().unwrap_or(0.0);
+                let last = side.last().map_or(0.0, |k| k.y);
                 let past = ((t(v) - last) / b.scale[k]).min(b.z_clip);
                 ((b.n + 1) as f64).log10() + past.ln_1p() / std::f64::consts::LN_10
             }
-        };
-        sign * s
+        }
     }
 
     /// Fits the model on feature rows (registry order, as the engine emits them).
@@ -508,6 +559,7 @@ impl RobustModel {
             },
             idx,
             prepared: Vec::new(),
+            knots: Vec::new(),
             groups: Vec::new(),
             n_groups: 0,
         };
@@ -615,6 +667,7 @@ impl RobustModel {
             baseline,
             idx,
             prepared: Vec::new(),
+            knots: Vec::new(),
             groups: Vec::new(),
             n_groups: 0,
         };
@@ -654,20 +707,10 @@ impl RobustModel {
             }),
             ss,
         );
-        ss.retain(|g| g.1 != usize::MAX);
+        keep_top(ss, b.top_k.max(reasons).max(1));
         if ss.is_empty() {
             return self.scored(0.0, Vec::new());
         }
-        // Largest surprisal first, ties by feature order; only the first `m` need ordering.
-        let by_size = |a: &(f64, usize), c: &(f64, usize)| {
-            c.0.abs().total_cmp(&a.0.abs()).then(a.1.cmp(&c.1))
-        };
-        let m = b.top_k.max(reasons).min(ss.len());
-        if m < ss.len() {
-            ss.select_nth_unstable_by(m, by_size);
-            ss.truncate(m);
-        }
-        ss.sort_by(by_size);
         let k = b.top_k.min(ss.len());
         let raw = ss[..k].iter().map(|(s, _)| s.abs()).sum::<f64>() / k as f64;
         let reasons = ss
@@ -706,8 +749,135 @@ impl RobustModel {
     }
 }
 
+/// Largest |surprisal| first, ties by feature order: a total order, so the top is unique.
+fn by_size(a: &(f64, usize), c: &(f64, usize)) -> std::cmp::Ordering {
+    c.0.abs().total_cmp(&a.0.abs()).then(a.1.cmp(&c.1))
+}
+
+/// Keeps the `m` (≥ 1) first groups by [`by_size`], in that order, leaving out groups
+/// without a value (`usize::MAX`): one insertion pass, in place (the first `len` slots
+/// hold the best so far; slot `j` is read before any write reaches it).
+fn keep_top(ss: &mut Vec<(f64, usize)>, m: usize) {
+    use std::cmp::Ordering::Less;
+    let mut len = 0;
+    for j in 0..ss.len() {
+        let g = ss[j];
+        if g.1 == usize::MAX || (len == m && by_size(&g, &ss[len - 1]) != Less) {
+            continue;
+        }
+        if len < m {
+            len += 1;
+        }
+        let mut p = len - 1;
+        while p > 0 && by_size(&g, &ss[p - 1]) == Less {
+            ss[p] = ss[p - 1];
+            p -= 1;
+        }
+        ss[p] = g;
+    }
+    ss.truncate(len);
+}
+
 fn top_mean(zs: &mut [f64], k: usize) -> f64 {
     let k = k.min(zs.len());
     zs.sort_by(|a, b| b.total_cmp(a));
     zs[..k].iter().sum::<f64>() / k as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary search the scan replaced: the last knot at or below `v`.
+    fn by_search(knots: &[Knot], v: f64) -> Option<f64> {
+        let i = knots.partition_point(|k| k.x <= v);
+        if i == 0 {
+            return Some(0.0);
+        }
+        let i = i - 1;
+        if v == knots[i].x {
+            return Some(knots[i].s_at);
+        }
+        if i + 1 == knots.len() {
+            return None;
+        }
+        let f = (t(v) - knots[i].y) / (knots[i + 1].y - knots[i].y);
+        Some(knots[i].s_past + f * (knots[i + 1].s_at - knots[i].s_past))
+    }
+
+    #[test]
+    fn the_insertion_pass_keeps_the_same_top_as_a_full_sort() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let n = (next() % 40) as usize;
+            let groups: Vec<(f64, usize)> = (0..n)
+                .map(|k| {
+                    // Few distinct sizes and both signs: many ties; some groups empty.
+                    let s = (next() % 5) as f64 * if next() % 2 == 0 { 1.0 } else { -1.0 };
+                    let k = if next() % 7 == 0 { usize::MAX } else { k };
+                    (s, k)
+                })
+                .collect();
+            let m = 1 + (next() % 8) as usize;
+            let mut want = groups.clone();
+            want.retain(|g| g.1 != usize::MAX);
+            want.sort_by(by_size);
+            want.truncate(m);
+            let mut got = groups;
+            keep_top(&mut got, m);
+            let bits =
+                |v: &[(f64, usize)]| v.iter().map(|g| (g.0.to_bits(), g.1)).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want));
+        }
+    }
+
+    #[test]
+    fn the_knot_scan_equals_the_binary_search_bit_for_bit() {
+        // Fitted tails of columns with many ties, and values below, on, between and past
+        // their knots.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut checked = 0;
+        for round in 0..2_000 {
+            let n = 1 + (next() % 400) as usize;
+            let levels = 1 + next() % if round % 2 == 0 { 5 } else { 1_000 };
+            let mut c: Vec<f64> = (0..n)
+                .map(|_| (next() % levels) as f64 * 0.37 - 3.0)
+                .collect();
+            c.sort_by(f64::total_cmp);
+            let tail = tail_of(&c);
+            let sides = [
+                knots_of(tail.up.iter().copied(), &tail.up_ge, &tail.up_gt, n as u64),
+                knots_of(
+                    tail.down.iter().map(|v| -v),
+                    &tail.down_le,
+                    &tail.down_lt,
+                    n as u64,
+                ),
+            ];
+            for knots in &sides {
+                let mut probes: Vec<f64> = knots.iter().map(|k| k.x).collect();
+                probes.extend(knots.iter().map(|k| k.x + 0.1));
+                probes.extend(knots.iter().map(|k| k.x - 1e-9));
+                probes.extend((0..20).map(|_| (next() % 4_000) as f64 * 0.01 - 20.0));
+                for v in probes {
+                    let (a, b) = (knots_surprisal(knots, v), by_search(knots, v));
+                    assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits), "{v} in {knots:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50_000, "{checked}");
+    }
 }
