@@ -39,6 +39,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, DefaultHasher};
 
+type FastMap<K, V> = hashbrown::HashMap<K, V>;
+
 use serde::{Deserialize, Serialize};
 
 use crate::univariate::{DetectorError, Ewma, EwmaParams, ln_binom_sf};
@@ -289,10 +291,12 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct EndpointMonitor {
     p: MonitorParams,
-    endpoints: HashMap<String, Series>,
+    /// Maps read on every request: hashbrown's seeded foldhash (fast on short keys, not
+    /// predictable from outside the process); nothing is emitted in their order.
+    endpoints: FastMap<String, Series>,
     names: Vec<String>,
-    trained: HashMap<String, ShareBaseline>,
-    pending: HashMap<(u32, u64), Pending>,
+    trained: FastMap<String, ShareBaseline>,
+    pending: FastMap<(u32, u64), Pending>,
     client_alerts: Vec<ClientAlert>,
     alerts: Vec<Alert>,
     /// Latest event time seen, and the bucket the followed clients were last judged in.
@@ -341,10 +345,10 @@ impl EndpointMonitor {
         }
         Ok(Self {
             p,
-            endpoints: HashMap::new(),
+            endpoints: FastMap::default(),
             names: Vec::new(),
-            trained: HashMap::new(),
-            pending: HashMap::new(),
+            trained: FastMap::default(),
+            pending: FastMap::default(),
             client_alerts: Vec::new(),
             alerts: Vec::new(),
             now_ms: i64::MIN,
@@ -658,7 +662,7 @@ fn advance(
     start: i64,
     p: &MonitorParams,
     alerts: &mut Vec<Alert>,
-    pending: &mut HashMap<(u32, u64), Pending>,
+    pending: &mut FastMap<(u32, u64), Pending>,
     buckets: &mut u64,
 ) -> usize {
     if start <= s.start_ms {
@@ -699,7 +703,7 @@ fn close(
     endpoint: &str,
     p: &MonitorParams,
     alerts: &mut Vec<Alert>,
-    pending: &mut HashMap<(u32, u64), Pending>,
+    pending: &mut FastMap<(u32, u64), Pending>,
 ) {
     let t = s.start_ms;
     let secs = p.bucket_ms as f64 / 1000.0;

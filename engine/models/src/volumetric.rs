@@ -262,7 +262,9 @@ pub struct VolumetricModel {
     pub manifest: Manifest,
     /// Its limits.
     pub limits: Limits,
-    by_endpoint: HashMap<String, f64>,
+    /// Limits by endpoint template, read once per scored event (hashbrown's seeded
+    /// foldhash: fast on short strings, not predictable from outside the process).
+    by_endpoint: hashbrown::HashMap<String, f64>,
     pooled: f64,
     /// Registry position of `endpoint_count_1m`.
     idx: usize,
