@@ -224,6 +224,9 @@ struct Prepared {
     /// The surprisal at each side's first knot.
     up_first_at: f64,
     down_first_at: f64,
+    /// The feature's registry position and its evidence group.
+    idx: u32,
+    group: u32,
 }
 
 /// A scored event.
@@ -363,6 +366,8 @@ impl RobustModel {
                 down_first,
                 up_first_at,
                 down_first_at,
+                idx: 0,
+                group: 0,
             });
         }
         self.prepared = prepared;
@@ -380,6 +385,28 @@ impl RobustModel {
             })
             .collect();
         self.n_groups = bases.len();
+        for ((p, &i), &g) in self.prepared.iter_mut().zip(&self.idx).zip(&self.groups) {
+            p.idx = i as u32;
+            p.group = g as u32;
+        }
+    }
+
+    /// [`group_best`](Self::group_best) of one event's feature row (registry order): one
+    /// pass over the inputs' records.
+    fn group_best_row(&self, features: &[f64], out: &mut Vec<(f64, usize)>) {
+        out.clear();
+        out.resize(self.n_groups, (0.0, usize::MAX));
+        for (k, p) in self.prepared.iter().enumerate() {
+            let x = features[p.idx as usize];
+            if !x.is_finite() {
+                continue;
+            }
+            let s = self.surprisal_of(p, k, x);
+            let g = &mut out[p.group as usize];
+            if g.1 == usize::MAX || s.abs() > g.0.abs() {
+                *g = (s, k);
+            }
+        }
     }
 
     /// Per evidence group, the input feature with the largest |surprisal| and its signed
@@ -403,7 +430,12 @@ impl RobustModel {
     /// are answered here, the rest by [`tail_surprisal`](Self::tail_surprisal).
     #[inline]
     fn surprisal(&self, k: usize, x: f64) -> f64 {
-        let p = &self.prepared[k];
+        self.surprisal_of(&self.prepared[k], k, x)
+    }
+
+    /// [`surprisal`](Self::surprisal) with feature `k`'s record at hand.
+    #[inline]
+    fn surprisal_of(&self, p: &Prepared, k: usize, x: f64) -> f64 {
         let up = x >= p.split;
         let counts = match p.side {
             Side::Both => true,
@@ -700,13 +732,7 @@ impl RobustModel {
         ss: &mut Vec<(f64, usize)>,
     ) -> Scored {
         let b = &self.baseline;
-        self.group_best(
-            self.idx.iter().map(|&i| {
-                let x = features[i];
-                x.is_finite().then_some(x)
-            }),
-            ss,
-        );
+        self.group_best_row(features, ss);
         keep_top(ss, b.top_k.max(reasons).max(1));
         if ss.is_empty() {
             return self.scored(0.0, Vec::new());
