@@ -32,12 +32,16 @@ pub struct FeatureWriter {
     /// Decimal forms of 0..SMALL_INTS, padded to 8 bytes, with their lengths.
     small: Vec<([u8; 8], u8)>,
     text: String,
+    /// The line being written, and the room its features can take at most (each key
+    /// padded, each value's 32 bytes).
+    line: Vec<u8>,
+    room: usize,
 }
 
 impl FeatureWriter {
     /// A writer for features named `names` (in vector order).
     pub fn new<'a>(names: impl Iterator<Item = &'a str>) -> Self {
-        let keys = names
+        let keys: Vec<Key> = names
             .map(|n| {
                 let mut k = String::from(",");
                 write_json_str(&mut k, n);
@@ -62,11 +66,14 @@ impl FeatureWriter {
                 (b, s.len() as u8)
             })
             .collect();
+        let room = keys.iter().map(|k: &Key| k.len.max(KEY_PAD) + 32).sum();
         Self {
             keys,
             floats: vec![(u64::MAX, [0; 32], 0); FLOAT_CACHE],
             small,
             text: String::with_capacity(256),
+            line: Vec::new(),
+            room,
         }
     }
 
@@ -96,49 +103,68 @@ impl FeatureWriter {
         features: &[f64],
         out: &mut Vec<u8>,
     ) {
-        out.reserve(64 + self.keys.len() * (KEY_PAD + 24));
         self.text.clear();
         write_head(id, label, ts_ms, client, endpoint, &mut self.text);
-        out.extend_from_slice(self.text.as_bytes());
+        // The line is written into `line` at a cursor, every piece a fixed-size copy (a
+        // key padded to KEY_PAD bytes, a value to 32) that the next piece overwrites past
+        // its real length; `line` is as long as the longest line can be, so the copies
+        // never grow it, and it is copied to `out` once.
+        let head = self.text.as_bytes();
+        let need = head.len() + self.room + 2;
+        if self.line.len() < need {
+            self.line.resize(need, b' ');
+        }
+        let line = &mut self.line[..];
+        line[..head.len()].copy_from_slice(head);
+        let mut pos = head.len();
         let mut ib = itoa::Buffer::new();
         let mut fb = zmij::Buffer::new();
         for (k, v) in self.keys.iter().zip(features) {
             if k.len <= KEY_PAD {
-                let at = out.len();
-                out.extend_from_slice(&k.padded);
-                out.truncate(at + k.len);
+                line[pos..pos + KEY_PAD].copy_from_slice(&k.padded);
             } else {
-                out.extend_from_slice(k.text.as_bytes());
+                line[pos..pos + k.len].copy_from_slice(k.text.as_bytes());
             }
+            pos += k.len;
             let v = *v;
             if v >= 0.0 && v < SMALL_INTS as f64 && v == (v as u32) as f64 {
                 let (b, n) = &self.small[v as usize];
-                let at = out.len();
-                out.extend_from_slice(b);
-                out.truncate(at + usize::from(*n));
+                line[pos..pos + 8].copy_from_slice(b);
+                pos += usize::from(*n);
             } else if v.is_finite() {
                 let bits = v.to_bits();
                 let slot = (bits ^ (bits >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52;
                 let e = &mut self.floats[slot as usize % FLOAT_CACHE];
                 if e.0 != bits {
-                    let at = out.len();
-                    write_number(v, out, &mut ib, &mut fb);
-                    let n = out.len() - at;
+                    let text = number_text(v, &mut ib, &mut fb);
+                    let n = text.len();
+                    line[pos..pos + n].copy_from_slice(text);
                     if n <= 32 {
                         e.0 = bits;
-                        e.1[..n].copy_from_slice(&out[at..]);
+                        e.1[..n].copy_from_slice(text);
                         e.2 = n as u8;
                     }
+                    pos += n;
                 } else {
-                    let at = out.len();
-                    out.extend_from_slice(&e.1);
-                    out.truncate(at + usize::from(e.2));
+                    line[pos..pos + 32].copy_from_slice(&e.1);
+                    pos += usize::from(e.2);
                 }
             } else {
-                out.extend_from_slice(b"null");
+                line[pos..pos + 4].copy_from_slice(b"null");
+                pos += 4;
             }
         }
-        out.extend_from_slice(b"}\n");
+        line[pos..pos + 2].copy_from_slice(b"}\n");
+        out.extend_from_slice(&line[..pos + 2]);
+    }
+}
+
+/// The text [`write_number`] writes for a finite `v`.
+fn number_text<'b>(v: f64, ib: &'b mut itoa::Buffer, fb: &'b mut zmij::Buffer) -> &'b [u8] {
+    if v.abs() < 1e15 && v == (v as i64) as f64 {
+        ib.format(v as i64).as_bytes()
+    } else {
+        fb.format_finite(v).as_bytes()
     }
 }
 
