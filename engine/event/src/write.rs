@@ -7,7 +7,7 @@ use crate::time::write_rfc3339_ms;
 
 /// Appends `s` as a JSON string literal.
 pub fn write_json_str(out: &mut String, s: &str) {
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push('"');
         out.push_str(s);
@@ -29,6 +29,29 @@ pub fn write_json_str(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// Whether any byte of `b` is a control character (< 0x20), `"` or `\\`: eight bytes at a
+/// time (a byte below 0x20, or equal to 0x22 or 0x5c, in a word, by the exact "has less
+/// than" and "has zero" tests of bit-twiddling), the rest one by one.
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        // Below 0x20 (exact for limits up to 0x80), or a quote, or a backslash.
+        let less = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
+        if less || has_zero(x ^ (ONES * u64::from(b'"'))) || has_zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 /// Appends one event as an NDJSON line (with the trailing newline), in the input schema.
@@ -96,6 +119,33 @@ pub fn write_ndjson(ev: &RequestEvent, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn naive(b: &[u8]) -> bool {
+        b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    }
+
+    #[test]
+    fn the_word_test_finds_every_byte_that_needs_escaping() {
+        // Every byte value at every position of strings of 0..=24 bytes around it.
+        for len in 0..=24usize {
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    for fill in [b'a', 0x7f, 0x80, 0xff, b' ', b'!', b'#', b'[', b']'] {
+                        let mut v = vec![fill; len];
+                        v[at] = c;
+                        assert_eq!(needs_escape(&v), naive(&v), "{v:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_word_test_agrees_on_any_bytes(v in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            proptest::prop_assert_eq!(needs_escape(&v), naive(&v));
+        }
+    }
 
     #[test]
     fn round_trips_through_the_parser() {
