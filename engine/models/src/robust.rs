@@ -814,6 +814,16 @@ fn top_mean(zs: &mut [f64], k: usize) -> f64 {
 mod tests {
     use super::*;
 
+    /// A small deterministic generator (xorshift64) for the randomised comparisons.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// The binary search the scan replaced: the last knot at or below `v`.
     fn by_search(knots: &[Knot], v: f64) -> Option<f64> {
         let i = knots.partition_point(|k| k.x <= v);
@@ -833,13 +843,7 @@ mod tests {
 
     #[test]
     fn the_insertion_pass_keeps_the_same_top_as_a_full_sort() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..5_000 {
             let n = (next() % 40) as usize;
             let groups: Vec<(f64, usize)> = (0..n)
@@ -867,13 +871,7 @@ mod tests {
     fn the_knot_scan_equals_the_binary_search_bit_for_bit() {
         // Fitted tails of columns with many ties, and values below, on, between and past
         // their knots.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut checked = 0;
         for round in 0..2_000 {
             let n = 1 + (next() % 400) as usize;
