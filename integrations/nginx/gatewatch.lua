@@ -176,7 +176,7 @@ end
 -- ---------------------------------------------------------------------------------------
 -- Worker 0: the poll, writing the shared dictionary and its journal.
 
-local journal_batch, journal_overflow
+local journal_batch, journal_overflow = {}, false
 
 local function journal(rec)
     if journal_overflow then
@@ -294,7 +294,6 @@ local function poll(premature, startup)
     local next_startup = startup
     local doc = status == 200 and cjson.decode(body)
     if type(doc) == "table" then
-        journal_batch, journal_overflow = {}, false
         for _, d in ipairs(type(doc.deleted) == "table" and doc.deleted or {}) do
             if type(d) == "table" then
                 drop(d)
@@ -328,14 +327,17 @@ end
 -- ---------------------------------------------------------------------------------------
 -- Every worker: its own copy of the decisions.
 
--- Held decisions: { t = type, s = strength, u = until (epoch seconds) }.
+-- Held decisions: { t = type, s = strength, u = until (epoch seconds) }; an endpoint
+-- decision also has m (the endpoint, or a pattern) and lit (m is literal).
 local ips = {}        -- address (IPv4 text, IPv6 16 bytes) -> decision
 local clients = {}    -- client key -> decision
-local endpoints = {}  -- client key -> { [dictionary key] = { m = pattern or literal, lit = bool, d = decision } }
+local endpoints = {}  -- client key -> { [dictionary key] = endpoint decision }
 local ranges4 = {}    -- prefix length -> { [network as number] = decision }
 local ranges6 = {}    -- prefix length -> { [prefix bytes] = decision }
-local lens4, lens6 = {}, {}  -- prefix lengths present, longest first
-local n_clients, n_endpoints, n_ranges = 0, 0, 0
+-- Derived after each change, for the request path: prefix lengths present (longest first),
+-- and whether any client or endpoint decision is held.
+local lens4, lens6 = {}, {}
+local any_client, any_endpoint = false, false
 local seq, epoch = -1, -1
 local healthy = false
 local last_sweep = 0
@@ -346,14 +348,15 @@ local function escape(s)
     return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
 end
 
--- "CLIENT@METHOD host/path" apart; a templated path as a Lua pattern.
+-- "CLIENT@METHOD host/path" apart: the client, and the endpoint's m and lit (a templated
+-- path as a Lua pattern).
 local function endpoint_entry(value)
     local client, ep = value:match("^(.*)@(%u+ [^/ ]*/.*)$")
     if not client then
         return nil
     end
     if not str_find(ep, "{", 1, true) then
-        return client, { m = ep, lit = true }
+        return client, ep, true
     end
     local out, pos = { "^" }, 1
     while true do
@@ -367,10 +370,12 @@ local function endpoint_entry(value)
         pos = b + 1
     end
     out[#out + 1] = "$"
-    return client, { m = table.concat(out), lit = false }
+    return client, table.concat(out), false
 end
 
-local function rebuild_lens()
+local function derive()
+    any_client = next(clients) ~= nil
+    any_endpoint = next(endpoints) ~= nil
     lens4, lens6 = {}, {}
     for b, t in pairs(ranges4) do
         if next(t) then
@@ -386,7 +391,8 @@ local function rebuild_lens()
     table.sort(lens6, function(x, y) return x > y end)
 end
 
--- The copy's slot of a dictionary key: its table and index (nil for keys of no decision).
+-- The copy's slot of a dictionary key: its table and index (nil for keys of no decision),
+-- and for an endpoint decision its m and lit.
 local function slot(k)
     local kind, v = k:match("^(%a+):(.*)$")
     if kind == "ip" then
@@ -411,37 +417,15 @@ local function slot(k)
         return nil
     elseif kind == "c" then
         if str_find(v, "@", 1, true) then
-            local client, e = endpoint_entry(v)
+            local client, m, lit = endpoint_entry(v)
             if client then
                 endpoints[client] = endpoints[client] or {}
-                return endpoints[client], k, e
+                return endpoints[client], k, m, lit, client
             end
         end
         return clients, v
     end
     return nil
-end
-
-local function count_copy()
-    n_clients, n_endpoints, n_ranges = 0, 0, 0
-    for _ in pairs(clients) do
-        n_clients = n_clients + 1
-    end
-    for _, t in pairs(endpoints) do
-        for _ in pairs(t) do
-            n_endpoints = n_endpoints + 1
-        end
-    end
-    for _, t in pairs(ranges4) do
-        for _ in pairs(t) do
-            n_ranges = n_ranges + 1
-        end
-    end
-    for _, t in pairs(ranges6) do
-        for _ in pairs(t) do
-            n_ranges = n_ranges + 1
-        end
-    end
 end
 
 -- One change into the copy: "P<key>\n<type>|<id>|<until>" or "D<key>".
@@ -456,25 +440,22 @@ local function apply(rec)
     if not k then
         return
     end
-    local t, i, e = slot(k)
+    local t, i, m, lit, client = slot(k)
     if not t then
         return
     end
     if op == "D" then
         t[i] = nil
+        if client and not next(t) then
+            endpoints[client] = nil
+        end
         return
     end
     local typ, untl = v:match("^(%a+)|%d+|([%d%.]+)$")
     if not typ or not STRENGTH[typ] then
         return
     end
-    local d = { t = typ, s = STRENGTH[typ], u = tonumber(untl) }
-    if e then
-        e.d = d
-        t[i] = e
-    else
-        t[i] = d
-    end
+    t[i] = { t = typ, s = STRENGTH[typ], u = tonumber(untl), m = m, lit = lit }
 end
 
 -- The whole dictionary into a fresh copy.
@@ -503,20 +484,12 @@ local function sweep(now)
     end
     clean(ips)
     clean(clients)
-    for _, t in pairs(ranges4) do
-        clean(t)
-    end
-    for _, t in pairs(ranges6) do
-        clean(t)
-    end
-    for c, t in pairs(endpoints) do
-        for k, e in pairs(t) do
-            if e.d.u <= now then
-                t[k] = nil
+    for _, nested in ipairs({ ranges4, ranges6, endpoints }) do
+        for key, t in pairs(nested) do
+            clean(t)
+            if not next(t) then
+                nested[key] = nil
             end
-        end
-        if not next(t) then
-            endpoints[c] = nil
         end
     end
 end
@@ -563,8 +536,7 @@ local function sync(premature)
         changed = true
     end
     if changed then
-        rebuild_lens()
-        count_copy()
+        derive()
     end
 end
 
@@ -623,6 +595,14 @@ local function client_keys(addr)
     return out
 end
 
+-- The stronger of `best` and `c`, when `c` still runs at `now`.
+local function stronger(best, c, now)
+    if c and c.u > now and (not best or c.s > best.s) then
+        return c
+    end
+    return best
+end
+
 --- Call from access_by_lua: answers the request when a decision covers it.
 function M.access()
     if not healthy then
@@ -642,52 +622,37 @@ function M.access()
             d = v6 and ips[v6]
         end
     end
-    if not d and n_ranges == 0 and n_clients == 0 and n_endpoints == 0 then
+    local any_range = lens4[1] or lens6[1]
+    if not d and not any_range and not any_client and not any_endpoint then
         return
     end
     local now = ngx_now()
-    local best
-    if d and d.u > now then
-        best = d
-    end
-    if n_ranges > 0 and not (best and best.s == 3) then
+    local best = stronger(nil, d, now)
+    if any_range and not (best and best.s == 3) then
         local n = ipv4(addr)
         if n then
             for _, bits in ipairs(lens4) do
-                local size = 2 ^ (32 - bits)
-                d = ranges4[bits][n - n % size]
-                if d and d.u > now and (not best or d.s > best.s) then
-                    best = d
-                end
+                best = stronger(best, ranges4[bits][n - n % 2 ^ (32 - bits)], now)
             end
         else
             v6 = v6 or ipv6(addr)
             if v6 then
                 for _, bits in ipairs(lens6) do
-                    d = ranges6[bits][prefix6(v6, bits)]
-                    if d and d.u > now and (not best or d.s > best.s) then
-                        best = d
-                    end
+                    best = stronger(best, ranges6[bits][prefix6(v6, bits)], now)
                 end
             end
         end
     end
-    if (n_clients > 0 or n_endpoints > 0) and not (best and best.s == 3) then
+    if (any_client or any_endpoint) and not (best and best.s == 3) then
         local endpoint
         for _, c in ipairs(client_keys(addr)) do
-            d = clients[c]
-            if d and d.u > now and (not best or d.s > best.s) then
-                best = d
-            end
-            local eps = n_endpoints > 0 and endpoints[c]
+            best = stronger(best, clients[c], now)
+            local eps = endpoints[c]
             if eps then
                 endpoint = endpoint or (ngx.req.get_method() .. " " .. (ngx_var.host or "") .. (ngx_var.uri or ""))
                 for _, e in pairs(eps) do
-                    d = e.d
-                    if d.u > now and (not best or d.s > best.s) then
-                        if (e.lit and e.m == endpoint) or (not e.lit and str_find(endpoint, e.m)) then
-                            best = d
-                        end
+                    if (e.lit and e.m == endpoint) or (not e.lit and str_find(endpoint, e.m)) then
+                        best = stronger(best, e, now)
                     end
                 end
             end
@@ -731,10 +696,20 @@ function M.status()
             out.decisions = out.decisions + 1
         end
     end
-    out.worker_decisions = n_clients + n_endpoints + n_ranges
-    for _ in pairs(ips) do
-        out.worker_decisions = out.worker_decisions + 1
+    local held = 0
+    local function count(t)
+        for _ in pairs(t) do
+            held = held + 1
+        end
     end
+    count(ips)
+    count(clients)
+    for _, nested in ipairs({ ranges4, ranges6, endpoints }) do
+        for _, t in pairs(nested) do
+            count(t)
+        end
+    end
+    out.worker_decisions = held
     ngx.header["Content-Type"] = "application/json"
     ngx.say(cjson.encode(out))
 end

@@ -39,11 +39,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, DefaultHasher};
 
-type FastMap<K, V> = hashbrown::HashMap<K, V>;
-
 use serde::{Deserialize, Serialize};
 
 use crate::univariate::{DetectorError, Ewma, EwmaParams, ln_binom_sf};
+
+/// Maps read on every request: hashbrown's seeded foldhash.
+type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
 /// Parameters of the authentication-failure share test and its client alerts.
 #[derive(Debug, Clone, Copy, PartialEq)]

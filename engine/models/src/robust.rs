@@ -209,22 +209,15 @@ fn knots_surprisal(knots: &[Knot], v: f64) -> Option<f64> {
     Some(at.s_past + f * (next.s_at - at.s_past))
 }
 
-/// A feature prepared for scoring: the value that splits its sides, which side counts, and
-/// where its sides' knots are in the model's one knot array.
+/// An input feature prepared for scoring: the value that splits its sides, which side
+/// counts, where its sides' knots are in the model's one knot array, its registry position
+/// and its evidence group (the feature name without its horizon).
 #[derive(Debug, Clone, Copy)]
 struct Prepared {
     split: f64,
     side: Side,
     up: (u32, u32),
     down: (u32, u32),
-    /// The first knot of each (oriented) side, `+∞` for a side without knots: a value
-    /// below it has surprisal 0, and a value on it the knot's, without reading the knots.
-    up_first: f64,
-    down_first: f64,
-    /// The surprisal at each side's first knot.
-    up_first_at: f64,
-    down_first_at: f64,
-    /// The feature's registry position and its evidence group.
     idx: u32,
     group: u32,
 }
@@ -302,12 +295,10 @@ pub struct RobustModel {
     pub baseline: Baseline,
     /// Registry positions of the input features.
     idx: Vec<usize>,
-    /// Per input feature: its split, side and knot ranges.
+    /// Per input feature: its split, side, knot ranges, position and group.
     prepared: Vec<Prepared>,
     /// Every feature's tail knots, one side after the other.
     knots: Vec<Knot>,
-    /// Evidence group of each input feature (the feature name without its horizon).
-    groups: Vec<usize>,
     n_groups: usize,
 }
 
@@ -327,10 +318,31 @@ fn base_of(name: &str) -> &str {
 
 impl RobustModel {
     fn prepare(&mut self) {
+        let mut bases: Vec<&str> = Vec::new();
+        let groups: Vec<usize> = self
+            .manifest
+            .features
+            .iter()
+            .map(|f| {
+                let b = base_of(f);
+                bases.iter().position(|x| *x == b).unwrap_or_else(|| {
+                    bases.push(b);
+                    bases.len() - 1
+                })
+            })
+            .collect();
+        self.n_groups = bases.len();
         let b = &self.baseline;
         self.knots.clear();
         let mut prepared = Vec::with_capacity(b.tails.len());
-        for ((tail, &m), &side) in b.tails.iter().zip(&b.median).zip(&b.sides) {
+        for ((((tail, &m), &side), &idx), &group) in b
+            .tails
+            .iter()
+            .zip(&b.median)
+            .zip(&b.sides)
+            .zip(&self.idx)
+            .zip(&groups)
+        {
             let mut push = |k: Vec<Knot>| {
                 let start = self.knots.len() as u32;
                 self.knots.extend(k);
@@ -348,65 +360,16 @@ impl RobustModel {
                 &tail.down_lt,
                 b.n,
             ));
-            let first = |(from, to): (u32, u32)| {
-                if from < to {
-                    let k = self.knots[from as usize];
-                    (k.x, k.s_at)
-                } else {
-                    (f64::INFINITY, 0.0)
-                }
-            };
-            let ((up_first, up_first_at), (down_first, down_first_at)) = (first(up), first(down));
             prepared.push(Prepared {
                 split: t_inv(m),
                 side,
                 up,
                 down,
-                up_first,
-                down_first,
-                up_first_at,
-                down_first_at,
-                idx: 0,
-                group: 0,
+                idx: idx as u32,
+                group: group as u32,
             });
         }
         self.prepared = prepared;
-        let mut bases: Vec<&str> = Vec::new();
-        self.groups = self
-            .manifest
-            .features
-            .iter()
-            .map(|f| {
-                let b = base_of(f);
-                bases.iter().position(|x| *x == b).unwrap_or_else(|| {
-                    bases.push(b);
-                    bases.len() - 1
-                })
-            })
-            .collect();
-        self.n_groups = bases.len();
-        for ((p, &i), &g) in self.prepared.iter_mut().zip(&self.idx).zip(&self.groups) {
-            p.idx = i as u32;
-            p.group = g as u32;
-        }
-    }
-
-    /// [`group_best`](Self::group_best) of one event's feature row (registry order): one
-    /// pass over the inputs' records.
-    fn group_best_row(&self, features: &[f64], out: &mut Vec<(f64, usize)>) {
-        out.clear();
-        out.resize(self.n_groups, (0.0, usize::MAX));
-        for (k, p) in self.prepared.iter().enumerate() {
-            let x = features[p.idx as usize];
-            if !x.is_finite() {
-                continue;
-            }
-            let s = self.surprisal_of(p, k, x);
-            let g = &mut out[p.group as usize];
-            if g.1 == usize::MAX || s.abs() > g.0.abs() {
-                *g = (s, k);
-            }
-        }
     }
 
     /// Per evidence group, the input feature with the largest |surprisal| and its signed
@@ -415,28 +378,22 @@ impl RobustModel {
     fn group_best(&self, x: impl Iterator<Item = Option<f64>>, out: &mut Vec<(f64, usize)>) {
         out.clear();
         out.resize(self.n_groups, (0.0, usize::MAX));
-        for (k, x) in x.enumerate() {
+        for ((k, p), x) in self.prepared.iter().enumerate().zip(x) {
             let Some(x) = x else { continue };
-            let s = self.surprisal(k, x);
-            let g = &mut out[self.groups[k]];
+            let s = self.surprisal(p, k, x);
+            let g = &mut out[p.group as usize];
             if g.1 == usize::MAX || s.abs() > g.0.abs() {
                 *g = (s, k);
             }
         }
     }
 
-    /// Signed surprisal of feature `k` at value `x` (positive above the median). Most
-    /// values are on a side that does not count or below their side's first knot: those
-    /// are answered here, the rest by [`tail_surprisal`](Self::tail_surprisal).
+    /// Signed surprisal of input feature `k` (record `p`) at value `x` (positive above the
+    /// median). Most values are on a side that does not count and are answered here,
+    /// inlined in the loop over the inputs; the rest read their side's knots in
+    /// [`tail_surprisal`](Self::tail_surprisal).
     #[inline]
-    fn surprisal(&self, k: usize, x: f64) -> f64 {
-        self.surprisal_of(&self.prepared[k], k, x)
-    }
-
-    /// [`surprisal`](Self::surprisal) with feature `k`'s record at hand.
-    #[inline]
-    fn surprisal_of(&self, p: &Prepared, k: usize, x: f64) -> f64 {
-        let up = x >= p.split;
+    fn surprisal(&self, p: &Prepared, k: usize, x: f64) -> f64 {
         let counts = match p.side {
             Side::Both => true,
             Side::Up => x > p.split,
@@ -446,26 +403,18 @@ impl RobustModel {
         if !counts {
             return 0.0;
         }
-        let (v, sign, first, at) = if up {
-            (x, 1.0, p.up_first, p.up_first_at)
+        if x >= p.split {
+            self.tail_surprisal(k, p.up, x)
         } else {
-            (-x, -1.0, p.down_first, p.down_first_at)
-        };
-        if v < first {
-            return sign * 0.0;
+            -self.tail_surprisal(k, p.down, -x)
         }
-        if v == first {
-            return sign * at;
-        }
-        sign * self.tail_surprisal(k, up, v)
     }
 
-    /// Surprisal of the oriented value `v` at or past the first knot of feature `k`'s side.
+    /// Surprisal of input feature `k`'s oriented value `v` on the side whose knots are
+    /// `from..to`.
     #[inline(never)]
-    fn tail_surprisal(&self, k: usize, up: bool, v: f64) -> f64 {
+    fn tail_surprisal(&self, k: usize, (from, to): (u32, u32), v: f64) -> f64 {
         let b = &self.baseline;
-        let p = &self.prepared[k];
-        let (from, to) = if up { p.up } else { p.down };
         let side = &self.knots[from as usize..to as usize];
         match knots_surprisal(side, v) {
             Some(s) => s,
@@ -592,7 +541,6 @@ impl RobustModel {
             idx,
             prepared: Vec::new(),
             knots: Vec::new(),
-            groups: Vec::new(),
             n_groups: 0,
         };
         model.prepare();
@@ -700,7 +648,6 @@ impl RobustModel {
             idx,
             prepared: Vec::new(),
             knots: Vec::new(),
-            groups: Vec::new(),
             n_groups: 0,
         };
         m.prepare();
@@ -732,7 +679,13 @@ impl RobustModel {
         ss: &mut Vec<(f64, usize)>,
     ) -> Scored {
         let b = &self.baseline;
-        self.group_best_row(features, ss);
+        self.group_best(
+            self.prepared.iter().map(|p| {
+                let x = features[p.idx as usize];
+                x.is_finite().then_some(x)
+            }),
+            ss,
+        );
         keep_top(ss, b.top_k.max(reasons).max(1));
         if ss.is_empty() {
             return self.scored(0.0, Vec::new());
