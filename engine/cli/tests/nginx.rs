@@ -96,6 +96,17 @@ impl Nginx {
         (ngx, served)
     }
 
+    /// [`with_gatewatch`](Self::with_gatewatch) with the rules `text` (in a temporary
+    /// folder, returned to be kept) and a flush every 100 ms.
+    fn with_rules(text: &str) -> (Self, Served, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.toml");
+        std::fs::write(&rules, text).unwrap();
+        let (ngx, served) =
+            Self::with_gatewatch(rules.to_str().unwrap(), &["--flush-every", "100ms"]);
+        (ngx, served, dir)
+    }
+
     fn log(&self) -> PathBuf {
         self.prefix.path().join("logs/gatewatch.ndjson")
     }
@@ -235,10 +246,7 @@ fn token(sub: &str) -> String {
 
 #[test]
 fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, RULES).unwrap();
-    let (ngx, served) = Nginx::with_gatewatch(rules.to_str().unwrap(), &["--flush-every", "100ms"]);
+    let (ngx, served, _rules) = Nginx::with_rules(RULES);
 
     // Normal traffic passes and is logged as events gatewatch scores.
     assert_eq!(ngx.get("10.1.1.1", "/v1/products", &[]).0, 200);
@@ -382,10 +390,7 @@ per = "1m"
 
 #[test]
 fn nginx_matches_ranges_ipv6_and_templated_endpoints() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, RANGE_RULES).unwrap();
-    let (ngx, served) = Nginx::with_gatewatch(rules.to_str().unwrap(), &["--flush-every", "100ms"]);
+    let (ngx, served, _rules) = Nginx::with_rules(RANGE_RULES);
 
     // An IPv4 range: the /24 of the offending address, not the next one.
     assert_eq!(ngx.get("10.8.1.1", "/v1/probe", &[]).0, 200);
