@@ -473,25 +473,30 @@ local function copy_all(state)
     end
 end
 
+-- Calls f(t, parent, key) for each table of decisions in the copy (`parent[key]` is `t` for
+-- the nested ones: ranges by prefix length, endpoints by client).
+local function each_table(f)
+    f(ips)
+    f(clients)
+    for _, nested in ipairs({ ranges4, ranges6, endpoints }) do
+        for key, t in pairs(nested) do
+            f(t, nested, key)
+        end
+    end
+end
+
 -- Ended decisions out of the copy (each is also checked at lookup).
 local function sweep(now)
-    local function clean(t)
+    each_table(function(t, parent, key)
         for k, d in pairs(t) do
             if d.u <= now then
                 t[k] = nil
             end
         end
-    end
-    clean(ips)
-    clean(clients)
-    for _, nested in ipairs({ ranges4, ranges6, endpoints }) do
-        for key, t in pairs(nested) do
-            clean(t)
-            if not next(t) then
-                nested[key] = nil
-            end
+        if parent and not next(t) then
+            parent[key] = nil
         end
-    end
+    end)
 end
 
 local function flush_counts(state)
@@ -697,18 +702,11 @@ function M.status()
         end
     end
     local held = 0
-    local function count(t)
+    each_table(function(t)
         for _ in pairs(t) do
             held = held + 1
         end
-    end
-    count(ips)
-    count(clients)
-    for _, nested in ipairs({ ranges4, ranges6, endpoints }) do
-        for _, t in pairs(nested) do
-            count(t)
-        end
-    end
+    end)
     out.worker_decisions = held
     ngx.header["Content-Type"] = "application/json"
     ngx.say(cjson.encode(out))
