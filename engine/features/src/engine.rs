@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::levels::{address_key, network_key};
 use crate::population::{Delta, Ep, Population, START, epoch_of};
 use crate::registry::{PointFeature, Registry};
+use crate::share::{Exchange, Share};
 use crate::sketch::{fnv1a, part_of};
 use crate::state::{ClientState, Obs, RequestKind, Windows};
 use crate::store::{ClientStore, Evictions};
@@ -45,6 +46,12 @@ pub enum RefusedKind {
     Future {
         /// How far ahead of event time it was (ms).
         ahead_ms: i64,
+    },
+    /// Given for a part this engine does not own (an engine that shares its population
+    /// statistics processes only its own parts' events).
+    Foreign {
+        /// The part it was given for.
+        part: u32,
     },
 }
 
@@ -84,6 +91,9 @@ impl std::fmt::Display for RefusedKind {
                 "event {ahead_ms} ms ahead of event time, beyond max_future_ms, and the events \
                  after it did not follow"
             ),
+            RefusedKind::Foreign { part } => {
+                write!(f, "event for part {part}, which this engine does not own")
+            }
         }
     }
 }
@@ -110,8 +120,13 @@ pub struct Stats {
 struct Pending {
     ts: i64,
     line: u64,
+    /// The part it was given for ([`BY_KEY`]: the part of its client key).
+    part: u32,
     event: RequestEvent,
 }
+
+/// An event whose part is that of its client key.
+const BY_KEY: u32 = u32::MAX;
 
 /// One part of the clients: their states and their contributions to the current epoch's
 /// population statistics.
@@ -164,6 +179,8 @@ pub struct FeatureEngine {
     full: Vec<f64>,
     /// Its selected features, with a selection.
     buf: Vec<f64>,
+    /// With population statistics shared with other engines: what is known of every part.
+    exchange: Option<Box<Exchange>>,
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
@@ -386,6 +403,7 @@ impl FeatureEngine {
             full: vec![0.0; registry.full_len()],
             buf: vec![0.0; n],
             registry,
+            exchange: None,
         })
     }
 
@@ -466,11 +484,55 @@ impl FeatureEngine {
         sink: &mut impl FnMut(&Record<'_>),
         refused: &mut impl FnMut(LateEvent),
     ) {
+        self.push_pending(event, line, BY_KEY, sink, refused);
+    }
+
+    /// [`push`](Self::push) for an engine that shares its population statistics
+    /// ([`share_population`](Self::share_population)): the event belongs to part `part`
+    /// (the service's Kafka partition), which must be one of this engine's own. An event
+    /// for another part is refused ([`RefusedKind::Foreign`]). On an engine that does not
+    /// share, the part is that of the client key, as with `push`.
+    pub fn push_in(
+        &mut self,
+        part: u32,
+        event: RequestEvent,
+        line: u64,
+        sink: &mut impl FnMut(&Record<'_>),
+        refused: &mut impl FnMut(LateEvent),
+    ) {
+        let Some(x) = &self.exchange else {
+            return self.push(event, line, sink, refused);
+        };
+        if !x.local.get(part as usize).copied().unwrap_or(false) {
+            self.stats.events_in += 1;
+            refused(LateEvent {
+                line,
+                ts_ms: event.ts_ms,
+                kind: RefusedKind::Foreign { part },
+            });
+            return;
+        }
+        self.push_pending(event, line, part, sink, refused);
+    }
+
+    fn push_pending(
+        &mut self,
+        event: RequestEvent,
+        line: u64,
+        part: u32,
+        sink: &mut impl FnMut(&Record<'_>),
+        refused: &mut impl FnMut(LateEvent),
+    ) {
         self.stats.events_in += 1;
         let ts = event.ts_ms;
         let anchored = self.max_ts != i64::MIN;
         let in_bound = anchored && ts <= self.max_ts.saturating_add(self.max_future_ms);
-        let p = Pending { ts, line, event };
+        let p = Pending {
+            ts,
+            line,
+            part,
+            event,
+        };
         // The newest held event stands for the time the held events would move to.
         let Some(held) = self.ahead.iter().map(|h| h.ts).max() else {
             if in_bound {
@@ -567,6 +629,14 @@ impl FeatureEngine {
             self.refuse_late(&p, self.max_ts, refused);
             return;
         }
+        if let Some(x) = &self.exchange
+            && epoch_of(ts) <= x.local_through
+        {
+            // Its epoch's contributions are final (shared): it comes too late for them.
+            let newest = self.max_ts.max(ts);
+            self.refuse_late(&p, newest, refused);
+            return;
+        }
         self.max_ts = self.max_ts.max(ts);
         if self.pending.back().is_none_or(|b| b.ts <= ts) {
             self.pending.push_back(p);
@@ -574,6 +644,10 @@ impl FeatureEngine {
             // Out of order: after every pending event with a timestamp at or before its own.
             let at = self.pending.partition_point(|q| q.ts <= ts);
             self.pending.insert(at, p);
+        }
+        if self.exchange.is_some() {
+            self.release_shared(false, sink);
+            return;
         }
         let watermark = self.max_ts.saturating_sub(self.lateness_ms);
         while self.pending.front().is_some_and(|p| p.ts <= watermark) {
@@ -586,8 +660,13 @@ impl FeatureEngine {
     /// processed too: nothing comes after them that they could disturb.
     pub fn finish(&mut self, sink: &mut impl FnMut(&Record<'_>)) {
         if !self.ahead.is_empty() {
-            // Each held event is within the allowed lateness of those before it: none is late.
+            // Each held event is within the allowed lateness of those before it, and ahead of
+            // event time: none is late (nor in an epoch a sharing engine has closed).
             self.confirm_ahead(sink, &mut |_| {});
+        }
+        if self.exchange.is_some() {
+            self.release_shared(true, sink);
+            return;
         }
         while let Some(p) = self.pending.pop_front() {
             self.release(p, sink);
@@ -598,7 +677,7 @@ impl FeatureEngine {
     /// Processes an event the watermark has passed: now, or in the next parallel batch.
     fn release(&mut self, p: Pending, sink: &mut impl FnMut(&Record<'_>)) {
         if self.key_workers.len() <= 1 {
-            self.process(&p.event, p.line, sink);
+            self.process(&p.event, p.line, p.part, sink);
         } else {
             self.ready.push(p);
             if self.ready.len() >= BATCH {
@@ -628,6 +707,24 @@ impl FeatureEngine {
 
     /// Merges the open epoch's deltas when event time enters another epoch.
     fn enter_epoch(&mut self, epoch: i64) {
+        if let Some(x) = self.exchange.as_deref_mut() {
+            if epoch != self.epoch {
+                // Every epoch before this one whose contributions are all known, in order.
+                let later = x.held.split_off(&epoch);
+                for (e, mut deltas) in std::mem::replace(&mut x.held, later) {
+                    for d in &mut deltas {
+                        d.reindex(&self.population);
+                        if d.validate(&self.population).is_err() {
+                            *d = Delta::default();
+                            x.dropped += 1;
+                        }
+                    }
+                    self.population.merge(e, deltas.iter_mut());
+                }
+                self.epoch = epoch;
+            }
+            return;
+        }
         if epoch != self.epoch {
             if self.epoch != i64::MIN {
                 self.population
@@ -721,7 +818,13 @@ impl FeatureEngine {
         }
     }
 
-    fn process(&mut self, ev: &RequestEvent, line: u64, sink: &mut impl FnMut(&Record<'_>)) {
+    fn process(
+        &mut self,
+        ev: &RequestEvent,
+        line: u64,
+        part: u32,
+        sink: &mut impl FnMut(&Record<'_>),
+    ) {
         let epoch = epoch_of(ev.ts_ms);
         self.enter_epoch(epoch);
         let prep = &mut self.prep;
@@ -731,6 +834,9 @@ impl FeatureEngine {
             ev,
             self.parts.len() as u32,
         );
+        if part != BY_KEY {
+            prep.part = part;
+        }
         compute(
             &mut self.parts[prep.part as usize],
             &self.population,
@@ -1063,6 +1169,14 @@ impl FeatureEngine {
     /// the client key (each part's contributions to the open epoch are joined first). Buffered
     /// events are kept.
     pub fn repartition(mut self, parts: u32) -> Self {
+        self.split_parts(parts);
+        self
+    }
+
+    /// [`repartition`](Self::repartition) in place (an engine that shares its population
+    /// statistics stops sharing).
+    fn split_parts(&mut self, parts: u32) {
+        self.exchange = None;
         let mut delta = Delta::default();
         let mut stores = Vec::new();
         for p in std::mem::take(&mut self.parts) {
@@ -1097,7 +1211,244 @@ impl FeatureEngine {
             })
             .collect();
         self.rows = vec![Vec::new(); self.parts.len()];
-        self
+    }
+
+    /// Makes this engine one of several that together own `parts` parts: it owns the parts
+    /// in `local`, processes only their events ([`push_in`](Self::push_in)), and shares
+    /// the population statistics with the engines owning the others through [`Share`]s —
+    /// the ones it writes ([`take_shares`](Self::take_shares)) go to every other engine's
+    /// [`receive`](Self::receive). Every engine then gives each of its events the features
+    /// one engine with all the parts would (`docs/POPULATION.md`), as long as each client's
+    /// events are all in one part and the engines' event times agree on what is late (see
+    /// [`advance_time`](Self::advance_time)). An event of epoch *e* waits until every
+    /// part's contributions to epoch *e* − 1 are known.
+    ///
+    /// The engine is split into `parts` parts first; it needs one thread, and a state
+    /// without open contributions (a new engine, or one restored at the start of a run).
+    pub fn share_population(&mut self, parts: u32, local: &[u32]) -> Result<()> {
+        if self.key_workers.len() > 1 {
+            return Err(Error::Config(
+                "an engine that shares its population statistics runs on one thread".into(),
+            ));
+        }
+        if parts == 0 || parts > 1 << 16 {
+            return Err(Error::Config(format!("{parts} parts: between 1 and 65536")));
+        }
+        if let Some(p) = local.iter().find(|p| **p >= parts) {
+            return Err(Error::Config(format!(
+                "part {p} is not one of the {parts} parts"
+            )));
+        }
+        self.split_parts(parts);
+        let mut owned = vec![false; parts as usize];
+        for p in local {
+            owned[*p as usize] = true;
+        }
+        // Contributions up to the epoch before the open one are merged already.
+        let through = if self.epoch == i64::MIN {
+            i64::MIN
+        } else {
+            self.epoch - 1
+        };
+        self.exchange = Some(Box::new(Exchange {
+            registry: fnv1a(self.registry.hash.as_bytes()),
+            local: owned,
+            through: vec![through; parts as usize],
+            local_through: through,
+            held: std::collections::BTreeMap::new(),
+            outbox: Vec::new(),
+            remote_ts: i64::MIN,
+            dropped: 0,
+        }));
+        Ok(())
+    }
+
+    /// Whether this engine shares its population statistics with others.
+    pub fn is_sharing(&self) -> bool {
+        self.exchange.is_some()
+    }
+
+    /// Whether a sharing engine owns part `part` (an engine that does not share owns all).
+    pub fn owns(&self, part: u32) -> bool {
+        match &self.exchange {
+            Some(x) => x.local.get(part as usize).copied().unwrap_or(false),
+            None => (part as usize) < self.parts.len(),
+        }
+    }
+
+    /// The shares this engine's parts wrote since the last call, in the order written: each
+    /// must reach every other engine, in that order per part.
+    pub fn take_shares(&mut self) -> Vec<Share> {
+        self.exchange
+            .as_mut()
+            .map(|x| std::mem::take(&mut x.outbox))
+            .unwrap_or_default()
+    }
+
+    /// The newest event time other engines reported in their shares (`i64::MIN` before any).
+    pub fn remote_time(&self) -> i64 {
+        self.exchange.as_ref().map_or(i64::MIN, |x| x.remote_ts)
+    }
+
+    /// The epoch up to which this engine's own parts' contributions are final.
+    pub fn shared_through(&self) -> Option<i64> {
+        self.exchange.as_ref().map(|x| x.local_through)
+    }
+
+    /// Contributions of other engines dropped because they did not fit the statistics
+    /// (written by an engine whose statistics differ: another configuration or version).
+    pub fn shares_dropped(&self) -> u64 {
+        self.exchange.as_ref().map_or(0, |x| x.dropped)
+    }
+
+    /// A share from an engine owning another part. Shares already known (the same part and
+    /// epochs again) are ignored. Events waiting for it are processed. Refused, with the
+    /// reason, when this engine does not share, or the share comes from another feature set
+    /// or number of parts, or is about one of this engine's own parts.
+    pub fn receive(&mut self, share: Share, sink: &mut impl FnMut(&Record<'_>)) -> Result<()> {
+        let Some(x) = self.exchange.as_deref_mut() else {
+            return Err(Error::Share(
+                "this engine does not share its population statistics".into(),
+            ));
+        };
+        if share.registry != x.registry {
+            return Err(Error::Share(
+                "written by an engine with another feature set".into(),
+            ));
+        }
+        if share.parts as usize != x.local.len() {
+            return Err(Error::Share(format!(
+                "written by an engine of {} parts; this one has {}",
+                share.parts,
+                x.local.len()
+            )));
+        }
+        let p = share.part as usize;
+        if x.local[p] {
+            return Err(Error::Share(format!(
+                "about part {p}, which this engine owns"
+            )));
+        }
+        if share.through <= x.through[p] {
+            return Ok(());
+        }
+        if let Some((e, d)) = share.delta
+            && e > x.through[p]
+            && !d.is_empty()
+        {
+            x.held.entry(e).or_default().push(d);
+        }
+        x.through[p] = share.through;
+        x.remote_ts = x.remote_ts.max(share.max_ts);
+        self.release_shared(false, sink);
+        Ok(())
+    }
+
+    /// Event time has reached `ts` elsewhere: this engine's event time moves there (when it
+    /// is behind), so its watermark passes what it has and its own parts' contributions
+    /// become final up to it — what an engine whose inputs are all read up to now does with
+    /// [`remote_time`](Self::remote_time), so that parts without traffic do not hold the
+    /// others back. Events later than the allowed lateness behind `ts` are refused after it.
+    /// Events held ahead of event time (the first ones, before they anchor it) are confirmed
+    /// by it when they are within `max_future_ms` of it.
+    pub fn advance_time(
+        &mut self,
+        ts: i64,
+        sink: &mut impl FnMut(&Record<'_>),
+        refused: &mut impl FnMut(LateEvent),
+    ) {
+        if ts <= self.max_ts
+            || !(gatewatch_event::MIN_TS_MS..=gatewatch_event::MAX_TS_MS).contains(&ts)
+        {
+            return;
+        }
+        self.max_ts = ts;
+        let bound = ts.saturating_add(self.max_future_ms);
+        if !self.ahead.is_empty() && self.ahead.iter().all(|h| h.ts <= bound) {
+            self.confirm_ahead(sink, refused);
+        }
+        if self.exchange.is_some() {
+            self.release_shared(false, sink);
+        } else {
+            let watermark = self.max_ts.saturating_sub(self.lateness_ms);
+            while self.pending.front().is_some_and(|p| p.ts <= watermark) {
+                let p = self.pending.pop_front().expect("non-empty");
+                self.release(p, sink);
+            }
+        }
+    }
+
+    /// The release of a sharing engine: events the watermark has passed (all of them at the
+    /// `end` of the input) in order, each once the contributions to the epoch before its own
+    /// are known; the local parts' contributions published as they become final.
+    fn release_shared(&mut self, end: bool, sink: &mut impl FnMut(&Record<'_>)) {
+        loop {
+            let watermark = if end {
+                i64::MAX
+            } else if self.max_ts == i64::MIN {
+                return;
+            } else {
+                self.max_ts.saturating_sub(self.lateness_ms)
+            };
+            let front = self
+                .pending
+                .front()
+                .map(|p| p.ts)
+                .filter(|t| *t <= watermark);
+            // No event of an epoch before this can come any more.
+            let bound = match front {
+                Some(t) => epoch_of(t) - 1,
+                None if end => i64::MAX - 1,
+                None => epoch_of(watermark) - 1,
+            };
+            self.publish_through(bound);
+            let Some(t) = front else {
+                return;
+            };
+            let e = epoch_of(t);
+            let x = self.exchange.as_deref().expect("a sharing engine");
+            if e != self.epoch && !x.final_through(e - 1) {
+                return;
+            }
+            let p = self.pending.pop_front().expect("non-empty");
+            self.process(&p.event, p.line, p.part, sink);
+        }
+    }
+
+    /// The local parts' contributions are final through epoch `bound`: shares for them
+    /// (with the open epoch's contributions when it is at or before `bound`).
+    fn publish_through(&mut self, bound: i64) {
+        let Some(x) = self.exchange.as_deref_mut() else {
+            return;
+        };
+        if bound <= x.local_through {
+            return;
+        }
+        let open = self.epoch;
+        let carries = open != i64::MIN && open > x.local_through && open <= bound;
+        for (i, part) in self.parts.iter_mut().enumerate() {
+            if !x.local[i] {
+                continue;
+            }
+            let delta = if carries {
+                Some(std::mem::take(&mut part.delta)).filter(|d| !d.is_empty())
+            } else {
+                None
+            };
+            if let Some(d) = &delta {
+                x.held.entry(open).or_default().push(d.clone());
+            }
+            x.through[i] = bound;
+            x.outbox.push(Share {
+                registry: x.registry,
+                parts: x.local.len() as u32,
+                part: i as u32,
+                through: bound,
+                max_ts: self.max_ts,
+                delta: delta.map(|d| (open, d)),
+            });
+        }
+        x.local_through = bound;
     }
 }
 

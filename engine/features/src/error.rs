@@ -10,6 +10,9 @@ pub enum Error {
     /// A state snapshot could not be read.
     #[error("state snapshot: {0}")]
     Snapshot(String),
+    /// A population share could not be read or does not fit this engine.
+    #[error("population share: {0}")]
+    Share(String),
     /// I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),

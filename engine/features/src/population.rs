@@ -206,6 +206,11 @@ pub(crate) struct Delta {
 }
 
 impl Delta {
+    /// Whether no request was counted into it (every request counts a transition).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == 0 && self.known.is_empty() && self.new.is_empty()
+    }
+
     /// The entry of endpoint `idx` (known) or of the new template `hash`.
     fn entry(&mut self, pop: &Population, ep: Ep<'_>) -> &mut EpDelta {
         match ep {

@@ -31,6 +31,7 @@ impl Rejection {
             Why::Invalid(e) => e.category(),
             Why::Refused(RefusedKind::Future { .. }) => "ahead of event time (future)".into(),
             Why::Refused(RefusedKind::Late { .. }) => "late beyond allowed lateness".into(),
+            Why::Refused(RefusedKind::Foreign { .. }) => "partition not owned here".into(),
         }
     }
 
