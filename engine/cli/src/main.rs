@@ -135,7 +135,7 @@ enum Command {
     /// (Prometheus). With `--state FILE` the engine's state is restored on start, written
     /// every `--snapshot-every` and on SIGTERM / SIGINT (graceful shutdown).
     #[cfg(feature = "serve")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send a log's events (`gatewatch simulate`'s, or a recorded log's) to a gateway as
     /// real HTTP requests, in real time or a multiple of it, and report what came back per
     /// label: answers, the share the gateway's gatewatch module stopped (blocked, rate-limited,
@@ -288,6 +288,16 @@ struct ServeArgs {
     #[cfg(feature = "kafka")]
     #[arg(long, value_name = "TOPIC")]
     kafka_dead_letters: Option<String>,
+    /// Share population statistics with the other instances on this topic (each instance
+    /// reads its own `--kafka-partitions`; together they score like one instance).
+    #[cfg(feature = "kafka")]
+    #[arg(long, value_name = "TOPIC", requires = "kafka_partitions")]
+    kafka_population: Option<String>,
+    /// Read these partitions of the input topic (comma-separated), assigned to this
+    /// instance rather than balanced by the consumer group.
+    #[cfg(feature = "kafka")]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    kafka_partitions: Option<Vec<i32>>,
     /// A librdkafka property for both clients (`consumer.NAME=…` or `producer.NAME=…` for
     /// one): `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`,
     /// `sasl.username=…`, `ssl.ca.location=…`, `session.timeout.ms=…` (repeatable).
@@ -590,7 +600,7 @@ fn main() -> ExitCode {
             decisions: b.decisions,
         }),
         #[cfg(feature = "serve")]
-        Command::Serve(a) => serve_cmd::run(a),
+        Command::Serve(a) => serve_cmd::run(*a),
         Command::Replay(a) => replay_cmd::run(a),
     };
     match res {

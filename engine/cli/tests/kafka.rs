@@ -2,7 +2,9 @@
 //! started on a loopback port; `scripts/setup-python` installs it into `.venv`): every
 //! input event gets its score record on the scores topic, equal to `gatewatch score` on the
 //! same events; poison messages are counted, dead-lettered and never block; a clean
-//! restart reads on without duplicates; a SIGKILL mid-stream loses nothing.
+//! restart reads on without duplicates; a SIGKILL mid-stream loses nothing; three instances
+//! that share their population statistics (one reading a partition without events) score
+//! like one.
 
 mod common;
 
@@ -98,6 +100,20 @@ impl Broker {
         for r in done {
             r.unwrap();
         }
+    }
+
+    /// Messages to the given partitions: (partition, key, payload).
+    fn produce_to(&self, topic: &str, messages: &[(i32, Vec<u8>, Vec<u8>)]) {
+        let p: BaseProducer = self.config().set("linger.ms", "5").create().unwrap();
+        for (part, k, v) in messages {
+            loop {
+                match p.send(BaseRecord::to(topic).partition(*part).key(k).payload(v)) {
+                    Ok(()) => break,
+                    Err(_) => p.poll(Duration::from_millis(20)),
+                }
+            }
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
     }
 
     fn produce(&self, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) {
@@ -433,4 +449,137 @@ fn a_sigkill_mid_stream_loses_nothing_and_what_is_read_again_is_scored_the_same(
     );
     let ids: BTreeSet<_> = got.keys().collect();
     assert_eq!(ids.len(), want.len());
+}
+
+/// Each event's client key as gatewatch derives it (`gatewatch features`), by id.
+fn clients_by_id(events: &[u8], dir: &Path) -> BTreeMap<String, String> {
+    let input = dir.join("features-events.ndjson");
+    std::fs::write(&input, events).unwrap();
+    let out = gw()
+        .args(["features", "-i", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].to_string(),
+                v["client"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn instances_sharing_population_statistics_score_like_one() {
+    let broker = Broker::start();
+    broker.create(&[("events", 4), ("scores", 2), ("population", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate();
+    let want = score_cli(&events, dir.path());
+    let clients = clients_by_id(&events, dir.path());
+    // Each client's events in one partition (0–2; partition 3 has none), one per message.
+    let mut msgs = Vec::new();
+    let mut last_ts = String::new();
+    for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_slice(line).unwrap();
+        let client = &clients[&v["id"].to_string()];
+        let part = (client
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % 3) as i32;
+        msgs.push((part, client.as_bytes().to_vec(), line.to_vec()));
+        last_ts = v["ts"].as_str().unwrap().to_string();
+    }
+    let parts: BTreeSet<i32> = msgs.iter().map(|m| m.0).collect();
+    assert_eq!(parts.len(), 3, "traffic in three partitions");
+    // Then, on every partition with traffic, an event two minutes after the last: event time
+    // passes every event of the log (these three stay waiting for what comes after them).
+    let last = last_ts.trim_end_matches('Z');
+    let (date, time) = last.split_once('T').unwrap();
+    let (h, rest) = time.split_once(':').unwrap();
+    let tick_ts = format!("{date}T{:02}:{rest}Z", h.parse::<u32>().unwrap());
+    assert!(tick_ts.starts_with("2026-01-05T09:03"), "{tick_ts}");
+    let tick_ts = tick_ts.replacen("T09:03", "T09:05", 1);
+    for p in 0..3 {
+        let tick = format!(
+            "{{\"id\":\"tick-{p}\",\"ts\":\"{tick_ts}\",\"client_ip\":\"192.0.2.{p}\",\"method\":\"GET\",\"path\":\"/tick\",\"status\":200}}"
+        );
+        msgs.push((p, b"tick".to_vec(), tick.into_bytes()));
+    }
+    broker.produce_to("events", &msgs);
+
+    let instance = |partitions: &str| {
+        Served::start(&[
+            "--kafka-brokers",
+            &broker.addr,
+            "--kafka-input",
+            "events",
+            "--kafka-scores",
+            "scores",
+            "--kafka-population",
+            "population",
+            "--kafka-partitions",
+            partitions,
+        ])
+    };
+    // The third instance reads a partition without events: it follows the others' event
+    // time, so that they are not held back.
+    let a = instance("0,1");
+    let b = instance("2");
+    let c = instance("3");
+    let got = scores_by_id(&broker, want.len());
+    let ma = a.wait_for_metric("gatewatch_kafka_partitions 2");
+    let mb = b.wait_for_metric("gatewatch_kafka_partitions 1");
+    let mc = c.wait_for_metric("gatewatch_events_total 0");
+    let (sent_a, sent_b) = (
+        a.metric("gatewatch_population_shares_sent_total"),
+        b.metric("gatewatch_population_shares_sent_total"),
+    );
+    let (got_a, got_b) = (
+        a.metric("gatewatch_population_shares_received_total"),
+        b.metric("gatewatch_population_shares_received_total"),
+    );
+    let scored =
+        a.metric("gatewatch_events_scored_total") + b.metric("gatewatch_events_scored_total");
+    let sent_c = c.metric("gatewatch_population_shares_sent_total");
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    assert!(c.stop().success());
+    for m in [&ma, &mb, &mc] {
+        assert!(
+            m.contains("gatewatch_population_shares_refused_total 0"),
+            "{m}"
+        );
+    }
+    // Six minutes of epochs: the instances with events sent their parts' contributions
+    // (one share per part and epoch at least); the idle one's shares each cover every epoch
+    // its event time jumped over.
+    assert!(
+        sent_a >= 12.0 && sent_b >= 6.0 && sent_c >= 1.0,
+        "{sent_a} {sent_b} {sent_c} shares sent"
+    );
+    assert!(
+        got_a >= 12.0 && got_b >= 12.0,
+        "{got_a} {got_b} shares taken in"
+    );
+    assert_eq!(scored as usize, want.len());
+    assert_eq!(got.len(), want.len(), "every event has its score record");
+    let mut differ = Vec::new();
+    for (id, w) in &want {
+        let copies = &got[id];
+        assert_eq!(copies.len(), 1, "{id} scored {} times", copies.len());
+        if &copies[0] != w {
+            differ.push(id);
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} records differ from one instance's, first {}",
+        differ.len(),
+        differ[0]
+    );
 }

@@ -65,6 +65,10 @@ pub struct KafkaConfig {
     pub decisions: Option<String>,
     /// The topic poison messages are copied to.
     pub dead_letters: Option<String>,
+    /// The topic on which instances share their population statistics.
+    pub population: Option<String>,
+    /// The input partitions this instance reads (assigned, not balanced by the group).
+    pub partitions: Option<Vec<i32>>,
     /// librdkafka properties for both clients (`consumer.NAME` / `producer.NAME` for one):
     /// security, timeouts, tuning. Keep secrets in `${VAR}` references.
     #[serde(default)]

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 
 use gatewatch_event::{ParseError, RequestEvent};
-use gatewatch_features::{FeatureEngine, LateEvent, Record, Registry, Stats};
+use gatewatch_features::{FeatureEngine, LateEvent, Record, Registry, Share, Stats};
 use gatewatch_models::{BatchScores, EndpointMonitor, Scorer};
 use gatewatch_rules::{Decider, Input, Schema, ScoreView};
 
@@ -248,8 +248,18 @@ impl<S: BorrowMut<Scorer>> Session<S> {
     /// An event that was at `position` in its source. Its record (or its rejection, when the
     /// engine refuses it as late or too far ahead) joins the output once event time has
     /// passed it; records of earlier events may join now.
+    ///
+    /// When the engine shares its population statistics
+    /// ([`share_population`](Self::share_population)), a Kafka message's event belongs to
+    /// the part of its partition.
     pub fn push(&mut self, position: Position, event: RequestEvent) {
         let seq = self.track.open(position);
+        let part = match position {
+            Position::Offset { partition, .. } if self.engine.is_sharing() => {
+                Some(u32::try_from(partition).unwrap_or(u32::MAX))
+            }
+            _ => None,
+        };
         let Self {
             engine,
             out,
@@ -257,16 +267,73 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             refused,
             ..
         } = self;
-        engine.push(event, seq, &mut track.records(out), &mut |late| {
-            refused.push(late)
-        });
-        for late in refused.drain(..) {
-            let position = track.close(late.line);
-            out.rejections.push(Rejection {
+        {
+            let mut sink = track.records(out);
+            let mut late = |l| refused.push(l);
+            match part {
+                Some(p) => engine.push_in(p, event, seq, &mut sink, &mut late),
+                None => engine.push(event, seq, &mut sink, &mut late),
+            }
+        }
+        self.close_refused();
+    }
+
+    /// The events the engine refused join the rejections.
+    fn close_refused(&mut self) {
+        for late in self.refused.drain(..) {
+            let position = self.track.close(late.line);
+            self.out.rejections.push(Rejection {
                 position,
                 why: Why::Refused(late.kind),
             });
         }
+    }
+
+    /// Runs `f` on the engine with the sink of this session's output and of its refusals.
+    fn with_engine<T>(
+        &mut self,
+        f: impl FnOnce(&mut FeatureEngine, &mut dyn FnMut(&Record<'_>), &mut dyn FnMut(LateEvent)) -> T,
+    ) -> T {
+        let Self {
+            engine,
+            out,
+            track,
+            refused,
+            ..
+        } = self;
+        let r = f(engine, &mut track.records(out), &mut |late| {
+            refused.push(late)
+        });
+        self.close_refused();
+        r
+    }
+
+    /// Makes the engine one of several sharing their population statistics (see
+    /// [`FeatureEngine::share_population`]): `parts` parts (the input topic's partitions),
+    /// of which it owns `local`. Events pushed with a Kafka position then go to the part of
+    /// their partition.
+    pub fn share_population(&mut self, parts: u32, local: &[u32]) -> crate::Result<()> {
+        Ok(self.engine.share_population(parts, local)?)
+    }
+
+    /// The shares the engine wrote since the last call (for every other engine, in order).
+    pub fn take_shares(&mut self) -> Vec<Share> {
+        self.engine.take_shares()
+    }
+
+    /// A share of another engine (see [`FeatureEngine::receive`]); records it releases join
+    /// the output.
+    pub fn receive_share(&mut self, share: Share) -> crate::Result<()> {
+        self.with_engine(|engine, mut sink, _| engine.receive(share, &mut sink))?;
+        Ok(())
+    }
+
+    /// Event time has reached `ts` elsewhere (see [`FeatureEngine::advance_time`]); records
+    /// it releases join the output, events it refuses the rejections.
+    pub fn advance_time(&mut self, ts: i64) {
+        self.with_engine(|engine, mut sink, mut refused| {
+            engine.advance_time(ts, &mut sink, &mut refused);
+        });
     }
 
     /// An input at `position` that is not an event: its rejection joins the output.

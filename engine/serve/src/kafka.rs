@@ -29,6 +29,15 @@
 //!   snapshotted and committed; newly assigned partitions are read from the group's
 //!   committed offsets.
 //!
+//! - **Several instances** (`population` and `partitions`): each instance reads the input
+//!   partitions it is given (assigned, not balanced by the group) and owns their clients;
+//!   the instances share their population statistics on the population topic (one message
+//!   per part and epoch, keyed by the part; `docs/POPULATION.md`), so that together they
+//!   give every event the record one instance reading every partition gives it, as long as
+//!   each client's events are in one partition. An instance whose partitions are all read
+//!   up to now follows the event time of the others, so that partitions without traffic do
+//!   not hold the others back.
+//!
 //! The consumer, the producer and the session run on one thread of their own.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -39,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gatewatch_event::ParseError;
-use gatewatch_features::{Format, Line, MAX_LINE_BYTES};
+use gatewatch_features::{Format, Line, MAX_LINE_BYTES, Share};
 use gatewatch_pipeline::{Ack, Output, Position};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -76,6 +85,12 @@ pub struct KafkaOptions {
     /// The events held for reordering are scored at least this often (partitions still
     /// merged), and every queued event when no message has come for this long.
     pub flush_every: Duration,
+    /// The topic on which instances share their population statistics (each instance
+    /// reads the partitions in `partitions`).
+    pub population: Option<String>,
+    /// The input partitions this instance reads (assigned; `None`: those the consumer
+    /// group gives it).
+    pub partitions: Option<Vec<i32>>,
 }
 
 impl KafkaOptions {
@@ -91,13 +106,26 @@ impl KafkaOptions {
             properties: Vec::new(),
             format: Format::Ndjson,
             flush_every: Duration::from_millis(250),
+            population: None,
+            partitions: None,
         }
     }
 
     /// The input in words.
     pub fn describe(&self) -> String {
+        let parts = match &self.partitions {
+            Some(p) => format!(
+                ", partitions {}",
+                p.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+            ),
+            None => String::new(),
+        };
+        let shared = match &self.population {
+            Some(t) => format!(", population shared on {t}"),
+            None => String::new(),
+        };
         format!(
-            "Kafka topic {} at {} (group {})",
+            "Kafka topic {} at {} (group {}{parts}{shared})",
             self.input, self.brokers, self.group
         )
     }
@@ -226,7 +254,17 @@ struct Driver {
     /// Entries popped from `log` so far (the absolute index of its front).
     log_base: u64,
     rejections: u64,
+    /// The population topic, when this instance shares its statistics.
+    population: Option<String>,
 }
+
+/// Delivery batch of the population shares (not an output batch: they acknowledge no
+/// input).
+const SHARE_BATCH: u64 = u64::MAX;
+
+/// Events waiting in the session for the other instances' population statistics at most:
+/// beyond it the input is paused.
+const MAX_WAITING: usize = 200_000;
 
 /// Inputs held for the event-time merge of the partitions, at most: beyond it the oldest
 /// is pushed even when a partition has nothing buffered (its late events may then be
@@ -388,6 +426,10 @@ impl Driver {
             {
                 let mut guard = self.service.session();
                 while let Some(p) = next_head(&self.queues, self.queued, force) {
+                    if self.population.is_some() && guard.0.engine().pending() >= MAX_WAITING {
+                        // Waiting for the other instances: the input is paused meanwhile.
+                        break;
+                    }
                     let x = self
                         .queues
                         .get_mut(&p)
@@ -413,6 +455,9 @@ impl Driver {
     /// and the poison messages, waits until all are delivered, then marks the messages the
     /// batch covers as done.
     fn drain(&mut self, finish: bool) -> Result<()> {
+        // An instance sharing its statistics never ends its input: the end would close
+        // every epoch for good.
+        let finish = finish && self.population.is_none();
         let started = Instant::now();
         self.text.clear();
         let ack = {
@@ -478,6 +523,84 @@ impl Driver {
                 .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
+    }
+
+    /// Sends the population shares the session wrote (one message each, keyed by its part).
+    fn publish_shares(&mut self) -> Result<()> {
+        let Some(topic) = self.population.clone() else {
+            return Ok(());
+        };
+        let shares = self.service.session().0.take_shares();
+        for share in shares {
+            self.service.metrics.population_shares_sent.inc();
+            self.send(Pending {
+                batch: SHARE_BATCH,
+                topic: topic.clone(),
+                key: share.part().to_string().into_bytes(),
+                payload: share.to_bytes(),
+                headers: Vec::new(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A message of the population topic: another instance's share (this instance's own,
+    /// read back, are skipped).
+    fn receive_share(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+        let share = match Share::from_bytes(payload) {
+            Ok(s) => s,
+            Err(e) => {
+                self.service.metrics.population_shares_refused.inc();
+                tracing::warn!(target: "gatewatch::serve", partition, offset, error = %e, "population share refused");
+                return;
+            }
+        };
+        let mut guard = self.service.session();
+        if guard.0.engine().owns(share.part()) {
+            return;
+        }
+        match guard.0.receive_share(share) {
+            Ok(()) => {
+                self.service.metrics.population_shares_received.inc();
+            }
+            Err(e) => {
+                self.service.metrics.population_shares_refused.inc();
+                tracing::warn!(target: "gatewatch::serve", partition, offset, error = %e, "population share refused");
+            }
+        }
+    }
+
+    /// Sends what the other instances' shares released (the input may be quiet meanwhile).
+    fn drain_released(&mut self) -> Result<()> {
+        if self.population.is_some() && self.service.session().0.has_output() {
+            self.drain(false)?;
+        }
+        Ok(())
+    }
+
+    /// Whether every input partition is read to its end and pushed into the session.
+    fn caught_up(&self) -> bool {
+        !self.queues.is_empty() && self.queues.values().all(|q| q.at_end && q.items.is_empty())
+    }
+
+    /// With every input partition read, event time follows the other instances'.
+    fn follow_time(&mut self) {
+        if self.population.is_none() || !self.caught_up() {
+            return;
+        }
+        let mut guard = self.service.session();
+        let t = guard.0.engine().remote_time();
+        if t != i64::MIN {
+            guard.0.advance_time(t);
+        }
+        let waiting = guard.0.engine().pending();
+        self.service.metrics.population_waiting.set(waiting as i64);
+    }
+
+    /// Whether the session holds so many events waiting for the other instances that the
+    /// input should pause.
+    fn waiting(&self) -> bool {
+        self.population.is_some() && self.service.session().0.engine().pending() >= MAX_WAITING
     }
 
     /// Hands a message to the producer (waiting while its queue is full).
@@ -764,7 +887,10 @@ impl ClientContext for ConsumerCtx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // The end of a partition is news for the merge, not an error.
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             return;
         }
         tracing::error!(target: "gatewatch::serve", error = %error, reason, "Kafka client error");
@@ -858,8 +984,10 @@ impl KafkaStream {
         ] {
             set_default(&mut cc, k, v);
         }
-        let needs_producer =
-            opts.scores.is_some() || opts.decisions.is_some() || opts.dead_letters.is_some();
+        let needs_producer = opts.scores.is_some()
+            || opts.decisions.is_some()
+            || opts.dead_letters.is_some()
+            || opts.population.is_some();
         let producer = if needs_producer {
             let mut pc = opts.config("producer");
             set_default(&mut pc, "linger.ms", "5");
@@ -901,6 +1029,7 @@ impl KafkaStream {
             next_batch: 0,
             log_base: 0,
             rejections: 0,
+            population: opts.population.clone(),
         };
         let consumer: BaseConsumer<ConsumerCtx> = cc
             .create_with_context(ConsumerCtx {
@@ -910,28 +1039,73 @@ impl KafkaStream {
         let metadata = consumer
             .fetch_metadata(Some(&opts.input), Duration::from_secs(10))
             .with_context(|| format!("cannot reach the Kafka brokers {}", opts.brokers))?;
-        let known = metadata
+        let n_partitions = metadata
             .topics()
             .iter()
             .find(|t| t.name() == opts.input)
-            .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
-        if !known {
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if n_partitions == 0 {
             anyhow::bail!(
                 "the input topic {} does not exist at {}",
                 opts.input,
                 opts.brokers
             );
         }
-        consumer
-            .subscribe(&[&opts.input])
-            .with_context(|| format!("cannot subscribe to {}", opts.input))?;
+        let shares = match &opts.population {
+            Some(topic) => {
+                let Some(own) = &opts.partitions else {
+                    anyhow::bail!(
+                        "sharing population statistics on {topic} needs the input partitions \
+                         this instance reads (--kafka-partitions): partitions balanced by the \
+                         consumer group are not handed over between instances yet"
+                    );
+                };
+                let own: Vec<u32> = own.iter().map(|p| *p as u32).collect();
+                service
+                    .session()
+                    .0
+                    .share_population(n_partitions as u32, &own)
+                    .context("sharing population statistics")?;
+                Some(population_consumer(&opts, topic)?)
+            }
+            None => None,
+        };
+        match &opts.partitions {
+            Some(own) => {
+                let mut tpl = TopicPartitionList::new();
+                for p in own {
+                    if *p < 0 || *p as usize >= n_partitions {
+                        anyhow::bail!(
+                            "partition {p} of {}: the topic has partitions 0 to {}",
+                            opts.input,
+                            n_partitions - 1
+                        );
+                    }
+                    tpl.add_partition_offset(&opts.input, *p, Offset::Stored)
+                        .context("a partition")?;
+                }
+                consumer
+                    .assign(&tpl)
+                    .with_context(|| format!("cannot read the partitions of {}", opts.input))?;
+                if let Some(d) = lock(&consumer.context().driver).as_mut() {
+                    for p in own {
+                        d.queues.entry(*p).or_default();
+                    }
+                    d.service.metrics.kafka_partitions.set(own.len() as i64);
+                }
+            }
+            None => consumer
+                .subscribe(&[&opts.input])
+                .with_context(|| format!("cannot subscribe to {}", opts.input))?,
+        }
         let done = Arc::new(tokio::sync::Notify::new());
         let every = service.opts.snapshot_every;
         let (note, stopping, idle) = (done.clone(), stop.clone(), opts.flush_every);
         let worker = std::thread::Builder::new()
             .name("gatewatch-kafka".into())
             .spawn(move || {
-                let r = run(&consumer, &stopping, idle, every);
+                let r = run(&consumer, shares.as_ref(), &stopping, idle, every);
                 note.notify_one();
                 r
             })
@@ -954,9 +1128,49 @@ impl KafkaStream {
     }
 }
 
+/// The reader of the population topic: every partition from the start (shares already
+/// known are ignored), no group offsets.
+fn population_consumer(opts: &KafkaOptions, topic: &str) -> Result<BaseConsumer> {
+    let mut cc = opts.config("consumer");
+    cc.set("group.id", format!("{}-population", opts.group))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    set_default(&mut cc, "fetch.wait.max.ms", "20");
+    let c: BaseConsumer = cc
+        .create()
+        .context("cannot create the population topic's reader")?;
+    let metadata = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("cannot reach the Kafka brokers {}", opts.brokers))?;
+    let n = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        anyhow::bail!(
+            "the population topic {topic} does not exist at {}",
+            opts.brokers
+        );
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .context("a partition")?;
+    }
+    c.assign(&tpl)
+        .with_context(|| format!("cannot read {topic}"))?;
+    Ok(c)
+}
+
+/// Shares read from the population topic per turn of the loop, at most.
+const SHARES_PER_TURN: usize = 1024;
+
 /// The consumer loop.
 fn run(
     consumer: &BaseConsumer<ConsumerCtx>,
+    shares: Option<&BaseConsumer>,
     stop: &AtomicBool,
     idle: Duration,
     every: Duration,
@@ -966,6 +1180,7 @@ fn run(
     let mut quiet = true;
     let mut last_flush = Instant::now();
     let mut last_snapshot = Instant::now();
+    let mut paused = false;
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
@@ -1020,8 +1235,45 @@ fn run(
                 }
             }
         };
+        // The other instances' population statistics; this one's, as they become final.
+        if let Some(sc) = shares {
+            for _ in 0..SHARES_PER_TURN {
+                match sc.poll(Duration::ZERO) {
+                    Some(Ok(m)) => {
+                        d.receive_share(m.partition(), m.offset(), m.payload().unwrap_or_default())
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
+                    Some(Err(e)) => {
+                        d.service.metrics.kafka_errors.inc();
+                        tracing::warn!(target: "gatewatch::serve", error = %e, "population topic error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            d.follow_time();
+            let hold = d.waiting();
+            if hold != paused {
+                let assigned = consumer.assignment().unwrap_or_default();
+                let r = if hold {
+                    consumer.pause(&assigned)
+                } else {
+                    consumer.resume(&assigned)
+                };
+                match r {
+                    Ok(()) => paused = hold,
+                    Err(e) => {
+                        tracing::warn!(target: "gatewatch::serve", error = %e, "cannot pause or resume the input")
+                    }
+                }
+            }
+        }
         // Delivery reports as they come: offsets move on without waiting for the next batch.
-        if let Err(e) = step.and_then(|()| d.settle(false)) {
+        if let Err(e) = step
+            .and_then(|()| d.drain_released())
+            .and_then(|()| d.publish_shares())
+            .and_then(|()| d.settle(false))
+        {
             break Err(e);
         }
         if d.service.opts.state.is_none() && !d.done.is_empty() && last_snapshot.elapsed() >= every

@@ -168,6 +168,14 @@ pub struct Metrics {
     pub kafka_partitions: Gauge,
     /// Consumer lag per partition (messages behind the high watermark).
     pub kafka_lag: Family<Vec<(String, String)>, Gauge>,
+    /// Population shares sent to the other instances.
+    pub population_shares_sent: Counter,
+    /// Population shares of the other instances taken in.
+    pub population_shares_received: Counter,
+    /// Population shares refused (damaged, or from an instance of another configuration).
+    pub population_shares_refused: Counter,
+    /// Events waiting for the other instances' population statistics.
+    pub population_waiting: Gauge,
 }
 
 impl Metrics {
@@ -207,6 +215,10 @@ impl Metrics {
             kafka_rebalances: Counter::default(),
             kafka_partitions: Gauge::default(),
             kafka_lag: Family::default(),
+            population_shares_sent: Counter::default(),
+            population_shares_received: Counter::default(),
+            population_shares_refused: Counter::default(),
+            population_waiting: Gauge::default(),
         };
         // Each metric under its name and help text (the registry holds clones sharing the
         // values).
@@ -251,6 +263,10 @@ impl Metrics {
             "gatewatch_kafka_rebalances", "Partition assignments and revocations" => kafka_rebalances;
             "gatewatch_kafka_partitions", "Partitions assigned to this instance" => kafka_partitions;
             "gatewatch_kafka_lag", "Consumer lag per partition (messages behind the high watermark)" => kafka_lag;
+            "gatewatch_population_shares_sent", "Population shares sent to the other instances" => population_shares_sent;
+            "gatewatch_population_shares_received", "Population shares of the other instances taken in" => population_shares_received;
+            "gatewatch_population_shares_refused", "Population shares refused (damaged, or of another configuration)" => population_shares_refused;
+            "gatewatch_population_waiting", "Events waiting for the other instances' population statistics" => population_waiting;
         }
         m.model.get_or_create(&model_label(model)).set(1);
         m.snapshot_age.set(-1);

@@ -104,10 +104,17 @@ impl Served {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
-        // Keep draining standard error so the service never blocks on it.
+        // Keep draining standard error so the service never blocks on it (shown with
+        // GATEWATCH_TEST_LOG set).
+        let show = std::env::var_os("GATEWATCH_TEST_LOG").is_some();
         std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = err.read_to_string(&mut sink);
+            let mut line = String::new();
+            while err.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if show {
+                    eprint!("[serve] {line}");
+                }
+                line.clear();
+            }
         });
         Self {
             child,
