@@ -112,19 +112,11 @@ fn kafka_options(
     }
     o.population = a.kafka_population.clone().or_else(|| k.population.clone());
     o.partitions = a.kafka_partitions.clone().or_else(|| k.partitions.clone());
-    if o.population.is_some() {
-        if o.partitions.is_none() {
-            anyhow::bail!(
-                "a population topic ([kafka] population) needs the partitions this instance \
-                 reads: --kafka-partitions (or [kafka] partitions)"
-            );
-        }
-        if a.state.is_some() {
-            anyhow::bail!(
-                "--state with a population topic: the state of an instance that shares its \
-                 population statistics cannot be saved yet"
-            );
-        }
+    if o.population.is_some() && o.partitions.is_none() {
+        anyhow::bail!(
+            "a population topic ([kafka] population) needs the partitions this instance \
+             reads: --kafka-partitions (or [kafka] partitions)"
+        );
     }
     o.format = line_format(a, settings);
     o.flush_every = a.flush_every;

@@ -473,15 +473,12 @@ fn clients_by_id(events: &[u8], dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-fn instances_sharing_population_statistics_score_like_one() {
-    let broker = Broker::start();
-    broker.create(&[("events", 4), ("scores", 2), ("population", 1)]);
-    let dir = tempfile::tempdir().unwrap();
-    let events = simulate();
-    let want = score_cli(&events, dir.path());
-    let clients = clients_by_id(&events, dir.path());
-    // Each client's events in one partition (0–2; partition 3 has none), one per message.
+/// The events as messages, each client's in one partition (0–2; partition 3 has none), one
+/// per message, then on every partition with traffic an event two minutes after the last,
+/// so that event time passes every event of the log (these three stay waiting for what
+/// comes after them).
+fn partitioned(events: &[u8], dir: &Path) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+    let clients = clients_by_id(events, dir);
     let mut msgs = Vec::new();
     let mut last_ts = String::new();
     for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -496,8 +493,6 @@ fn instances_sharing_population_statistics_score_like_one() {
     }
     let parts: BTreeSet<i32> = msgs.iter().map(|m| m.0).collect();
     assert_eq!(parts.len(), 3, "traffic in three partitions");
-    // Then, on every partition with traffic, an event two minutes after the last: event time
-    // passes every event of the log (these three stay waiting for what comes after them).
     let last = last_ts.trim_end_matches('Z');
     let (date, time) = last.split_once('T').unwrap();
     let (h, rest) = time.split_once(':').unwrap();
@@ -510,27 +505,42 @@ fn instances_sharing_population_statistics_score_like_one() {
         );
         msgs.push((p, b"tick".to_vec(), tick.into_bytes()));
     }
-    broker.produce_to("events", &msgs);
+    msgs
+}
 
-    let instance = |partitions: &str| {
-        Served::start(&[
-            "--kafka-brokers",
-            &broker.addr,
-            "--kafka-input",
-            "events",
-            "--kafka-scores",
-            "scores",
-            "--kafka-population",
-            "population",
-            "--kafka-partitions",
-            partitions,
-        ])
-    };
+/// `gatewatch serve` reading `partitions` and sharing population statistics, with `extra`
+/// options.
+fn sharing_instance(broker: &Broker, partitions: &str, extra: &[&str]) -> Served {
+    let mut args = vec![
+        "--kafka-brokers",
+        &broker.addr,
+        "--kafka-input",
+        "events",
+        "--kafka-scores",
+        "scores",
+        "--kafka-population",
+        "population",
+        "--kafka-partitions",
+        partitions,
+    ];
+    args.extend_from_slice(extra);
+    Served::start(&args)
+}
+
+#[test]
+fn instances_sharing_population_statistics_score_like_one() {
+    let broker = Broker::start();
+    broker.create(&[("events", 4), ("scores", 2), ("population", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate();
+    let want = score_cli(&events, dir.path());
+    broker.produce_to("events", &partitioned(&events, dir.path()));
+
     // The third instance reads a partition without events: it follows the others' event
     // time, so that they are not held back.
-    let a = instance("0,1");
-    let b = instance("2");
-    let c = instance("3");
+    let a = sharing_instance(&broker, "0,1", &[]);
+    let b = sharing_instance(&broker, "2", &[]);
+    let c = sharing_instance(&broker, "3", &[]);
     let got = scores_by_id(&broker, want.len());
     let ma = a.wait_for_metric("gatewatch_kafka_partitions 2");
     let mb = b.wait_for_metric("gatewatch_kafka_partitions 1");
@@ -582,4 +592,77 @@ fn instances_sharing_population_statistics_score_like_one() {
         differ.len(),
         differ[0]
     );
+}
+
+/// One of three sharing instances killed mid-stream and restarted from its state: no event
+/// without its record, every copy equal to one instance's record; the others waited for it.
+#[test]
+fn a_sharing_instance_killed_mid_stream_loses_nothing() {
+    let broker = Broker::start();
+    broker.create(&[("events", 4), ("scores", 2), ("population", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate();
+    let want = score_cli(&events, dir.path());
+    let msgs = partitioned(&events, dir.path());
+    // The first half of the log (in time), then the rest after the kill.
+    let half = (msgs.len() - 3) / 2;
+    broker.produce_to("events", &msgs[..half]);
+    let state = dir.path().join("b.state");
+    // A partition read to its end holds the others back for 3 s (--flush-every) before the
+    // merge goes on without it: the rest of the log reaches the partitions one fetch after
+    // another, and the first to get it must not run ahead of the others.
+    let hold = ["--flush-every", "3s"];
+    let b_args = [
+        "--state",
+        state.to_str().unwrap(),
+        "--snapshot-every",
+        "500ms",
+        "--flush-every",
+        "3s",
+    ];
+    let a = sharing_instance(&broker, "0,1", &hold);
+    let mut b = sharing_instance(&broker, "2", &b_args);
+    let c = sharing_instance(&broker, "3", &hold);
+    let b_first = msgs[..half].iter().filter(|m| m.0 == 2).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(state.exists() && b.metric("gatewatch_events_total") as usize >= b_first / 2) {
+        assert!(Instant::now() < deadline, "b never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    broker.produce_to("events", &msgs[half..]);
+    let b = sharing_instance(&broker, "2", &b_args);
+    assert!(
+        b.stderr.iter().any(|l| l.contains("restored")),
+        "{:?}",
+        b.stderr
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let got = scores_by_id(&broker, want.len());
+        if got.len() == want.len() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events scored",
+            got.len(),
+            want.len()
+        );
+    };
+    for s in [&a, &b, &c] {
+        assert_eq!(s.metric("gatewatch_population_shares_refused_total"), 0.0);
+    }
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    assert!(c.stop().success());
+    let mut twice = 0;
+    for (id, w) in &want {
+        for copy in &got[id] {
+            assert_eq!(copy, w, "{id}");
+        }
+        twice += got[id].len() - 1;
+    }
+    eprintln!("{twice} records written twice");
 }

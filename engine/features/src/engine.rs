@@ -184,8 +184,11 @@ pub struct FeatureEngine {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"GWSTATE\0";
-/// Version of the snapshot format: 2 adds the body's length and CRC-32 and the window shape.
-pub const SNAPSHOT_VERSION: u16 = 4;
+/// Version of the snapshot format: 2 adds the body's length and CRC-32 and the window shape;
+/// 5 appends what an engine sharing its population statistics keeps (version 4 is read too).
+pub const SNAPSHOT_VERSION: u16 = 5;
+/// The oldest snapshot format this build reads.
+const SNAPSHOT_OLDEST: u16 = 4;
 /// Bytes before the body: magic, version, body length (u64), CRC-32 of the body (u32).
 const SNAPSHOT_HEADER: usize = 8 + 2 + 8 + 4;
 
@@ -211,9 +214,43 @@ struct Snapshot {
     clients: Vec<(Box<str>, ClientState)>,
 }
 
+/// What a snapshot holds after the format-4 body.
+#[derive(Default, Serialize, Deserialize)]
+struct Extension {
+    shared: Option<SharedState>,
+}
+
+/// A sharing engine's view of every part, saved with its state.
+#[derive(Serialize, Deserialize)]
+struct SharedState {
+    local: Vec<bool>,
+    through: Vec<i64>,
+    local_through: i64,
+    held: Vec<(i64, Vec<Delta>)>,
+    remote_ts: i64,
+    /// The part of each client, in the order of the snapshot's clients.
+    client_parts: Vec<u32>,
+}
+
+/// How restored clients and contributions are laid out over the parts.
+enum Layout {
+    /// One whole state: clients by the part of their key, contributions into part 0.
+    ByKey,
+    /// One snapshot per part.
+    PerPart,
+    /// A sharing engine's state: `n` parts, each client in its given part, contributions
+    /// into part `delta_part`.
+    Given {
+        n: usize,
+        parts: Vec<u32>,
+        delta_part: usize,
+    },
+}
+
 /// Writes a snapshot in the versioned binary format.
-fn write_snapshot(snap: &Snapshot, w: &mut impl Write) -> Result<()> {
-    let body = postcard::to_stdvec(snap).map_err(|e| Error::Snapshot(e.to_string()))?;
+fn write_snapshot(snap: &Snapshot, ext: &Extension, w: &mut impl Write) -> Result<()> {
+    let mut body = postcard::to_stdvec(snap).map_err(|e| Error::Snapshot(e.to_string()))?;
+    body.extend(postcard::to_stdvec(ext).map_err(|e| Error::Snapshot(e.to_string()))?);
     w.write_all(SNAPSHOT_MAGIC)?;
     w.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
     w.write_all(&(body.len() as u64).to_le_bytes())?;
@@ -888,6 +925,9 @@ impl FeatureEngine {
     /// `GWSTATE\0`, format version (u16 LE), body length (u64 LE), CRC-32 of the body (u32
     /// LE), then a postcard body. Buffered events are not part of a snapshot: call
     /// [`finish`](Self::finish) first.
+    ///
+    /// An engine that shares its population statistics saves what it knows of the other
+    /// parts too, and each client's part: it is restored sharing, owning the same parts.
     pub fn save_state(&self, w: &mut impl Write) -> Result<()> {
         let mut delta = Delta::default();
         for p in &self.parts {
@@ -899,7 +939,20 @@ impl FeatureEngine {
             self.parts.iter().map(|p| p.store.created).sum(),
             self.parts.iter().flat_map(|p| p.store.iter_lru()),
         );
-        write_snapshot(&snap, w)
+        let shared = self.exchange.as_deref().map(|x| SharedState {
+            local: x.local.clone(),
+            through: x.through.clone(),
+            local_through: x.local_through,
+            held: x.held.iter().map(|(e, d)| (*e, d.clone())).collect(),
+            remote_ts: x.remote_ts,
+            client_parts: self
+                .parts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, p)| std::iter::repeat_n(i as u32, p.store.len()))
+                .collect(),
+        });
+        write_snapshot(&snap, &Extension { shared }, w)
     }
 
     /// A snapshot of this engine's shared state with the given clients and their counters.
@@ -910,10 +963,18 @@ impl FeatureEngine {
         created: u64,
         clients: impl Iterator<Item = (&'a str, &'a ClientState)>,
     ) -> Snapshot {
+        // Buffered events are not in a snapshot: the caller reads them again after a restore,
+        // so event time is saved as of before them (a sharing engine's events waiting for
+        // the other parts are behind the watermark; the others are ahead of it, and this
+        // changes nothing for them).
+        let max_ts = match self.pending.front() {
+            Some(p) => self.max_ts.min(p.ts.saturating_add(self.lateness_ms)),
+            None => self.max_ts,
+        };
         Snapshot {
             registry_hash: self.registry.hash.clone(),
             shape: self.shape(),
-            max_ts: self.max_ts,
+            max_ts,
             stats: self.stats,
             evictions,
             created,
@@ -941,7 +1002,7 @@ impl FeatureEngine {
             p.store.created,
             p.store.iter_lru(),
         );
-        write_snapshot(&snap, w)
+        write_snapshot(&snap, &Extension::default(), w)
     }
 
     /// Restores a state saved by [`save_state`](Self::save_state) into this engine, replacing
@@ -950,9 +1011,72 @@ impl FeatureEngine {
     /// values this engine could not have written (indices, lengths, counts, times). The
     /// configured caps apply: clients beyond `max_clients` are evicted, least recently used
     /// first (counted as capacity evictions). On error the engine keeps its state.
+    ///
+    /// A state saved by an engine that shares its population statistics is restored
+    /// sharing, owning the same parts; any other state ends this engine's sharing.
     pub fn restore_state(&mut self, r: &mut impl Read) -> Result<()> {
-        let snap = self.read_snapshot(r)?;
-        self.install(vec![snap], false)
+        let (snap, ext) = self.read_snapshot(r)?;
+        let Some(sh) = ext.shared else {
+            return self
+                .install(vec![snap], Layout::ByKey)
+                .map(|()| self.exchange = None);
+        };
+        let bad = |m: String| {
+            Err(Error::Snapshot(format!(
+                "shared population statistics: {m}"
+            )))
+        };
+        let n = sh.local.len();
+        if n == 0 || n > 1 << 16 || sh.through.len() != n {
+            return bad(format!("{n} parts, {} final epochs", sh.through.len()));
+        }
+        if sh.client_parts.len() != snap.clients.len() {
+            return bad(format!(
+                "{} client parts for {} clients",
+                sh.client_parts.len(),
+                snap.clients.len()
+            ));
+        }
+        if let Some((i, p)) = sh
+            .client_parts
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !sh.local.get(**p as usize).copied().unwrap_or(false))
+        {
+            return bad(format!(
+                "client {i} is in part {p}, not one of the engine's own"
+            ));
+        }
+        if sh.held.windows(2).any(|w| w[0].0 >= w[1].0)
+            || sh
+                .held
+                .first()
+                .is_some_and(|(e, _)| *e <= snap.population.epoch)
+        {
+            return bad("contributions held for epochs out of order or merged already".into());
+        }
+        let Some(delta_part) = sh.local.iter().position(|l| *l) else {
+            return bad("the engine owns no part".into());
+        };
+        self.install(
+            vec![snap],
+            Layout::Given {
+                n,
+                parts: sh.client_parts,
+                delta_part,
+            },
+        )?;
+        self.exchange = Some(Box::new(Exchange {
+            registry: fnv1a(self.registry.hash.as_bytes()),
+            local: sh.local,
+            through: sh.through,
+            local_through: sh.local_through,
+            held: sh.held.into_iter().collect(),
+            outbox: Vec::new(),
+            remote_ts: sh.remote_ts,
+            dropped: 0,
+        }));
+        Ok(())
     }
 
     /// Restores the parts' states saved by [`save_part`](Self::save_part), file `i` into part
@@ -971,7 +1095,7 @@ impl FeatureEngine {
         }
         let mut snaps = Vec::with_capacity(n);
         for (i, r) in readers.iter_mut().enumerate() {
-            let snap = self
+            let (snap, _) = self
                 .read_snapshot(r)
                 .map_err(|e| Error::Snapshot(format!("part {i}: {e}")))?;
             snaps.push(snap);
@@ -989,12 +1113,12 @@ impl FeatureEngine {
                 )));
             }
         }
-        self.install(snaps, true)
+        self.install(snaps, Layout::PerPart)
     }
 
     /// A snapshot read and checked against this engine: header, checksum, feature set, window
     /// shape, event time.
-    fn read_snapshot(&self, r: &mut (impl Read + ?Sized)) -> Result<Snapshot> {
+    fn read_snapshot(&self, r: &mut (impl Read + ?Sized)) -> Result<(Snapshot, Extension)> {
         let bad = |m: String| Err(Error::Snapshot(m));
         let mut head = [0u8; SNAPSHOT_HEADER];
         let mut got = 0;
@@ -1010,9 +1134,10 @@ impl FeatureEngine {
             return bad("not a gatewatch state snapshot (bad magic)".into());
         }
         let version = u16::from_le_bytes([head[8], head[9]]);
-        if version != SNAPSHOT_VERSION {
+        if !(SNAPSHOT_OLDEST..=SNAPSHOT_VERSION).contains(&version) {
             return bad(format!(
-                "format version {version} is not supported (this build reads {SNAPSHOT_VERSION})"
+                "format version {version} is not supported (this build reads \
+                 {SNAPSHOT_OLDEST} to {SNAPSHOT_VERSION})"
             ));
         }
         if got < SNAPSHOT_HEADER {
@@ -1038,8 +1163,17 @@ impl FeatureEngine {
                 "checksum mismatch (CRC-32 {actual:08x}, the header says {crc:08x}): the file is corrupt"
             ));
         }
-        let snap: Snapshot = postcard::from_bytes(&body)
+        let (snap, rest): (Snapshot, _) = postcard::take_from_bytes(&body)
             .map_err(|e| Error::Snapshot(format!("corrupt body: {e}")))?;
+        let (ext, rest) = if version >= 5 {
+            postcard::take_from_bytes::<Extension>(rest)
+                .map_err(|e| Error::Snapshot(format!("corrupt body: {e}")))?
+        } else {
+            (Extension::default(), rest)
+        };
+        if !rest.is_empty() {
+            return bad(format!("{} bytes after the state", rest.len()));
+        }
         if snap.registry_hash != self.registry.hash {
             return bad(format!(
                 "feature set {} differs from this engine's {}",
@@ -1065,12 +1199,14 @@ impl FeatureEngine {
         if snap.max_ts != i64::MIN && !in_range(snap.max_ts) {
             return bad(format!("event time {} out of range", snap.max_ts));
         }
-        Ok(snap)
+        Ok((snap, ext))
     }
 
     /// Puts checked snapshots in place: one whole state (its clients spread over the parts),
-    /// or one per part (`per_part`: snapshot `i`'s clients and delta into part `i`).
-    fn install(&mut self, snaps: Vec<Snapshot>, per_part: bool) -> Result<()> {
+    /// one per part (snapshot `i`'s clients and delta into part `i`), or a sharing engine's
+    /// (its clients into their parts).
+    fn install(&mut self, snaps: Vec<Snapshot>, layout: Layout) -> Result<()> {
+        let per_part = matches!(layout, Layout::PerPart);
         let bad = |m: String| Err(Error::Snapshot(m));
         let name = |i: usize| {
             if per_part {
@@ -1102,8 +1238,14 @@ impl FeatureEngine {
                 population.epoch
             ));
         }
-        let (cap, ttl) = (self.parts[0].store.capacity(), self.parts[0].store.ttl_ms());
-        let n = self.parts.len();
+        let n = match &layout {
+            Layout::Given { n, .. } => *n,
+            _ => self.parts.len(),
+        };
+        let (cap, ttl) = (
+            self.max_clients.div_ceil(n).max(1),
+            self.parts[0].store.ttl_ms(),
+        );
         let mut stores: Vec<ClientStore> = (0..n).map(|_| ClientStore::new(cap, ttl)).collect();
         let mut deltas: Vec<Delta> = (0..n).map(|_| Delta::default()).collect();
         for (j, snap) in snaps.into_iter().enumerate() {
@@ -1112,9 +1254,14 @@ impl FeatureEngine {
             delta
                 .validate(&population)
                 .map_err(|e| Error::Snapshot(format!("{}population delta: {e}", name(j))))?;
-            deltas[j] = delta;
-            stores[j].evictions = snap.evictions;
-            stores[j].created = snap.created;
+            let target = match &layout {
+                Layout::ByKey => 0,
+                Layout::PerPart => j,
+                Layout::Given { delta_part, .. } => *delta_part,
+            };
+            deltas[target] = delta;
+            stores[target].evictions = snap.evictions;
+            stores[target].created = snap.created;
             for (i, (k, s)) in snap.clients.into_iter().enumerate() {
                 if k.is_empty() {
                     return bad(format!("{}client {i} has an empty key", name(j)));
@@ -1127,10 +1274,10 @@ impl FeatureEngine {
                         name(j)
                     ));
                 }
-                let at = if n == 1 {
-                    0
-                } else {
-                    part_of(&k, n as u32) as usize
+                let at = match &layout {
+                    Layout::Given { parts, .. } => parts[i] as usize,
+                    _ if n == 1 => 0,
+                    _ => part_of(&k, n as u32) as usize,
                 };
                 if per_part && at != j {
                     return bad(format!(
@@ -1151,10 +1298,12 @@ impl FeatureEngine {
                 store.push_restored(k, s);
             }
         }
-        for ((p, store), delta) in self.parts.iter_mut().zip(stores).zip(deltas) {
-            p.store = store;
-            p.delta = delta;
-        }
+        self.parts = stores
+            .into_iter()
+            .zip(deltas)
+            .map(|(store, delta)| Part { store, delta })
+            .collect();
+        self.rows = vec![Vec::new(); n];
         self.population = population;
         self.epoch = epoch;
         self.stats = stats;
@@ -1239,11 +1388,30 @@ impl FeatureEngine {
                 "part {p} is not one of the {parts} parts"
             )));
         }
-        self.split_parts(parts);
         let mut owned = vec![false; parts as usize];
         for p in local {
             owned[*p as usize] = true;
         }
+        if let Some(x) = &self.exchange {
+            if x.local == owned {
+                // Restored from a state saved owning the same parts.
+                return Ok(());
+            }
+            let had: Vec<usize> = (0..x.local.len()).filter(|i| x.local[*i]).collect();
+            return Err(Error::Config(format!(
+                "the state was saved owning parts {had:?} of {}; this run owns {local:?} of \
+                 {parts} (parts are not handed over between engines)",
+                x.local.len()
+            )));
+        }
+        if self.clients() > 0 {
+            return Err(Error::Config(
+                "the state was saved without sharing population statistics: its clients are \
+                 not split by part"
+                    .into(),
+            ));
+        }
+        self.split_parts(parts);
         // Contributions up to the epoch before the open one are merged already.
         let through = if self.epoch == i64::MIN {
             i64::MIN
@@ -1474,7 +1642,8 @@ mod tests {
 
     /// A snapshot file with a valid checksum around `snap`.
     fn file(snap: &Snapshot) -> Vec<u8> {
-        let body = postcard::to_stdvec(snap).unwrap();
+        let mut body = postcard::to_stdvec(snap).unwrap();
+        body.extend(postcard::to_stdvec(&Extension::default()).unwrap());
         let mut out = SNAPSHOT_MAGIC.to_vec();
         out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());

@@ -37,13 +37,16 @@ fn travel(s: &Share) -> Share {
 /// `instances` engines over `parts` parts (part `p` owned by engine `p % instances`; a
 /// client's events all in the part of its key), each share delivered to the other engines
 /// after `delays[k]` further events. Every engine's event time follows the newest event
-/// of all (as the service's engines do once their inputs are read up to now).
+/// of all (as the service's engines do once their inputs are read up to now). At the first
+/// moment from event `restart` on when engine 0 holds no event, its state is saved and
+/// restored into a new engine that goes on in its place.
 fn shared(
     events: &[RequestEvent],
     cfg: &Config,
     parts: u32,
     instances: usize,
     delays: &[usize],
+    mut restart: usize,
 ) -> (Out, Vec<u64>) {
     let mut keys = ClientKeyExtractor::new(&cfg.client_key).unwrap();
     let mut engines: Vec<FeatureEngine> = (0..instances)
@@ -106,6 +109,20 @@ fn shared(
             }
         }
         deliver(&mut engines, &mut wire, i, &mut out);
+        if i >= restart && engines[0].pending() == 0 {
+            restart = usize::MAX;
+            let mut bytes = Vec::new();
+            engines[0].save_state(&mut bytes).unwrap();
+            let mut fresh = FeatureEngine::new(cfg).unwrap();
+            fresh.restore_state(&mut bytes.as_slice()).unwrap();
+            assert!(fresh.is_sharing());
+            assert_eq!(fresh.clients(), engines[0].clients());
+            let own: Vec<u32> = (0..parts)
+                .filter(|p| *p as usize % instances == 0)
+                .collect();
+            fresh.share_population(parts, &own).unwrap();
+            engines[0] = fresh;
+        }
     }
     // The end of the input: every engine processes what it can and seals its parts; the
     // shares that lets them write go round until nothing is left.
@@ -139,20 +156,21 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// 2–3 engines over 2–5 parts (some engines own idle parts, one owns none when there are
-    /// fewer parts than engines), shares delayed by 0–40 events: the same records bit for
-    /// bit as one engine, and the same events refused as late; also with endpoint, address
-    /// and network tables too small for the log.
+    /// fewer parts than engines), shares delayed by 0–40 events, one engine saved and
+    /// restored mid-stream: the same records bit for bit as one engine, and the same events
+    /// refused as late; also with endpoint, address and network tables too small for the log.
     #[test]
     fn engines_sharing_population_statistics_equal_one_engine(
         events in log(),
         small in any::<bool>(),
         delays in prop::collection::vec(0usize..40, 1..8),
+        restart in 8usize..120,
     ) {
         let cfg = config(if small { "max_endpoints = 4\nmax_addresses = 3" } else { "" });
         let (one, late) = single(&events, &cfg);
         prop_assert_eq!(one.len() + late.len(), events.len());
         for (parts, instances) in [(2, 2), (3, 2), (5, 3), (2, 3)] {
-            let (got, got_late) = shared(&events, &cfg, parts, instances, &delays);
+            let (got, got_late) = shared(&events, &cfg, parts, instances, &delays, restart);
             prop_assert_eq!(&got_late, &late, "{} parts, {} engines", parts, instances);
             prop_assert_eq!(&got, &one, "{} parts, {} engines", parts, instances);
         }
@@ -277,4 +295,35 @@ fn foreign_events_and_wrong_shares_are_refused() {
         assert!(Share::from_bytes(&bytes[..n]).is_err(), "cut at {n}");
     }
     assert!(Share::from_bytes(&bytes).is_ok());
+}
+
+/// A state saved without sharing cannot be split by part; one saved sharing is restored
+/// owning the same parts, and refuses others.
+#[test]
+fn a_restored_state_shares_only_as_it_was_saved() {
+    let cfg = config("");
+    let mut plain = FeatureEngine::new(&cfg).unwrap();
+    plain.push(event(1_700_000_000_000, 1), 0, &mut |_| {}, &mut |_| {});
+    plain.finish(&mut |_| {});
+    let e = plain.share_population(2, &[0]).unwrap_err();
+    assert!(e.to_string().contains("without sharing"), "{e}");
+
+    let mut a = FeatureEngine::new(&cfg).unwrap();
+    a.share_population(4, &[1, 3]).unwrap();
+    a.push_in(3, event(1_700_000_000_000, 1), 0, &mut |_| {}, &mut |_| {});
+    a.advance_time(1_700_000_001_000, &mut |_| {}, &mut |_| {});
+    let mut bytes = Vec::new();
+    a.save_state(&mut bytes).unwrap();
+    let mut b = FeatureEngine::new(&cfg).unwrap();
+    b.restore_state(&mut bytes.as_slice()).unwrap();
+    assert!(b.is_sharing() && b.owns(1) && b.owns(3) && !b.owns(0));
+    assert_eq!(b.parts(), 4);
+    let e = b.share_population(4, &[0, 1]).unwrap_err();
+    assert!(e.to_string().contains("owning parts [1, 3] of 4"), "{e}");
+    b.share_population(4, &[3, 1]).unwrap();
+    // A plain state restored into a sharing engine ends its sharing.
+    let mut plain_bytes = Vec::new();
+    plain.save_state(&mut plain_bytes).unwrap();
+    b.restore_state(&mut plain_bytes.as_slice()).unwrap();
+    assert!(!b.is_sharing());
 }

@@ -286,9 +286,16 @@ struct Inflight {
 }
 
 /// The partition whose queued input goes into the session next: the oldest head, when every
-/// assigned partition has an input queued or is at its end (or always, with `force`, or
-/// while more than [`MAX_QUEUED`] are held); `None` when nothing may go.
-fn next_head(queues: &BTreeMap<i32, Queue>, queued: usize, force: bool) -> Option<i32> {
+/// assigned partition has an input queued or has been at its end for `idle` (or always,
+/// with `force`, or while more than [`MAX_QUEUED`] are held); `None` when nothing may go.
+/// A partition that has just reached its end still holds the others back for `idle`: the
+/// end of a partition is often only a moment between two fetches of a live stream.
+fn next_head(
+    queues: &BTreeMap<i32, Queue>,
+    queued: usize,
+    force: bool,
+    idle: Duration,
+) -> Option<i32> {
     let mut best: Option<(i64, i32)> = None;
     let mut waiting = false;
     for (p, q) in queues {
@@ -298,7 +305,7 @@ fn next_head(queues: &BTreeMap<i32, Queue>, queued: usize, force: bool) -> Optio
                     best = Some((x.ts, *p));
                 }
             }
-            None => waiting |= !q.at_end,
+            None => waiting |= q.end_since.is_none_or(|t| t.elapsed() < idle),
         }
     }
     let (_, p) = best?;
@@ -311,6 +318,18 @@ struct Queue {
     items: VecDeque<Parsed>,
     /// The consumer is at the partition's end (nothing more to wait for).
     at_end: bool,
+    /// Since when it is.
+    end_since: Option<Instant>,
+}
+
+impl Queue {
+    /// The consumer reached the partition's end.
+    fn end(&mut self) {
+        if !self.at_end {
+            self.at_end = true;
+            self.end_since = Some(Instant::now());
+        }
+    }
 }
 
 /// One input line of a message, parsed.
@@ -381,6 +400,7 @@ impl Driver {
         self.service.metrics.kafka_redelivered.inc_by(again as u64);
         let q = self.queues.entry(p).or_default();
         q.at_end = false;
+        q.end_since = None;
         for (i, event) in parsed.into_iter().enumerate().skip(skip) {
             if let Err(e) = &event
                 && first_error.is_none()
@@ -425,7 +445,8 @@ impl Driver {
             let mut full = false;
             {
                 let mut guard = self.service.session();
-                while let Some(p) = next_head(&self.queues, self.queued, force) {
+                let idle = self.opts.flush_every;
+                while let Some(p) = next_head(&self.queues, self.queued, force, idle) {
                     if self.population.is_some() && guard.0.engine().pending() >= MAX_WAITING {
                         // Waiting for the other instances: the input is paused meanwhile.
                         break;
@@ -804,6 +825,16 @@ impl Driver {
     fn snapshot(&mut self, consumer: &BaseConsumer<ConsumerCtx>) -> Result<()> {
         self.drain(false)?;
         self.wait_delivered()?;
+        // The shares a state has written are delivered before it is saved: a restarted
+        // instance writes only those after its state.
+        self.publish_shares()?;
+        if self.population.is_some()
+            && let Some(p) = &self.producer
+        {
+            p.flush(Duration::from_secs(30))
+                .context("delivering the population shares")?;
+            self.settle(false)?;
+        }
         if let Some(state) = self.service.opts.state.clone() {
             self.service.snapshot_state(false)?;
             let saved = SavedOffsets {
@@ -1212,7 +1243,7 @@ fn run(
                 })
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                d.queues.entry(p).or_default().at_end = true;
+                d.queues.entry(p).or_default().end();
                 d.release(false)
             }
             Some(Err(e)) => {
