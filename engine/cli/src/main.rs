@@ -296,7 +296,12 @@ struct ServeArgs {
     /// Read these partitions of the input topic (comma-separated), assigned to this
     /// instance rather than balanced by the consumer group.
     #[cfg(feature = "kafka")]
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        env = "GATEWATCH_KAFKA_PARTITIONS"
+    )]
     kafka_partitions: Option<Vec<i32>>,
     /// A librdkafka property for both clients (`consumer.NAME=…` or `producer.NAME=…` for
     /// one): `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`,

@@ -647,9 +647,19 @@ fn the_deployment_examples_hold_a_configuration_and_rules_the_service_accepts() 
                 }
                 checked += 1;
             }
-            "Deployment" => {
+            "StatefulSet" => {
                 let c = &v["spec"]["template"]["spec"]["containers"][0];
                 assert_eq!(c["args"][0], "serve");
+                // Each pod reads the partition of its index.
+                let env = c["env"].as_array().unwrap();
+                let parts = env
+                    .iter()
+                    .find(|e| e["name"] == "GATEWATCH_KAFKA_PARTITIONS")
+                    .unwrap();
+                assert_eq!(
+                    parts["valueFrom"]["fieldRef"]["fieldPath"],
+                    "metadata.labels['apps.kubernetes.io/pod-index']"
+                );
                 assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
                 assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
                 checked += 1;
@@ -690,6 +700,7 @@ fn the_deployment_examples_hold_a_configuration_and_rules_the_service_accepts() 
         ])
         .env("KAFKA_BROKERS", "127.0.0.1:1")
         .env("KAFKA_PASSWORD", "x")
+        .env("GATEWATCH_KAFKA_PARTITIONS", "0")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
