@@ -230,6 +230,9 @@ struct SharedState {
     remote_ts: i64,
     /// The part of each client, in the order of the snapshot's clients.
     client_parts: Vec<u32>,
+    /// Shares written and not taken yet (written again after a restore: the receivers
+    /// ignore those they have).
+    outbox: Vec<Share>,
 }
 
 /// How restored clients and contributions are laid out over the parts.
@@ -951,6 +954,7 @@ impl FeatureEngine {
                 .enumerate()
                 .flat_map(|(i, p)| std::iter::repeat_n(i as u32, p.store.len()))
                 .collect(),
+            outbox: x.outbox.clone(),
         });
         write_snapshot(&snap, &Extension { shared }, w)
     }
@@ -1072,7 +1076,7 @@ impl FeatureEngine {
             through: sh.through,
             local_through: sh.local_through,
             held: sh.held.into_iter().collect(),
-            outbox: Vec::new(),
+            outbox: sh.outbox,
             remote_ts: sh.remote_ts,
             dropped: 0,
         }));
