@@ -148,7 +148,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "gatewatch serve: no bouncer key (--bouncer-key, [rules] bouncer_keys): the decisions API refuses every request"
         );
     }
-    let (service, note) = Service::new(
+    let service = Service::new(
         session,
         ServeOptions {
             state: a.state.clone(),
@@ -162,9 +162,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
             watch: !a.no_watch,
         },
     )?;
-    if let Some(n) = note {
-        say!("gatewatch serve: {n}");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,9 +175,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
             Some(i) => format!("input {i}; "),
             None => "POST /v1/events, ".to_string(),
         };
-        gatewatch_serve::serve(service.clone(), listener, |addr| {
-            say!("gatewatch serve: listening on http://{addr} (model {model}; {input}GET /healthz /readyz /metrics /v1/alerts /v1/decisions)");
-        })
+        gatewatch_serve::serve(
+            service.clone(),
+            listener,
+            |addr| {
+                say!("gatewatch serve: listening on http://{addr} (model {model}; {input}GET /healthz /readyz /metrics /v1/alerts /v1/decisions)");
+            },
+            |note| {
+                if let Some(n) = note {
+                    say!("gatewatch serve: {n}");
+                }
+            },
+        )
         .await
     })?;
     if service.input().is_some() {

@@ -348,11 +348,7 @@ fn kafka_in_and_out_with_poison_messages_and_a_clean_restart() {
         ],
         &[("TEST_BROKERS", &broker.addr)],
     );
-    assert!(
-        s.stderr.iter().any(|l| l.contains("restored")),
-        "{:?}",
-        s.stderr
-    );
+    s.wait_for_log("restored");
     let rest = want.len() - first_events;
     let m = s.wait_for_metric(&format!("gatewatch_events_total {rest}"));
     assert!(m.contains("gatewatch_kafka_redelivered_total 0"), "{m}");
@@ -633,11 +629,7 @@ fn a_sharing_instance_killed_mid_stream_loses_nothing() {
     b.child.wait().unwrap();
     broker.produce_to("events", &msgs[half..]);
     let b = sharing_instance(&broker, "2", &b_args);
-    assert!(
-        b.stderr.iter().any(|l| l.contains("restored")),
-        "{:?}",
-        b.stderr
-    );
+    b.wait_for_log("restored");
     let deadline = Instant::now() + Duration::from_secs(120);
     let got = loop {
         let got = scores_by_id(&broker, want.len());

@@ -102,11 +102,7 @@ fn http_ingest_answers_the_cli_records_and_a_restart_continues_from_the_state() 
     assert!(s.stop().success());
     assert!(state.exists());
     let s = Served::start(&["--state", state.to_str().unwrap()]);
-    assert!(
-        s.stderr.iter().any(|l| l.contains("restored")),
-        "{:?}",
-        s.stderr
-    );
+    s.wait_for_log("restored");
     let (status, body) = s.call("POST", "/v1/events", &parts[3]);
     assert_eq!(status, 200, "{body}");
     got.extend(json_lines(&body));
@@ -125,11 +121,7 @@ fn a_corrupt_state_is_set_aside_and_the_service_starts_empty() {
     let state = dir.path().join("state.bin");
     std::fs::write(&state, b"GWSTATE\0 not really a state").unwrap();
     let s = Served::start(&["--state", state.to_str().unwrap()]);
-    assert!(
-        s.stderr.iter().any(|l| l.contains("could not restore")),
-        "{:?}",
-        s.stderr
-    );
+    s.wait_for_log("could not restore");
     assert!(dir.path().join("state.corrupt").exists());
     assert_eq!(s.call("GET", "/readyz", b"").0, 200);
     let (status, body) = s.call(
@@ -322,14 +314,7 @@ mode = "shadow"
         "--state",
         state.to_str().unwrap(),
     ]);
-    assert!(
-        again
-            .stderr
-            .iter()
-            .any(|l| l.contains("restored 3 decisions")),
-        "{:?}",
-        again.stderr
-    );
+    again.wait_for_log("restored 3 decisions");
     let (_, stream) = again.call_with_key("/v1/decisions/stream?startup=true", "k-test");
     let stream: serde_json::Value = serde_json::from_str(&stream).unwrap();
     assert_eq!(stream["new"][0]["value"], "203.0.113.9", "{stream}");
@@ -565,11 +550,7 @@ fn a_followed_file_is_scored_as_it_grows_through_rotation_and_a_restart_reads_on
     // the last snapshot left the file; nothing is read twice.
     append(&parts[3]);
     let s = Served::start(&args);
-    assert!(
-        s.stderr.iter().any(|l| l.contains("restored")),
-        "{:?}",
-        s.stderr
-    );
+    s.wait_for_log("restored");
     wait_for_lines(&scores, count(4));
     // Truncation: the file is emptied and written again from its start.
     std::fs::write(&log, b"").unwrap();
@@ -811,4 +792,111 @@ fn clients_evicted_at_the_cap_are_counted_in_the_metrics() {
     );
     assert!(s.metric("gatewatch_clients_tracked") <= 10.0, "{m}");
     assert!(s.stop().success());
+}
+
+/// The service listens before it restores its state: `/healthz` answers, `/readyz` and the
+/// endpoints that need the state answer 503 until the restore is done (the state file is a
+/// named pipe here, so the restore waits until the test writes it), then the restored state
+/// scores.
+#[test]
+fn readyz_answers_503_until_the_state_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate_with(&["--seed", "5", "--duration", "2m", "--users", "20"]);
+    let want = score_cli(&events, dir.path());
+    let parts = chunks(&events, 2);
+    // The first half into a state file.
+    let saved = dir.path().join("saved.bin");
+    let s = Served::start(&["--state", saved.to_str().unwrap()]);
+    let (status, first) = s.call("POST", "/v1/events", &parts[0]);
+    assert_eq!(status, 200);
+    assert!(s.stop().success());
+    let bytes = std::fs::read(&saved).unwrap();
+
+    let state = dir.path().join("state.bin");
+    let made = Command::new("mkfifo").arg(&state).status().unwrap();
+    assert!(made.success());
+    let s = Served::start_unready(&["--state", state.to_str().unwrap()], &[]);
+    assert_eq!(s.call("GET", "/healthz", b"").0, 200);
+    let (status, body) = s.call("GET", "/readyz", b"");
+    assert_eq!((status, body.as_str()), (503, "not ready\n"));
+    let (status, body) = s.call("POST", "/v1/events", &parts[1]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("restoring"), "{body}");
+    assert_eq!(s.metric("gatewatch_events_total"), 0.0);
+    // The state arrives: the service is ready and scores on from it.
+    std::fs::write(&state, &bytes).unwrap();
+    s.wait_for_log("restored");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.call("GET", "/readyz", b"").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (status, rest) = s.call("POST", "/v1/events", &parts[1]);
+    assert_eq!(status, 200);
+    assert!(s.stop().success());
+    let got: Vec<_> = json_lines(&first)
+        .into_iter()
+        .chain(json_lines(&rest))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// A request in flight when SIGTERM comes is answered in full before the service stops, and
+/// its events are in the state saved.
+#[test]
+fn a_request_in_flight_at_sigterm_is_answered_and_its_events_saved() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate_with(&["--seed", "5", "--duration", "1m", "--users", "10"]);
+    let want = score_cli(&events, dir.path());
+    let state = dir.path().join("state.bin");
+    let s = Served::start(&["--state", state.to_str().unwrap()]);
+    // Headers and half the body; SIGTERM; then the rest of the body.
+    let mut conn = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/events HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        s.addr,
+        events.len()
+    )
+    .unwrap();
+    let half = events.len() / 2;
+    conn.write_all(&events[..half]).unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    s.signal("TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    conn.write_all(&events[half..]).unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(json_lines(body), want);
+    let mut s = s;
+    assert!(s.child.wait().unwrap().success());
+    s.wait_for_log("stopped; state saved");
+    // The saved state holds the request's clients.
+    let out = gw()
+        .args([
+            "features",
+            "--load-state",
+            state.to_str().unwrap(),
+            "-i",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clients: std::collections::BTreeSet<_> =
+        want.iter().map(|r| r["client"].as_str().unwrap()).collect();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("clients: {} tracked", clients.len())),
+        "{said}"
+    );
 }

@@ -341,10 +341,9 @@ pub fn decisions_path(state: &Path) -> PathBuf {
 }
 
 impl Service {
-    /// A service around a session (its engine and model set up), restoring the state file
-    /// when there is one. A state that cannot be restored is set aside and reported in the
-    /// returned message; the service then starts empty.
-    pub fn new(mut session: Session, opts: ServeOptions) -> Result<(Arc<Self>, Option<String>)> {
+    /// A service around a session (its engine and model set up). It is not ready until
+    /// [`restore`](Self::restore) has run ([`serve`] runs it once it listens).
+    pub fn new(mut session: Session, opts: ServeOptions) -> Result<Arc<Self>> {
         let scorer = session
             .scorer()
             .context("the service needs a model to score with")?;
@@ -352,25 +351,7 @@ impl Service {
         let monitor = scorer.endpoint_monitor().context("the endpoint monitor")?;
         let model = session.model_id().unwrap_or_default();
         session.set_monitor(Some(monitor));
-        let mut note = None;
-        let mut feed = decisions::Feed::default();
-        if let Some(path) = &opts.state {
-            if path.exists() {
-                note = Some(restore(&mut session, path)?);
-            }
-            let dpath = decisions_path(path);
-            if dpath.exists()
-                && let Some(d) = session.decider_mut()
-            {
-                let said = restore_decisions(d, &dpath)?;
-                feed.restore(d.active(), d.now_ms());
-                note = Some(match note {
-                    Some(n) => format!("{n}; {said}"),
-                    None => said,
-                });
-            }
-        }
-        let service = Arc::new(Self {
+        Ok(Arc::new(Self {
             session: Mutex::new((session, writer)),
             watch: Mutex::new(Watch {
                 clients: VecDeque::new(),
@@ -380,17 +361,40 @@ impl Service {
             ready: AtomicBool::new(false),
             last_snapshot: Mutex::new(None),
             model: Mutex::new(model),
-            feed: Mutex::new(feed),
+            feed: Mutex::new(decisions::Feed::default()),
             stream_input: opts.input(),
             tally: Mutex::default(),
             opts,
-        });
-        service
-            .metrics
-            .decisions_served
-            .set(lock(&service.feed).len() as i64);
-        service.ready.store(true, Ordering::Release);
-        Ok((service, note))
+        }))
+    }
+
+    /// Restores the state file and its decisions when there are some, then the service is
+    /// ready. A state that cannot be restored is set aside and reported in the returned
+    /// message; the service then starts empty.
+    pub fn restore(&self) -> Result<Option<String>> {
+        let mut note = None;
+        if let Some(path) = &self.opts.state {
+            let mut guard = self.session();
+            let session = &mut guard.0;
+            if path.exists() {
+                note = Some(restore(session, path)?);
+            }
+            let dpath = decisions_path(path);
+            if dpath.exists()
+                && let Some(d) = session.decider_mut()
+            {
+                let said = restore_decisions(d, &dpath)?;
+                let mut feed = lock(&self.feed);
+                feed.restore(d.active(), d.now_ms());
+                self.metrics.decisions_served.set(feed.len() as i64);
+                note = Some(match note {
+                    Some(n) => format!("{n}; {said}"),
+                    None => said,
+                });
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(note)
     }
 
     /// What the service has done so far, in one line: events scored and flagged, inputs
@@ -868,7 +872,20 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
+/// The answer while the state is being restored.
+fn restoring() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        "restoring the state; not ready yet\n",
+    )
+        .into_response()
+}
+
 async fn events(State(s): State<Arc<Service>>, body: Bytes) -> Response {
+    if !s.is_ready() {
+        return restoring();
+    }
     if let Some(name) = &s.stream_input {
         return (
             StatusCode::CONFLICT,
@@ -889,6 +906,9 @@ async fn decisions_list(
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
+    if !s.is_ready() {
+        return restoring();
+    }
     decisions_answer(&s, false, &uri, &headers)
 }
 
@@ -897,6 +917,9 @@ async fn decisions_stream(
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
+    if !s.is_ready() {
+        return restoring();
+    }
     decisions_answer(&s, true, &uri, &headers)
 }
 
@@ -1068,11 +1091,14 @@ async fn shutdown_signal(mut term: Signal, mut int: Signal) {
 }
 
 /// Serves on `listener` until SIGTERM or SIGINT, snapshotting every `snapshot_every`, then
-/// saves the state. `on_listen` is told the bound address first.
+/// saves the state. `on_listen` is told the bound address first: from then on `/healthz`
+/// answers, and `/readyz` answers 503 (and the other endpoints 503) until the state is
+/// restored; `on_restored` is told how the restore went, then the stream input starts.
 pub async fn serve(
     service: Arc<Service>,
     listener: tokio::net::TcpListener,
     on_listen: impl FnOnce(std::net::SocketAddr),
+    on_restored: impl FnOnce(Option<String>),
 ) -> Result<()> {
     let handler = |kind| signal(kind).context("cannot install a signal handler");
     let (term, int, mut hangup) = (
@@ -1080,8 +1106,22 @@ pub async fn serve(
         handler(SignalKind::interrupt())?,
         handler(SignalKind::hangup())?,
     );
-    let watched = Watched::new(&service);
     on_listen(listener.local_addr()?);
+    // Requests in flight finish when the server is told to stop (graceful shutdown).
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut http = tokio::spawn(
+        axum::serve(listener, router(service.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
+    );
+    let restoring = service.clone();
+    let note = tokio::task::spawn_blocking(move || restoring.restore())
+        .await
+        .context("the restore did not finish")??;
+    on_restored(note);
+    let watched = Watched::new(&service);
     let stream = Running::start(&service)?;
     let every = service.opts.snapshot_every;
     // With a stream input its worker takes the snapshots (it knows what the sinks have).
@@ -1121,9 +1161,19 @@ pub async fn serve(
             None => shutdown_signal(term, int).await,
         }
     };
-    axum::serve(listener, router(service.clone()))
-        .with_graceful_shutdown(stopped)
-        .await
+    let early = tokio::select! {
+        () = stopped => None,
+        r = &mut http => Some(r),
+    };
+    let served = match early {
+        Some(r) => r,
+        None => {
+            let _ = stop_http.send(());
+            http.await
+        }
+    };
+    served
+        .context("the HTTP server stopped")?
         .context("the HTTP server failed")?;
     if let Some(p) = periodic {
         p.abort();

@@ -68,16 +68,35 @@ pub fn python() -> std::path::PathBuf {
 pub struct Served {
     pub child: Child,
     pub addr: String,
+    /// Standard error up to the line saying where it listens.
     pub stderr: Vec<String>,
+    /// Every line of standard error so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Served {
+    /// Starts `gatewatch serve` and waits until it is ready (its state restored).
     pub fn start(args: &[&str]) -> Self {
         Self::start_env(args, &[])
     }
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let s = Self::start_unready(args, env);
+        for _ in 0..1200 {
+            if s.call("GET", "/readyz", b"").0 == 200 {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!(
+            "the service never became ready: {:?}",
+            s.log.lock().unwrap()
+        );
+    }
+
+    /// Starts `gatewatch serve` and returns once it listens (it may still be restoring).
+    pub fn start_unready(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = gw();
         cmd.arg("serve");
         // Any free port, unless the test names one.
@@ -107,20 +126,37 @@ impl Served {
         // Keep draining standard error so the service never blocks on it (shown with
         // GATEWATCH_TEST_LOG set).
         let show = std::env::var_os("GATEWATCH_TEST_LOG").is_some();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(stderr.clone()));
+        let keep = log.clone();
         std::thread::spawn(move || {
             let mut line = String::new();
             while err.read_line(&mut line).is_ok_and(|n| n > 0) {
                 if show {
                     eprint!("[serve] {line}");
                 }
-                line.clear();
+                keep.lock().unwrap().push(std::mem::take(&mut line));
             }
         });
         Self {
             child,
             addr,
             stderr,
+            log,
         }
+    }
+
+    /// Waits (up to 30 s) until a line of standard error contains `text`; that line.
+    pub fn wait_for_log(&self, text: &str) -> String {
+        for _ in 0..600 {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return l.clone();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "{text:?} never showed in the log: {:?}",
+            self.log.lock().unwrap()
+        );
     }
 
     /// One HTTP/1.1 exchange: (status, body).
