@@ -900,3 +900,60 @@ fn a_request_in_flight_at_sigterm_is_answered_and_its_events_saved() {
         "{said}"
     );
 }
+
+/// A sink that keeps failing holds the input back and nothing is lost: the scores file's
+/// directory does not exist at first, so every write fails (counted, retried with backoff)
+/// while no event is taken further and no state is saved past them; once the directory
+/// appears the records are written, each once, equal to `gatewatch score`'s.
+#[test]
+fn a_failing_sink_holds_the_input_back_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = simulate();
+    let want = String::from_utf8(
+        gw().args(["score", "-i", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                let mut stdin = c.stdin.take().unwrap();
+                let bytes = events.clone();
+                let w = std::thread::spawn(move || stdin.write_all(&bytes));
+                let out = c.wait_with_output();
+                w.join().unwrap().unwrap();
+                out
+            })
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let input = dir.path().join("events.ndjson");
+    std::fs::write(&input, &events).unwrap();
+    let later = dir.path().join("later");
+    let scores = later.join("scores.ndjson");
+    let state = dir.path().join("state.bin");
+    let mut s = Served::start(&[
+        "-i",
+        input.to_str().unwrap(),
+        "--scores-out",
+        scores.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--snapshot-every",
+        "200ms",
+    ]);
+    s.wait_for_metric("gatewatch_sink_failures_total{sink=\"scores\"} 3");
+    let scored = s.metric("gatewatch_events_scored_total");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert_eq!(
+        s.metric("gatewatch_events_scored_total"),
+        scored,
+        "no event is taken further while the sink fails"
+    );
+    assert!(scored < want.lines().count() as f64);
+    assert!(!state.exists(), "no state claims records not written");
+    std::fs::create_dir(&later).unwrap();
+    // The sink recovers; the file is read to its end and the service stops by itself.
+    assert!(s.child.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&scores).unwrap(), want);
+    assert!(state.exists());
+}
