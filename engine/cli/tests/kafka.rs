@@ -4,7 +4,7 @@
 //! same events; poison messages are counted, dead-lettered and never block; a clean
 //! restart reads on without duplicates; a SIGKILL mid-stream loses nothing; three instances
 //! that share their population statistics (one reading a partition without events) score
-//! like one.
+//! like one; the broker killed and restarted mid-stream loses nothing.
 
 mod common;
 
@@ -59,18 +59,29 @@ struct Broker {
     addr: String,
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Broker {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(&tansu(), "memory://tansu/", free_port(), Path::new("."))
+    }
+
+    /// tansu binary `bin` on `port` with the storage engine `storage`, in directory `dir`
+    /// (where a `sqlite://` storage file is).
+    fn start_on(bin: &Path, storage: &str, port: u16, dir: &Path) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
+        let child = Command::new(bin)
+            .current_dir(dir)
             .args(["broker", "--listener-url", &url])
             .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", storage])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -649,6 +660,82 @@ fn a_sharing_instance_killed_mid_stream_loses_nothing() {
     assert!(a.stop().success());
     assert!(b.stop().success());
     assert!(c.stop().success());
+    let mut twice = 0;
+    for (id, w) in &want {
+        for copy in &got[id] {
+            assert_eq!(copy, w, "{id}");
+        }
+        twice += got[id].len() - 1;
+    }
+    eprintln!("{twice} records written twice");
+}
+
+/// The tansu binary built with its SQLite storage engine (libSQL): `GATEWATCH_TANSU_SQLITE`,
+/// else where `scripts/setup-broker-restart` builds it.
+fn tansu_sqlite() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATEWATCH_TANSU_SQLITE") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    let p = cache.join("gatewatch/tansu-sqlite/bin/tansu");
+    assert!(
+        p.exists(),
+        "no tansu with SQLite storage: run scripts/setup-broker-restart (scripts/test does) or set GATEWATCH_TANSU_SQLITE"
+    );
+    p
+}
+
+/// The broker (tansu on SQLite: topics and offsets survive it) killed mid-stream and
+/// started again on the same storage and port: the service goes on, no event is without
+/// its record, every record written again equals the first.
+#[test]
+fn the_broker_restarted_mid_stream_loses_nothing() {
+    let tansu = tansu_sqlite();
+    let store = tempfile::tempdir().unwrap();
+    let storage = "sqlite://tansu.db";
+    let port = free_port();
+    let mut broker = Broker::start_on(&tansu, storage, port, store.path());
+    broker.create(&[("events", 4), ("scores", 2), ("dead", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.bin");
+    let events = simulate();
+    let want = score_cli(&events, dir.path());
+    let msgs = messages(&events);
+    let half = msgs.len() / 2;
+    broker.produce("events", &msgs[..half]);
+    let args = serve_args(&broker, state.to_str().unwrap());
+    let s = Served::start(&args);
+    let first: usize = msgs[..half]
+        .iter()
+        .map(|(_, b)| b.split(|c| *c == b'\n').count())
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (s.metric("gatewatch_events_total") as usize) < first / 2 {
+        assert!(Instant::now() < deadline, "the service never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL the broker; the service keeps retrying; the broker comes back on its storage.
+    broker.child.kill().unwrap();
+    broker.child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    broker = Broker::start_on(&tansu, storage, port, store.path());
+    broker.produce("events", &msgs[half..]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let got = loop {
+        let got = scores_by_id(&broker, want.len());
+        if got.len() == want.len() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events scored",
+            got.len(),
+            want.len()
+        );
+    };
+    assert!(s.stop().success());
     let mut twice = 0;
     for (id, w) in &want {
         for copy in &got[id] {
