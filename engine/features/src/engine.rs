@@ -1457,6 +1457,16 @@ impl FeatureEngine {
             .unwrap_or_default()
     }
 
+    /// Whether a sharing engine holds events its watermark has passed, waiting for other
+    /// parts' shares.
+    pub fn waits_for_shares(&self) -> bool {
+        self.exchange.is_some()
+            && self
+                .pending
+                .front()
+                .is_some_and(|p| p.ts <= self.max_ts.saturating_sub(self.lateness_ms))
+    }
+
     /// The newest event time other engines reported in their shares (`i64::MIN` before any).
     pub fn remote_time(&self) -> i64 {
         self.exchange.as_ref().map_or(i64::MIN, |x| x.remote_ts)

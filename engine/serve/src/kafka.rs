@@ -1212,15 +1212,25 @@ fn run(
     let mut last_flush = Instant::now();
     let mut last_snapshot = Instant::now();
     let mut paused = false;
+    let mut waiting_for_shares = false;
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
         }
-        let polled = consumer.poll(Duration::from_millis(50));
+        // While events wait for the other instances' shares, the population topic is looked
+        // at every 2 ms rather than after a 50 ms wait for input.
+        let polled = consumer.poll(Duration::from_millis(if waiting_for_shares {
+            2
+        } else {
+            50
+        }));
         let mut guard = lock(&ctx.driver);
         let Some(d) = guard.as_mut() else {
             break Ok(());
         };
+        // Records the other instances' shares or the followed event time release are sent
+        // when the input is quiet or a share came (a message's own go out in batches).
+        let mut release_turn = polled.is_none();
         let step = match polled {
             Some(Ok(m)) => {
                 let input = Input {
@@ -1271,7 +1281,8 @@ fn run(
             for _ in 0..SHARES_PER_TURN {
                 match sc.poll(Duration::ZERO) {
                     Some(Ok(m)) => {
-                        d.receive_share(m.partition(), m.offset(), m.payload().unwrap_or_default())
+                        release_turn = true;
+                        d.receive_share(m.partition(), m.offset(), m.payload().unwrap_or_default());
                     }
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => {
@@ -1283,6 +1294,7 @@ fn run(
                 }
             }
             d.follow_time();
+            waiting_for_shares = d.service.session().0.engine().waits_for_shares();
             let hold = d.waiting();
             if hold != paused {
                 let assigned = consumer.assignment().unwrap_or_default();
@@ -1301,7 +1313,13 @@ fn run(
         }
         // Delivery reports as they come: offsets move on without waiting for the next batch.
         if let Err(e) = step
-            .and_then(|()| d.drain_released())
+            .and_then(|()| {
+                if release_turn {
+                    d.drain_released()
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| d.publish_shares())
             .and_then(|()| d.settle(false))
         {
