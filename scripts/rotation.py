@@ -1,8 +1,9 @@
 """Writes NDJSON events whose client keys (or raw paths) never repeat: key rotation.
 
-    python3 scripts/rotation.py N [clients|paths] > events.ndjson
+    python3 scripts/rotation.py N [clients|paths] [INTERVAL_MS] > events.ndjson
 
-`clients`: N events from N distinct addresses (labelled `normal` / `rot`), ten per second;
+`clients`: N events from N distinct addresses (labelled `normal` / `rot`), one every
+INTERVAL_MS (100: ten per second);
 `paths`: N events from one address, each to its own literal path. Used by `scripts/bench
 memory` to show that memory stays flat whatever the number of distinct keys.
 """
@@ -13,11 +14,12 @@ import sys
 def main() -> None:
     n = int(sys.argv[1])
     mode = sys.argv[2] if len(sys.argv) > 2 else "clients"
+    interval = float(sys.argv[3]) if len(sys.argv) > 3 else 100.0
     t0 = 1_767_225_600_000
     out = sys.stdout
     buf = []
     for i in range(n):
-        ts = t0 + i * 100
+        ts = t0 + int(i * interval)
         if mode == "paths":
             ip, path = "198.51.100.7", f"/files/report-{i:x}-final"
         else:
