@@ -9,12 +9,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Served, gw};
+use common::{Served, free_port, gw, wait_until};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -57,15 +56,6 @@ fn tansu() -> PathBuf {
 struct Broker {
     child: Child,
     addr: String,
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Broker {
@@ -220,10 +210,15 @@ fn simulate() -> Vec<u8> {
 
 /// `gatewatch score` on the events: record by id.
 fn score_cli(events: &[u8], dir: &Path) -> BTreeMap<String, Value> {
-    let input = dir.join("cli-events.ndjson");
+    records_by_id("score", events, dir)
+}
+
+/// The records of `gatewatch VERB` (`score`, `features`) on the events, by id.
+fn records_by_id(verb: &str, events: &[u8], dir: &Path) -> BTreeMap<String, Value> {
+    let input = dir.join(format!("{verb}-events.ndjson"));
     std::fs::write(&input, events).unwrap();
     let out = gw()
-        .args(["score", "-i", input.to_str().unwrap()])
+        .args([verb, "-i", input.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -288,6 +283,35 @@ fn serve_args<'a>(broker: &'a Broker, state: &'a str) -> Vec<&'a str> {
         "--snapshot-every",
         "1s",
     ]
+}
+
+/// Score records on the scores topic until every one of `want` events has one (waiting up to
+/// `secs`), by id (every copy).
+fn scores_of_every_event(broker: &Broker, want: usize, secs: u64) -> BTreeMap<String, Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = scores_by_id(broker, want);
+        if got.len() == want {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} events scored",
+            got.len()
+        );
+    }
+}
+
+/// Every copy of every record equals one instance's record; how many were written twice.
+fn copies_equal(got: &BTreeMap<String, Vec<Value>>, want: &BTreeMap<String, Value>) -> usize {
+    let mut twice = 0;
+    for (id, w) in want {
+        for copy in &got[id] {
+            assert_eq!(copy, w, "{id}");
+        }
+        twice += got[id].len() - 1;
+    }
+    twice
 }
 
 /// Score records on the scores topic, by id (every copy).
@@ -418,28 +442,10 @@ fn a_sigkill_mid_stream_loses_nothing_and_what_is_read_again_is_scored_the_same(
 
     let s = Served::start(&args);
     // Every event scored at least once after the restart's backlog.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let got = loop {
-        let got = scores_by_id(&broker, want.len());
-        if got.len() == want.len() {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} events scored",
-            got.len(),
-            want.len()
-        );
-    };
+    let got = scores_of_every_event(&broker, want.len(), 120);
     let (_, m) = s.call("GET", "/metrics", b"");
     assert!(s.stop().success());
-    let mut duplicates = 0;
-    for (id, w) in &want {
-        for copy in &got[id] {
-            assert_eq!(copy, w, "{id}");
-        }
-        duplicates += got[id].len() - 1;
-    }
+    let duplicates = copies_equal(&got, &want);
     // Records written twice are those read again, and counted.
     let redelivered = m
         .lines()
@@ -460,23 +466,9 @@ fn a_sigkill_mid_stream_loses_nothing_and_what_is_read_again_is_scored_the_same(
 
 /// Each event's client key as gatewatch derives it (`gatewatch features`), by id.
 fn clients_by_id(events: &[u8], dir: &Path) -> BTreeMap<String, String> {
-    let input = dir.join("features-events.ndjson");
-    std::fs::write(&input, events).unwrap();
-    let out = gw()
-        .args(["features", "-i", input.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["id"].to_string(),
-                v["client"].as_str().unwrap().to_string(),
-            )
-        })
+    records_by_id("features", events, dir)
+        .into_iter()
+        .map(|(id, r)| (id, r["client"].as_str().unwrap().to_string()))
         .collect()
 }
 
@@ -500,12 +492,8 @@ fn partitioned(events: &[u8], dir: &Path) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
     }
     let parts: BTreeSet<i32> = msgs.iter().map(|m| m.0).collect();
     assert_eq!(parts.len(), 3, "traffic in three partitions");
-    let last = last_ts.trim_end_matches('Z');
-    let (date, time) = last.split_once('T').unwrap();
-    let (h, rest) = time.split_once(':').unwrap();
-    let tick_ts = format!("{date}T{:02}:{rest}Z", h.parse::<u32>().unwrap());
-    assert!(tick_ts.starts_with("2026-01-05T09:03"), "{tick_ts}");
-    let tick_ts = tick_ts.replacen("T09:03", "T09:05", 1);
+    assert!(last_ts.starts_with("2026-01-05T09:03"), "{last_ts}");
+    let tick_ts = last_ts.replacen("T09:03", "T09:05", 1);
     for p in 0..3 {
         let tick = format!(
             "{{\"id\":\"tick-{p}\",\"ts\":\"{tick_ts}\",\"client_ip\":\"192.0.2.{p}\",\"method\":\"GET\",\"path\":\"/tick\",\"status\":200}}"
@@ -631,42 +619,22 @@ fn a_sharing_instance_killed_mid_stream_loses_nothing() {
     let mut b = sharing_instance(&broker, "2", &b_args);
     let c = sharing_instance(&broker, "3", &hold);
     let b_first = msgs[..half].iter().filter(|m| m.0 == 2).count();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(state.exists() && b.metric("gatewatch_events_total") as usize >= b_first / 2) {
-        assert!(Instant::now() < deadline, "b never got going");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(60, "b never got going", || {
+        state.exists() && b.metric("gatewatch_events_total") as usize >= b_first / 2
+    });
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     broker.produce_to("events", &msgs[half..]);
     let b = sharing_instance(&broker, "2", &b_args);
     b.wait_for_log("restored");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let got = loop {
-        let got = scores_by_id(&broker, want.len());
-        if got.len() == want.len() {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} events scored",
-            got.len(),
-            want.len()
-        );
-    };
+    let got = scores_of_every_event(&broker, want.len(), 120);
     for s in [&a, &b, &c] {
         assert_eq!(s.metric("gatewatch_population_shares_refused_total"), 0.0);
     }
     assert!(a.stop().success());
     assert!(b.stop().success());
     assert!(c.stop().success());
-    let mut twice = 0;
-    for (id, w) in &want {
-        for copy in &got[id] {
-            assert_eq!(copy, w, "{id}");
-        }
-        twice += got[id].len() - 1;
-    }
+    let twice = copies_equal(&got, &want);
     eprintln!("{twice} records written twice");
 }
 
@@ -711,37 +679,17 @@ fn the_broker_restarted_mid_stream_loses_nothing() {
         .iter()
         .map(|(_, b)| b.split(|c| *c == b'\n').count())
         .sum();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (s.metric("gatewatch_events_total") as usize) < first / 2 {
-        assert!(Instant::now() < deadline, "the service never got going");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(60, "the service never got going", || {
+        s.metric("gatewatch_events_total") as usize >= first / 2
+    });
     // SIGKILL the broker; the service keeps retrying; the broker comes back on its storage.
     broker.child.kill().unwrap();
     broker.child.wait().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     broker = Broker::start_on(&tansu, storage, port, store.path());
     broker.produce("events", &msgs[half..]);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let got = loop {
-        let got = scores_by_id(&broker, want.len());
-        if got.len() == want.len() {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} events scored",
-            got.len(),
-            want.len()
-        );
-    };
+    let got = scores_of_every_event(&broker, want.len(), 180);
     assert!(s.stop().success());
-    let mut twice = 0;
-    for (id, w) in &want {
-        for copy in &got[id] {
-            assert_eq!(copy, w, "{id}");
-        }
-        twice += got[id].len() - 1;
-    }
+    let twice = copies_equal(&got, &want);
     eprintln!("{twice} records written twice");
 }

@@ -9,12 +9,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Served, gw};
+use common::{Served, free_port, gw, wait_until};
 
 /// The nginx binary: `GATEWATCH_NGINX`, else Debian's.
 fn nginx_bin() -> PathBuf {
@@ -25,14 +25,6 @@ fn nginx_bin() -> PathBuf {
         "nginx with its Lua module is not installed: run scripts/setup-nginx"
     );
     p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// nginx from `integrations/nginx` in a temporary prefix, stopped on drop.
@@ -349,18 +341,10 @@ fn nginx_enforces_gatewatch_decisions_from_its_own_log() {
     }
     // Each worker counts the requests it passed while it saw gatewatch down (it reads the
     // poll's health every `sync_interval`) and adds them to the status within that time.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_until(5, "no request counted as failing open", || {
         assert_eq!(ngx.get("10.6.0.1", "/v1/products", &[]).0, 200);
-        if ngx.status()["fail_open"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no request counted as failing open"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ngx.status()["fail_open"].as_u64().unwrap_or(0) > 0
+    });
 }
 
 const RANGE_RULES: &str = r#"

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Served, copy_dir, gw, python};
+use common::{Served, copy_dir, gw, python, run_with_stdin, wait_until};
 
 fn simulate() -> Vec<u8> {
     simulate_with(&["--seed", "5", "--duration", "4m", "--users", "40"])
@@ -826,11 +826,7 @@ fn readyz_answers_503_until_the_state_is_restored() {
     // The state arrives: the service is ready and scores on from it.
     std::fs::write(&state, &bytes).unwrap();
     s.wait_for_log("restored");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while s.call("GET", "/readyz", b"").0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(30, "never ready", || s.call("GET", "/readyz", b"").0 == 200);
     let (status, rest) = s.call("POST", "/v1/events", &parts[1]);
     assert_eq!(status, 200);
     assert!(s.stop().success());
@@ -909,23 +905,7 @@ fn a_request_in_flight_at_sigterm_is_answered_and_its_events_saved() {
 fn a_failing_sink_holds_the_input_back_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let events = simulate();
-    let want = String::from_utf8(
-        gw().args(["score", "-i", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                let mut stdin = c.stdin.take().unwrap();
-                let bytes = events.clone();
-                let w = std::thread::spawn(move || stdin.write_all(&bytes));
-                let out = c.wait_with_output();
-                w.join().unwrap().unwrap();
-                out
-            })
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let want = String::from_utf8(run_with_stdin(&["score", "-i", "-"], &events).stdout).unwrap();
     let input = dir.path().join("events.ndjson");
     std::fs::write(&input, &events).unwrap();
     let later = dir.path().join("later");

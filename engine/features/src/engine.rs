@@ -214,25 +214,13 @@ struct Snapshot {
     clients: Vec<(Box<str>, ClientState)>,
 }
 
-/// What a snapshot holds after the format-4 body.
+/// What a snapshot holds after the format-4 body: a sharing engine's view of every part
+/// (its shares not taken yet are written again after a restore: the receivers ignore those
+/// they have), and the part of each client, in the order of the snapshot's clients.
 #[derive(Default, Serialize, Deserialize)]
 struct Extension {
-    shared: Option<SharedState>,
-}
-
-/// A sharing engine's view of every part, saved with its state.
-#[derive(Serialize, Deserialize)]
-struct SharedState {
-    local: Vec<bool>,
-    through: Vec<i64>,
-    local_through: i64,
-    held: Vec<(i64, Vec<Delta>)>,
-    remote_ts: i64,
-    /// The part of each client, in the order of the snapshot's clients.
+    shared: Option<Exchange>,
     client_parts: Vec<u32>,
-    /// Shares written and not taken yet (written again after a restore: the receivers
-    /// ignore those they have).
-    outbox: Vec<Share>,
 }
 
 /// How restored clients and contributions are laid out over the parts.
@@ -287,19 +275,22 @@ impl Default for Prep {
 }
 
 impl Prep {
-    /// The event's client key, endpoint template and its hash, and the part of `parts` it
-    /// belongs to.
+    /// The event's client key, endpoint template and its hash, and the part it belongs
+    /// to: `given`, or the part of its key among `parts` ([`BY_KEY`]).
     fn fill(
         &mut self,
         keys: &mut ClientKeyExtractor,
         endpoints: &EndpointNormalizer,
         ev: &RequestEvent,
         parts: u32,
+        given: u32,
     ) {
         self.kind = keys.key_into(ev, &mut self.key);
         endpoints.normalize_into(ev, &mut self.endpoint);
         self.hash = fnv1a(self.endpoint.template.as_bytes());
-        self.part = if parts == 1 {
+        self.part = if given != BY_KEY {
+            given
+        } else if parts == 1 {
             0
         } else {
             part_of(&self.key, parts)
@@ -747,31 +738,27 @@ impl FeatureEngine {
 
     /// Merges the open epoch's deltas when event time enters another epoch.
     fn enter_epoch(&mut self, epoch: i64) {
-        if let Some(x) = self.exchange.as_deref_mut() {
-            if epoch != self.epoch {
-                // Every epoch before this one whose contributions are all known, in order.
-                let later = x.held.split_off(&epoch);
-                for (e, mut deltas) in std::mem::replace(&mut x.held, later) {
-                    for d in &mut deltas {
-                        d.reindex(&self.population);
-                        if d.validate(&self.population).is_err() {
-                            *d = Delta::default();
-                            x.dropped += 1;
-                        }
-                    }
-                    self.population.merge(e, deltas.iter_mut());
-                }
-                self.epoch = epoch;
-            }
+        if epoch == self.epoch {
             return;
         }
-        if epoch != self.epoch {
-            if self.epoch != i64::MIN {
-                self.population
-                    .merge(self.epoch, self.parts.iter_mut().map(|p| &mut p.delta));
+        if let Some(x) = self.exchange.as_deref_mut() {
+            // Every epoch before this one whose contributions are all known, in order.
+            let later = x.held.split_off(&epoch);
+            for (e, mut deltas) in std::mem::replace(&mut x.held, later) {
+                for d in &mut deltas {
+                    d.reindex(&self.population);
+                    if d.validate(&self.population).is_err() {
+                        *d = Delta::default();
+                        x.dropped += 1;
+                    }
+                }
+                self.population.merge(e, deltas.iter_mut());
             }
-            self.epoch = epoch;
+        } else if self.epoch != i64::MIN {
+            self.population
+                .merge(self.epoch, self.parts.iter_mut().map(|p| &mut p.delta));
         }
+        self.epoch = epoch;
     }
 
     /// One epoch's events on all cores: keys and templates by chunks of events, then
@@ -793,7 +780,7 @@ impl FeatureEngine {
             {
                 s.spawn(move || {
                     for (p, prep) in evs.iter().zip(preps) {
-                        prep.fill(keys, endpoints, &p.event, n_parts);
+                        prep.fill(keys, endpoints, &p.event, n_parts, p.part);
                     }
                 });
             }
@@ -873,10 +860,8 @@ impl FeatureEngine {
             &self.endpoints,
             ev,
             self.parts.len() as u32,
+            part,
         );
-        if part != BY_KEY {
-            prep.part = part;
-        }
         compute(
             &mut self.parts[prep.part as usize],
             &self.population,
@@ -942,21 +927,19 @@ impl FeatureEngine {
             self.parts.iter().map(|p| p.store.created).sum(),
             self.parts.iter().flat_map(|p| p.store.iter_lru()),
         );
-        let shared = self.exchange.as_deref().map(|x| SharedState {
-            local: x.local.clone(),
-            through: x.through.clone(),
-            local_through: x.local_through,
-            held: x.held.iter().map(|(e, d)| (*e, d.clone())).collect(),
-            remote_ts: x.remote_ts,
-            client_parts: self
-                .parts
-                .iter()
-                .enumerate()
-                .flat_map(|(i, p)| std::iter::repeat_n(i as u32, p.store.len()))
-                .collect(),
-            outbox: x.outbox.clone(),
-        });
-        write_snapshot(&snap, &Extension { shared }, w)
+        let ext = match self.exchange.as_deref() {
+            Some(x) => Extension {
+                shared: Some(x.clone()),
+                client_parts: self
+                    .parts
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, p)| std::iter::repeat_n(i as u32, p.store.len()))
+                    .collect(),
+            },
+            None => Extension::default(),
+        };
+        write_snapshot(&snap, &ext, w)
     }
 
     /// A snapshot of this engine's shared state with the given clients and their counters.
@@ -1020,7 +1003,7 @@ impl FeatureEngine {
     /// sharing, owning the same parts; any other state ends this engine's sharing.
     pub fn restore_state(&mut self, r: &mut impl Read) -> Result<()> {
         let (snap, ext) = self.read_snapshot(r)?;
-        let Some(sh) = ext.shared else {
+        let Some(mut sh) = ext.shared else {
             return self
                 .install(vec![snap], Layout::ByKey)
                 .map(|()| self.exchange = None);
@@ -1034,14 +1017,14 @@ impl FeatureEngine {
         if n == 0 || n > 1 << 16 || sh.through.len() != n {
             return bad(format!("{n} parts, {} final epochs", sh.through.len()));
         }
-        if sh.client_parts.len() != snap.clients.len() {
+        if ext.client_parts.len() != snap.clients.len() {
             return bad(format!(
                 "{} client parts for {} clients",
-                sh.client_parts.len(),
+                ext.client_parts.len(),
                 snap.clients.len()
             ));
         }
-        if let Some((i, p)) = sh
+        if let Some((i, p)) = ext
             .client_parts
             .iter()
             .enumerate()
@@ -1051,13 +1034,12 @@ impl FeatureEngine {
                 "client {i} is in part {p}, not one of the engine's own"
             ));
         }
-        if sh.held.windows(2).any(|w| w[0].0 >= w[1].0)
-            || sh
-                .held
-                .first()
-                .is_some_and(|(e, _)| *e <= snap.population.epoch)
+        if sh
+            .held
+            .first_key_value()
+            .is_some_and(|(e, _)| *e <= snap.population.epoch)
         {
-            return bad("contributions held for epochs out of order or merged already".into());
+            return bad("contributions held for epochs merged already".into());
         }
         let Some(delta_part) = sh.local.iter().position(|l| *l) else {
             return bad("the engine owns no part".into());
@@ -1066,20 +1048,12 @@ impl FeatureEngine {
             vec![snap],
             Layout::Given {
                 n,
-                parts: sh.client_parts,
+                parts: ext.client_parts,
                 delta_part,
             },
         )?;
-        self.exchange = Some(Box::new(Exchange {
-            registry: fnv1a(self.registry.hash.as_bytes()),
-            local: sh.local,
-            through: sh.through,
-            local_through: sh.local_through,
-            held: sh.held.into_iter().collect(),
-            outbox: sh.outbox,
-            remote_ts: sh.remote_ts,
-            dropped: 0,
-        }));
+        sh.registry = fnv1a(self.registry.hash.as_bytes());
+        self.exchange = Some(Box::new(sh));
         Ok(())
     }
 
@@ -1422,16 +1396,11 @@ impl FeatureEngine {
         } else {
             self.epoch - 1
         };
-        self.exchange = Some(Box::new(Exchange {
-            registry: fnv1a(self.registry.hash.as_bytes()),
-            local: owned,
-            through: vec![through; parts as usize],
-            local_through: through,
-            held: std::collections::BTreeMap::new(),
-            outbox: Vec::new(),
-            remote_ts: i64::MIN,
-            dropped: 0,
-        }));
+        self.exchange = Some(Box::new(Exchange::new(
+            fnv1a(self.registry.hash.as_bytes()),
+            owned,
+            through,
+        )));
         Ok(())
     }
 
@@ -1470,11 +1439,6 @@ impl FeatureEngine {
     /// The newest event time other engines reported in their shares (`i64::MIN` before any).
     pub fn remote_time(&self) -> i64 {
         self.exchange.as_ref().map_or(i64::MIN, |x| x.remote_ts)
-    }
-
-    /// The epoch up to which this engine's own parts' contributions are final.
-    pub fn shared_through(&self) -> Option<i64> {
-        self.exchange.as_ref().map(|x| x.local_through)
     }
 
     /// Contributions of other engines dropped because they did not fit the statistics

@@ -30,7 +30,7 @@ pub use registry::{
     DEFINITIONS_VERSION, ENDPOINT_BUCKET_MS, FeatureDef, PointFeature, Registry, WindowFeature,
     horizon_suffix,
 };
-pub use share::{MAX_SHARE_BYTES, SHARE_VERSION, Share};
+pub use share::Share;
 pub use sketch::{bit, fnv1a, linear_count, murmur2, part_of};
 pub use state::ClientState;
 pub use store::{ClientStore, Evictions};

@@ -19,12 +19,9 @@ use crate::population::Delta;
 
 const SHARE_MAGIC: &[u8; 8] = b"GWSHARE\0";
 /// Version of the share format.
-pub const SHARE_VERSION: u16 = 1;
+const SHARE_VERSION: u16 = 1;
 /// Bytes before the body: magic, version, CRC-32 of the body.
 const SHARE_HEADER: usize = 8 + 2 + 4;
-/// The largest share body read (a delta is bounded by the endpoint table, the transition
-/// cap and the address tables; this bounds what a hostile message can make us allocate).
-pub const MAX_SHARE_BYTES: usize = 256 << 20;
 
 /// What one part tells the engines that do not own it: its contributions are final through
 /// epoch `through`, and what it contributed to one epoch at or before that (the last it had
@@ -46,16 +43,6 @@ impl Share {
     /// The part it is about.
     pub fn part(&self) -> u32 {
         self.part
-    }
-
-    /// The last epoch whose contributions from this part are final.
-    pub fn through(&self) -> i64 {
-        self.through
-    }
-
-    /// The newest event time its writer had seen (ms).
-    pub fn max_ts(&self) -> i64 {
-        self.max_ts
     }
 
     /// The epoch of the contribution it carries, if any.
@@ -90,9 +77,6 @@ impl Share {
             ));
         }
         let body = &b[SHARE_HEADER..];
-        if body.len() > MAX_SHARE_BYTES {
-            return bad(format!("{} bytes, above {MAX_SHARE_BYTES}", body.len()));
-        }
         let crc = u32::from_le_bytes(b[10..14].try_into().expect("4 bytes"));
         let actual = crc32fast::hash(body);
         if actual != crc {
@@ -114,9 +98,11 @@ impl Share {
     }
 }
 
-/// What a sharing engine knows of every part.
-#[derive(Debug, Clone)]
+/// What a sharing engine knows of every part (saved with its state).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Exchange {
+    /// FNV-1a of the feature set's hash (set when the engine is built or restored).
+    #[serde(skip)]
     pub registry: u64,
     /// Per part: owned here.
     pub local: Vec<bool>,
@@ -132,10 +118,25 @@ pub(crate) struct Exchange {
     pub remote_ts: i64,
     /// Contributions dropped at their merge because they did not fit the statistics (they
     /// came from an engine with other statistics).
+    #[serde(skip)]
     pub dropped: u64,
 }
 
 impl Exchange {
+    /// Nothing known yet beyond epoch `through`; the parts in `local` owned here.
+    pub fn new(registry: u64, local: Vec<bool>, through: i64) -> Self {
+        Self {
+            registry,
+            through: vec![through; local.len()],
+            local,
+            local_through: through,
+            held: BTreeMap::new(),
+            outbox: Vec::new(),
+            remote_ts: i64::MIN,
+            dropped: 0,
+        }
+    }
+
     /// Whether every part's contributions are final through `epoch`.
     pub fn final_through(&self, epoch: i64) -> bool {
         self.through.iter().all(|t| *t >= epoch)

@@ -260,39 +260,21 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             }
             _ => None,
         };
-        let Self {
-            engine,
-            out,
-            track,
-            refused,
-            ..
-        } = self;
-        {
+        self.with_engine(|engine, track, out, refused| {
             let mut sink = track.records(out);
             let mut late = |l| refused.push(l);
             match part {
                 Some(p) => engine.push_in(p, event, seq, &mut sink, &mut late),
                 None => engine.push(event, seq, &mut sink, &mut late),
             }
-        }
-        self.close_refused();
+        });
     }
 
-    /// The events the engine refused join the rejections.
-    fn close_refused(&mut self) {
-        for late in self.refused.drain(..) {
-            let position = self.track.close(late.line);
-            self.out.rejections.push(Rejection {
-                position,
-                why: Why::Refused(late.kind),
-            });
-        }
-    }
-
-    /// Runs `f` on the engine with the sink of this session's output and of its refusals.
+    /// Runs `f` on the engine with what its sinks need (this session's tracker and output,
+    /// and the list of refused events); the refused events then join the rejections.
     fn with_engine<T>(
         &mut self,
-        f: impl FnOnce(&mut FeatureEngine, &mut dyn FnMut(&Record<'_>), &mut dyn FnMut(LateEvent)) -> T,
+        f: impl FnOnce(&mut FeatureEngine, &mut Tracker, &mut Output, &mut Vec<LateEvent>) -> T,
     ) -> T {
         let Self {
             engine,
@@ -301,10 +283,14 @@ impl<S: BorrowMut<Scorer>> Session<S> {
             refused,
             ..
         } = self;
-        let r = f(engine, &mut track.records(out), &mut |late| {
-            refused.push(late)
-        });
-        self.close_refused();
+        let r = f(engine, track, out, refused);
+        for late in refused.drain(..) {
+            let position = track.close(late.line);
+            out.rejections.push(Rejection {
+                position,
+                why: Why::Refused(late.kind),
+            });
+        }
         r
     }
 
@@ -324,15 +310,15 @@ impl<S: BorrowMut<Scorer>> Session<S> {
     /// A share of another engine (see [`FeatureEngine::receive`]); records it releases join
     /// the output.
     pub fn receive_share(&mut self, share: Share) -> crate::Result<()> {
-        self.with_engine(|engine, mut sink, _| engine.receive(share, &mut sink))?;
+        self.with_engine(|engine, track, out, _| engine.receive(share, &mut track.records(out)))?;
         Ok(())
     }
 
     /// Event time has reached `ts` elsewhere (see [`FeatureEngine::advance_time`]); records
     /// it releases join the output, events it refuses the rejections.
     pub fn advance_time(&mut self, ts: i64) {
-        self.with_engine(|engine, mut sink, mut refused| {
-            engine.advance_time(ts, &mut sink, &mut refused);
+        self.with_engine(|engine, track, out, refused| {
+            engine.advance_time(ts, &mut track.records(out), &mut |l| refused.push(l));
         });
     }
 

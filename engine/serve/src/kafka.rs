@@ -548,10 +548,13 @@ impl Driver {
 
     /// Sends the population shares the session wrote (one message each, keyed by its part).
     fn publish_shares(&mut self) -> Result<()> {
-        let Some(topic) = self.population.clone() else {
+        if self.population.is_none() {
+            return Ok(());
+        }
+        let shares = self.service.session().0.take_shares();
+        let Some(topic) = self.population.clone().filter(|_| !shares.is_empty()) else {
             return Ok(());
         };
-        let shares = self.service.session().0.take_shares();
         for share in shares {
             self.service.metrics.population_shares_sent.inc();
             self.send(Pending {
@@ -604,24 +607,57 @@ impl Driver {
         !self.queues.is_empty() && self.queues.values().all(|q| q.at_end && q.items.is_empty())
     }
 
-    /// With every input partition read, event time follows the other instances'.
-    fn follow_time(&mut self) {
-        if self.population.is_none() || !self.caught_up() {
-            return;
+    /// A turn with the population topic: the other instances' shares taken in (at most
+    /// [`SHARES_PER_TURN`]; whether any came), event time following theirs once every
+    /// input partition is read, and the input paused while too many events wait.
+    fn share_turn(
+        &mut self,
+        shares: &BaseConsumer,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        paused: &mut bool,
+    ) -> bool {
+        let mut came = false;
+        for _ in 0..SHARES_PER_TURN {
+            match shares.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    came = true;
+                    self.receive_share(m.partition(), m.offset(), m.payload().unwrap_or_default());
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    self.service.metrics.kafka_errors.inc();
+                    tracing::warn!(target: "gatewatch::serve", error = %e, "population topic error");
+                    break;
+                }
+                None => break,
+            }
         }
-        let mut guard = self.service.session();
-        let t = guard.0.engine().remote_time();
-        if t != i64::MIN {
-            guard.0.advance_time(t);
-        }
-        let waiting = guard.0.engine().pending();
+        let caught_up = self.caught_up();
+        let waiting = {
+            let mut guard = self.service.session();
+            let t = guard.0.engine().remote_time();
+            if caught_up && t != i64::MIN {
+                guard.0.advance_time(t);
+            }
+            guard.0.engine().pending()
+        };
         self.service.metrics.population_waiting.set(waiting as i64);
-    }
-
-    /// Whether the session holds so many events waiting for the other instances that the
-    /// input should pause.
-    fn waiting(&self) -> bool {
-        self.population.is_some() && self.service.session().0.engine().pending() >= MAX_WAITING
+        let hold = waiting >= MAX_WAITING;
+        if hold != *paused {
+            let assigned = consumer.assignment().unwrap_or_default();
+            let r = if hold {
+                consumer.pause(&assigned)
+            } else {
+                consumer.resume(&assigned)
+            };
+            match r {
+                Ok(()) => *paused = hold,
+                Err(e) => {
+                    tracing::warn!(target: "gatewatch::serve", error = %e, "cannot pause or resume the input")
+                }
+            }
+        }
+        came
     }
 
     /// Hands a message to the producer (waiting while its queue is full).
@@ -1067,22 +1103,7 @@ impl KafkaStream {
                 driver: Mutex::new(Some(driver)),
             })
             .context("cannot create the Kafka consumer")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&opts.input), Duration::from_secs(10))
-            .with_context(|| format!("cannot reach the Kafka brokers {}", opts.brokers))?;
-        let n_partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == opts.input)
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if n_partitions == 0 {
-            anyhow::bail!(
-                "the input topic {} does not exist at {}",
-                opts.input,
-                opts.brokers
-            );
-        }
+        let n_partitions = partitions_of(&consumer, &opts.input, "input", &opts.brokers)?;
         let shares = match &opts.population {
             Some(topic) => {
                 let Some(own) = &opts.partitions else {
@@ -1170,21 +1191,7 @@ fn population_consumer(opts: &KafkaOptions, topic: &str) -> Result<BaseConsumer>
     let c: BaseConsumer = cc
         .create()
         .context("cannot create the population topic's reader")?;
-    let metadata = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("cannot reach the Kafka brokers {}", opts.brokers))?;
-    let n = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
-    if n == 0 {
-        anyhow::bail!(
-            "the population topic {topic} does not exist at {}",
-            opts.brokers
-        );
-    }
+    let n = partitions_of(&c, topic, "population", &opts.brokers)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -1193,6 +1200,28 @@ fn population_consumer(opts: &KafkaOptions, topic: &str) -> Result<BaseConsumer>
     c.assign(&tpl)
         .with_context(|| format!("cannot read {topic}"))?;
     Ok(c)
+}
+
+/// The number of partitions of `topic` (the `what` topic), which must exist.
+fn partitions_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    what: &str,
+    brokers: &str,
+) -> Result<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("cannot reach the Kafka brokers {brokers}"))?;
+    let n = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        anyhow::bail!("the {what} topic {topic} does not exist at {brokers}");
+    }
+    Ok(n)
 }
 
 /// Shares read from the population topic per turn of the loop, at most.
@@ -1278,38 +1307,8 @@ fn run(
         };
         // The other instances' population statistics; this one's, as they become final.
         if let Some(sc) = shares {
-            for _ in 0..SHARES_PER_TURN {
-                match sc.poll(Duration::ZERO) {
-                    Some(Ok(m)) => {
-                        release_turn = true;
-                        d.receive_share(m.partition(), m.offset(), m.payload().unwrap_or_default());
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => {
-                        d.service.metrics.kafka_errors.inc();
-                        tracing::warn!(target: "gatewatch::serve", error = %e, "population topic error");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            d.follow_time();
+            release_turn |= d.share_turn(sc, consumer, &mut paused);
             waiting_for_shares = d.service.session().0.engine().waits_for_shares();
-            let hold = d.waiting();
-            if hold != paused {
-                let assigned = consumer.assignment().unwrap_or_default();
-                let r = if hold {
-                    consumer.pause(&assigned)
-                } else {
-                    consumer.resume(&assigned)
-                };
-                match r {
-                    Ok(()) => paused = hold,
-                    Err(e) => {
-                        tracing::warn!(target: "gatewatch::serve", error = %e, "cannot pause or resume the input")
-                    }
-                }
-            }
         }
         // Delivery reports as they come: offsets move on without waiting for the next batch.
         if let Err(e) = step

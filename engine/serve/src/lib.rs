@@ -862,30 +862,42 @@ fn write_atomic(path: &Path, write: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> 
 /// The HTTP routes.
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
+        // These need the restored state.
         .route("/v1/events", post(events))
-        .route("/v1/alerts", get(alerts))
         .route("/v1/decisions", get(decisions_list))
         .route("/v1/decisions/stream", get(decisions_stream))
+        .route_layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            when_ready,
+        ))
+        .route("/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(service)
 }
 
-/// The answer while the state is being restored.
-fn restoring() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "1")],
-        "restoring the state; not ready yet\n",
-    )
-        .into_response()
+/// Requests that need the restored state get 503 until it is.
+async fn when_ready(
+    State(s): State<Arc<Service>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !s.is_ready() {
+        // The body is read first (up to axum's 2 MB default limit, as the handlers read
+        // it): a client still sending it gets the answer, not a reset connection.
+        let _ = axum::body::to_bytes(request.into_body(), 2 << 20).await;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "restoring the state; not ready yet\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn events(State(s): State<Arc<Service>>, body: Bytes) -> Response {
-    if !s.is_ready() {
-        return restoring();
-    }
     if let Some(name) = &s.stream_input {
         return (
             StatusCode::CONFLICT,
@@ -906,9 +918,6 @@ async fn decisions_list(
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if !s.is_ready() {
-        return restoring();
-    }
     decisions_answer(&s, false, &uri, &headers)
 }
 
@@ -917,9 +926,6 @@ async fn decisions_stream(
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if !s.is_ready() {
-        return restoring();
-    }
     decisions_answer(&s, true, &uri, &headers)
 }
 
@@ -1106,6 +1112,9 @@ pub async fn serve(
         handler(SignalKind::interrupt())?,
         handler(SignalKind::hangup())?,
     );
+    // The model and rules files as they are before the service is ready: a change made
+    // once it is ready is seen.
+    let watched = Watched::new(&service);
     on_listen(listener.local_addr()?);
     // Requests in flight finish when the server is told to stop (graceful shutdown).
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1121,7 +1130,6 @@ pub async fn serve(
         .await
         .context("the restore did not finish")??;
     on_restored(note);
-    let watched = Watched::new(&service);
     let stream = Running::start(&service)?;
     let every = service.opts.snapshot_every;
     // With a stream input its worker takes the snapshots (it knows what the sinks have).
@@ -1161,16 +1169,12 @@ pub async fn serve(
             None => shutdown_signal(term, int).await,
         }
     };
-    let early = tokio::select! {
-        () = stopped => None,
-        r = &mut http => Some(r),
-    };
-    let served = match early {
-        Some(r) => r,
-        None => {
+    let served = tokio::select! {
+        () = stopped => {
             let _ = stop_http.send(());
-            http.await
+            (&mut http).await
         }
+        r = &mut http => r,
     };
     served
         .context("the HTTP server stopped")?
